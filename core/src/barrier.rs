@@ -77,7 +77,10 @@ impl Keyring {
     }
 
     fn cipher(&self, term: u32) -> Option<&Aes256Gcm> {
-        self.ciphers.iter().find(|(t, _)| *t == term).map(|(_, c)| c)
+        self.ciphers
+            .iter()
+            .find(|(t, _)| *t == term)
+            .map(|(_, c)| c)
     }
 }
 
@@ -110,13 +113,15 @@ fn random_key() -> Vec<u8> {
 /// (term 0). Used by the seal for the root key and keyring, which cannot be
 /// encrypted by the keyring itself.
 pub fn seal_with_key(key: &[u8], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CoreError::Internal("bad key length".into()))?;
+    let cipher =
+        Aes256Gcm::new_from_slice(key).map_err(|_| CoreError::Internal("bad key length".into()))?;
     encrypt_with(&cipher, 0, aad, plain)
 }
 
 /// Inverse of [`seal_with_key`]. A wrong key is `Ok(None)`-free: it is an error.
 pub fn open_with_key(key: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CoreError::Internal("bad key length".into()))?;
+    let cipher =
+        Aes256Gcm::new_from_slice(key).map_err(|_| CoreError::Internal("bad key length".into()))?;
     decrypt_with(&cipher, aad, sealed)
 }
 
@@ -136,20 +141,32 @@ fn encrypt_with(cipher: &Aes256Gcm, term: u32, aad: &[u8], plain: &[u8]) -> Resu
 
 fn decrypt_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     if sealed.len() < HEADER + 16 || sealed[4] != VERSION {
-        return Err(CoreError::Internal("stored value is not a barrier ciphertext".into()));
+        return Err(CoreError::Internal(
+            "stored value is not a barrier ciphertext".into(),
+        ));
     }
     let nonce = Nonce::from_slice(&sealed[5..HEADER]);
     cipher
-        .decrypt(nonce, Payload { msg: &sealed[HEADER..], aad })
+        .decrypt(
+            nonce,
+            Payload {
+                msg: &sealed[HEADER..],
+                aad,
+            },
+        )
         .map(Zeroizing::new)
-        .map_err(|_| CoreError::Internal("barrier decryption failed (wrong key or tampered value)".into()))
+        .map_err(|_| {
+            CoreError::Internal("barrier decryption failed (wrong key or tampered value)".into())
+        })
 }
 
 fn term_of(sealed: &[u8]) -> Result<u32> {
     if sealed.len() < HEADER {
         return Err(CoreError::Internal("stored value is too short".into()));
     }
-    Ok(u32::from_be_bytes([sealed[0], sealed[1], sealed[2], sealed[3]]))
+    Ok(u32::from_be_bytes([
+        sealed[0], sealed[1], sealed[2], sealed[3],
+    ]))
 }
 
 impl Barrier {
@@ -194,9 +211,14 @@ impl Barrier {
     /// Load the keyring with the root key. A wrong root key fails and leaves
     /// the barrier sealed.
     pub async fn unseal(&self, root_key: &[u8]) -> Result<()> {
-        let sealed = self.physical.get(KEYRING_PATH).await?.ok_or(CoreError::NotInitialized)?;
+        let sealed = self
+            .physical
+            .get(KEYRING_PATH)
+            .await?
+            .ok_or(CoreError::NotInitialized)?;
         let plain = open_with_key(root_key, KEYRING_PATH.as_bytes(), &sealed)?;
-        let file: KeyringFile = serde_json::from_slice(&plain).map_err(|e| CoreError::Internal(format!("keyring: {e}")))?;
+        let file: KeyringFile = serde_json::from_slice(&plain)
+            .map_err(|e| CoreError::Internal(format!("keyring: {e}")))?;
         self.install(file)
     }
 
@@ -255,7 +277,10 @@ impl Barrier {
 
     fn install(&self, file: KeyringFile) -> Result<()> {
         let ring = Keyring::from_file(file)?;
-        let mut k = self.keyring.write().map_err(|_| CoreError::Internal("keyring lock poisoned".into()))?;
+        let mut k = self
+            .keyring
+            .write()
+            .map_err(|_| CoreError::Internal("keyring lock poisoned".into()))?;
         *k = Some(Arc::new(ring));
         Ok(())
     }
@@ -270,15 +295,20 @@ impl Barrier {
 
     fn check_key(key: &str) -> Result<()> {
         if key.starts_with(PLAINTEXT_PREFIX) {
-            return Err(CoreError::Internal(format!("{key} is reserved for the seal")));
+            return Err(CoreError::Internal(format!(
+                "{key} is reserved for the seal"
+            )));
         }
         Ok(())
     }
 
     pub fn encrypt(&self, key: &str, plain: &[u8]) -> Result<Vec<u8>> {
         let ring = self.ring()?;
-        let cipher = ring.cipher(ring.active).ok_or_else(|| CoreError::Internal("active term missing".into()))?;
-        self.encryptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cipher = ring
+            .cipher(ring.active)
+            .ok_or_else(|| CoreError::Internal("active term missing".into()))?;
+        self.encryptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         encrypt_with(cipher, ring.active, key.as_bytes(), plain)
     }
 
@@ -332,7 +362,10 @@ impl Barrier {
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -362,10 +395,18 @@ mod tests {
         let b = Barrier::new(phys.clone());
         let root = random_key();
         b.initialize(&root).await.unwrap();
-        b.batch(vec![BatchOp::Put { key: "a/b".into(), value: b"hello".to_vec() }]).await.unwrap();
+        b.batch(vec![BatchOp::Put {
+            key: "a/b".into(),
+            value: b"hello".to_vec(),
+        }])
+        .await
+        .unwrap();
 
         let raw = phys.get("a/b").await.unwrap().unwrap();
-        assert!(!raw.windows(5).any(|w| w == b"hello"), "plaintext reached storage");
+        assert!(
+            !raw.windows(5).any(|w| w == b"hello"),
+            "plaintext reached storage"
+        );
         assert_eq!(b.get("a/b").await.unwrap().unwrap(), b"hello");
 
         // Moving a ciphertext to another key must not decrypt (AAD = key).
@@ -374,8 +415,16 @@ mod tests {
 
         let st = b.rotate(&root).await.unwrap();
         assert_eq!(st.term, 2);
-        b.batch(vec![BatchOp::Put { key: "a/d".into(), value: b"new".to_vec() }]).await.unwrap();
-        assert_eq!(term_of(&phys.get("a/d").await.unwrap().unwrap()).unwrap(), 2);
+        b.batch(vec![BatchOp::Put {
+            key: "a/d".into(),
+            value: b"new".to_vec(),
+        }])
+        .await
+        .unwrap();
+        assert_eq!(
+            term_of(&phys.get("a/d").await.unwrap().unwrap()).unwrap(),
+            2
+        );
         assert_eq!(b.get("a/b").await.unwrap().unwrap(), b"hello");
 
         b.seal();

@@ -307,7 +307,10 @@ impl FieldData {
         }
         for f in spec.fields {
             if f.required && !values.contains_key(f.name) && !captures.contains_key(f.name) {
-                return Err(CoreError::BadRequest(format!("missing required field '{}'", f.name)));
+                return Err(CoreError::BadRequest(format!(
+                    "missing required field '{}'",
+                    f.name
+                )));
             }
         }
         unknown.sort();
@@ -592,12 +595,16 @@ mod tests {
             help: "",
         };
         let raw: Map<String, Value> =
-            serde_json::from_str(r#"{"n":"5","b":"true","ttl":"1h","p":"a, b","extra":1}"#).unwrap();
+            serde_json::from_str(r#"{"n":"5","b":"true","ttl":"1h","p":"a, b","extra":1}"#)
+                .unwrap();
         let (fd, unknown) = FieldData::validate(&SPEC, &raw, BTreeMap::new()).unwrap();
         assert_eq!(fd.int("n"), Some(5));
         assert_eq!(fd.bool("b"), Some(true));
         assert_eq!(fd.duration_secs("ttl"), Some(3600));
-        assert_eq!(fd.strings("p"), Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(
+            fd.strings("p"),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
         assert_eq!(unknown, vec!["extra".to_string()]);
 
         let bad: Map<String, Value> = serde_json::from_str(r#"{"n":{"x":1}}"#).unwrap();

@@ -92,8 +92,8 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
                     &[
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                        2.5, 5.0, 10.0,
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     ],
                 )
                 .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -129,4 +129,26 @@ pub fn status_class(code: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+fn labels_of(labels: &[(&'static str, String)]) -> Vec<metrics::Label> {
+    labels
+        .iter()
+        .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+        .collect()
+}
+
+/// Set a declared gauge.
+pub fn gauge_set(name: &'static str, labels: &[(&'static str, String)], value: f64) {
+    metrics::gauge!(name, labels_of(labels)).set(value);
+}
+
+/// Increment a declared counter by one.
+pub fn counter_inc(name: &'static str, labels: &[(&'static str, String)]) {
+    metrics::counter!(name, labels_of(labels)).increment(1);
+}
+
+/// Record a value in a declared histogram.
+pub fn histogram_record(name: &'static str, labels: &[(&'static str, String)], value: f64) {
+    metrics::histogram!(name, labels_of(labels)).record(value);
 }

@@ -103,7 +103,12 @@ impl Mounted {
             .iter()
             .map(|p| Regex::new(&format!("^(?:{})$", p.pattern)))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| CoreError::Internal(format!("bad path pattern in {} backend: {e}", entry.mount_type)))?;
+            .map_err(|e| {
+                CoreError::Internal(format!(
+                    "bad path pattern in {} backend: {e}",
+                    entry.mount_type
+                ))
+            })?;
         Ok(Mounted {
             entry,
             backend,
@@ -184,8 +189,15 @@ impl Resolved<'_> {
             })
             .await?;
         let accepts_any = self.spec.fields.is_empty() && req.operation != Operation::Read;
-        if !unknown.is_empty() && !accepts_any && req.operation != Operation::Read && req.operation != Operation::List {
-            let warning = format!("Endpoint ignored these unrecognized parameters: [{}]", unknown.join(" "));
+        if !unknown.is_empty()
+            && !accepts_any
+            && req.operation != Operation::Read
+            && req.operation != Operation::List
+        {
+            let warning = format!(
+                "Endpoint ignored these unrecognized parameters: [{}]",
+                unknown.join(" ")
+            );
             match resp.as_mut() {
                 Some(r) => r.warnings.push(warning),
                 None => resp = Some(Response::default().with_warning(warning)),
@@ -241,7 +253,13 @@ impl Router {
             mounts.retain(|x| x.entry.path != m.entry.path);
             mounts.push(Arc::new(m));
             // Longest prefix first.
-            mounts.sort_by(|a, b| b.entry.path.len().cmp(&a.entry.path.len()).then(a.entry.path.cmp(&b.entry.path)));
+            mounts.sort_by(|a, b| {
+                b.entry
+                    .path
+                    .len()
+                    .cmp(&a.entry.path.len())
+                    .then(a.entry.path.cmp(&b.entry.path))
+            });
         }
     }
 

@@ -65,13 +65,19 @@ impl Default for ShamirSeal {
 /// Validate share/threshold numbers as Vault does.
 pub fn validate_shares(shares: u64, threshold: u64) -> Result<()> {
     if shares == 0 {
-        return Err(CoreError::bad_request("invalid seal configuration: secret shares must be at least one"));
+        return Err(CoreError::bad_request(
+            "invalid seal configuration: secret shares must be at least one",
+        ));
     }
     if threshold == 0 {
-        return Err(CoreError::bad_request("invalid seal configuration: secret threshold must be at least one"));
+        return Err(CoreError::bad_request(
+            "invalid seal configuration: secret threshold must be at least one",
+        ));
     }
     if shares > 255 {
-        return Err(CoreError::bad_request("invalid seal configuration: secret shares must be less than 256"));
+        return Err(CoreError::bad_request(
+            "invalid seal configuration: secret shares must be less than 256",
+        ));
     }
     if threshold > shares {
         return Err(CoreError::bad_request(
@@ -110,7 +116,12 @@ impl ShamirSeal {
 
     /// Generate the root key and shares and persist the seal state. The caller
     /// initializes the barrier with the returned root key.
-    pub async fn init(&self, physical: &dyn PhysicalStore, shares: u8, threshold: u8) -> Result<InitResult> {
+    pub async fn init(
+        &self,
+        physical: &dyn PhysicalStore,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<InitResult> {
         validate_shares(shares as u64, threshold as u64)?;
         if self.config(physical).await?.is_some() {
             return Err(CoreError::bad_request("Vault is already initialized"));
@@ -169,8 +180,15 @@ impl ShamirSeal {
     /// Add one share. Returns `Ok(None)` while more shares are needed and
     /// `Ok(Some(root_key))` once the threshold is met and the shares decrypt
     /// the root key. A bad combination resets progress and errors.
-    pub async fn submit_share(&self, physical: &dyn PhysicalStore, share: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        let config = self.config(physical).await?.ok_or(CoreError::NotInitialized)?;
+    pub async fn submit_share(
+        &self,
+        physical: &dyn PhysicalStore,
+        share: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let config = self
+            .config(physical)
+            .await?
+            .ok_or(CoreError::NotInitialized)?;
         let expected_len = if config.secret_shares == 1 { 32 } else { 33 };
         if share.len() != expected_len {
             return Err(CoreError::bad_request(
@@ -178,7 +196,10 @@ impl ShamirSeal {
             ));
         }
         let collected: Vec<Zeroizing<Vec<u8>>> = {
-            let mut p = self.progress.lock().map_err(|_| CoreError::internal("seal lock poisoned"))?;
+            let mut p = self
+                .progress
+                .lock()
+                .map_err(|_| CoreError::internal("seal lock poisoned"))?;
             if p.shares.iter().any(|s| s.as_slice() == share) {
                 // Vault ignores a duplicate key (progress unchanged).
                 return Ok(None);
@@ -207,7 +228,9 @@ impl ShamirSeal {
             Zeroizing::new(
                 Sharks(config.secret_threshold)
                     .recover(parsed.iter())
-                    .map_err(|e| CoreError::bad_request(format!("failed to recover unseal key: {e}")))?,
+                    .map_err(|e| {
+                        CoreError::bad_request(format!("failed to recover unseal key: {e}"))
+                    })?,
             )
         };
         let wrapped = physical
@@ -236,11 +259,31 @@ mod tests {
         assert_eq!(init.shares.len(), 5);
         assert!(seal.init(&phys, 5, 3).await.is_err(), "double init");
 
-        assert!(seal.submit_share(&phys, &init.shares[4]).await.unwrap().is_none());
-        assert!(seal.submit_share(&phys, &init.shares[4]).await.unwrap().is_none(), "duplicate ignored");
+        assert!(
+            seal.submit_share(&phys, &init.shares[4])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            seal.submit_share(&phys, &init.shares[4])
+                .await
+                .unwrap()
+                .is_none(),
+            "duplicate ignored"
+        );
         assert_eq!(seal.progress().0, 1);
-        assert!(seal.submit_share(&phys, &init.shares[1]).await.unwrap().is_none());
-        let root = seal.submit_share(&phys, &init.shares[2]).await.unwrap().unwrap();
+        assert!(
+            seal.submit_share(&phys, &init.shares[1])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let root = seal
+            .submit_share(&phys, &init.shares[2])
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(root.as_slice(), init.root_key.as_slice());
         assert_eq!(seal.progress().0, 0);
 

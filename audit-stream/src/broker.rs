@@ -1,0 +1,308 @@
+//! The audit broker: fans each event out to every enabled audit device.
+//!
+//! The core calls [`AuditBroker::log_request`] before routing a request and
+//! [`AuditBroker::log_response`] before replying. Every device receives the
+//! same event, hashes its own copy with its own salt and records it; the
+//! devices run concurrently. As in Vault, the call succeeds when **at least
+//! one** device recorded the event and fails (the core answers 500) when every
+//! device failed. With no device enabled nothing is audited and the call
+//! succeeds, as in Vault.
+//!
+//! Devices are added and removed at run time (`sys/audit`), so the list sits
+//! behind a lock; a call works on a snapshot of it. A device failure is logged
+//! with the device path and the error kind only, never the event, and counted
+//! in `custos_audit_device_failure_total{path}`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::error::AuditError;
+use crate::event::AuditEvent;
+use crate::metrics;
+
+/// One audit device (file, and later socket or syslog). Devices hash the
+/// events they get themselves, with their own salt.
+#[async_trait]
+pub trait AuditDevice: Send + Sync {
+    /// The device's mount path, e.g. `file/`.
+    fn path(&self) -> &str;
+    /// The device type, e.g. `file`.
+    fn kind(&self) -> &str;
+    /// The operator's description.
+    fn description(&self) -> &str;
+    /// The options it was enabled with, as shown by `sys/audit`.
+    fn options(&self) -> BTreeMap<String, String>;
+    /// Hash a copy of `event` and record it durably before returning.
+    async fn log(&self, event: &AuditEvent) -> Result<(), AuditError>;
+    /// HMAC `input` with this device's salt (`sys/audit-hash`).
+    fn hash(&self, input: &str) -> String;
+    /// Reopen the underlying output (log rotation, SIGHUP).
+    async fn reopen(&self) -> Result<(), AuditError>;
+    /// Record what is queued and stop; later `log` calls fail.
+    async fn shutdown(&self);
+}
+
+/// A device as listed by `GET sys/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub options: BTreeMap<String, String>,
+    pub local: bool,
+}
+
+/// Holds the enabled audit devices and records events on them.
+#[derive(Default)]
+pub struct AuditBroker {
+    devices: RwLock<Vec<Arc<dyn AuditDevice>>>,
+}
+
+fn same_path(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+impl AuditBroker {
+    /// A broker with no devices (audits nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A broker with these devices.
+    pub fn with_devices(devices: Vec<Arc<dyn AuditDevice>>) -> Self {
+        AuditBroker {
+            devices: RwLock::new(devices),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Arc<dyn AuditDevice>> {
+        match self.devices.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<dyn AuditDevice>>> {
+        match self.devices.write() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Enable a device. Fails if a device already has its path.
+    pub fn add(&self, device: Arc<dyn AuditDevice>) -> Result<(), AuditError> {
+        let mut devices = self.write();
+        if devices.iter().any(|d| same_path(d.path(), device.path())) {
+            return Err(AuditError::DuplicatePath(device.path().to_owned()));
+        }
+        devices.push(device);
+        Ok(())
+    }
+
+    /// Disable the device at `path` and return it; the caller shuts it down.
+    pub fn remove(&self, path: &str) -> Option<Arc<dyn AuditDevice>> {
+        let mut devices = self.write();
+        let idx = devices.iter().position(|d| same_path(d.path(), path))?;
+        Some(devices.remove(idx))
+    }
+
+    /// The device at `path`, if enabled.
+    pub fn get(&self, path: &str) -> Option<Arc<dyn AuditDevice>> {
+        self.snapshot()
+            .into_iter()
+            .find(|d| same_path(d.path(), path))
+    }
+
+    /// True when no device is enabled (nothing is audited).
+    pub fn is_empty(&self) -> bool {
+        self.snapshot().is_empty()
+    }
+
+    /// Number of enabled devices.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// The enabled devices, for `GET sys/audit`.
+    pub fn list(&self) -> Vec<DeviceInfo> {
+        self.snapshot()
+            .iter()
+            .map(|d| DeviceInfo {
+                path: d.path().to_owned(),
+                kind: d.kind().to_owned(),
+                description: d.description().to_owned(),
+                options: d.options(),
+                local: false,
+            })
+            .collect()
+    }
+
+    /// HMAC `input` with the salt of the device at `path` (`sys/audit-hash`).
+    pub fn hash(&self, path: &str, input: &str) -> Option<String> {
+        self.get(path).map(|d| d.hash(input))
+    }
+
+    /// Record a request event; fails only if devices exist and none recorded it.
+    pub async fn log_request(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.log(&event).await
+    }
+
+    /// Record a response event; fails only if devices exist and none recorded it.
+    pub async fn log_response(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.log(&event).await
+    }
+
+    async fn log(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        let devices = self.snapshot();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let results = futures::future::join_all(devices.iter().map(|d| d.log(event))).await;
+        let mut failed = 0;
+        for (device, result) in devices.iter().zip(results) {
+            match result {
+                Ok(()) => metrics::device_counter(metrics::DEVICE_LOG, device.path(), 1),
+                Err(e) => {
+                    failed += 1;
+                    metrics::device_counter(metrics::DEVICE_FAILURE, device.path(), 1);
+                    tracing::error!(
+                        device = device.path(),
+                        event_type = event.kind.as_str(),
+                        error_kind = e.kind_label(),
+                        error = %e,
+                        "audit device failed to record an event"
+                    );
+                }
+            }
+        }
+        if failed == devices.len() {
+            Err(AuditError::NoDeviceRecorded {
+                failed,
+                total: devices.len(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reopen every device's output (SIGHUP). Returns the failures by path.
+    pub async fn reopen_all(&self) -> Vec<(String, AuditError)> {
+        let mut failures = Vec::new();
+        for d in self.snapshot() {
+            if let Err(e) = d.reopen().await {
+                tracing::error!(device = d.path(), error = %e, "audit device reopen failed");
+                failures.push((d.path().to_owned(), e));
+            }
+        }
+        failures
+    }
+
+    /// Flush and stop every device, then forget them.
+    pub async fn shutdown(&self) {
+        let devices = std::mem::take(&mut *self.write());
+        for d in devices {
+            d.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AuditRequest;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Fake {
+        path: String,
+        fail: bool,
+        logged: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(path: &str, fail: bool) -> Arc<Self> {
+            Arc::new(Fake {
+                path: path.into(),
+                fail,
+                logged: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl AuditDevice for Fake {
+        fn path(&self) -> &str {
+            &self.path
+        }
+        fn kind(&self) -> &str {
+            "fake"
+        }
+        fn description(&self) -> &str {
+            ""
+        }
+        fn options(&self) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        async fn log(&self, _event: &AuditEvent) -> Result<(), AuditError> {
+            if self.fail {
+                return Err(AuditError::Closed);
+            }
+            self.logged.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn hash(&self, input: &str) -> String {
+            format!("h:{input}")
+        }
+        async fn reopen(&self) -> Result<(), AuditError> {
+            Ok(())
+        }
+        async fn shutdown(&self) {}
+    }
+
+    fn ev() -> AuditEvent {
+        AuditEvent::request(None, AuditRequest::new("id", "read", "sys/health"))
+    }
+
+    #[tokio::test]
+    async fn no_devices_succeeds() {
+        let b = AuditBroker::new();
+        assert!(b.is_empty());
+        b.log_request(ev()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_good_is_enough_all_bad_fails() {
+        let good = Fake::new("good/", false);
+        let b = AuditBroker::with_devices(vec![Fake::new("bad/", true), good.clone()]);
+        b.log_request(ev()).await.unwrap();
+        assert_eq!(good.logged.load(Ordering::SeqCst), 1);
+
+        let only_bad = AuditBroker::with_devices(vec![Fake::new("bad/", true)]);
+        assert_eq!(
+            only_bad.log_response(ev()).await,
+            Err(AuditError::NoDeviceRecorded {
+                failed: 1,
+                total: 1
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn add_remove_list_hash() {
+        let b = AuditBroker::new();
+        b.add(Fake::new("file/", false)).unwrap();
+        assert!(matches!(
+            b.add(Fake::new("file", false)),
+            Err(AuditError::DuplicatePath(_))
+        ));
+        assert_eq!(b.list().len(), 1);
+        assert_eq!(b.list()[0].kind, "fake");
+        assert_eq!(b.hash("file", "x").as_deref(), Some("h:x"));
+        assert!(b.hash("nope/", "x").is_none());
+        assert!(b.remove("file/").is_some());
+        assert!(b.is_empty());
+    }
+}

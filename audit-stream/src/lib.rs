@@ -1,0 +1,24 @@
+//! custos-audit: the audit side of Custos.
+//!
+//! Every request the server handles becomes two events (request and response)
+//! in Vault's audit JSON format ([`event`]). The core builds the events and
+//! hands them to the [`broker::AuditBroker`], which gives each enabled device a
+//! copy; each device HMACs the secrets in its copy with its own salt
+//! ([`hash`]) and records it. The [`file::FileDevice`] appends one JSON line
+//! per event to a local file and fsyncs it (group commit) before the call
+//! returns. A request proceeds only if at least one device recorded it.
+//!
+//! Metric names live in [`metrics`]; errors in [`error`].
+
+pub mod broker;
+pub mod error;
+pub mod event;
+pub mod file;
+pub mod hash;
+pub mod metrics;
+
+pub use broker::{AuditBroker, AuditDevice, DeviceInfo};
+pub use error::AuditError;
+pub use event::{AuditAuth, AuditEvent, AuditRequest, AuditResponse, EventType};
+pub use file::{FileDevice, FileOptions};
+pub use hash::{HashOptions, Salt, hash_event, hmac_sha256};

@@ -1,0 +1,608 @@
+//! The server core: seal state, the unsealed subsystems, and the request
+//! pipeline.
+//!
+//! [`Core::handle`] is the whole life of an authenticated request, in order:
+//! sealed? → token lookup → route → existence check (create vs update) → ACL
+//! (deny by default, sudo for root-protected paths) → audit the request (fail
+//! closed: no audit, no action) → consume a token use → backend → audit the
+//! response → [`Response`]. The HTTP layer (`crate::http`) only translates
+//! to and from HTTP; unauthenticated `sys/` endpoints (init, unseal, health)
+//! are served by `crate::sys` without this pipeline, as in Vault.
+//!
+//! Everything that needs the barrier's keyring (router, token store, policy
+//! store, audit devices with their salts) lives in [`Unsealed`], built at
+//! unseal and dropped at seal.
+
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use custos_audit::AuditBroker;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::audit;
+use crate::barrier::Barrier;
+use crate::config::AuditDeviceConfig;
+use crate::error::{CoreError, Result};
+use crate::logical::{Operation, Request, Response};
+use crate::metrics as m;
+use crate::policy::{PolicyStore, requires_sudo};
+use crate::router::{MountEntry, Mounted, Router};
+use crate::seal::{SealConfig, ShamirSeal};
+use crate::storage::raft::RaftStorage;
+use crate::storage::{PhysicalStore, StorageView};
+use crate::token::{TokenBackend, TokenEntry, TokenStore};
+
+/// Where the mount tables live (through the barrier).
+const MOUNTS_PATH: &str = "core/mounts";
+const AUTH_PATH: &str = "core/auth";
+
+/// Static settings of a core, from server config or dev mode.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    pub node_name: String,
+    pub api_addr: String,
+    pub cluster_addr: String,
+    pub cluster_name: String,
+    pub audit_devices: Vec<AuditDeviceConfig>,
+    /// Seconds; Vault's system default is 768h.
+    pub default_lease_ttl: i64,
+    pub max_lease_ttl: i64,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        CoreOptions {
+            node_name: "custos".into(),
+            api_addr: String::new(),
+            cluster_addr: String::new(),
+            cluster_name: "custos-cluster".into(),
+            audit_devices: Vec::new(),
+            default_lease_ttl: 768 * 3600,
+            max_lease_ttl: 768 * 3600,
+        }
+    }
+}
+
+/// The subsystems that exist only while unsealed.
+pub struct Unsealed {
+    pub router: Router,
+    pub tokens: Arc<TokenStore>,
+    pub policies: Arc<PolicyStore>,
+    pub audit: Arc<AuditBroker>,
+    /// System storage view (`sys/`), for core-owned data such as audit salts.
+    pub system: StorageView,
+    root_key: Zeroizing<Vec<u8>>,
+    stop: watch::Sender<bool>,
+    workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub struct Core {
+    pub opts: CoreOptions,
+    physical: Arc<dyn PhysicalStore>,
+    raft: Option<Arc<RaftStorage>>,
+    pub barrier: Arc<Barrier>,
+    pub seal: ShamirSeal,
+    unsealed: RwLock<Option<Arc<Unsealed>>>,
+    /// Serialises init, unseal, seal and mount-table changes.
+    state_lock: Mutex<()>,
+    me: Weak<Core>,
+    started: Instant,
+}
+
+/// Vault's answer for a missing or unknown token.
+fn permission_denied() -> CoreError {
+    CoreError::PermissionDenied
+}
+
+impl Core {
+    pub fn new(
+        opts: CoreOptions,
+        physical: Arc<dyn PhysicalStore>,
+        raft: Option<Arc<RaftStorage>>,
+    ) -> Arc<Core> {
+        Arc::new_cyclic(|me| Core {
+            opts,
+            barrier: Arc::new(Barrier::new(physical.clone())),
+            physical,
+            raft,
+            seal: ShamirSeal::new(),
+            unsealed: RwLock::new(None),
+            state_lock: Mutex::new(()),
+            me: me.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn raft(&self) -> Option<&Arc<RaftStorage>> {
+        self.raft.as_ref()
+    }
+
+    pub fn physical(&self) -> &Arc<dyn PhysicalStore> {
+        &self.physical
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn node_label(&self) -> String {
+        self.raft
+            .as_ref()
+            .map(|r| r.node_id().to_string())
+            .unwrap_or_else(|| self.opts.node_name.clone())
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.unsealed.read().map(|u| u.is_none()).unwrap_or(true)
+    }
+
+    /// Is this node the active node (Raft leader)? A core without Raft (unit
+    /// tests) is always active.
+    pub fn is_active(&self) -> bool {
+        self.raft.as_ref().map(|r| r.is_leader()).unwrap_or(true)
+    }
+
+    pub async fn is_initialized(&self) -> Result<bool> {
+        Ok(self.seal.config(self.physical.as_ref()).await?.is_some())
+    }
+
+    pub async fn seal_config(&self) -> Result<Option<SealConfig>> {
+        self.seal.config(self.physical.as_ref()).await
+    }
+
+    /// The unsealed subsystems, or 503 sealed.
+    pub fn unsealed(&self) -> Result<Arc<Unsealed>> {
+        self.unsealed
+            .read()
+            .map_err(|_| CoreError::internal("state lock poisoned"))?
+            .clone()
+            .ok_or(CoreError::Sealed)
+    }
+
+    /// `sys/init`: generate keys, initialize the barrier, write the default
+    /// policy and mount tables, create the root token. Leaves the core sealed,
+    /// as Vault does. Returns (shares, root token).
+    pub async fn initialize(
+        &self,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<(Vec<Zeroizing<Vec<u8>>>, String)> {
+        let _g = self.state_lock.lock().await;
+        let init = self
+            .seal
+            .init(self.physical.as_ref(), shares, threshold)
+            .await?;
+        self.barrier.initialize(&init.root_key).await?;
+        let result = async {
+            self.write_default_mounts().await?;
+            let u = self.build_unsealed(init.root_key.clone()).await?;
+            u.policies.ensure_default().await?;
+            let (root_token, _) = u.tokens.create_root_token(None).await?;
+            self.teardown(u).await;
+            Ok::<_, CoreError>(root_token)
+        }
+        .await;
+        self.barrier.seal();
+        let root_token = result?;
+        m::gauge_set(m::CORE_INITIALIZED, &[], 1.0);
+        Ok((init.shares, root_token))
+    }
+
+    /// Dev-mode shortcut: unseal with the root key directly.
+    pub async fn unseal_with_root_key(&self, root_key: Zeroizing<Vec<u8>>) -> Result<()> {
+        let _g = self.state_lock.lock().await;
+        self.unseal_locked(root_key).await
+    }
+
+    /// `sys/unseal` with one share. Returns whether the core is now unsealed.
+    pub async fn submit_unseal_share(&self, share: &[u8]) -> Result<bool> {
+        let _g = self.state_lock.lock().await;
+        if !self.is_sealed() {
+            return Ok(true);
+        }
+        match self
+            .seal
+            .submit_share(self.physical.as_ref(), share)
+            .await?
+        {
+            None => Ok(false),
+            Some(root_key) => {
+                self.unseal_locked(root_key).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn unseal_locked(&self, root_key: Zeroizing<Vec<u8>>) -> Result<()> {
+        if !self.is_sealed() {
+            return Ok(());
+        }
+        self.barrier.unseal(&root_key).await?;
+        match self.build_unsealed(root_key).await {
+            Ok(u) => {
+                self.start_workers(&u);
+                if let Ok(mut slot) = self.unsealed.write() {
+                    *slot = Some(u);
+                }
+                self.publish_seal_metrics();
+                tracing::info!("core unsealed");
+                Ok(())
+            }
+            Err(e) => {
+                self.barrier.seal();
+                Err(e)
+            }
+        }
+    }
+
+    /// `sys/seal`: drop the keyring and all unsealed state.
+    pub async fn seal_now(&self) -> Result<()> {
+        let _g = self.state_lock.lock().await;
+        let taken = self.unsealed.write().ok().and_then(|mut s| s.take());
+        self.barrier.seal();
+        self.seal.reset();
+        if let Some(u) = taken {
+            self.teardown(u).await;
+        }
+        self.publish_seal_metrics();
+        tracing::info!("core sealed");
+        Ok(())
+    }
+
+    /// `sys/rotate`: a new barrier key term.
+    pub async fn rotate_barrier(&self) -> Result<crate::barrier::KeyStatus> {
+        let u = self.unsealed()?;
+        let _g = self.state_lock.lock().await;
+        let st = self.barrier.rotate(&u.root_key).await?;
+        self.publish_seal_metrics();
+        Ok(st)
+    }
+
+    pub fn publish_seal_metrics(&self) {
+        let node = self.node_label();
+        let labels = [("node_id", node)];
+        m::gauge_set(
+            m::CORE_UNSEALED,
+            &labels,
+            if self.is_sealed() { 0.0 } else { 1.0 },
+        );
+        m::gauge_set(
+            m::CORE_ACTIVE,
+            &labels,
+            if self.is_active() { 1.0 } else { 0.0 },
+        );
+        m::gauge_set(m::SEAL_TYPE, &[("type", "shamir".to_string())], 1.0);
+        if let Some((term, installed)) = self.barrier.active_term_install_time() {
+            m::gauge_set(m::BARRIER_TERM, &[], term as f64);
+            m::gauge_set(m::BARRIER_KEY_AGE, &[], installed as f64);
+        }
+    }
+
+    async fn write_default_mounts(&self) -> Result<()> {
+        let view = StorageView::new(self.barrier.clone(), "");
+        let mut secret = MountEntry::new("secret/", "kv", "key/value secret storage");
+        secret.options.insert("version".into(), "2".into());
+        // `secret/` is mounted only in dev mode (as Vault); `init` writes sys only.
+        let _ = secret;
+        let mounts = vec![MountEntry::new(
+            "sys/",
+            "system",
+            "system endpoints used for control, policy and debugging",
+        )];
+        let auth = vec![MountEntry::new(
+            "auth/token/",
+            "token",
+            "token based credentials",
+        )];
+        view.put_json(MOUNTS_PATH, &mounts).await?;
+        view.put_json(AUTH_PATH, &auth).await
+    }
+
+    async fn build_unsealed(&self, root_key: Zeroizing<Vec<u8>>) -> Result<Arc<Unsealed>> {
+        let root_view = StorageView::new(self.barrier.clone(), "");
+        let system = StorageView::new(self.barrier.clone(), "sys/");
+        let tokens = Arc::new(TokenStore::new(system.sub("token/")));
+        tokens.init().await?;
+        let policies = Arc::new(PolicyStore::new(system.sub("policy/")));
+        policies.ensure_default().await?;
+        let audit = Arc::new(audit::build_broker(&self.opts.audit_devices, &system).await?);
+        let router = Router::new();
+        let mut entries: Vec<MountEntry> =
+            root_view.get_json(MOUNTS_PATH).await?.unwrap_or_default();
+        entries.extend(
+            root_view
+                .get_json::<Vec<MountEntry>>(AUTH_PATH)
+                .await?
+                .unwrap_or_default(),
+        );
+        for entry in entries {
+            let mounted = self.instantiate(entry, &tokens).await?;
+            router.insert(mounted);
+        }
+        let (stop, _) = watch::channel(false);
+        Ok(Arc::new(Unsealed {
+            router,
+            tokens,
+            policies,
+            audit,
+            system,
+            root_key,
+            stop,
+            workers: std::sync::Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Build the live backend for a mount entry.
+    async fn instantiate(&self, entry: MountEntry, tokens: &Arc<TokenStore>) -> Result<Mounted> {
+        let prefix = if entry.is_auth() {
+            format!("auth/{}/", entry.uuid)
+        } else {
+            format!("logical/{}/", entry.uuid)
+        };
+        let storage = StorageView::new(self.barrier.clone(), prefix);
+        let backend: Arc<dyn crate::logical::Backend> = match entry.mount_type.as_str() {
+            "system" => Arc::new(crate::sys::SystemBackend::new(self.me.clone())),
+            "token" => Arc::new(TokenBackend::new(tokens.clone())),
+            "kv" => crate::engines::kv_backend(&entry)?,
+            other => {
+                return Err(CoreError::bad_request(format!(
+                    "plugin not found in the catalog: {other}"
+                )));
+            }
+        };
+        backend.initialize(&storage).await?;
+        Mounted::new(entry, backend, storage)
+    }
+
+    /// Mount a secrets engine (`sys/mounts/:path`) or auth method.
+    pub async fn mount(&self, mut entry: MountEntry) -> Result<()> {
+        let u = self.unsealed()?;
+        let _g = self.state_lock.lock().await;
+        if !entry.path.ends_with('/') {
+            entry.path.push('/');
+        }
+        let reserved = ["sys/", "auth/token/", "cubbyhole/", "identity/"];
+        if reserved.iter().any(|r| entry.path.starts_with(r)) || (entry.path == "auth/") {
+            return Err(CoreError::bad_request(format!(
+                "cannot mount at reserved path {:?}",
+                entry.path
+            )));
+        }
+        if let Some(existing) = u.router.conflicts(&entry.path) {
+            return Err(CoreError::bad_request(format!(
+                "path is already in use at {existing}"
+            )));
+        }
+        let mounted = self.instantiate(entry.clone(), &u.tokens).await?;
+        let table_path = if entry.is_auth() {
+            AUTH_PATH
+        } else {
+            MOUNTS_PATH
+        };
+        let mut table: Vec<MountEntry> = u
+            .router
+            .entries()
+            .into_iter()
+            .filter(|e| e.is_auth() == entry.is_auth())
+            .collect();
+        table.push(entry);
+        StorageView::new(self.barrier.clone(), "")
+            .put_json(table_path, &table)
+            .await?;
+        u.router.insert(mounted);
+        Ok(())
+    }
+
+    /// Unmount and delete the mount's data.
+    pub async fn unmount(&self, path: &str) -> Result<()> {
+        let u = self.unsealed()?;
+        let _g = self.state_lock.lock().await;
+        let path = if path.ends_with('/') {
+            path.to_string()
+        } else {
+            format!("{path}/")
+        };
+        let Some(m) = u.router.get(&path) else {
+            // Vault answers 204 for unmounting a path that is not mounted.
+            return Ok(());
+        };
+        if matches!(m.entry.mount_type.as_str(), "system" | "token") {
+            return Err(CoreError::bad_request(format!("cannot unmount {path:?}")));
+        }
+        let is_auth = m.entry.is_auth();
+        let table: Vec<MountEntry> = u
+            .router
+            .entries()
+            .into_iter()
+            .filter(|e| e.is_auth() == is_auth && e.path != path)
+            .collect();
+        let root = StorageView::new(self.barrier.clone(), "");
+        root.put_json(if is_auth { AUTH_PATH } else { MOUNTS_PATH }, &table)
+            .await?;
+        u.router.remove(&path);
+        // Delete the data in bounded batches.
+        let keys = m.storage.list_recursive("").await?;
+        for chunk in keys.chunks(256) {
+            let ops = chunk
+                .iter()
+                .map(|k| crate::storage::BatchOp::Delete { key: k.clone() })
+                .collect();
+            m.storage.batch(ops).await?;
+        }
+        Ok(())
+    }
+
+    /// Persist a changed mount entry (tune).
+    pub async fn update_mount(&self, entry: MountEntry) -> Result<()> {
+        let u = self.unsealed()?;
+        let _g = self.state_lock.lock().await;
+        let is_auth = entry.is_auth();
+        let mut table: Vec<MountEntry> = u
+            .router
+            .entries()
+            .into_iter()
+            .filter(|e| e.is_auth() == is_auth)
+            .collect();
+        for e in table.iter_mut() {
+            if e.path == entry.path {
+                *e = entry.clone();
+            }
+        }
+        StorageView::new(self.barrier.clone(), "")
+            .put_json(if is_auth { AUTH_PATH } else { MOUNTS_PATH }, &table)
+            .await?;
+        u.router.replace_entry(entry);
+        Ok(())
+    }
+
+    fn start_workers(&self, u: &Arc<Unsealed>) {
+        let tokens = u.tokens.clone();
+        let mut stop = u.stop.subscribe();
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = tokens.tidy_expired().await {
+                            tracing::warn!(error = %e, "token expiry sweep failed");
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        if let Ok(mut w) = u.workers.lock() {
+            w.push(handle);
+        }
+    }
+
+    async fn teardown(&self, u: Arc<Unsealed>) {
+        let _ = u.stop.send(true);
+        let handles: Vec<JoinHandle<()>> = u
+            .workers
+            .lock()
+            .map(|mut w| w.drain(..).collect())
+            .unwrap_or_default();
+        for h in handles {
+            let _ = h.await;
+        }
+        u.audit.shutdown().await;
+    }
+
+    /// Stop background work and flush audit; called at server shutdown.
+    pub async fn shutdown(&self) {
+        let taken = self.unsealed.write().ok().and_then(|mut s| s.take());
+        if let Some(u) = taken {
+            self.teardown(u).await;
+        }
+        self.barrier.seal();
+        if let Some(r) = &self.raft {
+            r.shutdown().await;
+        }
+    }
+
+    /// Resolve a token for endpoints that take one as an argument.
+    pub async fn lookup_token(&self, token: &str) -> Result<Option<TokenEntry>> {
+        self.unsealed()?.tokens.lookup(token).await
+    }
+
+    /// Run one authenticated request through the pipeline.
+    pub async fn handle(&self, mut req: Request) -> Result<Response> {
+        let u = self.unsealed()?;
+        let token = match &req.client_token {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => return Err(permission_denied()),
+        };
+        let entry = u
+            .tokens
+            .lookup(token.expose())
+            .await?
+            .ok_or_else(permission_denied)?;
+        let entry = Arc::new(entry);
+        req.auth = Some(entry.clone());
+
+        // Route first (without failing yet) so the existence check can decide
+        // create vs update before the ACL looks at the operation.
+        let routed = u.router.route(&req.path);
+        if let Some((mounted, rel)) = &routed {
+            req.mount_point = mounted.entry.path.clone();
+            req.mount_type = mounted.entry.mount_type.clone();
+            req.relative_path = rel.clone();
+        }
+        let resolved = routed
+            .as_ref()
+            .map(|(mounted, rel)| mounted.resolve(rel, req.operation));
+        if req.operation == Operation::Update
+            && let Some(Ok(r)) = &resolved
+            && r.spec.existence_check
+            && !r.exists(&req).await?
+        {
+            req.operation = Operation::Create;
+        }
+
+        let acl = u.policies.acl_for(&entry.policies).await?;
+        let decision = acl.check(&req.path, req.operation);
+        let sudo_needed = requires_sudo(&req.path, req.operation);
+        req.has_sudo = decision.sudo;
+        let denied = if crate::sys::acl_exempt(&req.path) {
+            false
+        } else {
+            !decision.allowed || (sudo_needed && !decision.sudo)
+        };
+
+        let request_event =
+            audit::request_event(&req, &entry, denied.then_some("permission denied"));
+        if let Err(e) = u.audit.log_request(request_event).await {
+            m::counter_inc(m::AUDIT_LOG_REQUEST_FAILURE, &[]);
+            tracing::error!(error = %e, "audit: no device recorded the request; refusing it");
+            return Err(CoreError::Audit(
+                "no audit device recorded the request".into(),
+            ));
+        }
+        m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
+
+        let result: Result<Option<Response>> = if denied {
+            Err(permission_denied())
+        } else {
+            match resolved {
+                None => Err(CoreError::NotFound(format!(
+                    "no handler for route {:?}. route entry not found.",
+                    req.path
+                ))),
+                Some(Err(e)) => Err(e),
+                Some(Ok(r)) => match u.tokens.use_token(&entry).await? {
+                    None => Err(permission_denied()),
+                    Some(updated) => {
+                        req.auth = Some(Arc::new(updated));
+                        r.call(&req).await
+                    }
+                },
+            }
+        };
+
+        let result = match result {
+            Ok(Some(resp)) => Ok(resp),
+            Ok(None) => match req.operation {
+                Operation::Read | Operation::List => Err(CoreError::NotFound(String::new())),
+                _ => Ok(Response {
+                    status: Some(204),
+                    ..Default::default()
+                }),
+            },
+            Err(e) => Err(e),
+        };
+
+        let response_event = audit::response_event(&req, &entry, &result);
+        if let Err(e) = u.audit.log_response(response_event).await {
+            m::counter_inc(m::AUDIT_LOG_RESPONSE_FAILURE, &[]);
+            tracing::error!(error = %e, "audit: no device recorded the response");
+            return Err(CoreError::Audit(
+                "no audit device recorded the response".into(),
+            ));
+        }
+        m::counter_inc(m::AUDIT_LOG_RESPONSE, &[]);
+        result
+    }
+}

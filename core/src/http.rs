@@ -1,0 +1,429 @@
+//! The HTTP API: Vault's wire protocol on top of [`Core`].
+//!
+//! Requests arrive from the listeners in `crate::server` (plain TCP or TLS);
+//! this module turns them into [`Request`]s — method to operation (`LIST`
+//! and `?list=true` to list), `X-Vault-Token` or `Authorization: Bearer`,
+//! JSON body or query string to data, a body size limit — and renders the
+//! outcome in Vault's envelope (`request_id`, `lease_id`, `renewable`,
+//! `lease_duration`, `data`, `wrap_info`, `warnings`, `auth`) or as
+//! `{"errors":[...]}` with the status from [`CoreError::status`]. Nothing
+//! here knows about engines.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use serde_json::{Map, Value, json};
+
+use crate::core::Core;
+use crate::error::CoreError;
+use crate::logical::{Operation, Request, Response, Secret};
+use crate::metrics as m;
+
+/// Vault's default `max_request_size`: 32 MiB.
+pub const DEFAULT_MAX_REQUEST_SIZE: usize = 32 * 1024 * 1024;
+
+/// Per-listener HTTP settings.
+#[derive(Clone)]
+pub struct HttpState {
+    pub core: Arc<Core>,
+    /// 0 means unlimited (Vault: a negative `max_request_size`).
+    pub max_request_size: usize,
+    /// Serve `sys/metrics` without a token (listener `telemetry` block).
+    pub unauthenticated_metrics: bool,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// The client address a connection came from, for any listener type.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Build the axum router for one listener.
+pub fn router(state: HttpState) -> Router {
+    Router::new().fallback(handle).with_state(Arc::new(state))
+}
+
+fn error_response(status: u16, errors: Vec<String>) -> axum::response::Response {
+    let body = serde_json::to_vec(&json!({ "errors": errors }))
+        .unwrap_or_else(|_| b"{\"errors\":[]}".to_vec());
+    let mut resp = axum::response::Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn core_error(e: &CoreError) -> axum::response::Response {
+    error_response(e.status(), e.messages())
+}
+
+fn json_response(status: u16, value: &Value) -> axum::response::Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut resp = axum::response::Response::new(Body::from(body));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(_) => error_response(500, vec!["failed to encode response".into()]),
+    }
+}
+
+/// Paths whose `data` Vault also copies to the top level of the body, for
+/// clients written against the old raw responses.
+fn legacy_top_level(path: &str, op: Operation) -> bool {
+    op == Operation::Read && matches!(path, "sys/mounts" | "sys/auth" | "sys/audit" | "sys/policy")
+}
+
+fn render(
+    req_id: &str,
+    path: &str,
+    op: Operation,
+    mount_type: &str,
+    resp: Response,
+) -> axum::response::Response {
+    if resp.raw_body {
+        let status = resp.status.unwrap_or(200);
+        return json_response(status, &Value::Object(resp.data.unwrap_or_default()));
+    }
+    if resp.status == Some(204)
+        && resp.data.is_none()
+        && resp.auth.is_none()
+        && resp.warnings.is_empty()
+    {
+        let mut r = axum::response::Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        return r;
+    }
+    let status = resp.status.filter(|s| *s != 204).unwrap_or(200);
+    let warnings = if resp.warnings.is_empty() {
+        Value::Null
+    } else {
+        json!(resp.warnings)
+    };
+    let auth = match &resp.auth {
+        Some(a) => serde_json::to_value(a).unwrap_or(Value::Null),
+        None => Value::Null,
+    };
+    let top = legacy_top_level(path, op);
+    let data = resp.data.map(Value::Object).unwrap_or(Value::Null);
+    let mut body = json!({
+        "request_id": req_id,
+        "lease_id": resp.lease_id,
+        "renewable": resp.renewable,
+        "lease_duration": resp.lease_duration,
+        "data": data,
+        "wrap_info": null,
+        "warnings": warnings,
+        "auth": auth,
+        "mount_type": mount_type,
+    });
+    if top
+        && let Some(d) = data_clone(&body)
+        && let Some(b) = body.as_object_mut()
+    {
+        for (k, v) in d {
+            b.entry(k).or_insert(v);
+        }
+    }
+    json_response(status, &body)
+}
+
+fn data_clone(body: &Value) -> Option<Map<String, Value>> {
+    body.get("data").and_then(Value::as_object).cloned()
+}
+
+fn operation_of(method: &Method, query_list: bool) -> Option<Operation> {
+    Some(match method.as_str() {
+        "GET" | "HEAD" if query_list => Operation::List,
+        "GET" | "HEAD" => Operation::Read,
+        "LIST" => Operation::List,
+        "POST" | "PUT" => Operation::Update,
+        "PATCH" => Operation::Patch,
+        "DELETE" => Operation::Delete,
+        _ => return None,
+    })
+}
+
+fn token_of(headers: &HeaderMap) -> Option<Secret> {
+    if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
+        return Some(Secret::new(v.trim()));
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| Secret::new(rest.trim()))
+}
+
+fn parse_query(uri: &Uri) -> Map<String, Value> {
+    let mut out = Map::new();
+    if let Some(q) = uri.query() {
+        for (k, v) in form_urlencoded_pairs(q) {
+            out.insert(k, Value::String(v));
+        }
+    }
+    out
+}
+
+/// Minimal `application/x-www-form-urlencoded` decoding for query strings.
+fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, CoreError> {
+    let limited = if limit == 0 { usize::MAX } else { limit };
+    match http_body_util::Limited::new(body, limited).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(CoreError::PayloadTooLarge(
+                    "http: request body too large".into(),
+                ))
+            } else {
+                Err(CoreError::bad_request("failed to read request body"))
+            }
+        }
+    }
+}
+
+fn parse_json_body(bytes: &[u8]) -> Result<Map<String, Value>, CoreError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(_) => Err(CoreError::bad_request(
+            "failed to parse JSON input: body must be a JSON object",
+        )),
+        Err(e) => Err(CoreError::bad_request(format!(
+            "failed to parse JSON input: {e}"
+        ))),
+    }
+}
+
+async fn handle(
+    State(st): State<Arc<HttpState>>,
+    ConnectInfo(client): ConnectInfo<ClientAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let remote = Some(client.0);
+    let Some(path) = uri.path().strip_prefix("/v1/") else {
+        return error_response(404, vec![]);
+    };
+    let path = path.trim_start_matches('/').to_string();
+    let mut query = parse_query(&uri);
+    let list_flag = matches!(
+        query.remove("list").as_ref().and_then(Value::as_str),
+        Some("true" | "1")
+    );
+    let Some(op) = operation_of(&method, list_flag) else {
+        return error_response(405, vec!["unsupported operation".into()]);
+    };
+
+    // Metrics endpoint: Prometheus text.
+    if path == "sys/metrics" && op == Operation::Read {
+        return metrics_endpoint(&st, &headers, &query).await;
+    }
+
+    let bytes = match read_body(body, st.max_request_size).await {
+        Ok(b) => b,
+        Err(e) => return core_error(&e),
+    };
+    let mut data = match op {
+        Operation::Update | Operation::Patch | Operation::Create => match parse_json_body(&bytes) {
+            Ok(d) => d,
+            Err(e) => return core_error(&e),
+        },
+        // Vault reads GET/LIST/DELETE data from the query string.
+        _ => Map::new(),
+    };
+    if matches!(op, Operation::Read | Operation::List | Operation::Delete) {
+        for (k, v) in std::mem::take(&mut query) {
+            if k != "help" {
+                data.insert(k, v);
+            }
+        }
+    }
+    if op == Operation::Patch {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("application/merge-patch+json") {
+            return error_response(
+                415,
+                vec![format!(
+                    "PATCH requires Content-Type application/merge-patch+json, got {ct:?}"
+                )],
+            );
+        }
+    }
+
+    // Unauthenticated system endpoints (work while sealed).
+    if let Some(result) = crate::sys::unauthenticated(&st.core, op, &path, &data).await {
+        let resp = match result {
+            Ok(r) => render("", &path, op, "system", r),
+            Err(e) => core_error(&e),
+        };
+        record(&path, op, resp.status().as_u16(), started);
+        return head_strip(&method, resp);
+    }
+
+    let mut req = Request::new(op, path.clone());
+    req.data = data;
+    req.client_token = token_of(&headers);
+    req.remote_addr = remote;
+    let req_id = req.id.clone();
+    let result = st.core.handle(req).await;
+    let (mount, mount_type) = match st.core.unsealed() {
+        Ok(u) => u
+            .router
+            .route(&path)
+            .map(|(m, _)| (m.entry.path.clone(), m.entry.mount_type.clone()))
+            .unwrap_or_default(),
+        Err(_) => (String::new(), String::new()),
+    };
+    let resp = match result {
+        Ok(r) => render(&req_id, &path, op, &mount_type, r),
+        Err(CoreError::NotFound(msg)) if msg.is_empty() => error_response(404, vec![]),
+        Err(e) => core_error(&e),
+    };
+    record_mount(&mount, op, resp.status().as_u16(), started);
+    head_strip(&method, resp)
+}
+
+fn head_strip(method: &Method, resp: axum::response::Response) -> axum::response::Response {
+    if method == Method::HEAD {
+        let (parts, _) = resp.into_parts();
+        return axum::response::Response::from_parts(parts, Body::empty());
+    }
+    resp
+}
+
+fn record(path: &str, op: Operation, status: u16, started: Instant) {
+    let mount = if path.starts_with("sys/") { "sys/" } else { "" };
+    record_mount(mount, op, status, started);
+}
+
+fn record_mount(mount: &str, op: Operation, status: u16, started: Instant) {
+    // Mount points are operator-chosen and few; unknown paths fold to "".
+    let mount = mount.to_string();
+    m::counter_inc(
+        m::REQUESTS,
+        &[
+            ("mount", mount.clone()),
+            ("operation", op.as_str().to_string()),
+            ("status", m::status_class(status).to_string()),
+        ],
+    );
+    m::histogram_record(
+        m::REQUEST_SECONDS,
+        &[("mount", mount), ("operation", op.as_str().to_string())],
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+async fn metrics_endpoint(
+    st: &HttpState,
+    headers: &HeaderMap,
+    query: &Map<String, Value>,
+) -> axum::response::Response {
+    if !st.unauthenticated_metrics {
+        // Needs a token with read on sys/metrics, through the pipeline.
+        let mut req = Request::new(Operation::Read, "sys/metrics");
+        req.client_token = token_of(headers);
+        req.remote_addr = None;
+        if let Err(e) = st.core.handle(req).await {
+            return core_error(&e);
+        }
+    }
+    match query.get("format").and_then(Value::as_str) {
+        Some("prometheus") | None => {}
+        Some(other) => {
+            return error_response(400, vec![format!("unsupported metrics format {other:?}")]);
+        }
+    }
+    st.core.publish_seal_metrics();
+    let text = st.metrics.render();
+    let mut resp = axum::response::Response::new(Body::from(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("50%"), "50%");
+        let pairs = form_urlencoded_pairs("version=2&list=true&x");
+        assert_eq!(pairs[0], ("version".into(), "2".into()));
+        assert_eq!(pairs[2], ("x".into(), "".into()));
+    }
+
+    #[test]
+    fn json_bodies_must_be_objects() {
+        assert!(parse_json_body(b"").unwrap().is_empty());
+        assert!(parse_json_body(b"{\"a\":1}").is_ok());
+        assert!(parse_json_body(b"[1]").is_err());
+        assert!(parse_json_body(b"{bad").is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! `custos-core`: the Custos server.
+//!
+//! A request enters through [`http`] (axum on TCP/TLS), becomes a
+//! [`logical::Request`], and runs the pipeline in [`core::Core`]: token lookup
+//! ([`token`]) → ACL ([`policy`]) → audit ([`audit`], fail closed) → route by
+//! the mount table ([`router`]) to a backend ([`sys`], [`engines::kv`],
+//! [`token`]) → storage through the [`barrier`] into Raft ([`storage::raft`])
+//! → audit the response → Vault's JSON envelope. The [`seal`] guards the
+//! barrier's keyring with Shamir shares; [`config`] reads Vault-shaped HCL.
+
+pub mod audit;
+pub mod barrier;
+pub mod config;
+pub mod core;
+pub mod engines;
+pub mod error;
+pub mod http;
+pub mod logical;
+pub mod metrics;
+pub mod policy;
+pub mod router;
+pub mod seal;
+pub mod server;
+pub mod storage;
+pub mod sys;
+pub mod token;

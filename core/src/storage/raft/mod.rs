@@ -1,0 +1,594 @@
+//! The production [`PhysicalStore`]: Raft (openraft 0.9, storage-v2) with the
+//! log and the state machine on redb.
+//!
+//! # Data flow of a write
+//!
+//! [`RaftStorage::batch`] wraps the operations (already sealed by the barrier)
+//! in one [`Command::Batch`] and proposes it with `Raft::client_write`:
+//!
+//! 1. **propose**: the leader's `RaftCore` assigns the entry a log id;
+//! 2. **log fsync**: [`LogStore::append`] writes it to `raft-log.redb` in one
+//!    redb transaction and reports it flushed only after the fsynced commit
+//!    returned;
+//! 3. **commit**: once a quorum (one node: itself) has it on disk, the entry is
+//!    committed;
+//! 4. **apply**: [`StateMachineStore::apply`] applies the batch to
+//!    `state.redb` in one fsynced transaction together with `last_applied` (and
+//!    `last_membership` for membership entries);
+//! 5. `client_write` returns only now, so an acknowledged write is on disk twice
+//!    and visible to the next read.
+//!
+//! # Reads
+//!
+//! `get` and `list` read the local state machine through redb read
+//! transactions (MVCC, never blocked by the writer). On a single node the local
+//! state machine is the leader's, and because `batch` returns only after
+//! apply, a read that follows a write always sees it. Followers in the coming
+//! HA setup serve possibly stale reads or forward; that choice belongs to the
+//! HA issue, not to the storage.
+//!
+//! # Types
+//!
+//! [`TypeConfig`] is declared with `openraft::declare_raft_types!`:
+//! `D = Command` (the replicated write), `R = CommandResponse`, `NodeId = u64`,
+//! `Node = BasicNode` (its `addr` is the node's API address), entries are
+//! `openraft::Entry`, snapshots `Cursor<Vec<u8>>`, runtime tokio.
+//!
+//! # Files
+//!
+//! `dir/raft-log.redb` ([`LogStore`]: entries, vote, purge point) and
+//! `dir/state.redb` ([`StateMachineStore`]: key/values, applied state, current
+//! snapshot). Two files because they have different lifecycles: the log is
+//! truncated, purged and rewritten constantly, the state machine is the data; a
+//! DR restore or a rebuilt follower replaces one without touching the other,
+//! and each commit only fsyncs the file it changed.
+//!
+//! Snapshots are built by openraft every [`SNAPSHOT_EVERY`] entries (and on
+//! demand by [`RaftStorage::snapshot_bytes`] for the snapshot agent); they are
+//! the state machine's contents, i.e. barrier ciphertext, restorable only with
+//! the original unseal keys. The network is [`SingleNodeNetwork`]: this issue
+//! runs one-node clusters; inter-node RPCs come with the HA issue.
+
+mod log_store;
+mod network;
+mod state_machine;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use redb::Database;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use log_store::LogStore;
+pub use network::{SingleNodeNetwork, UnreachablePeer};
+pub use state_machine::StateMachineStore;
+
+use super::{BatchOp, PhysicalStore, one_level};
+use crate::error::{CoreError, Result};
+use crate::metrics;
+
+openraft::declare_raft_types!(
+    /// Custos' Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft type alias used throughout the server.
+pub type CustosRaft = Raft<TypeConfig>;
+
+/// File name of the Raft log database inside the data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+/// File name of the state machine database inside the data directory.
+pub const STATE_FILE: &str = "state.redb";
+/// Build a snapshot (and allow purging the log) after this many entries.
+pub const SNAPSHOT_EVERY: u64 = 10_000;
+/// How long [`RaftStorage::open`] waits for this node to become leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long [`RaftStorage::snapshot_bytes`] waits for a snapshot to be built.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+
+/// One replicated write: the `D` of [`TypeConfig`].
+///
+/// In the log it is JSON with base64 values (see `CommandWire`). `Debug`
+/// prints keys and value sizes only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "CommandWire", try_from = "CommandWire")]
+pub enum Command {
+    /// Apply these writes atomically.
+    Batch(Vec<BatchOp>),
+    /// Replace the whole key space by these pairs (restore of a snapshot,
+    /// replicated like any write so every node and the log agree).
+    Restore(Vec<(String, Vec<u8>)>),
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Batch(ops) => {
+                let mut l = f.debug_list();
+                for op in ops {
+                    match op {
+                        BatchOp::Put { key, value } => {
+                            l.entry(&format_args!("put {key} ({} bytes)", value.len()))
+                        }
+                        BatchOp::Delete { key } => l.entry(&format_args!("delete {key}")),
+                    };
+                }
+                l.finish()
+            }
+            Command::Restore(pairs) => write!(f, "Restore({} pairs)", pairs.len()),
+        }
+    }
+}
+
+/// The JSON shape of a [`Command`] in the log: values base64, a missing value
+/// in a batch means delete.
+#[derive(Serialize, Deserialize)]
+enum CommandWire {
+    #[serde(rename = "batch")]
+    Batch(Vec<PairWire>),
+    #[serde(rename = "restore")]
+    Restore(Vec<PairWire>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct PairWire {
+    k: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<String>,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+impl From<Command> for CommandWire {
+    fn from(c: Command) -> Self {
+        use base64::Engine;
+        match c {
+            Command::Batch(ops) => CommandWire::Batch(
+                ops.into_iter()
+                    .map(|op| match op {
+                        BatchOp::Put { key, value } => PairWire {
+                            k: key,
+                            v: Some(b64().encode(value)),
+                        },
+                        BatchOp::Delete { key } => PairWire { k: key, v: None },
+                    })
+                    .collect(),
+            ),
+            Command::Restore(pairs) => CommandWire::Restore(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| PairWire {
+                        k,
+                        v: Some(b64().encode(v)),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl TryFrom<CommandWire> for Command {
+    type Error = String;
+
+    fn try_from(w: CommandWire) -> std::result::Result<Self, String> {
+        use base64::Engine;
+        let decode = |k: &str, v: &str| {
+            b64()
+                .decode(v)
+                .map_err(|_| format!("bad base64 value for {k}"))
+        };
+        match w {
+            CommandWire::Batch(pairs) => pairs
+                .into_iter()
+                .map(|p| match p.v {
+                    Some(v) => Ok(BatchOp::Put {
+                        value: decode(&p.k, &v)?,
+                        key: p.k,
+                    }),
+                    None => Ok(BatchOp::Delete { key: p.k }),
+                })
+                .collect::<std::result::Result<_, String>>()
+                .map(Command::Batch),
+            CommandWire::Restore(pairs) => pairs
+                .into_iter()
+                .map(|p| match p.v {
+                    Some(v) => Ok((p.k.clone(), decode(&p.k, &v)?)),
+                    None => Err(format!("restore pair {} has no value", p.k)),
+                })
+                .collect::<std::result::Result<_, String>>()
+                .map(Command::Restore),
+        }
+    }
+}
+
+/// What applying one entry did: the `R` of [`TypeConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// Operations (or restored pairs) applied; 0 for blank and membership entries.
+    pub applied: usize,
+}
+
+/// Errors of the redb stores, before they become openraft's `StorageError`
+/// or [`CoreError::Storage`]. Never contain values, only keys and causes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("encoding: {0}")]
+    Codec(#[from] serde_json::Error),
+    #[error("snapshot format: {0}")]
+    Format(String),
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        CoreError::Storage(e.to_string())
+    }
+}
+
+/// Run blocking redb work (fsyncs) on tokio's blocking pool.
+async fn blocking<T, F>(f: F) -> std::result::Result<T, StoreError>
+where
+    F: FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// Raft state for `sys/leader`, `sys/ha-status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RaftStatus {
+    pub node_id: u64,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub leader_id: Option<u64>,
+    pub is_leader: bool,
+    /// Ids of every node in the current membership (voters and learners).
+    pub members: Vec<u64>,
+}
+
+/// Describes a snapshot exported by [`RaftStorage::snapshot_bytes`] or
+/// restored by [`RaftStorage::restore_snapshot_bytes`] (for the DR manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    pub snapshot_id: String,
+    /// Raft index and term of the last entry the snapshot contains.
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    /// Number of key/value pairs in the snapshot.
+    pub key_count: u64,
+    /// Size of the snapshot bytes.
+    pub size: u64,
+}
+
+fn snapshot_info(meta: &state_machine::Meta, key_count: u64, size: usize) -> SnapshotInfo {
+    SnapshotInfo {
+        snapshot_id: meta.snapshot_id.clone(),
+        last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or_default(),
+        last_log_term: meta
+            .last_log_id
+            .map(|l| l.leader_id.term)
+            .unwrap_or_default(),
+        key_count,
+        size: size as u64,
+    }
+}
+
+/// The Raft-replicated key/value store on redb. See the module docs.
+pub struct RaftStorage {
+    node_id: u64,
+    raft: CustosRaft,
+    /// The state machine database, for local reads.
+    state: Arc<Database>,
+    /// The log database, held by openraft; watched to know when it is closed.
+    log_db: Weak<Database>,
+    leader_rx: watch::Receiver<Option<u64>>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn raft_config() -> Result<Config> {
+    Config {
+        cluster_name: "custos".to_string(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: 1000,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(CoreError::internal)
+}
+
+fn fatal_to_core(e: Fatal<u64>) -> CoreError {
+    match e {
+        Fatal::Stopped => CoreError::Unavailable("raft is stopped".to_string()),
+        other => CoreError::Storage(format!("raft: {other}")),
+    }
+}
+
+fn write_error_to_core(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> CoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            Some(id) => CoreError::Unavailable(format!("not the leader; the leader is node {id}")),
+            None => CoreError::Unavailable("no leader".to_string()),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            CoreError::Storage(format!("raft membership: {e}"))
+        }
+        RaftError::Fatal(f) => fatal_to_core(f),
+    }
+}
+
+impl RaftStorage {
+    /// Open (or create) the stores in `dir`, start Raft, initialize a
+    /// one-node cluster `{node_id: api_addr}` if this directory never was, and
+    /// wait (up to 10 s) until this node leads and has applied its whole log,
+    /// so writes and reads work as soon as this returns.
+    pub async fn open(dir: &Path, node_id: u64, api_addr: String) -> Result<Arc<RaftStorage>> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| CoreError::Storage(format!("creating {}: {e}", dir.display())))?;
+        let log = {
+            let path = dir.join(LOG_FILE);
+            blocking(move || LogStore::open(&path)).await?
+        };
+        let sm = {
+            let path = dir.join(STATE_FILE);
+            blocking(move || StateMachineStore::open(&path)).await?
+        };
+        let state = sm.db();
+        let log_db = Arc::downgrade(&log.db());
+
+        let config = Arc::new(raft_config()?);
+        let raft = Raft::new(node_id, config, SingleNodeNetwork, log, sm)
+            .await
+            .map_err(fatal_to_core)?;
+
+        let (leader_tx, leader_rx) = watch::channel(None);
+        let watcher = tokio::spawn(watch_metrics(raft.metrics(), leader_tx));
+        let storage = Arc::new(RaftStorage {
+            node_id,
+            raft,
+            state,
+            log_db,
+            leader_rx,
+            watcher: Mutex::new(Some(watcher)),
+        });
+        if let Err(e) = storage.start(api_addr).await {
+            storage.shutdown().await;
+            return Err(e);
+        }
+        Ok(storage)
+    }
+
+    async fn start(&self, api_addr: String) -> Result<()> {
+        let node_id = self.node_id;
+        if !self.raft.is_initialized().await.map_err(fatal_to_core)? {
+            tracing::info!(node_id, "initializing a one-node Raft cluster");
+            let members = BTreeMap::from([(node_id, BasicNode { addr: api_addr })]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| CoreError::Storage(format!("raft initialize: {e}")))?;
+        }
+        // A re-opened node that led before (its committed vote is its own)
+        // resumes as leader at once and commits and applies whatever its log
+        // holds beyond the state machine; otherwise it elects itself after an
+        // election timeout.
+        self.raft
+            .wait(Some(LEADER_WAIT))
+            .metrics(
+                |m| {
+                    m.state == ServerState::Leader
+                        && m.current_leader == Some(node_id)
+                        && m.last_applied.map(|l| l.index) >= m.last_log_index
+                },
+                "leader with the whole log applied",
+            )
+            .await
+            .map_err(|e| CoreError::Unavailable(format!("no leader: {e}")))?;
+        Ok(())
+    }
+
+    /// Stop Raft and wait (bounded) until its tasks released the databases, so
+    /// the directory can be opened again in this process.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = watcher {
+            let _ = w.await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (self.log_db.strong_count() > 0 || Arc::strong_count(&self.state) > 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The openraft handle (for the HA issue: membership changes, RPC handlers).
+    pub fn raft(&self) -> &CustosRaft {
+        &self.raft
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    pub fn leader_id(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        RaftStatus {
+            node_id: self.node_id,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            leader_id: m.current_leader,
+            is_leader: m.state == ServerState::Leader && m.current_leader == Some(self.node_id),
+            members: m.membership_config.nodes().map(|(id, _)| *id).collect(),
+        }
+    }
+
+    /// The current leader id, updated on every change (`None`: no leader).
+    pub fn watch_leader(&self) -> watch::Receiver<Option<u64>> {
+        self.leader_rx.clone()
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<CommandResponse> {
+        let started = Instant::now();
+        let res = self.raft.client_write(cmd).await;
+        metrics::histogram_record(
+            metrics::RAFT_COMMIT_SECONDS,
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+        res.map(|r| r.data).map_err(write_error_to_core)
+    }
+
+    /// Build a snapshot of everything applied so far and return its bytes (the
+    /// format is described in `state_machine`) with what the DR manifest needs.
+    pub async fn snapshot_bytes(&self) -> Result<(Vec<u8>, SnapshotInfo)> {
+        // Everything acknowledged is applied to the state machine: take its
+        // applied index (metrics may trail it) as the floor for the snapshot.
+        let target = state_machine::last_applied(&self.state)?.map(|l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(fatal_to_core)?;
+        self.raft
+            .wait(Some(SNAPSHOT_WAIT))
+            .metrics(|m| m.snapshot.map(|s| s.index) >= target, "snapshot built")
+            .await
+            .map_err(|e| CoreError::Storage(format!("snapshot: {e}")))?;
+        let state = self.state.clone();
+        let (meta, data) = blocking(move || state_machine::current_snapshot(&state))
+            .await?
+            .ok_or_else(|| CoreError::Storage("no snapshot available".to_string()))?;
+        let key_count = state_machine::snapshot_pair_count(&data)?;
+        let info = snapshot_info(&meta, key_count, data.len());
+        Ok((data, info))
+    }
+
+    /// Replace the whole key space by the contents of a snapshot produced by
+    /// [`Self::snapshot_bytes`] (possibly on another cluster). The restore is one
+    /// replicated entry, so it is atomic, durable and keeps this cluster's own
+    /// membership and log; the data stays sealed under the source's keys.
+    pub async fn restore_snapshot_bytes(&self, bytes: &[u8]) -> Result<SnapshotInfo> {
+        let decoded = state_machine::decode_snapshot(bytes)
+            .map_err(|e| CoreError::BadRequest(format!("invalid snapshot: {e}")))?;
+        let info = snapshot_info(&decoded.meta, decoded.pairs.len() as u64, bytes.len());
+        self.propose(Command::Restore(decoded.pairs)).await?;
+        tracing::info!(snapshot_id = %info.snapshot_id, keys = info.key_count, "snapshot restored");
+        Ok(info)
+    }
+}
+
+/// Follow openraft's metrics: publish leader changes and the Raft gauges.
+/// Ends when Raft shuts down (the metrics channel closes).
+async fn watch_metrics(
+    mut rx: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    leader_tx: watch::Sender<Option<u64>>,
+) {
+    let mut last_leader: Option<u64> = None;
+    loop {
+        let (leader, term, applied) = {
+            let m = rx.borrow_and_update();
+            (
+                m.current_leader,
+                m.current_term,
+                m.last_applied.map(|l| l.index),
+            )
+        };
+        metrics::gauge_set(metrics::RAFT_TERM, &[], term as f64);
+        metrics::gauge_set(
+            metrics::RAFT_LAST_INDEX,
+            &[],
+            applied.unwrap_or_default() as f64,
+        );
+        if leader != last_leader {
+            if leader.is_some() {
+                metrics::counter_inc(metrics::CORE_LEADER_CHANGES, &[]);
+            }
+            tracing::info!(leader = ?leader, previous = ?last_leader, "raft leader changed");
+            last_leader = leader;
+            leader_tx.send_replace(leader);
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+#[async_trait]
+impl PhysicalStore for RaftStorage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(state_machine::get(&self.state, key)?)
+    }
+
+    async fn batch(&self, ops: Vec<BatchOp>) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.propose(Command::Batch(ops)).await.map(|_| ())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let keys = state_machine::keys_with_prefix(&self.state, prefix)?;
+        Ok(one_level(prefix, keys.iter().map(String::as_str)))
+    }
+}

@@ -1,0 +1,916 @@
+//! The `sys/` backend: seal control, mounts, policies, capabilities, audit
+//! devices, metrics — and the unauthenticated endpoints (`sys/init`,
+//! `sys/seal-status`, `sys/unseal`, `sys/health`, `sys/leader`) that Vault
+//! serves before any token or seal check.
+//!
+//! Authenticated endpoints come through the normal pipeline (`Core::handle`)
+//! as a [`Backend`] mounted at `sys/`, so ACLs and audit apply. The
+//! unauthenticated ones are called by the HTTP layer through
+//! [`unauthenticated`], and answer raw JSON (no envelope), as Vault's do.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value, json};
+
+use crate::core::Core;
+use crate::error::{CoreError, Result};
+use crate::logical::{
+    Backend, Ctx, FieldKind as K, FieldSpec as F, Operation as Op, PathSpec, Response,
+};
+use crate::router::{MountConfig, MountEntry};
+
+/// Reported as `version` in health and seal status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub struct SystemBackend {
+    core: Weak<Core>,
+}
+
+impl SystemBackend {
+    pub fn new(core: Weak<Core>) -> Self {
+        SystemBackend { core }
+    }
+
+    fn core(&self) -> Result<Arc<Core>> {
+        self.core
+            .upgrade()
+            .ok_or_else(|| CoreError::Unavailable("server is shutting down".into()))
+    }
+}
+
+const MOUNT_FIELDS: &[F] = &[
+    F::new("type", K::String),
+    F::new("description", K::String),
+    F::new("config", K::Map),
+    F::new("options", K::StringMap),
+    F::new("local", K::Bool),
+    F::new("seal_wrap", K::Bool),
+    F::new("external_entropy_access", K::Bool),
+    F::new("plugin_name", K::String),
+    F::new("plugin_version", K::String),
+];
+
+const TUNE_FIELDS: &[F] = &[
+    F::new("default_lease_ttl", K::Duration),
+    F::new("max_lease_ttl", K::Duration),
+    F::new("description", K::String),
+    F::new("options", K::StringMap),
+    F::new("listing_visibility", K::String),
+    F::new("force_no_cache", K::Bool),
+    F::new("audit_non_hmac_request_keys", K::CommaStringSlice),
+    F::new("audit_non_hmac_response_keys", K::CommaStringSlice),
+    F::new("passthrough_request_headers", K::CommaStringSlice),
+];
+
+const CAP_FIELDS: &[F] = &[
+    F::new("token", K::String),
+    F::new("accessor", K::String),
+    F::new("path", K::CommaStringSlice),
+    F::new("paths", K::CommaStringSlice),
+];
+
+// Route indices, in table order.
+const R_SEAL: usize = 0;
+const R_STEP_DOWN: usize = 1;
+const R_ROTATE: usize = 2;
+const R_KEY_STATUS: usize = 3;
+const R_MOUNTS: usize = 4;
+const R_MOUNT_TUNE: usize = 5;
+const R_MOUNT: usize = 6;
+const R_AUTHS: usize = 7;
+const R_AUTH_TUNE: usize = 8;
+const R_AUTH: usize = 9;
+const R_UI_MOUNTS: usize = 10;
+const R_UI_MOUNT: usize = 11;
+const R_POLICY_LIST: usize = 12;
+const R_POLICY: usize = 13;
+const R_ACL_LIST: usize = 14;
+const R_ACL: usize = 15;
+const R_CAPS: usize = 16;
+const R_CAPS_SELF: usize = 17;
+const R_CAPS_ACCESSOR: usize = 18;
+const R_AUDIT_LIST: usize = 19;
+const R_AUDIT: usize = 20;
+const R_AUDIT_HASH: usize = 21;
+const R_LEADER: usize = 22;
+const R_METRICS: usize = 23;
+
+static PATHS: &[PathSpec] = &[
+    PathSpec {
+        pattern: "seal",
+        operations: &[Op::Update],
+        fields: &[],
+        existence_check: false,
+        help: "Seal the server.",
+    },
+    PathSpec {
+        pattern: "step-down",
+        operations: &[Op::Update],
+        fields: &[],
+        existence_check: false,
+        help: "Give up active status.",
+    },
+    PathSpec {
+        pattern: "rotate",
+        operations: &[Op::Update],
+        fields: &[],
+        existence_check: false,
+        help: "Rotate the barrier encryption key.",
+    },
+    PathSpec {
+        pattern: "key-status",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "Barrier key status.",
+    },
+    PathSpec {
+        pattern: "mounts",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "List secrets engines.",
+    },
+    PathSpec {
+        pattern: "mounts/(?P<path>.+?)/tune/?",
+        operations: &[Op::Read, Op::Update],
+        fields: TUNE_FIELDS,
+        existence_check: false,
+        help: "Tune a secrets engine.",
+    },
+    PathSpec {
+        pattern: "mounts/(?P<path>.+)",
+        operations: &[Op::Read, Op::Update, Op::Delete],
+        fields: MOUNT_FIELDS,
+        existence_check: false,
+        help: "Enable, read or disable a secrets engine.",
+    },
+    PathSpec {
+        pattern: "auth",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "List auth methods.",
+    },
+    PathSpec {
+        pattern: "auth/(?P<path>.+?)/tune/?",
+        operations: &[Op::Read, Op::Update],
+        fields: TUNE_FIELDS,
+        existence_check: false,
+        help: "Tune an auth method.",
+    },
+    PathSpec {
+        pattern: "auth/(?P<path>.+)",
+        operations: &[Op::Read, Op::Update, Op::Delete],
+        fields: MOUNT_FIELDS,
+        existence_check: false,
+        help: "Enable, read or disable an auth method.",
+    },
+    PathSpec {
+        pattern: "internal/ui/mounts",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "Mounts visible to the token.",
+    },
+    PathSpec {
+        pattern: "internal/ui/mounts/(?P<path>.+)",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "The mount owning a path.",
+    },
+    PathSpec {
+        pattern: "policy/?",
+        operations: &[Op::Read, Op::List],
+        fields: &[],
+        existence_check: false,
+        help: "List policies (legacy).",
+    },
+    PathSpec {
+        pattern: "policy/(?P<name>[^/]+)",
+        operations: &[Op::Read, Op::Update, Op::Delete],
+        fields: &[F::new("rules", K::String), F::new("policy", K::String)],
+        existence_check: false,
+        help: "Read, write or delete a policy (legacy).",
+    },
+    PathSpec {
+        pattern: "policies/acl/?",
+        operations: &[Op::List],
+        fields: &[],
+        existence_check: false,
+        help: "List ACL policies.",
+    },
+    PathSpec {
+        pattern: "policies/acl/(?P<name>[^/]+)",
+        operations: &[Op::Read, Op::Update, Op::Delete],
+        fields: &[F::new("policy", K::String)],
+        existence_check: false,
+        help: "Read, write or delete an ACL policy.",
+    },
+    PathSpec {
+        pattern: "capabilities",
+        operations: &[Op::Update],
+        fields: CAP_FIELDS,
+        existence_check: false,
+        help: "A token's capabilities on paths.",
+    },
+    PathSpec {
+        pattern: "capabilities-self",
+        operations: &[Op::Update],
+        fields: CAP_FIELDS,
+        existence_check: false,
+        help: "The caller's capabilities on paths.",
+    },
+    PathSpec {
+        pattern: "capabilities-accessor",
+        operations: &[Op::Update],
+        fields: CAP_FIELDS,
+        existence_check: false,
+        help: "An accessor's token's capabilities on paths.",
+    },
+    PathSpec {
+        pattern: "audit",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "List audit devices.",
+    },
+    PathSpec {
+        pattern: "audit/(?P<path>.+)",
+        operations: &[Op::Update, Op::Delete],
+        fields: &[
+            F::new("type", K::String),
+            F::new("description", K::String),
+            F::new("options", K::StringMap),
+            F::new("local", K::Bool),
+        ],
+        existence_check: false,
+        help: "Audit devices are declared in server config.",
+    },
+    PathSpec {
+        pattern: "audit-hash/(?P<path>.+)",
+        operations: &[Op::Update],
+        fields: &[F::required("input", K::String)],
+        existence_check: false,
+        help: "Hash a string with an audit device's salt.",
+    },
+    PathSpec {
+        pattern: "leader",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "HA leader information.",
+    },
+    PathSpec {
+        pattern: "metrics",
+        operations: &[Op::Read],
+        fields: &[F::new("format", K::String)],
+        existence_check: false,
+        help: "Prometheus metrics; the HTTP layer renders the text after this authorizes and audits the call.",
+    },
+];
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn normalize_mount_path(p: &str) -> String {
+    let p = p.trim_matches('/');
+    format!("{p}/")
+}
+
+/// The JSON Vault shows for a mount entry in `sys/mounts` and `sys/auth`.
+pub fn mount_json(e: &MountEntry) -> Value {
+    let options = if e.options.is_empty() {
+        Value::Null
+    } else {
+        json!(e.options)
+    };
+    json!({
+        "accessor": e.accessor,
+        "config": {
+            "default_lease_ttl": e.config.default_lease_ttl,
+            "max_lease_ttl": e.config.max_lease_ttl,
+            "force_no_cache": e.config.force_no_cache,
+        },
+        "description": e.description,
+        "external_entropy_access": false,
+        "local": e.local,
+        "options": options,
+        "plugin_version": "",
+        "running_plugin_version": format!("v{VERSION}+builtin.custos"),
+        "running_sha256": "",
+        "seal_wrap": e.seal_wrap,
+        "type": e.mount_type,
+        "uuid": e.uuid,
+    })
+}
+
+fn tune_json(e: &MountEntry, core: &Core) -> Value {
+    let dl = if e.config.default_lease_ttl > 0 {
+        e.config.default_lease_ttl
+    } else {
+        core.opts.default_lease_ttl
+    };
+    let ml = if e.config.max_lease_ttl > 0 {
+        e.config.max_lease_ttl
+    } else {
+        core.opts.max_lease_ttl
+    };
+    let mut v = json!({
+        "default_lease_ttl": dl,
+        "max_lease_ttl": ml,
+        "force_no_cache": e.config.force_no_cache,
+        "description": e.description,
+    });
+    if !e.options.is_empty() {
+        v["options"] = json!(e.options);
+    }
+    if !e.config.listing_visibility.is_empty() {
+        v["listing_visibility"] = json!(e.config.listing_visibility);
+    }
+    v
+}
+
+#[async_trait]
+impl Backend for SystemBackend {
+    fn paths(&self) -> &'static [PathSpec] {
+        PATHS
+    }
+
+    async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
+        let core = self.core()?;
+        let f = ctx.fields;
+        let op = ctx.req.operation;
+        match ctx.route {
+            R_SEAL => {
+                core.seal_now().await?;
+                Ok(None)
+            }
+            R_STEP_DOWN => Ok(None),
+            R_ROTATE => {
+                core.rotate_barrier().await?;
+                Ok(None)
+            }
+            R_KEY_STATUS => Ok(Some(Response::from_serialize(&core.barrier.key_status()?)?)),
+            R_MOUNTS | R_AUTHS => {
+                let auth = ctx.route == R_AUTHS;
+                let u = core.unsealed()?;
+                let mut data = Map::new();
+                for e in u.router.entries().iter().filter(|e| e.is_auth() == auth) {
+                    let key = if auth {
+                        e.path.trim_start_matches("auth/").to_string()
+                    } else {
+                        e.path.clone()
+                    };
+                    data.insert(key, mount_json(e));
+                }
+                Ok(Some(Response::data(data)))
+            }
+            R_MOUNT | R_AUTH => {
+                let auth = ctx.route == R_AUTH;
+                let rel = normalize_mount_path(f.capture("path").unwrap_or_default());
+                let path = if auth { format!("auth/{rel}") } else { rel };
+                let u = core.unsealed()?;
+                match op {
+                    Op::Read => match u.router.get(&path) {
+                        Some(m) => Ok(Some(Response::data(obj(mount_json(&m.entry))))),
+                        None => Err(CoreError::bad_request(format!(
+                            "No secret engine mount at {path}"
+                        ))),
+                    },
+                    Op::Delete => {
+                        core.unmount(&path).await?;
+                        Ok(None)
+                    }
+                    _ => {
+                        let mut mount_type = f.str("type").unwrap_or_default().to_string();
+                        if mount_type.is_empty() {
+                            return Err(CoreError::bad_request(
+                                "backend type must be specified as a string",
+                            ));
+                        }
+                        let mut options: BTreeMap<String, String> =
+                            f.string_map("options").unwrap_or_default();
+                        if mount_type == "kv-v2" {
+                            mount_type = "kv".into();
+                            options.insert("version".into(), "2".into());
+                        }
+                        if auth {
+                            return Err(CoreError::bad_request(format!(
+                                "auth method type {mount_type:?} is not supported by this server"
+                            )));
+                        }
+                        let mut entry = MountEntry::new(
+                            &path,
+                            &mount_type,
+                            f.str("description").unwrap_or_default(),
+                        );
+                        entry.options = options;
+                        entry.local = f.bool("local").unwrap_or(false);
+                        entry.seal_wrap = f.bool("seal_wrap").unwrap_or(false);
+                        if let Some(cfg) = f.map("config") {
+                            entry.config = parse_mount_config(cfg)?;
+                        }
+                        core.mount(entry).await?;
+                        Ok(None)
+                    }
+                }
+            }
+            R_MOUNT_TUNE | R_AUTH_TUNE => {
+                let auth = ctx.route == R_AUTH_TUNE;
+                let rel = normalize_mount_path(f.capture("path").unwrap_or_default());
+                let path = if auth { format!("auth/{rel}") } else { rel };
+                let u = core.unsealed()?;
+                let Some(m) = u.router.get(&path) else {
+                    return Err(CoreError::bad_request(format!(
+                        "cannot fetch mount config: no mount at {path}"
+                    )));
+                };
+                if op == Op::Read {
+                    return Ok(Some(Response::data(obj(tune_json(&m.entry, &core)))));
+                }
+                let mut entry = m.entry.clone();
+                if let Some(v) = f.duration_secs("default_lease_ttl") {
+                    entry.config.default_lease_ttl = v;
+                }
+                if let Some(v) = f.duration_secs("max_lease_ttl") {
+                    entry.config.max_lease_ttl = v;
+                }
+                if entry.config.max_lease_ttl > 0
+                    && entry.config.default_lease_ttl > entry.config.max_lease_ttl
+                {
+                    return Err(CoreError::bad_request(
+                        "backend max lease TTL cannot be less than default lease TTL",
+                    ));
+                }
+                if let Some(d) = f.str("description") {
+                    entry.description = d.to_string();
+                }
+                if let Some(b) = f.bool("force_no_cache") {
+                    entry.config.force_no_cache = b;
+                }
+                if let Some(v) = f.str("listing_visibility") {
+                    if !matches!(v, "" | "hidden" | "unauth") {
+                        return Err(CoreError::bad_request("invalid listing_visibility"));
+                    }
+                    entry.config.listing_visibility = v.to_string();
+                }
+                if let Some(opts) = f.string_map("options") {
+                    if let (Some(old), Some(new)) =
+                        (entry.options.get("version"), opts.get("version"))
+                        && old != new
+                    {
+                        return Err(CoreError::bad_request(
+                            "changing the KV version of a mount is not supported",
+                        ));
+                    }
+                    entry.options.extend(opts);
+                }
+                if let Some(v) = f.strings("audit_non_hmac_request_keys") {
+                    entry.config.audit_non_hmac_request_keys = v;
+                }
+                if let Some(v) = f.strings("audit_non_hmac_response_keys") {
+                    entry.config.audit_non_hmac_response_keys = v;
+                }
+                if let Some(v) = f.strings("passthrough_request_headers") {
+                    entry.config.passthrough_request_headers = v;
+                }
+                core.update_mount(entry).await?;
+                Ok(None)
+            }
+            R_UI_MOUNTS => {
+                let u = core.unsealed()?;
+                let mut secret = Map::new();
+                let mut auth = Map::new();
+                for e in u.router.entries() {
+                    if e.is_auth() {
+                        auth.insert(
+                            e.path.trim_start_matches("auth/").to_string(),
+                            mount_json(&e),
+                        );
+                    } else {
+                        secret.insert(e.path.clone(), mount_json(&e));
+                    }
+                }
+                Ok(Some(Response::data(obj(
+                    json!({"secret": secret, "auth": auth}),
+                ))))
+            }
+            R_UI_MOUNT => {
+                let u = core.unsealed()?;
+                let path = f.capture("path").unwrap_or_default();
+                let Some((m, _)) = u.router.route(path) else {
+                    return Err(CoreError::Forbidden(
+                        "preflight capability check returned 403, please ensure client's policies grant access to path"
+                            .into(),
+                    ));
+                };
+                let mut v = mount_json(&m.entry);
+                v["path"] = json!(m.entry.path);
+                Ok(Some(Response::data(obj(v))))
+            }
+            R_POLICY_LIST | R_ACL_LIST => {
+                let u = core.unsealed()?;
+                let names = u.policies.list().await?;
+                let mut data = Map::new();
+                if ctx.route == R_POLICY_LIST {
+                    data.insert("policies".into(), json!(names));
+                }
+                data.insert("keys".into(), json!(names));
+                Ok(Some(Response::data(data)))
+            }
+            R_POLICY | R_ACL => {
+                let u = core.unsealed()?;
+                let name = f.capture("name").unwrap_or_default().to_lowercase();
+                match op {
+                    Op::Read => match u.policies.get_text(&name).await? {
+                        None => Ok(None),
+                        Some(text) => {
+                            let key = if ctx.route == R_POLICY {
+                                "rules"
+                            } else {
+                                "policy"
+                            };
+                            Ok(Some(Response::data(obj(json!({"name": name, key: text})))))
+                        }
+                    },
+                    Op::Delete => {
+                        u.policies.delete(&name).await?;
+                        Ok(None)
+                    }
+                    _ => {
+                        let text = f
+                            .str("policy")
+                            .or_else(|| f.str("rules"))
+                            .unwrap_or_default();
+                        if text.trim().is_empty() {
+                            return Err(CoreError::bad_request(
+                                "'policy' parameter not supplied or empty",
+                            ));
+                        }
+                        u.policies.set(&name, text).await?;
+                        Ok(None)
+                    }
+                }
+            }
+            R_CAPS | R_CAPS_SELF | R_CAPS_ACCESSOR => {
+                let u = core.unsealed()?;
+                let mut paths = f.strings("paths").unwrap_or_default();
+                paths.extend(f.strings("path").unwrap_or_default());
+                if paths.is_empty() {
+                    return Err(CoreError::bad_request("paths must be supplied"));
+                }
+                let entry = match ctx.route {
+                    R_CAPS_SELF => ctx.req.auth.as_deref().cloned(),
+                    R_CAPS => {
+                        let t = f.str("token").unwrap_or_default();
+                        if t.is_empty() {
+                            return Err(CoreError::bad_request("missing token"));
+                        }
+                        u.tokens.lookup(t).await?
+                    }
+                    _ => {
+                        let a = f.str("accessor").unwrap_or_default();
+                        if a.is_empty() {
+                            return Err(CoreError::bad_request("missing accessor"));
+                        }
+                        Some(
+                            u.tokens
+                                .lookup_accessor(a)
+                                .await?
+                                .ok_or_else(|| CoreError::bad_request("invalid accessor"))?,
+                        )
+                    }
+                };
+                let acl = match &entry {
+                    Some(e) => u.policies.acl_for(&e.policies).await?,
+                    None => return Err(CoreError::bad_request("invalid token")),
+                };
+                let mut data = Map::new();
+                let mut last = Value::Null;
+                for p in &paths {
+                    let caps = json!(acl.capabilities(p.trim_start_matches('/')));
+                    data.insert(p.clone(), caps.clone());
+                    last = caps;
+                }
+                if paths.len() == 1 {
+                    data.insert("capabilities".into(), last);
+                }
+                Ok(Some(Response::data(data)))
+            }
+            R_AUDIT_LIST => {
+                let u = core.unsealed()?;
+                let mut data = Map::new();
+                for d in u.audit.list() {
+                    data.insert(
+                        d.path.clone(),
+                        serde_json::to_value(&d).map_err(CoreError::internal)?,
+                    );
+                }
+                Ok(Some(Response::data(data)))
+            }
+            R_AUDIT => Err(CoreError::bad_request(
+                "enabling or disabling audit devices through the API is not supported: declare them in the server \
+                 configuration with an `audit \"<type>\" \"<path>\" { ... }` block",
+            )),
+            R_AUDIT_HASH => {
+                let u = core.unsealed()?;
+                let path = normalize_mount_path(f.capture("path").unwrap_or_default());
+                let input = f.str("input").unwrap_or_default();
+                let hash = u.audit.hash(&path, input).ok_or_else(|| {
+                    CoreError::bad_request(format!("unknown audit backend {path}"))
+                })?;
+                Ok(Some(Response::data(obj(json!({ "hash": hash })))))
+            }
+            R_LEADER => Ok(Some(Response::data(leader_json(&core)))),
+            R_METRICS => Ok(Some(Response::default())),
+            _ => Err(CoreError::UnsupportedOperation),
+        }
+    }
+}
+
+fn parse_mount_config(cfg: &Map<String, Value>) -> Result<MountConfig> {
+    let mut c = MountConfig::default();
+    for (k, v) in cfg {
+        let dur = || -> Result<i64> {
+            match v {
+                Value::Number(n) => n
+                    .as_i64()
+                    .ok_or_else(|| CoreError::bad_request(format!("invalid {k}"))),
+                Value::String(s) => crate::logical::parse_duration(s).ok_or_else(|| {
+                    CoreError::bad_request(format!("invalid duration for {k}: {s:?}"))
+                }),
+                _ => Err(CoreError::bad_request(format!("invalid {k}"))),
+            }
+        };
+        match k.as_str() {
+            "default_lease_ttl" => c.default_lease_ttl = dur()?,
+            "max_lease_ttl" => c.max_lease_ttl = dur()?,
+            "force_no_cache" => c.force_no_cache = v.as_bool().unwrap_or(false),
+            "listing_visibility" => {
+                c.listing_visibility = v.as_str().unwrap_or_default().to_string()
+            }
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+fn leader_json(core: &Core) -> Map<String, Value> {
+    let (committed, applied) = core
+        .raft()
+        .map(|r| {
+            let s = r.status();
+            (
+                s.last_log_index.unwrap_or(0),
+                s.last_applied_index.unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    obj(json!({
+        "ha_enabled": core.raft().is_some(),
+        "is_self": core.is_active(),
+        "active_time": "0001-01-01T00:00:00Z",
+        "leader_address": core.opts.api_addr,
+        "leader_cluster_address": core.opts.cluster_addr,
+        "performance_standby": false,
+        "performance_standby_last_remote_wal": 0,
+        "raft_committed_index": committed,
+        "raft_applied_index": applied,
+    }))
+}
+
+fn cluster_id(core: &Core) -> String {
+    // Stable per cluster name; Vault uses a random id stored at init.
+    let h = sha2_hex(core.opts.cluster_name.as_bytes());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn sha2_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+async fn seal_status(core: &Core) -> Result<Map<String, Value>> {
+    let cfg = core.seal_config().await?;
+    let (progress, nonce) = core.seal.progress();
+    let sealed = core.is_sealed();
+    let mut v = json!({
+        "type": "shamir",
+        "initialized": cfg.is_some(),
+        "sealed": sealed,
+        "t": cfg.as_ref().map(|c| c.secret_threshold).unwrap_or(0),
+        "n": cfg.as_ref().map(|c| c.secret_shares).unwrap_or(0),
+        "progress": progress,
+        "nonce": nonce,
+        "version": VERSION,
+        "build_date": "",
+        "migration": false,
+        "recovery_seal": false,
+        "storage_type": "raft",
+    });
+    if cfg.is_some() && !sealed {
+        v["cluster_name"] = json!(core.opts.cluster_name);
+        v["cluster_id"] = json!(cluster_id(core));
+    }
+    Ok(obj(v))
+}
+
+fn q_int(q: &Map<String, Value>, k: &str) -> Result<Option<u16>> {
+    match q.get(k) {
+        None => Ok(None),
+        Some(v) => {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            s.parse::<u16>()
+                .map(Some)
+                .map_err(|_| CoreError::bad_request(format!("unable to parse {k} parameter: {s}")))
+        }
+    }
+}
+
+fn q_bool(q: &Map<String, Value>, k: &str) -> bool {
+    match q.get(k) {
+        Some(Value::String(s)) => matches!(s.as_str(), "" | "true" | "1" | "t" | "True" | "TRUE"),
+        Some(Value::Bool(b)) => *b,
+        Some(_) => false,
+        None => false,
+    }
+}
+
+async fn health(core: &Core, q: &Map<String, Value>) -> Result<Response> {
+    let initialized = core.is_initialized().await?;
+    let sealed = core.is_sealed();
+    let standby = !sealed && !core.is_active();
+    let code = if !initialized {
+        q_int(q, "uninitcode")?.unwrap_or(501)
+    } else if sealed {
+        q_int(q, "sealedcode")?.unwrap_or(503)
+    } else if standby {
+        if q_bool(q, "standbyok") {
+            q_int(q, "activecode")?.unwrap_or(200)
+        } else {
+            q_int(q, "standbycode")?.unwrap_or(429)
+        }
+    } else {
+        q_int(q, "activecode")?.unwrap_or(200)
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut body = json!({
+        "initialized": initialized,
+        "sealed": sealed,
+        "standby": standby,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": now,
+        "version": VERSION,
+        "enterprise": false,
+        "echo_duration_ms": 0,
+        "clock_skew_ms": 0,
+    });
+    if initialized && !sealed {
+        body["cluster_name"] = json!(core.opts.cluster_name);
+        body["cluster_id"] = json!(cluster_id(core));
+    }
+    let mut r = Response::raw(obj(body));
+    r.status = Some(code);
+    Ok(r)
+}
+
+fn decode_key(s: &str) -> Result<Vec<u8>> {
+    let s = s.trim();
+    if let Ok(b) = hex::decode(s) {
+        return Ok(b);
+    }
+    B64.decode(s)
+        .map_err(|_| CoreError::bad_request("'key' must be a valid hex or base64 string"))
+}
+
+/// The endpoints Vault serves without a token (and while sealed). Returns
+/// `None` when `path` is not one of them.
+pub async fn unauthenticated(
+    core: &Arc<Core>,
+    op: Op,
+    path: &str,
+    data: &Map<String, Value>,
+) -> Option<Result<Response>> {
+    let fut = async {
+        match (path, op) {
+            ("sys/health", Op::Read) => health(core, data).await,
+            ("sys/seal-status", Op::Read) => Ok(Response::raw(seal_status(core).await?)),
+            ("sys/init", Op::Read) => Ok(Response::raw(obj(
+                json!({"initialized": core.is_initialized().await?}),
+            ))),
+            ("sys/init", Op::Update) => init(core, data).await,
+            ("sys/unseal", Op::Update) => unseal(core, data).await,
+            ("sys/leader", Op::Read) => Ok(Response::raw(leader_json(core))),
+            ("sys/health" | "sys/seal-status" | "sys/leader", _)
+            | ("sys/init", _)
+            | ("sys/unseal", _) => Err(CoreError::UnsupportedOperation),
+            _ => Err(CoreError::NotFound(String::new())),
+        }
+    };
+    if !matches!(
+        path,
+        "sys/health" | "sys/seal-status" | "sys/init" | "sys/unseal" | "sys/leader"
+    ) {
+        return None;
+    }
+    Some(fut.await)
+}
+
+async fn init(core: &Core, data: &Map<String, Value>) -> Result<Response> {
+    for k in ["pgp_keys", "root_token_pgp_key", "recovery_pgp_keys"] {
+        let present = match data.get(k) {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        if present {
+            return Err(CoreError::bad_request(format!(
+                "{k} is not supported: Custos returns unseal keys and the root token in plaintext; \
+                 encrypt them yourself or use auto-unseal"
+            )));
+        }
+    }
+    let num = |k: &str| -> Result<Option<u64>> {
+        match data.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| CoreError::bad_request(format!("{k} must be a positive integer"))),
+            Some(Value::String(s)) => s
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| CoreError::bad_request(format!("{k} must be a positive integer"))),
+            Some(_) => Err(CoreError::bad_request(format!(
+                "{k} must be a positive integer"
+            ))),
+        }
+    };
+    let shares = num("secret_shares")?.unwrap_or(0);
+    let threshold = num("secret_threshold")?.unwrap_or(0);
+    crate::seal::validate_shares(shares, threshold)?;
+    if core.is_initialized().await? {
+        return Err(CoreError::bad_request("Vault is already initialized"));
+    }
+    let (keys, root_token) = core.initialize(shares as u8, threshold as u8).await?;
+    let hexes: Vec<String> = keys.iter().map(hex::encode).collect();
+    let b64s: Vec<String> = keys.iter().map(|k| B64.encode(k.as_slice())).collect();
+    Ok(Response::raw(obj(json!({
+        "keys": hexes,
+        "keys_base64": b64s,
+        "root_token": root_token,
+    }))))
+}
+
+async fn unseal(core: &Core, data: &Map<String, Value>) -> Result<Response> {
+    if !core.is_initialized().await? {
+        return Err(CoreError::bad_request("Vault is not initialized"));
+    }
+    if matches!(data.get("reset"), Some(Value::Bool(true)))
+        || data.get("reset").and_then(Value::as_str) == Some("true")
+    {
+        core.seal.reset();
+        return Ok(Response::raw(seal_status(core).await?));
+    }
+    let key = match data.get("key") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(CoreError::bad_request(
+                "'key' must be specified in request body as JSON, or 'reset' set to true",
+            ));
+        }
+        Some(_) => return Err(CoreError::bad_request("'key' must be a string")),
+    };
+    let bytes = decode_key(&key)?;
+    core.submit_unseal_share(&bytes).await?;
+    Ok(Response::raw(seal_status(core).await?))
+}
+
+/// Paths that require a valid token but no ACL grant, because Vault treats
+/// them so: the UI mount lookup clients use to detect KV versions.
+pub fn acl_exempt(path: &str) -> bool {
+    path == "sys/internal/ui/mounts" || path.starts_with("sys/internal/ui/mounts/")
+}

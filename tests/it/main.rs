@@ -1,0 +1,7 @@
+//! End-to-end tests of the `custos` binary: each test starts the real server
+//! (`server --dev` or `server --config`) on 127.0.0.1:0 in a temp dir and
+//! talks HTTP to it, as a user would.
+
+mod crash;
+mod harness;
+mod http_api;
