@@ -320,6 +320,7 @@ mod tests {
             "-metadata",
             "k=v",
         ]);
+        ok(&["token", "create", "-renewable=false", "-period=1h"]);
         ok(&["token", "revoke", "-self"]);
         ok(&["token", "revoke", "-mode=orphan", "tok"]);
         ok(&["policy", "write", "dev", "-"]);
@@ -332,6 +333,67 @@ mod tests {
             "-dev-listen-address=127.0.0.1:0",
         ]);
         ok(&["server", "-config=server.hcl", "-log-format=json"]);
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut v = vec!["custos"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(rewrite_args(v.iter().map(OsString::from).collect())) {
+            Ok(c) => c,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn parsed_values() {
+        let c = parse(&[
+            "kv",
+            "put",
+            "-cas=0",
+            "-format=json",
+            "secret/x",
+            "a=1",
+            "-",
+        ]);
+        assert_eq!(c.global.format.as_deref(), Some("json"));
+        let Command::Kv {
+            cmd: cmd::kv::KvCmd::Put(p),
+        } = c.command
+        else {
+            panic!("not kv put");
+        };
+        assert_eq!(p.cas, 0);
+        assert_eq!(p.target.path, "secret/x");
+        assert_eq!(p.data, ["a=1", "-"]);
+
+        let c = parse(&["kv", "metadata", "put", "-cas-required", "secret/x"]);
+        let Command::Kv {
+            cmd:
+                cmd::kv::KvCmd::Metadata {
+                    cmd: cmd::kv::MetadataCmd::Put(m),
+                },
+        } = c.command
+        else {
+            panic!("not kv metadata put");
+        };
+        assert_eq!(m.cas_required, Some(true));
+        assert_eq!(m.target.path, "secret/x");
+
+        let c = parse(&[
+            "token",
+            "create",
+            "-policy=a,b",
+            "-policy=c",
+            "-renewable=false",
+        ]);
+        let Command::Token {
+            cmd: cmd::token::TokenCmd::Create(t),
+        } = c.command
+        else {
+            panic!("not token create");
+        };
+        assert_eq!(t.policies, ["a", "b", "c"]);
+        assert_eq!(t.renewable, Some(false));
     }
 
     #[test]

@@ -467,12 +467,12 @@ mod tests {
     #[test]
     fn banners() {
         assert_eq!(
-            path_banner("Secret Path", "secret/data/foo"),
-            "== Secret Path ==\nsecret/data/foo\n"
+            path_banner("Secret Path", "secret/data/creds"),
+            "== Secret Path ==\nsecret/data/creds\n"
         );
         let m = json!({"created_time": 1, "version": 1});
         let m = m.as_object().cloned().unwrap_or_default();
-        assert_eq!(header_for_map("Metadata", &m), "======= Metadata =======");
+        assert_eq!(header_for_map("Metadata", &m), "====== Metadata ======");
     }
 
     #[test]

@@ -543,7 +543,7 @@ impl Core {
         }
 
         let acl = u.policies.acl_for(&entry.policies).await?;
-        let decision = acl.check(&req.path, req.operation);
+        let decision = acl.check_request(&req.path, req.operation, &req.data);
         let sudo_needed = requires_sudo(&req.path, req.operation);
         req.has_sudo = decision.sudo;
         let denied = if crate::sys::acl_exempt(&req.path) {

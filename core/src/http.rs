@@ -262,7 +262,7 @@ async fn handle(
     let Some(path) = uri.path().strip_prefix("/v1/") else {
         return error_response(404, vec![]);
     };
-    let path = path.trim_start_matches('/').to_string();
+    let mut path = path.trim_start_matches('/').to_string();
     let mut query = parse_query(&uri);
     let list_flag = matches!(
         query.remove("list").as_ref().and_then(Value::as_str),
@@ -271,6 +271,11 @@ async fn handle(
     let Some(op) = operation_of(&method, list_flag) else {
         return error_response(405, vec!["unsupported operation".into()]);
     };
+
+    // Vault lists folders: a LIST path always ends in a slash.
+    if op == Operation::List && !path.ends_with('/') {
+        path.push('/');
+    }
 
     // Metrics endpoint: Prometheus text.
     if path == "sys/metrics" && op == Operation::Read {

@@ -110,6 +110,7 @@ mod tests {
             devices_table(&d, false),
             "Path     Type    Description\n----     ----    -----------\nfile/    file    n/a"
         );
-        assert!(devices_table(&d, true).contains("replicated    map[file_path:/a]"));
+        let t = devices_table(&d, true);
+        assert!(t.contains("replicated     map[file_path:/a]"), "{t}");
     }
 }

@@ -136,7 +136,12 @@ pub struct MetadataPutArgs {
     #[arg(long = "max-versions", default_value_t = -1, allow_negative_numbers = true)]
     pub max_versions: i64,
     /// Require check-and-set on every write
-    #[arg(long = "cas-required", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long = "cas-required",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub cas_required: Option<bool>,
     /// Delete versions after this duration (e.g. 30m, 768h)
     #[arg(long = "delete-version-after", value_name = "DURATION")]
@@ -568,11 +573,8 @@ async fn delete(ctx: &Ctx, a: DeleteArgs) -> CmdResult {
     let versions = parse_versions(&a.versions)?;
     let mount = a.target.mount.as_deref();
     let info = preflight(&ctx.client, &preflight_target(mount, &a.target.path)).await?;
-    let (full, result) = if !info.is_v2() {
-        let full = resolve_kv_path(mount, &a.target.path, &info, "data");
-        let r = ctx.client.delete(&full).await;
-        (full, r)
-    } else if versions.is_empty() {
+    // v1, or v2 without -versions: DELETE the (data) path.
+    let (full, result) = if !info.is_v2() || versions.is_empty() {
         let full = resolve_kv_path(mount, &a.target.path, &info, "data");
         let r = ctx.client.delete(&full).await;
         (full, r)
@@ -929,7 +931,8 @@ mod tests {
 
         let m = parse(&["-", "z=9"], r#"{"x": 1, "z": "0"}"#)?;
         assert_eq!(m["x"], json!(1));
-        assert_eq!(m["z"], "9");
+        // As in Vault's kvbuilder, a repeated key collects into a list.
+        assert_eq!(m["z"], json!(["0", "9"]));
 
         let m = parse(&["@obj.json"], "")?;
         assert_eq!(m["k"], json!(2));

@@ -51,7 +51,13 @@ pub struct CreateArgs {
     #[arg(long = "no-default-policy")]
     pub no_default_policy: bool,
     /// Whether the token may be renewed
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
     pub renewable: Option<bool>,
     /// Token type: service or batch
     #[arg(long = "type", value_name = "TYPE")]

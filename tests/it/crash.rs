@@ -58,6 +58,7 @@ async fn acknowledged_writes_survive_kill_9() {
         "too few writes before the kill: {}",
         acked.len()
     );
+    eprintln!("{} writes acknowledged before kill -9", acked.len());
 
     let root = s.root_token.clone();
     let key = s.unseal_key.clone();

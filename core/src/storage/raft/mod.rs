@@ -232,8 +232,9 @@ pub struct CommandResponse {
 /// or [`CoreError::Storage`]. Never contain values, only keys and causes.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Boxed: `redb::Error` is large and this travels in every `Result`.
     #[error("redb: {0}")]
-    Redb(#[from] redb::Error),
+    Redb(Box<redb::Error>),
     #[error("encoding: {0}")]
     Codec(#[from] serde_json::Error),
     #[error("snapshot format: {0}")]
@@ -246,10 +247,15 @@ macro_rules! redb_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Redb(e.into())
+                StoreError::Redb(Box::new(e.into()))
             }
         }
     )*};
+}
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Redb(Box::new(e))
+    }
 }
 redb_from!(
     redb::DatabaseError,
@@ -315,6 +321,10 @@ fn snapshot_info(meta: &state_machine::Meta, key_count: u64, size: usize) -> Sna
 }
 
 /// The Raft-replicated key/value store on redb. See the module docs.
+///
+/// Call [`RaftStorage::shutdown`] before dropping the last handle: openraft's
+/// tasks hold the databases until Raft is shut down, and the directory cannot
+/// be opened again while they do.
 pub struct RaftStorage {
     node_id: u64,
     raft: CustosRaft,

@@ -254,12 +254,10 @@ fn store_snapshot_in(
     data: &[u8],
     force: bool,
 ) -> Result<(), StoreError> {
-    if !force {
-        if let Some(existing) = table.get(KEY_SNAP_META)? {
-            let existing: Meta = serde_json::from_slice(existing.value())?;
-            if existing.last_log_id > meta.last_log_id {
-                return Ok(());
-            }
+    if !force && let Some(existing) = table.get(KEY_SNAP_META)? {
+        let existing: Meta = serde_json::from_slice(existing.value())?;
+        if existing.last_log_id > meta.last_log_id {
+            return Ok(());
         }
     }
     let meta = json(meta)?;
