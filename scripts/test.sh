@@ -30,7 +30,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --compat-only) compat_only=1 ;;
     --) shift; pytest_args=("$@"); break ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -57,11 +57,15 @@ on_exit() {
     return
   fi
   local f
-  for f in "$RUN_DIR"/*/server.log; do
-    [[ -f $f ]] || continue
-    log "---- last lines of $f ----"
-    tail -n 30 "$f" >&2 || true
-  done
+  case "$CURRENT_STEP" in
+    start* | "cargo test" | compat)
+      for f in "$RUN_DIR"/*/server.log; do
+        [[ -f $f ]] || continue
+        log "---- last lines of $f ----"
+        tail -n 30 "$f" >&2 || true
+      done
+      ;;
+  esac
   local kept="logs kept in $RUN_DIR"
   rmdir "$RUN_DIR" 2>/dev/null && kept="no server logs"
   printf '%stest.sh: FAIL%s at step "%s" after %s (done: %s; %s)\n' \

@@ -404,6 +404,15 @@ impl Backend for SystemBackend {
                             mount_type = "kv".into();
                             options.insert("version".into(), "2".into());
                         }
+                        let mut warning = None;
+                        if mount_type == "kv" && !options.contains_key("version") {
+                            // Vault would mount KV v1; we only have v2, and say so
+                            // rather than pretend.
+                            options.insert("version".into(), "2".into());
+                            warning = Some(
+                                "KV version 1 is not supported by Custos; this mount is KV version 2".to_string(),
+                            );
+                        }
                         if auth {
                             return Err(CoreError::bad_request(format!(
                                 "auth method type {mount_type:?} is not supported by this server"
@@ -421,7 +430,7 @@ impl Backend for SystemBackend {
                             entry.config = parse_mount_config(cfg)?;
                         }
                         core.mount(entry).await?;
-                        Ok(None)
+                        Ok(warning.map(|w| Response::default().with_warning(w)))
                     }
                 }
             }

@@ -11,6 +11,7 @@
 use super::{CmdResult, EXIT_LOCAL, EXIT_OK, Failure};
 use clap::{Args, ValueEnum};
 use std::future::Future;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -74,11 +75,19 @@ pub fn pick_log_filter(flag: Option<&str>, env: Option<&str>, config: Option<&st
 }
 
 fn init_tracing(filter: &str, format: LogFormat) -> Result<(), Failure> {
-    let env_filter = tracing_subscriber::EnvFilter::try_new(filter)
+    // openraft narrates every election at info; keep it to warnings unless
+    // the operator asked for debug output or wrote a full directive.
+    let directive = if matches!(filter, "info" | "warn" | "error") {
+        format!("{filter},openraft=warn")
+    } else {
+        filter.to_string()
+    };
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&directive)
         .map_err(|e| Failure::local(format!("Invalid log level {filter:?}: {e}")))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Standard => builder.try_init(),
