@@ -42,21 +42,59 @@ fn operator_commands_work_with_vault_env_and_flags() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "u");
     let o = custos(a, "root", &["kv", "patch", "secret/app", "pass=q"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = custos(a, "root", &["kv", "metadata", "get", "--format", "json", "secret/app"]);
+    let o = custos(
+        a,
+        "root",
+        &["kv", "metadata", "get", "--format", "json", "secret/app"],
+    );
     assert_eq!(json_of(&o)["data"]["current_version"], 2);
     let o = custos(a, "root", &["kv", "list", "-format=json", "secret/"]);
     assert_eq!(json_of(&o), serde_json::json!(["app"]));
 
     let policy = s.dir.join("p.hcl");
-    std::fs::write(&policy, "path \"secret/data/app\" { capabilities = [\"read\"] }\n").expect("write");
-    let o = custos(a, "root", &["policy", "write", "app-read", policy.to_str().expect("utf8")]);
+    std::fs::write(
+        &policy,
+        "path \"secret/data/app\" { capabilities = [\"read\"] }\n",
+    )
+    .expect("write");
+    let o = custos(
+        a,
+        "root",
+        &[
+            "policy",
+            "write",
+            "app-read",
+            policy.to_str().expect("utf8"),
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = custos(a, "root", &["token", "create", "-policy=app-read", "-ttl=1h", "-format=json"]);
-    let tok = json_of(&o)["auth"]["client_token"].as_str().expect("token").to_string();
+    let o = custos(
+        a,
+        "root",
+        &[
+            "token",
+            "create",
+            "-policy=app-read",
+            "-ttl=1h",
+            "-format=json",
+        ],
+    );
+    let tok = json_of(&o)["auth"]["client_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
     let o = custos(a, &tok, &["kv", "get", "-format=json", "secret/app"]);
-    assert!(o.status.success(), "restricted token can read: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "restricted token can read: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = custos(a, &tok, &["kv", "put", "secret/app", "x=y"]);
-    assert_eq!(o.status.code(), Some(2), "API errors exit 2, as Vault's CLI");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "API errors exit 2, as Vault's CLI"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"));
 
     let o = custos(a, "root", &["secrets", "list", "-format=json"]);
@@ -73,5 +111,9 @@ fn operator_commands_work_with_vault_env_and_flags() {
     let o = custos(a, "root", &["operator", "unseal", &s.unseal_key]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = custos(a, "root", &["kv", "get", "-field=pass", "secret/app"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "q", "data survives seal/unseal");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "q",
+        "data survives seal/unseal"
+    );
 }
