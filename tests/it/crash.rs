@@ -122,3 +122,50 @@ async fn acknowledged_writes_survive_kill_9() {
         "acknowledged but not audited: {missing:?}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_and_keeps_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = config_server(dir.path());
+    init_unseal_mount(&mut s).await;
+    let c = s.client();
+    let r = c
+        .post(s.url("secret/data/graceful"))
+        .header("X-Vault-Token", &s.root_token)
+        .json(&json!({"data": {"v": "kept"}}))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(r.status().as_u16(), 200);
+    let pid = s.child.id().to_string();
+    let st = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(st.success());
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Ok(Some(code)) = s.child.try_wait() {
+            exited = Some(code);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let code = exited.expect("server exits on SIGTERM");
+    assert!(code.success(), "clean exit on SIGTERM, got {code}");
+
+    let (root, key) = (s.root_token.clone(), s.unseal_key.clone());
+    drop(s);
+    let mut s = config_server(dir.path());
+    s.root_token = root;
+    s.unseal_key = key;
+    unseal(&s).await;
+    let v: Value = s
+        .client()
+        .get(s.url("secret/data/graceful"))
+        .header("X-Vault-Token", &s.root_token)
+        .send()
+        .await
+        .expect("read")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["data"]["data"]["v"], json!("kept"));
+}
