@@ -84,16 +84,14 @@ fn json_response(status: u16, value: &Value) -> axum::response::Response {
 /// Paths whose `data` Vault also copies to the top level of the body, for
 /// clients written against the old raw responses.
 fn legacy_top_level(path: &str, op: Operation) -> bool {
-    op == Operation::Read && matches!(path, "sys/mounts" | "sys/auth" | "sys/audit" | "sys/policy")
+    op == Operation::Read
+        && (matches!(path, "sys/mounts" | "sys/auth" | "sys/audit" | "sys/policy")
+            || path.starts_with("sys/mounts/")
+            || path.starts_with("sys/auth/")
+            || path.starts_with("sys/policy/"))
 }
 
-fn render(
-    req_id: &str,
-    path: &str,
-    op: Operation,
-    mount_type: &str,
-    resp: Response,
-) -> axum::response::Response {
+fn render(req_id: &str, path: &str, op: Operation, resp: Response) -> axum::response::Response {
     if resp.raw_body {
         let status = resp.status.unwrap_or(200);
         return json_response(status, &Value::Object(resp.data.unwrap_or_default()));
@@ -128,7 +126,6 @@ fn render(
         "wrap_info": null,
         "warnings": warnings,
         "auth": auth,
-        "mount_type": mount_type,
     });
     if top
         && let Some(d) = data_clone(&body)
@@ -215,22 +212,40 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, CoreError> {
-    let limited = if limit == 0 { usize::MAX } else { limit };
-    match http_body_util::Limited::new(body, limited).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(CoreError::PayloadTooLarge(
-                    "http: request body too large".into(),
-                ))
-            } else {
-                Err(CoreError::bad_request("failed to read request body"))
+/// How much of an oversize body we read and discard before answering 413,
+/// so that clients which send the whole body before reading (most do) see
+/// the 413 rather than a reset connection.
+const OVERSIZE_DRAIN: usize = 64 * 1024 * 1024;
+
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, CoreError> {
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    let mut buf = bytes::BytesMut::new();
+    let mut discarded: Option<usize> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| CoreError::bad_request("failed to read request body"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match discarded.as_mut() {
+            Some(n) => {
+                *n += data.len();
+                if *n > OVERSIZE_DRAIN {
+                    break;
+                }
             }
+            None if buf.len() + data.len() > limit => {
+                discarded = Some(buf.len() + data.len());
+                buf = bytes::BytesMut::new();
+            }
+            None => buf.extend_from_slice(&data),
         }
     }
+    if discarded.is_some() {
+        return Err(CoreError::PayloadTooLarge(
+            "http: request body too large".into(),
+        ));
+    }
+    Ok(buf.freeze())
 }
 
 fn parse_json_body(bytes: &[u8]) -> Result<Map<String, Value>, CoreError> {
@@ -241,10 +256,10 @@ fn parse_json_body(bytes: &[u8]) -> Result<Map<String, Value>, CoreError> {
         Ok(Value::Object(m)) => Ok(m),
         Ok(Value::Null) => Ok(Map::new()),
         Ok(_) => Err(CoreError::bad_request(
-            "failed to parse JSON input: body must be a JSON object",
+            "failed to decode JSON input: the body must be a JSON object",
         )),
         Err(e) => Err(CoreError::bad_request(format!(
-            "failed to parse JSON input: {e}"
+            "failed to decode JSON input: {e}"
         ))),
     }
 }
@@ -286,6 +301,28 @@ async fn handle(
         Ok(b) => b,
         Err(e) => return core_error(&e),
     };
+    // Vault checks a PATCH's media type before routing (after reading the
+    // body, so the client sees the answer rather than a closed connection).
+    if op == Operation::Patch {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim();
+        let media = ct.split(';').next().unwrap_or("").trim();
+        if media.is_empty() {
+            return error_response(400, vec!["mime: no media type".into()]);
+        }
+        if !media.eq_ignore_ascii_case("application/merge-patch+json") {
+            return error_response(
+                415,
+                vec![format!(
+                    "PATCH requires Content-Type of application/merge-patch+json, provided {media}"
+                )],
+            );
+        }
+    }
+
     let mut data = match op {
         Operation::Update | Operation::Patch | Operation::Create => match parse_json_body(&bytes) {
             Ok(d) => d,
@@ -301,25 +338,10 @@ async fn handle(
             }
         }
     }
-    if op == Operation::Patch {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !ct.starts_with("application/merge-patch+json") {
-            return error_response(
-                415,
-                vec![format!(
-                    "PATCH requires Content-Type application/merge-patch+json, got {ct:?}"
-                )],
-            );
-        }
-    }
-
     // Unauthenticated system endpoints (work while sealed).
     if let Some(result) = crate::sys::unauthenticated(&st.core, op, &path, &data).await {
         let resp = match result {
-            Ok(r) => render("", &path, op, "system", r),
+            Ok(r) => render("", &path, op, r),
             Err(e) => core_error(&e),
         };
         record(&path, op, resp.status().as_u16(), started);
@@ -332,16 +354,16 @@ async fn handle(
     req.remote_addr = remote;
     let req_id = req.id.clone();
     let result = st.core.handle(req).await;
-    let (mount, mount_type) = match st.core.unsealed() {
+    let mount = match st.core.unsealed() {
         Ok(u) => u
             .router
             .route(&path)
-            .map(|(m, _)| (m.entry.path.clone(), m.entry.mount_type.clone()))
+            .map(|(m, _)| m.entry.path.clone())
             .unwrap_or_default(),
-        Err(_) => (String::new(), String::new()),
+        Err(_) => String::new(),
     };
     let resp = match result {
-        Ok(r) => render(&req_id, &path, op, &mount_type, r),
+        Ok(r) => render(&req_id, &path, op, r),
         Err(CoreError::NotFound(msg)) if msg.is_empty() => error_response(404, vec![]),
         Err(e) => core_error(&e),
     };

@@ -89,10 +89,10 @@ fn core_options(cfg: &ServerConfig) -> CoreOptions {
     }
 }
 
-/// Open storage, build the core and bind every listener. Returns once the
-/// server is accepting connections.
-pub async fn start(cfg: &ServerConfig) -> Result<RunningServer, ServerError> {
-    let metrics = crate::metrics::install();
+/// Open storage and build the core (sealed or uninitialized), without
+/// listening yet.
+pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
+    crate::metrics::install();
     let opts = core_options(cfg);
     std::fs::create_dir_all(&cfg.storage.path).map_err(|e| {
         startup(format!(
@@ -121,7 +121,13 @@ pub async fn start(cfg: &ServerConfig) -> Result<RunningServer, ServerError> {
         if initialized { 1.0 } else { 0.0 },
     );
     core.publish_seal_metrics();
+    Ok(core)
+}
 
+/// Bind every listener of `cfg` in front of `core`. Returns once the server
+/// is accepting connections.
+pub async fn serve(cfg: &ServerConfig, core: Arc<Core>) -> Result<RunningServer, ServerError> {
+    let metrics = crate::metrics::install();
     let (stop, _) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
@@ -137,6 +143,12 @@ pub async fn start(cfg: &ServerConfig) -> Result<RunningServer, ServerError> {
         stop,
         tasks,
     })
+}
+
+/// Open storage, build the core and bind every listener.
+pub async fn start(cfg: &ServerConfig) -> Result<RunningServer, ServerError> {
+    let core = open_core(cfg).await?;
+    serve(cfg, core).await
 }
 
 async fn bind_listener(
@@ -407,8 +419,9 @@ pub async fn start_dev(opts: &DevOptions) -> Result<(RunningServer, DevHandle), 
         }
     };
     let cfg = ServerConfig::dev(opts.listen, &data_dir);
-    let server = start(&cfg).await?;
-    let core = server.core.clone();
+    // Initialize, unseal and mount before listening, so the first request a
+    // client makes already sees the dev server complete.
+    let core = open_core(&cfg).await?;
     if core.is_initialized().await.map_err(startup)? {
         return Err(startup(format!(
             "dev data dir {} is already initialized: dev mode needs a fresh directory (use `server --config` to reuse data)",
@@ -439,6 +452,7 @@ pub async fn start_dev(opts: &DevOptions) -> Result<(RunningServer, DevHandle), 
     let mut secret = MountEntry::new("secret/", "kv", "key/value secret storage");
     secret.options.insert("version".into(), "2".into());
     core.mount(secret).await.map_err(startup)?;
+    let server = serve(&cfg, core).await?;
     use base64::Engine;
     let unseal_key = base64::engine::general_purpose::STANDARD.encode(key.as_slice());
     Ok((

@@ -627,10 +627,23 @@ impl Backend for SystemBackend {
                 }
                 Ok(Some(Response::data(data)))
             }
-            R_AUDIT => Err(CoreError::bad_request(
-                "enabling or disabling audit devices through the API is not supported: declare them in the server \
-                 configuration with an `audit \"<type>\" \"<path>\" { ... }` block",
-            )),
+            R_AUDIT => {
+                let path = normalize_mount_path(f.capture("path").unwrap_or_default());
+                if op == Op::Delete {
+                    // Configured devices cannot be removed; removing nothing is a no-op.
+                    let u = core.unsealed()?;
+                    return if u.audit.get(&path).is_some() {
+                        Err(CoreError::bad_request(
+                            "cannot disable configuration-managed audit device",
+                        ))
+                    } else {
+                        Ok(None)
+                    };
+                }
+                Err(CoreError::bad_request(
+                    "cannot enable audit device via API; use declarative, config-based audit device management instead",
+                ))
+            }
             R_AUDIT_HASH => {
                 let u = core.unsealed()?;
                 let path = normalize_mount_path(f.capture("path").unwrap_or_default());
@@ -729,7 +742,7 @@ async fn seal_status(core: &Core) -> Result<Map<String, Value>> {
         "progress": progress,
         "nonce": nonce,
         "version": VERSION,
-        "build_date": "",
+        "commit_date": "",
         "migration": false,
         "recovery_seal": false,
         "storage_type": "raft",
@@ -783,18 +796,16 @@ async fn health(core: &Core, q: &Map<String, Value>) -> Result<Response> {
         q_int(q, "activecode")?.unwrap_or(200)
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Vault reports a sealed node as standby with unknown replication modes.
+    let replication = if sealed { "unknown" } else { "disabled" };
     let mut body = json!({
         "initialized": initialized,
         "sealed": sealed,
-        "standby": standby,
-        "performance_standby": false,
-        "replication_performance_mode": "disabled",
-        "replication_dr_mode": "disabled",
+        "standby": standby || sealed,
+        "replication_performance_mode": replication,
+        "replication_dr_mode": replication,
         "server_time_utc": now,
         "version": VERSION,
-        "enterprise": false,
-        "echo_duration_ms": 0,
-        "clock_skew_ms": 0,
     });
     if initialized && !sealed {
         body["cluster_name"] = json!(core.opts.cluster_name);
@@ -832,16 +843,24 @@ pub async fn unauthenticated(
             ("sys/init", Op::Update) => init(core, data).await,
             ("sys/unseal", Op::Update) => unseal(core, data).await,
             ("sys/leader", Op::Read) => Ok(Response::raw(leader_json(core))),
+            // Sealing a sealed server is a no-op, as in Vault.
+            ("sys/seal", Op::Update) => Ok(Response {
+                status: Some(204),
+                ..Default::default()
+            }),
             ("sys/health" | "sys/seal-status" | "sys/leader", _)
             | ("sys/init", _)
             | ("sys/unseal", _) => Err(CoreError::UnsupportedOperation),
             _ => Err(CoreError::NotFound(String::new())),
         }
     };
-    if !matches!(
-        path,
-        "sys/health" | "sys/seal-status" | "sys/init" | "sys/unseal" | "sys/leader"
-    ) {
+    let sealed_seal = path == "sys/seal" && op == Op::Update && core.is_sealed();
+    if !sealed_seal
+        && !matches!(
+            path,
+            "sys/health" | "sys/seal-status" | "sys/init" | "sys/unseal" | "sys/leader"
+        )
+    {
         return None;
     }
     Some(fut.await)

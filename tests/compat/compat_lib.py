@@ -201,11 +201,15 @@ def shape_diff(
 ENVELOPE_KEYS = {"request_id", "lease_id", "renewable", "lease_duration", "data", "wrap_info", "warnings", "auth"}
 
 
-def assert_keys(obj: Any, expected: set[str], what: str, *, exact: bool = True) -> None:
+def assert_keys(
+    obj: Any, expected: set[str], what: str, *, exact: bool = True, optional: frozenset[str] = frozenset()
+) -> None:
+    """`obj` has exactly the `expected` keys; keys in `optional` may be absent
+    (OpenBao-only extensions) or present (storage-dependent fields)."""
     assert isinstance(obj, dict), f"{what}: expected a JSON object, got {obj!r}"
     keys = set(obj)
-    missing = expected - keys
-    extra = keys - expected
+    missing = expected - keys - optional
+    extra = keys - expected - optional
     assert not missing, f"{what}: missing keys {sorted(missing)} (has {sorted(keys)})"
     if exact:
         assert not extra, f"{what}: unexpected keys {sorted(extra)} (OpenBao has exactly {sorted(expected)})"

@@ -145,3 +145,21 @@ STATUS_TOO_LARGE = 413  # body > 32 MiB: "http: request body too large" (also wi
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # exactly 33554432 bytes is accepted
 STATUS_AUDIT_ENABLE_API = 400  # PUT sys/audit/<x>: config-only audit devices
 STATUS_SEALED = 503  # ["Vault is sealed"]
+
+
+# Fields OpenBao 2.x added to Vault's API (metadata CAS, policy CAS and
+# versioning). Custos answers as HashiCorp Vault does, without them; a test
+# accepts them present or absent.
+KV_METADATA_KEYS_OPENBAO_ONLY = frozenset({"current_metadata_version", "metadata_cas_required"})
+POLICY_READ_KEYS_OPENBAO_ONLY = frozenset(
+    {
+        "allow_slashes_in_identity_templates",
+        "allow_wildcards_in_identity_templates",
+        "cas_required",
+        "modified",
+        "version",
+    }
+)
+# `bao status` shows HA fields when the storage is HA-capable. Custos always
+# runs on Raft; OpenBao's dev server runs on in-memory storage and has none.
+STATUS_HA_KEYS = frozenset({"is_self", "leader_address", "raft_applied_index", "raft_committed_index"})

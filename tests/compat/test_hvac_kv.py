@@ -9,6 +9,7 @@ import pytest
 from compat_lib import Target, assert_envelope, assert_keys, uniq
 from expected import (
     KV_METADATA_KEYS,
+    KV_METADATA_KEYS_OPENBAO_ONLY,
     KV_METADATA_VERSION_KEYS,
     KV_READ_KEYS,
     KV_VERSION_KEYS,
@@ -150,7 +151,7 @@ def test_read_and_update_metadata(target: Target) -> None:
     m = kv(target).read_secret_metadata(path=path, mount_point="secret")
     assert_envelope(m, "kv metadata")
     d = m["data"]
-    assert_keys(d, KV_METADATA_KEYS, "kv metadata data")
+    assert_keys(d, KV_METADATA_KEYS, "kv metadata data", optional=KV_METADATA_KEYS_OPENBAO_ONLY)
     assert d["current_version"] == 2
     assert d["oldest_version"] == 0
     assert d["max_versions"] == 0

@@ -14,6 +14,7 @@ from expected import (
     MOUNT_ENTRY_KEYS_OPENBAO_ONLY,
     MOUNT_ENTRY_KEYS_REQUIRED,
     POLICY_READ_KEYS,
+    POLICY_READ_KEYS_OPENBAO_ONLY,
     SEAL_STATUS_KEYS,
     STATUS_AUDIT_ENABLE_API,
 )
@@ -163,7 +164,7 @@ def test_acl_policy_crud(target: Target) -> None:
     assert resp.status_code == 204, resp.text
     r = c.sys.read_acl_policy(name)
     assert_envelope(r, "sys/policies/acl read")
-    assert_keys(r["data"], POLICY_READ_KEYS, "sys/policies/acl data")
+    assert_keys(r["data"], POLICY_READ_KEYS, "sys/policies/acl data", optional=POLICY_READ_KEYS_OPENBAO_ONLY)
     assert r["data"]["name"] == name
     assert r["data"]["policy"] == text
     lst = c.sys.list_acl_policies()

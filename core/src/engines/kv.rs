@@ -423,6 +423,14 @@ impl Backend for KvBackend {
             (R_DATA, Op::Create | Op::Update) => self.data_write(&ctx).await,
             (R_DATA, Op::Patch) => self.data_patch(&ctx).await,
             (R_DATA, Op::Delete) => self.data_delete(&ctx).await,
+            // Vault refuses writes to a folder (or to `data/` itself) as bad input.
+            (R_DATA_OUTSIDE, Op::Create | Op::Update | Op::Patch) => Err(CoreError::bad_request(
+                if ctx.req.relative_path == "data/" {
+                    "missing path"
+                } else {
+                    "invalid path: a key must not end with '/'"
+                },
+            )),
             (R_DATA_OUTSIDE, _) => Err(unsupported_path(&ctx)),
             (R_METADATA, Op::Read) => self.metadata_read(&ctx).await,
             (R_METADATA, Op::List) => self.metadata_list(&ctx).await,
@@ -922,7 +930,10 @@ fn weak_int(v: &Value) -> Option<i64> {
     match v {
         Value::Null => Some(0),
         Value::Bool(b) => Some(i64::from(*b)),
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.trunc() as i64)),
+        // A fractional number is not an integer (OpenBao answers 400 for `cas: 1.5`).
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
         Value::String(s) if s.trim().is_empty() => Some(0),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
