@@ -51,6 +51,25 @@ pub enum AuditError {
     #[error("an audit device is already enabled at path {0:?}")]
     DuplicatePath(String),
 
+    /// The audit log's file system has less free space than the
+    /// `min_free_bytes` floor: the event was refused rather than risk losing
+    /// audit (the core answers 503).
+    #[error("audit log disk is nearly full: {free_bytes} bytes free, floor is {min_free_bytes}")]
+    DiskFull {
+        free_bytes: u64,
+        min_free_bytes: u64,
+    },
+
+    /// A record of the local audit log failed its CRC or framing check.
+    /// `line` counts from 1 within the segment file named `segment`.
+    #[error("corrupt audit log record at {segment}:{line}")]
+    CorruptRecord { segment: String, line: u64 },
+
+    /// A shipper checkpoint file is missing fields, unreadable, or its sink
+    /// name is not a plain name.
+    #[error("audit checkpoint {sink:?}: {reason}")]
+    Checkpoint { sink: String, reason: String },
+
     /// Devices are configured but none of them recorded the event.
     #[error("no audit device recorded the event ({failed} of {total} failed)")]
     NoDeviceRecorded { failed: usize, total: usize },
@@ -77,6 +96,22 @@ impl AuditError {
             AuditError::Closed => "closed",
             AuditError::DuplicatePath(_) => "duplicate_path",
             AuditError::NoDeviceRecorded { .. } => "no_device_recorded",
+            AuditError::DiskFull { .. } => "disk_full",
+            AuditError::CorruptRecord { .. } => "corrupt_record",
+            AuditError::Checkpoint { .. } => "checkpoint",
         }
+    }
+
+    /// True when the event was refused for lack of disk space: the
+    /// `min_free_bytes` guard tripped, or a write hit ENOSPC.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            AuditError::DiskFull { .. }
+                | AuditError::Io {
+                    kind: io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded,
+                    ..
+                }
+        )
     }
 }

@@ -43,6 +43,26 @@ declare! {
         "fsync calls made by the file audit device (one per group-commit batch).";
     GROUP_COMMIT_EVENTS = "custos_audit_group_commit_events", Histogram, ["path"],
         "Events written per group-commit batch (per fsync) by the file audit device.";
+    LOG_RECORDS = "custos_audit_log_records_appended_total", Counter, ["path"],
+        "Records appended and fsynced to the local audit log.";
+    LOG_BYTES = "custos_audit_log_bytes_appended_total", Counter, ["path"],
+        "Bytes appended and fsynced to the local audit log.";
+    LOG_DURABLE_SEQ = "custos_audit_log_durable_sequence", Gauge, ["path"],
+        "Sequence number of the last record fsynced to the local audit log.";
+    LOG_SEGMENTS = "custos_audit_log_segments", Gauge, ["path"],
+        "Segment files in the local audit log directory.";
+    LOG_SIZE_BYTES = "custos_audit_log_size_bytes", Gauge, ["path"],
+        "Bytes held by the segment files of the local audit log.";
+    LOG_DISK_FREE = "custos_audit_log_disk_free_bytes", Gauge, ["path"],
+        "Free bytes (available to the server) on the file system of the local audit log.";
+    LOG_DISK_FULL = "custos_audit_log_disk_full_total", Counter, ["path"],
+        "Group-commit batches refused because free space was under min_free_bytes or the disk was full.";
+    LOG_RECOVERY_TRUNCATIONS = "custos_audit_log_recovery_truncations_total", Counter, ["path"],
+        "Torn tails cut off the last segment when the local audit log was opened after a crash.";
+    LOG_SEGMENT_ROLLS = "custos_audit_log_segment_rolls_total", Counter, ["path"],
+        "New segments started by the local audit log (size, age, rotate/SIGHUP).";
+    LOG_SEGMENTS_PRUNED = "custos_audit_log_segments_pruned_total", Counter, ["path"],
+        "Segments deleted by retention after every sink acknowledged them.";
 }
 
 /// Register help text for every declared metric with the installed recorder.
@@ -62,6 +82,11 @@ pub fn describe_all() {
 /// Increment a per-device counter.
 pub(crate) fn device_counter(name: &'static str, path: &str, by: u64) {
     metrics::counter!(name, "path" => path.to_owned()).increment(by);
+}
+
+/// Set a per-device gauge.
+pub(crate) fn device_gauge(name: &'static str, path: &str, value: f64) {
+    metrics::gauge!(name, "path" => path.to_owned()).set(value);
 }
 
 /// Record a per-device histogram value.

@@ -127,11 +127,10 @@ impl Core {
         self.started.elapsed()
     }
 
+    /// The node's configured name (`storage "raft" { node_id }`), used as
+    /// the `node_id` metric label.
     pub fn node_label(&self) -> String {
-        self.raft
-            .as_ref()
-            .map(|r| r.node_id().to_string())
-            .unwrap_or_else(|| self.opts.node_name.clone())
+        self.opts.node_name.clone()
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -346,6 +345,7 @@ impl Core {
             "system" => Arc::new(crate::sys::SystemBackend::new(self.me.clone())),
             "token" => Arc::new(TokenBackend::new(tokens.clone())),
             "kv" => crate::engines::kv_backend(&entry)?,
+            "transit" => Arc::new(crate::engines::transit::TransitBackend::new()),
             other => {
                 return Err(CoreError::bad_request(format!(
                     "plugin not found in the catalog: {other}"

@@ -79,6 +79,8 @@ declare! {
         "Unix time the active barrier key was installed.";
     SEAL_TYPE = "custos_seal_info", Gauge, ["type"],
         "Always 1; the label names the seal type (shamir).";
+    TRANSIT_OPERATIONS = "custos_transit_operations_total", Counter, ["operation"],
+        "Transit engine operations performed, by operation (encrypt, decrypt, rewrap, datakey, sign, verify, hmac, hash, random, key management); each batch item counts once.";
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -96,6 +98,15 @@ pub fn install() -> PrometheusHandle {
                         0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     ],
                 )
+                .and_then(|b| {
+                    // Group-commit batch sizes are counts of events, not seconds.
+                    b.set_buckets_for_metric(
+                        Matcher::Full("custos_audit_group_commit_events".into()),
+                        &[
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                        ],
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let handle = match builder.install_recorder() {
                 Ok(h) => h,
@@ -104,6 +115,7 @@ pub fn install() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             };
             describe_all();
+            custos_audit::metrics::describe_all();
             handle
         })
         .clone()

@@ -100,14 +100,8 @@ async fn acknowledged_writes_survive_kill_9() {
     }
 
     // Every acknowledged write has its response event in the audit log.
-    let audit = std::fs::read_to_string(dir.path().join("audit").join("audit.log"))
-        .or_else(|_| std::fs::read_to_string(dir.path().join("audit")))
-        .expect("audit log");
     let mut audited = BTreeSet::new();
-    for line in audit.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(ev) = serde_json::from_str::<Value>(line.trim_start_matches(|c| c != '{')) else {
-            continue;
-        };
+    for ev in crate::harness::read_audit_events(&dir.path().join("audit")) {
         if ev["type"] == json!("response")
             && let Some(p) = ev["request"]["path"]
                 .as_str()
@@ -138,7 +132,10 @@ async fn sigterm_shuts_down_gracefully_and_keeps_data() {
         .expect("write");
     assert_eq!(r.status().as_u16(), 200);
     let pid = s.child.id().to_string();
-    let st = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(st.success());
     let mut exited = None;
     for _ in 0..200 {

@@ -4,11 +4,15 @@ use std::sync::Arc;
 
 use custos_audit::{AuditBroker, AuditDevice, AuditError, FileDevice, FileOptions, hmac_sha256};
 
-use crate::support::{SECRET, read_lines, request_event, response_event, salt};
+use crate::support::{SECRET, read_log, request_event, response_event, salt};
 
 fn device(path: std::path::PathBuf, mount: &str) -> Arc<FileDevice> {
+    let opts = FileOptions {
+        min_free_bytes: 0,
+        ..FileOptions::default()
+    };
     Arc::new(
-        FileDevice::open(path, salt(), FileOptions::default())
+        FileDevice::open(path, salt(), opts)
             .unwrap()
             .named(mount, ""),
     )
@@ -47,7 +51,7 @@ async fn one_bad_device_alone_fails_closed_but_one_good_is_enough() {
     both.shutdown().await;
     assert!(both.is_empty());
 
-    let (text, lines) = read_lines(good.file_path());
+    let (text, lines) = read_log(good.audit_log().log_dir());
     assert!(!text.contains(SECRET));
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["type"], "request");

@@ -1,6 +1,6 @@
 //! Shared helpers: events carrying known secrets, and reading log lines back.
 
-use std::path::Path;
+use custos_audit::LogDir;
 
 use custos_audit::event::AuditWrapInfo;
 use custos_audit::{AuditAuth, AuditEvent, AuditRequest, AuditResponse, Salt};
@@ -60,13 +60,20 @@ pub fn response_event(id: &str) -> AuditEvent {
     AuditEvent::response(Some(auth()), request(id), resp, None)
 }
 
-/// The file's text and its lines parsed as JSON (panics on a bad line).
-pub fn read_lines(path: &Path) -> (String, Vec<Value>) {
-    let text = std::fs::read_to_string(path).expect("read audit log");
-    assert!(
-        text.is_empty() || text.ends_with('\n'),
-        "log must end with a newline"
-    );
+/// Every segment's text, concatenated in log order, and every line parsed
+/// as JSON (panics on a line that is not JSON or a segment not ending in a
+/// newline).
+pub fn read_log(dir: impl Into<LogDir>) -> (String, Vec<Value>) {
+    let dir: LogDir = dir.into();
+    let mut text = String::new();
+    for seg in dir.segments().expect("list segments") {
+        let t = std::fs::read_to_string(&seg.path).expect("read segment");
+        assert!(
+            t.is_empty() || t.ends_with('\n'),
+            "segment must end with a newline"
+        );
+        text.push_str(&t);
+    }
     let lines = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line is not JSON ({e}): {l}")))

@@ -7,6 +7,7 @@
 //! the backend for a `kv` mount entry.
 
 pub mod kv;
+pub mod transit;
 
 use std::sync::Arc;
 

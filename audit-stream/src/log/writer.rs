@@ -1,0 +1,356 @@
+//! The writer thread of the local audit log: group commit, segment roll,
+//! disk guard.
+//!
+//! [`super::AuditLog::append`] sends a payload and a oneshot through a bounded
+//! channel. This thread owns the active segment: it takes everything queued
+//! (up to a batch limit), checks the disk guard, rolls to a new segment if the
+//! active one is full or old, gives each record the next sequence number,
+//! writes the batch with one `write_all`, calls `fdatasync` once, publishes the
+//! durable end (last sequence number, segment, byte offset) on a `watch`
+//! channel (readers follow it and never read past it) and
+//! then completes every oneshot with its record's sequence number. Many
+//! concurrent appends therefore share one fsync, and the next batch queues up
+//! while the current one is being synced.
+//!
+//! On a write or fsync error (ENOSPC, EIO) every caller of the batch gets the
+//! error, and the segment is cut back to where the batch started, so the log
+//! stays a clean sequence of records and the sequence numbers are reused. If
+//! even the cut fails, the batch's sequence numbers are burnt (a gap that
+//! `verify` shows, never a duplicate) and the next batch starts with a newline
+//! so the torn bytes stay on a line of their own.
+//!
+//! If the active segment was deleted under the server (its link count is 0),
+//! the next batch starts a new segment instead of writing into a file nobody
+//! can read; if the directory is gone too, appends fail (the request fails
+//! closed) until it is back.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::checkpoint::Checkpoint;
+use super::options::LogOptions;
+use super::retention;
+use super::segment::{LogDir, sync_dir};
+use super::{DurablePosition, Shared, record};
+use crate::error::AuditError;
+use crate::metrics;
+
+/// Most records in one group-commit batch.
+const MAX_BATCH_RECORDS: usize = 4096;
+/// Most payload bytes in one batch (a batch may exceed it by one record).
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes a record adds to its payload at most: the two members and newline.
+const RECORD_OVERHEAD: usize = 64;
+
+pub(crate) type Done = oneshot::Sender<Result<u64, AuditError>>;
+
+pub(crate) enum Command {
+    /// Append one record; answered with its sequence number once durable.
+    Append { payload: Vec<u8>, done: Done },
+    /// Start a new segment (rotate / SIGHUP); answered with its first
+    /// sequence number. A no-op when the active segment is empty.
+    Roll { done: Done },
+}
+
+/// Open (creating) a segment file for appending, with `mode`.
+pub(crate) fn open_segment(path: &Path, mode: Option<u32>) -> Result<File, AuditError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .create(true)
+        .append(true)
+        .mode(mode.unwrap_or(0o600))
+        .open(path)
+        .map_err(|e| AuditError::io("open", &e))?;
+    if let Some(mode) = mode {
+        // The open mode is filtered by the umask; set it explicitly, as Vault does.
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| AuditError::io("chmod", &e))?;
+    }
+    Ok(file)
+}
+
+/// Free bytes available to unprivileged users on the file system of `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+pub(crate) struct Writer {
+    pub dir: LogDir,
+    pub opts: LogOptions,
+    /// The active segment; `None` only after opening one failed.
+    pub file: Option<File>,
+    pub seg_first: u64,
+    pub seg_len: u64,
+    pub seg_born: SystemTime,
+    pub next_seq: u64,
+    /// A torn line may end the segment: start the next batch with a newline.
+    pub torn_tail: bool,
+    pub durable: watch::Sender<DurablePosition>,
+    pub shared: Arc<Shared>,
+}
+
+impl Writer {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch: Vec<(Vec<u8>, Done)> = Vec::new();
+            let mut bytes = 0usize;
+            let mut roll = None;
+            match first {
+                Command::Append { payload, done } => {
+                    bytes += payload.len();
+                    batch.push((payload, done));
+                    while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(Command::Append { payload, done }) => {
+                                bytes += payload.len();
+                                batch.push((payload, done));
+                            }
+                            Ok(Command::Roll { done }) => {
+                                roll = Some(done);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Command::Roll { done } => roll = Some(done),
+            }
+            if !batch.is_empty() {
+                self.commit(batch, bytes);
+            }
+            if let Some(done) = roll {
+                let label = self.shared.label();
+                // An empty, still linked active segment is already "rotated".
+                let result = if self.seg_len == 0 && self.active_is_linked() {
+                    Ok(self.seg_first)
+                } else {
+                    self.roll(&label).map(|()| self.seg_first)
+                };
+                let _ = done.send(result);
+            }
+        }
+        // Channel closed and drained: every queued record has been committed.
+    }
+
+    fn commit(&mut self, batch: Vec<(Vec<u8>, Done)>, payload_bytes: usize) {
+        let label = self.shared.label();
+        let n = batch.len() as u64;
+        let started = Instant::now();
+        let result = self.write_batch(&batch, payload_bytes, &label);
+        match &result {
+            Ok(_) => {
+                metrics::device_histogram(
+                    metrics::FSYNC_SECONDS,
+                    &label,
+                    started.elapsed().as_secs_f64(),
+                );
+                metrics::device_histogram(metrics::GROUP_COMMIT_EVENTS, &label, n as f64);
+            }
+            Err(e) => {
+                if e.is_disk_full() {
+                    metrics::device_counter(metrics::LOG_DISK_FULL, &label, 1);
+                }
+                tracing::error!(
+                    device = %label,
+                    records = n,
+                    error_kind = e.kind_label(),
+                    error = %e,
+                    "audit log append failed"
+                );
+            }
+        }
+        for (i, (_, done)) in batch.into_iter().enumerate() {
+            // A caller that gave up no longer listens; nothing to do.
+            let _ = done.send(result.clone().map(|first| first + i as u64));
+        }
+    }
+
+    /// Refuse the batch when free space is under the floor; keep the gauge.
+    fn disk_guard(&self, label: &str) -> Result<(), AuditError> {
+        let Some(free) = free_bytes(self.dir.dir()) else {
+            // Cannot tell (e.g. the directory is gone): the write will say.
+            return Ok(());
+        };
+        self.shared.free_bytes.store(free, Ordering::Relaxed);
+        metrics::device_gauge(metrics::LOG_DISK_FREE, label, free as f64);
+        let min = self.opts.min_free_bytes;
+        if min > 0 && free < min {
+            return Err(AuditError::DiskFull {
+                free_bytes: free,
+                min_free_bytes: min,
+            });
+        }
+        Ok(())
+    }
+
+    /// True when there is an active segment and it is still in the directory.
+    fn active_is_linked(&self) -> bool {
+        self.file
+            .as_ref()
+            .is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() > 0))
+    }
+
+    /// Make sure there is an active segment that is still linked in the
+    /// directory, and roll when it is full or old.
+    fn prepare_segment(&mut self, incoming: usize, label: &str) -> Result<(), AuditError> {
+        if !self.active_is_linked() {
+            if self.file.is_some() {
+                tracing::error!(
+                    device = %label,
+                    segment = %self.dir.segment_path(self.seg_first).display(),
+                    "active audit segment was deleted; starting a new one"
+                );
+            }
+            self.file = None;
+            return self.roll(label);
+        }
+        let full = self.seg_len + incoming as u64 > self.opts.segment_size;
+        let old = SystemTime::now()
+            .duration_since(self.seg_born)
+            .is_ok_and(|age| age >= self.opts.segment_duration);
+        if self.seg_len > 0 && (full || old) {
+            self.roll(label)?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: &[(Vec<u8>, Done)],
+        payload_bytes: usize,
+        label: &str,
+    ) -> Result<u64, AuditError> {
+        self.disk_guard(label)?;
+        let prefix_len = self.opts.line_prefix.len();
+        let estimate = payload_bytes + batch.len() * (RECORD_OVERHEAD + prefix_len) + 1;
+        self.prepare_segment(estimate, label)?;
+        let prefix = self.opts.line_prefix.as_bytes();
+        let mut buf = Vec::with_capacity(estimate);
+        if self.torn_tail {
+            buf.push(b'\n');
+        }
+        let first = self.next_seq;
+        for (i, (payload, _)) in batch.iter().enumerate() {
+            record::encode(prefix, payload, first + i as u64, &mut buf);
+        }
+        let n = batch.len() as u64;
+        let Some(file) = self.file.as_mut() else {
+            return Err(AuditError::Closed);
+        };
+        // The real length, not our count: after a failed cut the file may
+        // be longer than what we acknowledged, and a later cut must never
+        // reach back into acknowledged records.
+        self.seg_len = file
+            .metadata()
+            .map_err(|e| AuditError::io("stat segment", &e))?
+            .len();
+        let result = file
+            .write_all(&buf)
+            .map_err(|e| AuditError::io("write", &e))
+            .and_then(|()| {
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                metrics::device_counter(metrics::FSYNC, label, 1);
+                file.sync_data().map_err(|e| AuditError::io("fsync", &e))
+            });
+        match result {
+            Ok(()) => {
+                self.torn_tail = false;
+                self.seg_len += buf.len() as u64;
+                self.next_seq += n;
+                let last = self.next_seq - 1;
+                self.durable.send_replace(DurablePosition {
+                    seq: last,
+                    segment: self.seg_first,
+                    offset: self.seg_len,
+                });
+                self.shared.records.fetch_add(n, Ordering::Relaxed);
+                self.shared
+                    .size_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                metrics::device_counter(metrics::LOG_RECORDS, label, n);
+                metrics::device_counter(metrics::LOG_BYTES, label, buf.len() as u64);
+                metrics::device_gauge(metrics::LOG_DURABLE_SEQ, label, last as f64);
+                metrics::device_gauge(
+                    metrics::LOG_SIZE_BYTES,
+                    label,
+                    self.shared.size_bytes.load(Ordering::Relaxed) as f64,
+                );
+                Ok(first)
+            }
+            Err(e) => {
+                // Cut off what this batch may have written, so the segment
+                // ends with the last acknowledged record again.
+                let cut = file
+                    .set_len(self.seg_len)
+                    .and_then(|()| file.sync_data())
+                    .is_ok();
+                if !cut {
+                    self.torn_tail = true;
+                    // Complete records of this batch may be on disk: never
+                    // hand their sequence numbers out a second time.
+                    self.next_seq += n;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Start a new segment named for the next sequence number, then apply
+    /// retention.
+    fn roll(&mut self, label: &str) -> Result<(), AuditError> {
+        if let Some(f) = self.file.as_mut()
+            && self.torn_tail
+        {
+            // Best effort: end the torn line so the sealed segment ends cleanly.
+            if f.write_all(b"\n").and_then(|()| f.sync_data()).is_ok() {
+                self.torn_tail = false;
+            }
+        }
+        let path = self.dir.segment_path(self.next_seq);
+        let file = open_segment(&path, self.opts.mode)?;
+        sync_dir(self.dir.dir())?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file = Some(file);
+        self.seg_first = self.next_seq;
+        self.seg_len = len;
+        self.seg_born = SystemTime::now();
+        self.torn_tail = false;
+        metrics::device_counter(metrics::LOG_SEGMENT_ROLLS, label, 1);
+        self.apply_retention(label);
+        self.shared.recount(&self.dir, label);
+        Ok(())
+    }
+
+    /// Delete what retention and the sinks' checkpoints allow. Failures are
+    /// logged: they never fail an append.
+    fn apply_retention(&self, label: &str) {
+        if !self.opts.retention.is_limited() {
+            return;
+        }
+        let outcome = Checkpoint::min(&self.dir.checkpoint_dir()).and_then(|min| {
+            retention::prune(&self.dir, min, &self.opts.retention, SystemTime::now())
+        });
+        match outcome {
+            Ok(report) => {
+                if !report.deleted.is_empty() {
+                    metrics::device_counter(
+                        metrics::LOG_SEGMENTS_PRUNED,
+                        label,
+                        report.deleted.len() as u64,
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(device = %label, error = %e, "audit log retention failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The load engine: drives one workload against one server and measures it.
+//!
+//! Input: a [`LoadSpec`] (concurrency, warm-up, duration, optional fixed
+//! rate), a prepared [`Fixture`] and a [`VaultClient`]. Output: [`RunStats`]
+//! — throughput, HDR-histogram latency percentiles, errors, and the CPU the
+//! load generator and (if its pid is known) the server used during the
+//! measured window.
+//!
+//! Closed loop: `concurrency` workers, each sending its next request as soon
+//! as the previous one is answered. Open loop (`rate` set): request *i* is due
+//! at `start + i/rate`; workers claim the next due slot, wait until its time
+//! and send it, and latency is measured from the **intended** send time, so a
+//! stalled server is charged for the queue it causes (no coordinated
+//! omission). Only operations that complete inside the measured window
+//! (after warm-up, before the end) are counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::client::VaultClient;
+use crate::sysinfo;
+use crate::workload::{Fixture, Workload, op};
+
+/// How to drive the load.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadSpec {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Open loop at this many operations per second; `None` = closed loop.
+    pub rate: Option<f64>,
+}
+
+/// What one measured run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunStats {
+    pub ops: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub seconds: f64,
+    /// Operations per second.
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+    /// CPU cores the load generator used on average (user+sys / wall).
+    pub client_cpu_cores: f64,
+    /// CPU cores the server used on average, when its pid is known.
+    pub server_cpu_cores: Option<f64>,
+    pub first_errors: Vec<String>,
+    #[serde(skip)]
+    pub hist: Histogram<u64>,
+}
+
+fn new_hist() -> Result<Histogram<u64>> {
+    // Microseconds, 1 µs .. 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
+}
+
+impl RunStats {
+    fn from_parts(
+        hist: Histogram<u64>,
+        requests: u64,
+        errors: u64,
+        seconds: f64,
+        client_cpu: f64,
+        server_cpu: Option<f64>,
+        first_errors: Vec<String>,
+    ) -> Self {
+        let ops = hist.len();
+        let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+        let attempts = ops + errors;
+        Self {
+            ops,
+            requests,
+            errors,
+            error_rate: if attempts == 0 {
+                0.0
+            } else {
+                errors as f64 / attempts as f64
+            },
+            seconds,
+            rps: ops as f64 / seconds.max(1e-9),
+            p50_ms: q(0.50),
+            p90_ms: q(0.90),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: hist.max() as f64 / 1000.0,
+            mean_ms: hist.mean() / 1000.0,
+            client_cpu_cores: client_cpu / seconds.max(1e-9),
+            server_cpu_cores: server_cpu.map(|s| s / seconds.max(1e-9)),
+            first_errors,
+            hist,
+        }
+    }
+
+    /// Merge several runs of the same workload against the same server
+    /// (the rounds of an alternating comparison).
+    pub fn merge(runs: &[RunStats]) -> Result<RunStats> {
+        let mut hist = new_hist()?;
+        let (mut req, mut err, mut secs, mut ccpu, mut scpu) = (0, 0, 0.0, 0.0, Some(0.0));
+        let mut first = Vec::new();
+        for r in runs {
+            hist.add(&r.hist)
+                .map_err(|e| anyhow!("merging histograms: {e}"))?;
+            req += r.requests;
+            err += r.errors;
+            secs += r.seconds;
+            ccpu += r.client_cpu_cores * r.seconds;
+            scpu = match (scpu, r.server_cpu_cores) {
+                (Some(a), Some(b)) => Some(a + b * r.seconds),
+                _ => None,
+            };
+            first.extend(r.first_errors.iter().take(3).cloned());
+        }
+        first.truncate(5);
+        Ok(Self::from_parts(hist, req, err, secs, ccpu, scpu, first))
+    }
+}
+
+/// Per-worker tallies, merged at the end.
+struct Tally {
+    hist: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    first_errors: Vec<String>,
+}
+
+/// Run `w` against `client` per `spec`. `server_pid` lets the run report the
+/// server's CPU use over the same window.
+pub async fn run(
+    w: Workload,
+    fx: Arc<Fixture>,
+    client: &VaultClient,
+    spec: &LoadSpec,
+    server_pid: Option<u32>,
+) -> Result<RunStats> {
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let slot = Arc::new(AtomicU64::new(0));
+    let interval = spec
+        .rate
+        .map(|r| Duration::from_secs_f64(1.0 / r.max(1e-6)));
+
+    // CPU snapshots exactly at the window's edges.
+    let meter = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from).await;
+        let (c0, s0, t0) = (
+            sysinfo::self_cpu(),
+            server_pid.and_then(sysinfo::proc_cpu),
+            Instant::now(),
+        );
+        tokio::time::sleep_until(end).await;
+        let (c1, s1, t1) = (
+            sysinfo::self_cpu(),
+            server_pid.and_then(sysinfo::proc_cpu),
+            Instant::now(),
+        );
+        let server = match (s0, s1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
+            _ => None,
+        };
+        (
+            c1.saturating_sub(c0).as_secs_f64(),
+            server,
+            (t1 - t0).as_secs_f64(),
+        )
+    });
+
+    let mut workers = tokio::task::JoinSet::new();
+    for wid in 0..spec.concurrency.max(1) {
+        let (fx, client, slot) = (fx.clone(), client.clone(), slot.clone());
+        let mut tally = Tally {
+            hist: new_hist()?,
+            requests: 0,
+            errors: 0,
+            first_errors: Vec::new(),
+        };
+        workers.spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(0x5eed ^ wid as u64);
+            tokio::time::sleep_until(start).await;
+            loop {
+                // Closed loop: start now. Open loop: the next due slot.
+                let t0 = match interval {
+                    None => Instant::now(),
+                    Some(iv) => {
+                        let i = slot.fetch_add(1, Ordering::Relaxed);
+                        let due = start + iv.mul_f64(i as f64);
+                        if due >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                };
+                if t0 >= end {
+                    break;
+                }
+                let res = op(w, &fx, &client, &mut rng).await;
+                let t1 = Instant::now();
+                if t1 < measure_from || t1 >= end {
+                    continue;
+                }
+                match res {
+                    Ok(n) => {
+                        tally.requests += u64::from(n);
+                        let us = (t1 - t0).as_micros().clamp(1, 600_000_000) as u64;
+                        let _ = tally.hist.record(us);
+                    }
+                    Err(e) => {
+                        tally.errors += 1;
+                        if tally.first_errors.len() < 3 {
+                            tally.first_errors.push(e);
+                        }
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut hist = new_hist()?;
+    let (mut requests, mut errors, mut first_errors) = (0, 0, Vec::new());
+    while let Some(t) = workers.join_next().await {
+        let t = t.map_err(|e| anyhow!("load worker: {e}"))?;
+        hist.add(&t.hist)
+            .map_err(|e| anyhow!("merging histograms: {e}"))?;
+        requests += t.requests;
+        errors += t.errors;
+        if first_errors.len() < 5 {
+            first_errors.extend(t.first_errors);
+        }
+    }
+    first_errors.truncate(5);
+    let (client_cpu, server_cpu, _) = meter.await.map_err(|e| anyhow!("cpu meter: {e}"))?;
+    Ok(RunStats::from_parts(
+        hist,
+        requests,
+        errors,
+        spec.duration.as_secs_f64(),
+        client_cpu,
+        server_cpu,
+        first_errors,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(values_us: &[u64], errors: u64, secs: f64) -> RunStats {
+        let mut h = new_hist().unwrap();
+        for v in values_us {
+            h.record(*v).unwrap();
+        }
+        RunStats::from_parts(
+            h,
+            values_us.len() as u64,
+            errors,
+            secs,
+            0.5,
+            Some(1.0),
+            vec![],
+        )
+    }
+
+    #[test]
+    fn percentiles_and_rates() {
+        let v: Vec<u64> = (1..=1000).map(|i| i * 1000).collect(); // 1..1000 ms
+        let s = stats(&v, 10, 2.0);
+        assert_eq!(s.ops, 1000);
+        assert!((s.rps - 500.0).abs() < 1e-9);
+        assert!((s.p50_ms - 500.0).abs() < 1.0, "{}", s.p50_ms);
+        assert!((s.p99_ms - 990.0).abs() < 1.0, "{}", s.p99_ms);
+        assert!((s.error_rate - 10.0 / 1010.0).abs() < 1e-12);
+        assert!((s.client_cpu_cores - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn merge_adds_counts_and_time() {
+        let a = stats(&[1000, 2000], 1, 1.0);
+        let b = stats(&[3000, 4000, 5000], 0, 3.0);
+        let m = RunStats::merge(&[a, b]).unwrap();
+        assert_eq!((m.ops, m.errors), (5, 1));
+        assert!((m.seconds - 4.0).abs() < 1e-9);
+        assert!((m.rps - 1.25).abs() < 1e-9);
+        assert_eq!(m.server_cpu_cores, Some(1.0));
+    }
+}

