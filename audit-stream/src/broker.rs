@@ -37,6 +37,14 @@ pub trait AuditDevice: Send + Sync {
     fn options(&self) -> BTreeMap<String, String>;
     /// Hash a copy of `event` and record it durably before returning.
     async fn log(&self, event: &AuditEvent) -> Result<(), AuditError>;
+    /// Record several events, in order, durably before returning. Devices
+    /// that can should make one sync cover them all.
+    async fn log_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        for e in events {
+            self.log(e).await?;
+        }
+        Ok(())
+    }
     /// HMAC `input` with this device's salt (`sys/audit-hash`).
     fn hash(&self, input: &str) -> String;
     /// Reopen the underlying output (log rotation, SIGHUP).
@@ -156,18 +164,53 @@ impl AuditBroker {
         self.log(&event).await
     }
 
+    /// Record a request event and its response event together, in order,
+    /// with one sync where the device allows it. Used for reads, whose
+    /// response is held back until both are durable.
+    pub async fn log_pair(
+        &self,
+        request: AuditEvent,
+        response: AuditEvent,
+    ) -> Result<(), AuditError> {
+        let events = [request, response];
+        let devices = self.snapshot();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let results = futures::future::join_all(devices.iter().map(|d| d.log_all(&events))).await;
+        self.settle(&devices, results, &events[1])
+    }
+
     async fn log(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let devices = self.snapshot();
         if devices.is_empty() {
             return Ok(());
         }
         let results = futures::future::join_all(devices.iter().map(|d| d.log(event))).await;
+        self.settle(&devices, results, event)
+    }
+
+    /// Count and log each device's outcome; fail when none recorded the
+    /// event(s). When every failure is a full disk, say so (the server
+    /// answers 503 rather than 500).
+    fn settle(
+        &self,
+        devices: &[Arc<dyn AuditDevice>],
+        results: Vec<Result<(), AuditError>>,
+        event: &AuditEvent,
+    ) -> Result<(), AuditError> {
         let mut failed = 0;
+        let mut disk_full: Option<AuditError> = None;
+        let mut all_disk_full = true;
         for (device, result) in devices.iter().zip(results) {
             match result {
                 Ok(()) => metrics::device_counter(metrics::DEVICE_LOG, device.path(), 1),
                 Err(e) => {
                     failed += 1;
+                    all_disk_full &= e.is_disk_full();
+                    if e.is_disk_full() && disk_full.is_none() {
+                        disk_full = Some(e.clone());
+                    }
                     metrics::device_counter(metrics::DEVICE_FAILURE, device.path(), 1);
                     tracing::error!(
                         device = device.path(),
@@ -179,7 +222,12 @@ impl AuditBroker {
                 }
             }
         }
-        if failed == devices.len() {
+        if failed == devices.len()
+            && all_disk_full
+            && let Some(e) = disk_full
+        {
+            Err(e)
+        } else if failed == devices.len() {
             Err(AuditError::NoDeviceRecorded {
                 failed,
                 total: devices.len(),

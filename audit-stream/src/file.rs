@@ -317,6 +317,14 @@ impl AuditDevice for FileDevice {
         self.record(event).await.map(|_| ())
     }
 
+    async fn log_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let payloads = events
+            .iter()
+            .map(|e| self.encode(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.log.append_many(payloads).await.map(|_| ())
+    }
+
     fn hash(&self, input: &str) -> String {
         hmac_sha256(&self.salt, input)
     }

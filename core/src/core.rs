@@ -91,6 +91,21 @@ pub struct Core {
     started: Instant,
 }
 
+/// The error a client sees when audit could not record its request: 503 when
+/// the audit disk is full (the server refuses work rather than lose audit),
+/// 500 otherwise. Never the event's content.
+fn audit_failure(e: &custos_audit::AuditError, what: &str) -> CoreError {
+    if e.is_disk_full() {
+        tracing::error!(error = %e, "audit: disk full; refusing the {what}");
+        CoreError::Unavailable(
+            "audit log storage is full: requests are refused until space is freed".into(),
+        )
+    } else {
+        tracing::error!(error = %e, "audit: no device recorded the {what}; refusing it");
+        CoreError::Audit(format!("no audit device recorded the {what}"))
+    }
+}
+
 /// Vault's answer for a missing or unknown token.
 fn permission_denied() -> CoreError {
     CoreError::PermissionDenied
@@ -554,14 +569,23 @@ impl Core {
 
         let request_event =
             audit::request_event(&req, &entry, denied.then_some("permission denied"));
-        if let Err(e) = u.audit.log_request(request_event).await {
-            m::counter_inc(m::AUDIT_LOG_REQUEST_FAILURE, &[]);
-            tracing::error!(error = %e, "audit: no device recorded the request; refusing it");
-            return Err(CoreError::Audit(
-                "no audit device recorded the request".into(),
-            ));
+        // A read changes nothing, so its request event may share one sync
+        // with its response event: the response is held back until both are
+        // durable, and replaced by an error if they are not. Anything that
+        // changes state (including spending a token use) is audited before
+        // it happens.
+        let pipelined =
+            matches!(req.operation, Operation::Read | Operation::List) && entry.num_uses == 0;
+        let mut pending_request = None;
+        if pipelined {
+            pending_request = Some(request_event);
+        } else {
+            if let Err(e) = u.audit.log_request(request_event).await {
+                m::counter_inc(m::AUDIT_LOG_REQUEST_FAILURE, &[]);
+                return Err(audit_failure(&e, "request"));
+            }
+            m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
         }
-        m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
 
         let result: Result<Option<Response>> = if denied {
             Err(permission_denied())
@@ -595,12 +619,16 @@ impl Core {
         };
 
         let response_event = audit::response_event(&req, &entry, &result);
-        if let Err(e) = u.audit.log_response(response_event).await {
+        let logged = match pending_request {
+            Some(request_event) => u.audit.log_pair(request_event, response_event).await,
+            None => u.audit.log_response(response_event).await,
+        };
+        if let Err(e) = logged {
             m::counter_inc(m::AUDIT_LOG_RESPONSE_FAILURE, &[]);
-            tracing::error!(error = %e, "audit: no device recorded the response");
-            return Err(CoreError::Audit(
-                "no audit device recorded the response".into(),
-            ));
+            return Err(audit_failure(&e, "response"));
+        }
+        if pipelined {
+            m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
         }
         m::counter_inc(m::AUDIT_LOG_RESPONSE, &[]);
         result

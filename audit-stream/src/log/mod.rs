@@ -286,6 +286,29 @@ impl AuditLog {
         wait.await.map_err(|_| AuditError::Closed)?
     }
 
+    /// Append several records so that one group commit covers them all:
+    /// they are queued back to back before any is awaited, and each keeps
+    /// its own sequence number (in order). Returns once all are durable.
+    pub async fn append_many(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<u64>, AuditError> {
+        for p in &payloads {
+            Self::check(p)?;
+        }
+        let tx = self.sender()?;
+        let mut waits = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let (done, wait) = oneshot::channel();
+            tx.send(Command::Append { payload, done })
+                .await
+                .map_err(|_| AuditError::Closed)?;
+            waits.push(wait);
+        }
+        let mut seqs = Vec::with_capacity(waits.len());
+        for w in waits {
+            seqs.push(w.await.map_err(|_| AuditError::Closed)??);
+        }
+        Ok(seqs)
+    }
+
     /// [`AuditLog::append`] for threads outside an async runtime (panics
     /// inside one, like tokio's blocking calls).
     pub fn append_blocking(&self, payload: Vec<u8>) -> Result<u64, AuditError> {
