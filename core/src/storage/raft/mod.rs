@@ -439,6 +439,10 @@ impl RaftStorage {
             )
             .await
             .map_err(|e| CoreError::Unavailable(format!("no leader: {e}")))?;
+        // The leader watch is fed by a task; let it catch up so callers see
+        // the leader `open` just waited for.
+        let mut leader = self.leader_rx.clone();
+        let _ = tokio::time::timeout(LEADER_WAIT, leader.wait_for(|l| *l == Some(node_id))).await;
         Ok(())
     }
 
@@ -451,6 +455,17 @@ impl RaftStorage {
         let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = watcher {
             let _ = w.await;
+        }
+        // Applies commit without fsync (the log is the durable record); make
+        // the state machine durable on a clean shutdown so the next start has
+        // nothing to replay.
+        let flushed = self
+            .state
+            .begin_write()
+            .map_err(redb::Error::from)
+            .and_then(|t| t.commit().map_err(redb::Error::from));
+        if let Err(e) = flushed {
+            tracing::warn!(error = %e, "flushing the state machine at shutdown");
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while (self.log_db.strong_count() > 0 || Arc::strong_count(&self.state) > 1)
