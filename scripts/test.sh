@@ -13,6 +13,8 @@
 #   CUSTOS_TEST_CACHE=DIR    where downloaded/built test tools live
 #                            (default ~/.cache/custos-test)
 # Exports for tests: CUSTOS_TEST_OPENBAO_ADDR / _TOKEN / _BIN (Rust tests),
+# CUSTOS_TEST_KAFKA (tansu) / CUSTOS_TEST_TANSU_BIN, CUSTOS_TEST_ES
+# (osmem-server, the Elasticsearch API stand-in) / CUSTOS_TEST_OSMEM_BIN,
 # COMPAT_OPENBAO_ADDR, COMPAT_CUSTOS_ADDR, COMPAT_OPENBAO_BIN,
 # COMPAT_CUSTOS_BIN, COMPAT_BAO_CLI (pytest tests/compat).
 set -euo pipefail
@@ -93,6 +95,9 @@ if [[ $compat_only -eq 0 ]]; then
   cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 fi
 step "python deps" ensure_python_env
+step "rdkafka build deps" ensure_rdkafka_build_deps
+step "tansu" ensure_tansu
+step "osmem-server" ensure_osmem
 export COMPAT_BAO_CLI="$BAO_BIN" COMPAT_OPENBAO_BIN="$BAO_BIN"
 log "    python: $PYTHON; bao: $("$BAO_BIN" version | head -n 1)"
 
@@ -115,6 +120,10 @@ fi
 step "start openbao" start_openbao_dev "$RUN_DIR"
 export CUSTOS_TEST_OPENBAO_ADDR="$OPENBAO_ADDR" CUSTOS_TEST_OPENBAO_TOKEN=root CUSTOS_TEST_OPENBAO_BIN="$BAO_BIN"
 export COMPAT_OPENBAO_ADDR="$OPENBAO_ADDR"
+# Kafka and the Elasticsearch API stand-in for the audit sink tests; in CI
+# they are always installed and started, so those tests never skip.
+step "start kafka" start_tansu "$RUN_DIR"
+step "start elasticsearch stand-in" start_osmem "$RUN_DIR"
 
 # ------------------------------------------------------------------ Rust tests
 if [[ $compat_only -eq 0 ]]; then

@@ -12,6 +12,13 @@
 //! behind a lock; a call works on a snapshot of it. A device failure is logged
 //! with the device path and the error kind only, never the event, and counted
 //! in `custos_audit_device_failure_total{path}`.
+//!
+//! The broker also holds the **shippers** ([`crate::ship::Shipper`]: the
+//! `kafka` and `elasticsearch` devices). They are never on the request path
+//! (they read the local log the `file` device wrote), but they are listed
+//! with the devices by `sys/audit`, together with each one's backlog
+//! ([`AuditBroker::backlog`]), and stopped (their worker tasks awaited)
+//! before the devices at shutdown.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -21,7 +28,9 @@ use serde::Serialize;
 
 use crate::error::AuditError;
 use crate::event::AuditEvent;
+use crate::log::AuditLog;
 use crate::metrics;
+use crate::ship::{Shipper, SinkStatus};
 
 /// One audit device (file, and later socket or syslog). Devices hash the
 /// events they get themselves, with their own salt.
@@ -51,6 +60,12 @@ pub trait AuditDevice: Send + Sync {
     async fn reopen(&self) -> Result<(), AuditError>;
     /// Record what is queued and stop; later `log` calls fail.
     async fn shutdown(&self);
+    /// The durable local log this device writes, if it writes one (the
+    /// `file` device): for the workers that follow it (query index,
+    /// access metrics).
+    fn local_log(&self) -> Option<Arc<crate::log::AuditLog>> {
+        None
+    }
 }
 
 /// A device as listed by `GET sys/audit`.
@@ -64,10 +79,48 @@ pub struct DeviceInfo {
     pub local: bool,
 }
 
+/// The state of a local audit log, as `sys/audit` shows it for a `file`
+/// device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogStatus {
+    /// The last fsynced sequence number.
+    pub durable_seq: u64,
+    pub segments: u64,
+    pub size_bytes: u64,
+    /// Free bytes on its file system at the last group commit.
+    pub free_bytes: u64,
+}
+
+/// What `sys/audit` shows as a device's `backlog`: the local log's state
+/// for a `file` device, what is not yet shipped for a sink.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Backlog {
+    Log(LogStatus),
+    Sink(SinkStatus),
+}
+
 /// Holds the enabled audit devices and records events on them.
 #[derive(Default)]
 pub struct AuditBroker {
     devices: RwLock<Vec<Arc<dyn AuditDevice>>>,
+    /// Local logs of `file` devices, by device path.
+    logs: RwLock<Vec<(String, Arc<AuditLog>)>>,
+    shippers: RwLock<Vec<Arc<Shipper>>>,
+}
+
+fn read<T: Clone>(l: &RwLock<Vec<T>>) -> Vec<T> {
+    match l.read() {
+        Ok(d) => d.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn write<T>(l: &RwLock<Vec<T>>) -> std::sync::RwLockWriteGuard<'_, Vec<T>> {
+    match l.write() {
+        Ok(d) => d,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 fn same_path(a: &str, b: &str) -> bool {
@@ -84,6 +137,7 @@ impl AuditBroker {
     pub fn with_devices(devices: Vec<Arc<dyn AuditDevice>>) -> Self {
         AuditBroker {
             devices: RwLock::new(devices),
+            ..AuditBroker::default()
         }
     }
 
@@ -104,11 +158,75 @@ impl AuditBroker {
     /// Enable a device. Fails if a device already has its path.
     pub fn add(&self, device: Arc<dyn AuditDevice>) -> Result<(), AuditError> {
         let mut devices = self.write();
-        if devices.iter().any(|d| same_path(d.path(), device.path())) {
+        if devices.iter().any(|d| same_path(d.path(), device.path()))
+            || self.shipper(device.path()).is_some()
+        {
             return Err(AuditError::DuplicatePath(device.path().to_owned()));
         }
         devices.push(device);
         Ok(())
+    }
+
+    /// Remember the local log behind the `file` device at `path`, for
+    /// [`AuditBroker::backlog`].
+    pub fn register_log(&self, path: &str, log: Arc<AuditLog>) {
+        write(&self.logs).push((path.to_owned(), log));
+    }
+
+    /// The local log behind the `file` device at `path`.
+    pub fn log_of(&self, path: &str) -> Option<Arc<AuditLog>> {
+        read(&self.logs)
+            .into_iter()
+            .find(|(p, _)| same_path(p, path))
+            .map(|(_, l)| l)
+    }
+
+    /// Add a running shipper (a `kafka` or `elasticsearch` device). Fails if
+    /// a device or shipper already has its path; the caller then shuts it
+    /// down.
+    pub fn add_shipper(&self, shipper: Arc<Shipper>) -> Result<(), AuditError> {
+        if self.get(shipper.path()).is_some() {
+            return Err(AuditError::DuplicatePath(shipper.path().to_owned()));
+        }
+        let mut shippers = write(&self.shippers);
+        if shippers.iter().any(|s| same_path(s.path(), shipper.path())) {
+            return Err(AuditError::DuplicatePath(shipper.path().to_owned()));
+        }
+        shippers.push(shipper);
+        Ok(())
+    }
+
+    /// The shippers, in the order they were added.
+    pub fn shippers(&self) -> Vec<Arc<Shipper>> {
+        read(&self.shippers)
+    }
+
+    /// The shipper at `path`, if any.
+    pub fn shipper(&self, path: &str) -> Option<Arc<Shipper>> {
+        read(&self.shippers)
+            .into_iter()
+            .find(|s| same_path(s.path(), path))
+    }
+
+    /// True when a device or a shipper is enabled at `path`.
+    pub fn contains(&self, path: &str) -> bool {
+        self.get(path).is_some() || self.shipper(path).is_some()
+    }
+
+    /// The backlog of the device or shipper at `path` (see [`Backlog`]);
+    /// `None` for devices without a local log.
+    pub fn backlog(&self, path: &str) -> Option<Backlog> {
+        if let Some(s) = self.shipper(path) {
+            return Some(Backlog::Sink(s.status()));
+        }
+        self.log_of(path).map(|l| {
+            Backlog::Log(LogStatus {
+                durable_seq: l.durable_seq(),
+                segments: l.segment_count(),
+                size_bytes: l.size_bytes(),
+                free_bytes: l.free_bytes(),
+            })
+        })
     }
 
     /// Disable the device at `path` and return it; the caller shuts it down.
@@ -137,7 +255,8 @@ impl AuditBroker {
 
     /// The enabled devices, for `GET sys/audit`.
     pub fn list(&self) -> Vec<DeviceInfo> {
-        self.snapshot()
+        let mut out: Vec<DeviceInfo> = self
+            .snapshot()
             .iter()
             .map(|d| DeviceInfo {
                 path: d.path().to_owned(),
@@ -146,12 +265,35 @@ impl AuditBroker {
                 options: d.options(),
                 local: false,
             })
-            .collect()
+            .collect();
+        // Then the sinks (kafka, elasticsearch), which ship a local log.
+        out.extend(self.shippers().iter().map(|s| DeviceInfo {
+            path: s.path().to_owned(),
+            kind: s.kind().to_owned(),
+            description: s.description().to_owned(),
+            options: s.options(),
+            local: false,
+        }));
+        out
+    }
+
+    /// The first enabled device that writes a durable local log, with its
+    /// mount path (whose salt hashed the log's accessors).
+    pub fn local_log(&self) -> Option<(String, Arc<crate::log::AuditLog>)> {
+        self.snapshot()
+            .iter()
+            .find_map(|d| d.local_log().map(|l| (d.path().to_owned(), l)))
     }
 
     /// HMAC `input` with the salt of the device at `path` (`sys/audit-hash`).
+    /// A shipper hashes with the salt of the `file` device it ships, since
+    /// that is how the events it delivers were hashed.
     pub fn hash(&self, path: &str, input: &str) -> Option<String> {
-        self.get(path).map(|d| d.hash(input))
+        if let Some(d) = self.get(path) {
+            return Some(d.hash(input));
+        }
+        let s = self.shipper(path)?;
+        self.get(s.source()).map(|d| d.hash(input))
     }
 
     /// Record a request event; fails only if devices exist and none recorded it.
@@ -249,8 +391,14 @@ impl AuditBroker {
         failures
     }
 
-    /// Flush and stop every device, then forget them.
+    /// Stop every shipper (awaiting its worker), then flush and stop every
+    /// device, and forget them all.
     pub async fn shutdown(&self) {
+        let shippers = std::mem::take(&mut *write(&self.shippers));
+        for s in shippers {
+            s.shutdown().await;
+        }
+        write(&self.logs).clear();
         let devices = std::mem::take(&mut *self.write());
         for d in devices {
             d.shutdown().await;

@@ -337,4 +337,8 @@ impl AuditDevice for FileDevice {
     async fn shutdown(&self) {
         self.log.shutdown().await;
     }
+
+    fn local_log(&self) -> Option<Arc<AuditLog>> {
+        Some(self.log.clone())
+    }
 }

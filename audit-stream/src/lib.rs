@@ -9,10 +9,12 @@
 //! line per record with a sequence number and CRC, group commit with fsync)
 //! before the call returns; shippers read that log back with
 //! [`log::LogReader`] from their [`log::Checkpoint`]. A request proceeds only
-//! if at least one device recorded it.
+//! if at least one device recorded it. Shippers ([`ship`]) stream the log to
+//! Kafka and Elasticsearch from their own checkpoints, off the request path.
 //!
 //! Metric names live in [`metrics`]; errors in [`error`].
 
+pub mod access;
 pub mod broker;
 pub mod error;
 pub mod event;
@@ -20,6 +22,8 @@ pub mod file;
 pub mod hash;
 pub mod log;
 pub mod metrics;
+pub mod query;
+pub mod ship;
 
 pub use broker::{AuditBroker, AuditDevice, DeviceInfo};
 pub use error::AuditError;

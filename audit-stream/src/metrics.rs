@@ -4,8 +4,15 @@
 //! record through these constants; the core's recorder gets the help texts
 //! from [`describe_all`]; dashboards and alerts may only use declared names.
 //!
-//! The only label is `path`, the audit device's mount path (operator-chosen,
-//! a handful per server). Never a request path, token or event field.
+//! Labels: `path`, the audit device's mount path, and `sink`, the mount path
+//! of a Kafka or Elasticsearch device (both operator-chosen, a handful per
+//! server); `reason` on sink failures is one of a fixed set
+//! (`unavailable`, `rejected`, `corrupt`). Never a request path, token or
+//! event field.
+//! The access-pattern metrics (`custos_access_*`, from [`crate::access`])
+//! carry `client` (the top K clients' display names or short accessor-hash
+//! prefixes, everyone else folded into `other`) and `mount` (operator-chosen,
+//! capped); the sensitive-operation counter a fixed `kind`.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -63,6 +70,40 @@ declare! {
         "New segments started by the local audit log (size, age, rotate/SIGHUP).";
     LOG_SEGMENTS_PRUNED = "custos_audit_log_segments_pruned_total", Counter, ["path"],
         "Segments deleted by retention after every sink acknowledged them.";
+    INDEX_SEQ = "custos_audit_index_sequence", Gauge, [],
+        "Sequence number of the last local audit log record in the audit query index.";
+    INDEX_REBUILDS = "custos_audit_index_rebuilds_total", Counter, [],
+        "Times the audit query index was cleared to be rebuilt from the local log.";
+    QUERY_SECONDS = "custos_audit_query_duration_seconds", Histogram, ["source"],
+        "Time to answer one sys/audit-query, by source (local, elasticsearch).";
+    SENSITIVE_OPERATIONS = "custos_audit_sensitive_operations_total", Counter, ["kind"],
+        "High-sensitivity operations seen in the audit stream, by kind (root_token, seal, audit, policy, rotate, mount, auth_method, token_create_orphan, token_revoke_orphan, raw, generate_root, rekey).";
+    ACCESS_READS_RATE = "custos_access_reads_rate", Gauge, ["client", "mount"],
+        "Current read rate (reads/s, fast EWMA of inter-read intervals, event time) per client and mount; top-K clients by anomaly, the rest folded into client=\"other\".";
+    ACCESS_BASELINE_RATE = "custos_access_baseline_rate", Gauge, ["client", "mount"],
+        "Baseline read rate (reads/s, slow EWMA of inter-read intervals) per client and mount; same clients as custos_access_reads_rate.";
+    ACCESS_ANOMALY_SCORE = "custos_access_anomaly_score", Gauge, ["client", "mount"],
+        "Current read rate divided by the client's own baseline (1 = as usual); same clients as custos_access_reads_rate.";
+    ACCESS_ANOMALOUS_CLIENTS = "custos_access_anomalous_clients", Gauge, [],
+        "Clients (all of them, not only the top K) whose anomaly score exceeds the threshold.";
+    SINK_UP = "custos_audit_sink_up", Gauge, ["sink"],
+        "1 when the audit sink (Kafka, Elasticsearch) accepted the last shipment or health probe, 0 while it fails.";
+    SINK_BACKLOG_RECORDS = "custos_audit_sink_backlog_records", Gauge, ["sink"],
+        "Records of the local audit log the sink has not acknowledged yet.";
+    SINK_BACKLOG_BYTES = "custos_audit_sink_backlog_bytes", Gauge, ["sink"],
+        "Bytes of the local audit log the sink has not acknowledged yet.";
+    SINK_LAG_SECONDS = "custos_audit_sink_lag_seconds", Gauge, ["sink"],
+        "Age of the oldest record the sink has not acknowledged (0 when caught up).";
+    SINK_CHECKPOINT = "custos_audit_sink_checkpoint_sequence", Gauge, ["sink"],
+        "Sequence number of the last local audit log record the sink acknowledged.";
+    SINK_SHIPPED = "custos_audit_sink_shipped_total", Counter, ["sink"],
+        "Records the sink acknowledged.";
+    SINK_RETRIED = "custos_audit_sink_retried_total", Counter, ["sink"],
+        "Records sent to the sink again after a failed or unacknowledged attempt.";
+    SINK_FAILED = "custos_audit_sink_failures_total", Counter, ["sink", "reason"],
+        "Failed shipments: unavailable (connection, timeout, 429/5xx), rejected (mapping or other 4xx; needs an operator), corrupt (unreadable local record skipped).";
+    SINK_SEND_SECONDS = "custos_audit_sink_send_duration_seconds", Histogram, ["sink"],
+        "Time from sending a batch to the sink until it acknowledged or failed.";
 }
 
 /// Register help text for every declared metric with the installed recorder.
@@ -89,6 +130,26 @@ pub(crate) fn device_gauge(name: &'static str, path: &str, value: f64) {
     metrics::gauge!(name, "path" => path.to_owned()).set(value);
 }
 
+/// Set a per-sink gauge.
+pub(crate) fn sink_gauge(name: &'static str, sink: &str, value: f64) {
+    metrics::gauge!(name, "sink" => sink.to_owned()).set(value);
+}
+
+/// Increment a per-sink counter.
+pub(crate) fn sink_counter(name: &'static str, sink: &str, by: u64) {
+    metrics::counter!(name, "sink" => sink.to_owned()).increment(by);
+}
+
+/// Count a sink failure with its reason (`unavailable`, `rejected`, `corrupt`).
+pub(crate) fn sink_failure(sink: &str, reason: &'static str) {
+    metrics::counter!(SINK_FAILED, "sink" => sink.to_owned(), "reason" => reason).increment(1);
+}
+
+/// Record a per-sink histogram value.
+pub(crate) fn sink_histogram(name: &'static str, sink: &str, value: f64) {
+    metrics::histogram!(name, "sink" => sink.to_owned()).record(value);
+}
+
 /// Record a per-device histogram value.
 pub(crate) fn device_histogram(name: &'static str, path: &str, value: f64) {
     metrics::histogram!(name, "path" => path.to_owned()).record(value);
@@ -101,7 +162,11 @@ mod tests {
     #[test]
     fn names_are_unique_and_prefixed() {
         let mut names: Vec<_> = CATALOGUE.iter().map(|m| m.name).collect();
-        assert!(names.iter().all(|n| n.starts_with("custos_audit_")));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("custos_audit_") || n.starts_with("custos_access_"))
+        );
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CATALOGUE.len());

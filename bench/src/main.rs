@@ -1,7 +1,7 @@
 //! `custos-bench`: the side-by-side benchmark harness (issue 5).
 //!
 //! * `run` drives one workload against any Vault-compatible server (address
-//!   + token) and prints rps, latency percentiles, errors and the load
+//!   and token) and prints rps, latency percentiles, errors and the load
 //!   generator's own CPU use.
 //! * `compare` starts Custos and OpenBao (persistent Raft, file audit, each at
 //!   its default durability), runs every workload against both alternately,
@@ -136,6 +136,9 @@ struct RunArgs {
     load: LoadArgs,
     #[command(flatten)]
     data: DataArgs,
+    /// The read keys (secret/bench/r/0..--keys) already exist: do not write them again.
+    #[arg(long)]
+    no_populate: bool,
 }
 
 #[derive(Args)]
@@ -236,6 +239,9 @@ async fn run_one(a: RunArgs) -> Result<bool> {
     let spec = a.load.spec();
     let client = VaultClient::new(&a.addr, &a.token, a.load.concurrency)?;
     let mut fx = Fixture::new(None);
+    if a.no_populate {
+        fx.kv_keys = a.data.keys;
+    }
     fx.ensure(a.workload, &client, &a.data.dataset()).await?;
     let s = load::run(a.workload, Arc::new(fx), &client, &spec, None).await?;
     print_stats(a.workload.name(), &s);

@@ -54,6 +54,17 @@ const SERVERS: &[(&str, RGBColor)] = &[
     ("openbao", RGBColor(30, 90, 200)),
 ];
 
+/// 10000 -> "10k", 1000000 -> "1M".
+fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", (v / 1e6 * 10.0).round() / 10.0)
+    } else if v >= 1e3 {
+        format!("{}k", (v / 1e3 * 10.0).round() / 10.0)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
 /// Draw one panel: `y(point)` against `x`, one line per server.
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -96,7 +107,15 @@ where
                 .configure_mesh()
                 .x_desc(xdesc)
                 .y_desc(ydesc)
-                .x_label_formatter(&|v| format!("{v:.0}"))
+                .x_labels(6)
+                .x_label_formatter(&|v| si(*v))
+                .y_label_formatter(&|v| {
+                    if v.abs() < 10.0 {
+                        format!("{v:.1}")
+                    } else {
+                        format!("{v:.0}")
+                    }
+                })
                 .draw()
                 .map_err(err)?;
             for (name, color) in SERVERS {
@@ -160,7 +179,11 @@ pub fn plot(r: &Report, out: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
     let (head, body) = root.split_vertically(50);
     head.draw_text(
-        &format!("Custos vs OpenBao, {} — {}", r.date, r.machine),
+        &format!(
+            "Custos vs OpenBao (kv-v2 at concurrency 16 unless noted), {} — {}",
+            r.date.get(..16).unwrap_or(&r.date),
+            r.machine
+        ),
         &("sans-serif", 20).into_text_style(&head),
         (15, 15),
     )
@@ -231,4 +254,16 @@ pub fn plot(r: &Report, out: &Path) -> Result<()> {
     root.present()
         .map_err(|e| anyhow!("writing {}: {e:?}", out.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::si;
+
+    #[test]
+    fn si_labels() {
+        assert_eq!(si(10_000.0), "10k");
+        assert_eq!(si(1_000_000.0), "1M");
+        assert_eq!(si(256.0), "256");
+    }
 }

@@ -1,50 +1,339 @@
 //! The core's side of audit: building the broker from the declared devices
-//! (with their salts kept behind the barrier) and turning a request and its
-//! outcome into `custos-audit` events.
+//! (with their salts kept behind the barrier), starting the shippers, and
+//! turning a request and its outcome into `custos-audit` events.
 //!
 //! Data comes from [`crate::core::Core::handle`] (the request, the caller's
 //! token entry, the result) and goes to the [`AuditBroker`], which hashes and
 //! records it on every device before the pipeline may continue.
+//!
+//! **Devices and sinks.** [`build_broker`] (at unseal) opens every `file`
+//! device first; they are on the request path (fail closed). Then each
+//! `kafka` / `elasticsearch` device becomes a [`Shipper`] that streams the
+//! local log of a `file` device — the one its `source` option names, else
+//! the first declared — from its own checkpoint, never on the request path.
+//! **Decision:** when sinks are declared without any `file` device, the
+//! durable local log still exists: an implicit `file` device at `local/`
+//! writes it to the sinks' `log_dir` option (which is then required, and
+//! must be the same for every sink), so there is always a local source of
+//! truth before a request is answered. Options are validated up front by
+//! [`validate_devices`] (errors name the device and the option; `custos
+//! server` calls it at start), and again when the broker is built.
+//!
+//! **Rotation.** Every local log opened here is also tracked process-wide
+//! (weakly), so a SIGHUP handler in the binary can roll them all with
+//! [`rotate_open_logs`] without holding a core; `PUT sys/audit-rotate` does
+//! the same through the broker.
+//!
+//! **Replicated configuration.** Audit devices are declared in each node's
+//! server config. At unseal the effective device table is stored in barrier
+//! storage (`sys/audit-table`, replicated by Raft); a node whose declared
+//! table differs from the stored one logs a warning naming the differing
+//! device paths (never option values) and stores its own, so operators see
+//! drift between nodes. It does not override the local config.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
 
+use custos_audit::log::AuditLog;
+use custos_audit::ship::elasticsearch::ElasticsearchSink;
+use custos_audit::ship::kafka::KafkaSink;
+use custos_audit::ship::{ShipOptions, Shipper, Sink, SinkOptions, redact_options};
 use custos_audit::{
     AuditAuth, AuditBroker, AuditDevice, AuditEvent, AuditRequest, AuditResponse, FileDevice, Salt,
 };
 use serde_json::Value;
 
-use crate::config::AuditDeviceConfig;
+use crate::config::{AuditDeviceConfig, AuditDeviceKind};
 use crate::error::{CoreError, Result};
 use crate::logical::{Request, Response};
 use crate::storage::StorageView;
 use crate::token::TokenEntry;
 
-/// Open every declared device. A device that cannot be opened fails the
-/// unseal, as in Vault: an unaudited server must not serve.
+/// Mount path of the implicit `file` device that writes the local log when
+/// only sinks are declared.
+pub const IMPLICIT_LOG_PATH: &str = "local/";
+/// Where the effective audit device table is kept (in the `sys/` view).
+const AUDIT_TABLE_KEY: &str = "audit-table";
+
+/// Local logs opened by [`build_broker`] in this process (see the module docs).
+static OPEN_LOGS: Mutex<Vec<Weak<AuditLog>>> = Mutex::new(Vec::new());
+
+fn track_log(log: &Arc<AuditLog>) {
+    let mut logs = match OPEN_LOGS.lock() {
+        Ok(l) => l,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    logs.retain(|w| w.strong_count() > 0);
+    logs.push(Arc::downgrade(log));
+}
+
+/// Roll every open local audit log of this process to a new segment (SIGHUP,
+/// like Vault's reopen): nothing is renamed or lost. Returns how many logs
+/// rolled and the errors of those that could not.
+pub async fn rotate_open_logs() -> (usize, Vec<String>) {
+    let logs: Vec<Arc<AuditLog>> = match OPEN_LOGS.lock() {
+        Ok(l) => l.iter().filter_map(Weak::upgrade).collect(),
+        Err(poisoned) => poisoned
+            .into_inner()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect(),
+    };
+    let mut rolled = 0;
+    let mut errors = Vec::new();
+    for log in logs {
+        match log.roll().await {
+            Ok(_) => rolled += 1,
+            // Shut down meanwhile (sealed): nothing to rotate.
+            Err(custos_audit::AuditError::Closed) => {}
+            Err(e) => errors.push(format!("{}: {e}", log.log_dir().dir().display())),
+        }
+    }
+    (rolled, errors)
+}
+
+fn device_error(path: &str, e: impl std::fmt::Display) -> String {
+    format!("audit device {path:?}: {e}")
+}
+
+/// A sink device with its parsed options.
+struct SinkPlan<'a> {
+    cfg: &'a AuditDeviceConfig,
+    sink: SinkOptions,
+    ship: ShipOptions,
+}
+
+/// Where the sinks read from.
+enum Source {
+    /// The declared file devices (at least one).
+    Declared,
+    /// No file device: the implicit one writes to this directory.
+    Implicit(PathBuf),
+    /// No sinks at all.
+    None,
+}
+
+/// Parse every sink's options and decide where the local log comes from.
+fn plan(devices: &[AuditDeviceConfig]) -> std::result::Result<(Vec<SinkPlan<'_>>, Source), String> {
+    let files: Vec<&str> = devices
+        .iter()
+        .filter(|d| d.kind == AuditDeviceKind::File)
+        .map(|d| d.path.as_str())
+        .collect();
+    let mut sinks = Vec::new();
+    for d in devices {
+        if let Some((sink, ship)) =
+            SinkOptions::parse(d.kind.as_str(), &d.options).map_err(|e| device_error(&d.path, e))?
+        {
+            if let Some(src) = &ship.source
+                && !files
+                    .iter()
+                    .any(|f| f.trim_end_matches('/') == src.trim_end_matches('/'))
+            {
+                return Err(device_error(
+                    &d.path,
+                    format!("option \"source\": no file audit device is declared at {src:?}"),
+                ));
+            }
+            sinks.push(SinkPlan { cfg: d, sink, ship });
+        }
+    }
+    if sinks.is_empty() {
+        return Ok((sinks, Source::None));
+    }
+    if !files.is_empty() {
+        return Ok((sinks, Source::Declared));
+    }
+    let mut dir: Option<PathBuf> = None;
+    for s in &sinks {
+        match (&s.ship.log_dir, &dir) {
+            (None, _) => {
+                return Err(device_error(
+                    &s.cfg.path,
+                    "option \"log_dir\": required when no file audit device is declared (the durable local log the sink ships from lives there)",
+                ));
+            }
+            (Some(d), Some(prev)) if d != prev => {
+                return Err(device_error(
+                    &s.cfg.path,
+                    format!(
+                        "option \"log_dir\": every sink must name the same local log directory ({} vs {})",
+                        d.display(),
+                        prev.display()
+                    ),
+                ));
+            }
+            (Some(d), _) => dir = Some(d.clone()),
+        }
+    }
+    Ok((sinks, dir.map_or(Source::None, Source::Implicit)))
+}
+
+/// Check the options of every declared device without opening anything:
+/// sinks fully (required options, values, `source`/`log_dir`), file devices'
+/// option names and values. The message names the device and the option.
+pub fn validate_devices(devices: &[AuditDeviceConfig]) -> std::result::Result<(), String> {
+    for d in devices {
+        if d.kind == AuditDeviceKind::File {
+            custos_audit::FileOptions::from_map(&d.options)
+                .map_err(|e| device_error(&d.path, e))?;
+        }
+    }
+    plan(devices).map(|_| ())
+}
+
+fn build_sink(p: &SinkPlan<'_>) -> std::result::Result<Box<dyn Sink>, String> {
+    Ok(match &p.sink {
+        SinkOptions::Kafka(k) => {
+            Box::new(KafkaSink::new(k.clone()).map_err(|e| device_error(&p.cfg.path, e))?)
+        }
+        SinkOptions::Elasticsearch(e) => Box::new(
+            ElasticsearchSink::new(&p.cfg.path, e.clone())
+                .map_err(|err| device_error(&p.cfg.path, err))?,
+        ),
+    })
+}
+
+/// Open every declared device and start every shipper. A device that cannot
+/// be opened fails the unseal, as in Vault: an unaudited server must not
+/// serve. See the module docs for sinks and the implicit local log.
 pub async fn build_broker(
     devices: &[AuditDeviceConfig],
     system: &StorageView,
 ) -> Result<AuditBroker> {
+    let (sinks, source) = plan(devices).map_err(CoreError::Internal)?;
+    record_audit_table(devices, system).await;
     let broker = AuditBroker::new();
-    for d in devices {
-        let salt = load_or_create_salt(system, &d.path).await?;
-        let device: Arc<dyn AuditDevice> = match d.kind.as_str() {
-            "file" => Arc::new(
-                FileDevice::from_options(&d.path, &d.description, &d.options, salt)
-                    .map_err(|e| CoreError::Internal(format!("audit device {:?}: {e}", d.path)))?,
-            ),
-            other => {
-                return Err(CoreError::Internal(format!(
-                    "audit device {:?}: type {other:?} is not available in this build",
-                    d.path
-                )));
-            }
-        };
-        broker
-            .add(device)
-            .map_err(|e| CoreError::Internal(format!("audit device {:?}: {e}", d.path)))?;
+    match open_all(&broker, devices, &sinks, source, system).await {
+        Ok(()) => Ok(broker),
+        Err(e) => {
+            broker.shutdown().await;
+            Err(e)
+        }
     }
-    Ok(broker)
+}
+
+async fn open_file_device(
+    broker: &AuditBroker,
+    path: &str,
+    description: &str,
+    options: &BTreeMap<String, String>,
+    system: &StorageView,
+) -> Result<(String, Arc<AuditLog>)> {
+    let salt = load_or_create_salt(system, path).await?;
+    let dev = FileDevice::from_options(path, description, options, salt)
+        .map_err(|e| CoreError::Internal(device_error(path, e)))?;
+    let log = dev.audit_log().clone();
+    broker
+        .add(Arc::new(dev) as Arc<dyn AuditDevice>)
+        .map_err(|e| CoreError::Internal(device_error(path, e)))?;
+    broker.register_log(path, log.clone());
+    track_log(&log);
+    Ok((path.to_owned(), log))
+}
+
+async fn open_all(
+    broker: &AuditBroker,
+    devices: &[AuditDeviceConfig],
+    sinks: &[SinkPlan<'_>],
+    source: Source,
+    system: &StorageView,
+) -> Result<()> {
+    let mut logs: Vec<(String, Arc<AuditLog>)> = Vec::new();
+    for d in devices {
+        match d.kind {
+            AuditDeviceKind::File => {
+                logs.push(
+                    open_file_device(broker, &d.path, &d.description, &d.options, system).await?,
+                );
+            }
+            AuditDeviceKind::Kafka | AuditDeviceKind::Elasticsearch => {}
+        }
+    }
+    if let Source::Implicit(dir) = source {
+        let mut options = BTreeMap::new();
+        options.insert("file_path".to_owned(), dir.display().to_string());
+        tracing::info!(
+            dir = %dir.display(),
+            "no file audit device declared: the sinks ship from an implicit local audit log"
+        );
+        logs.push(
+            open_file_device(
+                broker,
+                IMPLICIT_LOG_PATH,
+                "implicit durable local log of the audit sinks",
+                &options,
+                system,
+            )
+            .await?,
+        );
+    }
+    for p in sinks {
+        let path = p.cfg.path.as_str();
+        let (src_path, log) = match &p.ship.source {
+            Some(src) => logs
+                .iter()
+                .find(|(l, _)| l.trim_end_matches('/') == src.trim_end_matches('/'))
+                .cloned(),
+            None => logs.first().cloned(),
+        }
+        .ok_or_else(|| {
+            CoreError::Internal(device_error(path, "no local audit log to ship from"))
+        })?;
+        let sink = build_sink(p).map_err(CoreError::Internal)?;
+        let shipper = Shipper::start(
+            path,
+            &p.cfg.description,
+            redact_options(&p.cfg.options),
+            &src_path,
+            log,
+            sink,
+            p.ship.clone(),
+        )
+        .map_err(|e| CoreError::Internal(device_error(path, e)))?;
+        let shipper = Arc::new(shipper);
+        if let Err(e) = broker.add_shipper(shipper.clone()) {
+            shipper.shutdown().await;
+            return Err(CoreError::Internal(device_error(path, e)));
+        }
+    }
+    Ok(())
+}
+
+/// Store the effective device table in replicated storage; warn when it
+/// differs from what another node (or an earlier config) stored.
+async fn record_audit_table(devices: &[AuditDeviceConfig], system: &StorageView) {
+    let stored: Option<Vec<AuditDeviceConfig>> = match system.get_json(AUDIT_TABLE_KEY).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the replicated audit device table");
+            None
+        }
+    };
+    if let Some(prev) = &stored {
+        if prev.as_slice() == devices {
+            return;
+        }
+        let by_path = |t: &[AuditDeviceConfig]| -> BTreeMap<String, AuditDeviceConfig> {
+            t.iter().map(|d| (d.path.clone(), d.clone())).collect()
+        };
+        let (a, b) = (by_path(prev), by_path(devices));
+        let differing: Vec<&String> = a
+            .keys()
+            .chain(b.keys())
+            .filter(|p| a.get(*p) != b.get(*p))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        tracing::warn!(
+            devices = ?differing,
+            "this node's audit devices differ from the cluster's stored audit table; every node should declare the same audit devices (storing this node's table)"
+        );
+    }
+    if let Err(e) = system.put_json(AUDIT_TABLE_KEY, &devices).await {
+        tracing::warn!(error = %e, "cannot store the replicated audit device table");
+    }
 }
 
 async fn load_or_create_salt(system: &StorageView, path: &str) -> Result<Salt> {

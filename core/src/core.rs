@@ -73,6 +73,9 @@ pub struct Unsealed {
     pub audit: Arc<AuditBroker>,
     /// System storage view (`sys/`), for core-owned data such as audit salts.
     pub system: StorageView,
+    /// `sys/audit-query`: set by `start_workers` when a device writes a
+    /// local audit log.
+    pub audit_query: std::sync::OnceLock<Arc<custos_audit::query::AuditQueryService>>,
     root_key: Zeroizing<Vec<u8>>,
     stop: watch::Sender<bool>,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -342,6 +345,7 @@ impl Core {
             policies,
             audit,
             system,
+            audit_query: std::sync::OnceLock::new(),
             root_key,
             stop,
             workers: std::sync::Mutex::new(Vec::new()),
@@ -488,9 +492,54 @@ impl Core {
                 }
             }
         });
+        let mut handles = vec![handle];
+        handles.extend(self.start_audit_followers(u));
         if let Ok(mut w) = u.workers.lock() {
-            w.push(handle);
+            w.extend(handles);
         }
+    }
+
+    /// The workers that follow the local audit log off the request path:
+    /// the `sys/audit-query` index and the access-pattern metrics.
+    fn start_audit_followers(&self, u: &Arc<Unsealed>) -> Vec<JoinHandle<()>> {
+        use custos_audit::query::{AuditIndex, AuditQueryService, EsOptions, EsQuery};
+        let Some((device, log)) = u.audit.local_log() else {
+            return Vec::new();
+        };
+        let mut handles = Vec::new();
+        handles.push(tokio::spawn(custos_audit::access::run_access_worker(
+            log.clone(),
+            custos_audit::access::AccessOptions::from_env(),
+            u.stop.subscribe(),
+        )));
+        let index = match AuditIndex::open_for(log.log_dir()) {
+            Ok(i) => Arc::new(i),
+            Err(e) => {
+                tracing::error!(error = %e, "audit query index unavailable");
+                return handles;
+            }
+        };
+        let es = self
+            .opts
+            .audit_devices
+            .iter()
+            .find(|d| d.kind.as_str() == "elasticsearch")
+            .and_then(|d| match EsOptions::from_device_options(&d.options).and_then(EsQuery::new) {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    tracing::warn!(device = %d.path, error = %e, "audit query: elasticsearch source unavailable");
+                    None
+                }
+            });
+        handles.push(tokio::spawn(custos_audit::query::run_indexer(
+            index.clone(),
+            log.clone(),
+            u.stop.subscribe(),
+        )));
+        let _ = u
+            .audit_query
+            .set(Arc::new(AuditQueryService::new(device, log, index, es)));
+        handles
     }
 
     async fn teardown(&self, u: Arc<Unsealed>) {

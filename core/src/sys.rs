@@ -98,6 +98,8 @@ const R_AUDIT: usize = 20;
 const R_AUDIT_HASH: usize = 21;
 const R_LEADER: usize = 22;
 const R_METRICS: usize = 23;
+const R_AUDIT_QUERY: usize = 24;
+const R_AUDIT_ROTATE: usize = 25;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -272,6 +274,29 @@ static PATHS: &[PathSpec] = &[
         fields: &[F::new("format", K::String)],
         existence_check: false,
         help: "Prometheus metrics; the HTTP layer renders the text after this authorizes and audits the call.",
+    },
+    PathSpec {
+        pattern: "audit-query",
+        operations: &[Op::Read],
+        fields: &[
+            F::required("path", K::String),
+            F::new("since", K::String),
+            F::new("until", K::String),
+            F::new("operation", K::String),
+            F::new("min_version", K::Int),
+            F::new("accessor", K::String),
+            F::new("limit", K::Int),
+            F::new("source", K::String),
+        ],
+        existence_check: false,
+        help: "Which clients read a path, at which KV versions, in a time range: from the local audit log's index, or from Elasticsearch (source=elasticsearch).",
+    },
+    PathSpec {
+        pattern: "audit-rotate",
+        operations: &[Op::Update],
+        fields: &[],
+        existence_check: false,
+        help: "Rotate the audit devices' outputs (seal the active segment of each local audit log and start a new one), as SIGHUP does. Needs sudo.",
     },
 ];
 
@@ -617,22 +642,54 @@ impl Backend for SystemBackend {
                 Ok(Some(Response::data(data)))
             }
             R_AUDIT_LIST => {
+                // Devices and sinks (kafka, elasticsearch), each with its
+                // `backlog`: the local log's state for a file device; records,
+                // bytes, lag_seconds, checkpoint and health for a sink.
                 let u = core.unsealed()?;
                 let mut data = Map::new();
                 for d in u.audit.list() {
-                    data.insert(
-                        d.path.clone(),
-                        serde_json::to_value(&d).map_err(CoreError::internal)?,
-                    );
+                    let mut v = serde_json::to_value(&d).map_err(CoreError::internal)?;
+                    if let (Some(b), Value::Object(m)) = (u.audit.backlog(&d.path), &mut v) {
+                        m.insert(
+                            "backlog".into(),
+                            serde_json::to_value(&b).map_err(CoreError::internal)?,
+                        );
+                    }
+                    data.insert(d.path.clone(), v);
                 }
                 Ok(Some(Response::data(data)))
+            }
+            R_AUDIT_ROTATE => {
+                let u = core.unsealed()?;
+                // Root-protected like sys/audit: the caller needs sudo here.
+                let policies = ctx
+                    .req
+                    .auth
+                    .as_deref()
+                    .map(|e| e.policies.clone())
+                    .unwrap_or_default();
+                let caps = u
+                    .policies
+                    .acl_for(&policies)
+                    .await?
+                    .capabilities("sys/audit-rotate");
+                if !caps.iter().any(|c| c == "sudo" || c == "root") {
+                    return Err(CoreError::PermissionDenied);
+                }
+                let failures = u.audit.reopen_all().await;
+                if let Some((path, e)) = failures.first() {
+                    return Err(CoreError::Internal(format!(
+                        "audit device {path:?} could not be rotated: {e}"
+                    )));
+                }
+                Ok(None)
             }
             R_AUDIT => {
                 let path = normalize_mount_path(f.capture("path").unwrap_or_default());
                 if op == Op::Delete {
                     // Configured devices cannot be removed; removing nothing is a no-op.
                     let u = core.unsealed()?;
-                    return if u.audit.get(&path).is_some() {
+                    return if u.audit.contains(&path) {
                         Err(CoreError::bad_request(
                             "cannot disable configuration-managed audit device",
                         ))
@@ -655,6 +712,76 @@ impl Backend for SystemBackend {
             }
             R_LEADER => Ok(Some(Response::data(leader_json(&core)))),
             R_METRICS => Ok(Some(Response::default())),
+            R_AUDIT_QUERY => {
+                use custos_audit::query::{
+                    QueryError, QueryParams, Source, kv2_data_path, parse_time_param,
+                };
+                let u = core.unsealed()?;
+                let service = u.audit_query.get().cloned().ok_or_else(|| {
+                    CoreError::bad_request(
+                        "audit query needs a file audit device (the local audit log)",
+                    )
+                })?;
+                let path = f.str("path").unwrap_or_default().trim_start_matches('/');
+                // A KV v2 logical path (`secret/app/db`) means its data path.
+                let path = match u.router.route(path) {
+                    Some((m, _))
+                        if m.entry.mount_type == "kv"
+                            && m.entry.options.get("version").map(String::as_str) == Some("2") =>
+                    {
+                        kv2_data_path(&m.entry.path, path)
+                    }
+                    _ => path.to_owned(),
+                };
+                let mut q = QueryParams::new(path);
+                let time = |name: &str| -> Result<Option<i64>> {
+                    match f.str(name).filter(|s| !s.is_empty()) {
+                        None => Ok(None),
+                        Some(s) => parse_time_param(s).map(Some).ok_or_else(|| {
+                            CoreError::bad_request(format!(
+                                "invalid {name:?}: expected RFC 3339 or unix seconds"
+                            ))
+                        }),
+                    }
+                };
+                if let Some(t) = time("since")? {
+                    q.since = t;
+                }
+                if let Some(t) = time("until")? {
+                    q.until = t;
+                }
+                if let Some(op) = f.str("operation").filter(|s| !s.is_empty()) {
+                    q.operation = op.to_owned();
+                }
+                if let Some(v) = f.int("min_version") {
+                    q.min_version = Some(u64::try_from(v).map_err(|_| {
+                        CoreError::bad_request("\"min_version\" must not be negative")
+                    })?);
+                }
+                if let Some(l) = f.int("limit") {
+                    q.limit = usize::try_from(l).unwrap_or(0);
+                }
+                if let Some(acc) = f.str("accessor").filter(|s| !s.is_empty()) {
+                    // The log holds accessors HMAC'd with the device's salt
+                    // (or raw with hmac_accessor=false): match either.
+                    q.accessors.push(acc.to_owned());
+                    if !acc.starts_with("hmac-sha256:")
+                        && let Some(h) = u.audit.hash(service.device(), acc)
+                    {
+                        q.accessors.push(h);
+                    }
+                }
+                let source = Source::parse(f.str("source").unwrap_or_default())
+                    .map_err(|e| CoreError::bad_request(e.to_string()))?;
+                let answer = service.query(q, source).await.map_err(|e| match e {
+                    QueryError::BadRequest(m) => CoreError::bad_request(m),
+                    QueryError::Unavailable(m) => CoreError::Unavailable(m),
+                    other => CoreError::Internal(other.to_string()),
+                })?;
+                Ok(Some(Response::data(obj(
+                    serde_json::to_value(&answer).map_err(CoreError::internal)?
+                ))))
+            }
             _ => Err(CoreError::UnsupportedOperation),
         }
     }

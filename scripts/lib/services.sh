@@ -111,6 +111,44 @@ ensure_python_env() {
   fi
 }
 
+# ensure_rdkafka_build_deps: what the bundled librdkafka (rdkafka-sys, built
+# with its own configure + make, no cmake) needs: a C toolchain, make,
+# pkg-config, OpenSSL and zlib headers.
+ensure_rdkafka_build_deps() {
+  local missing=()
+  have make || missing+=(make)
+  have cc || missing+=(gcc)
+  have c++ || missing+=(g++)
+  have perl || missing+=(perl)
+  have pkg-config || missing+=(pkg-config)
+  if ! have pkg-config || ! pkg-config --exists openssl 2>/dev/null; then missing+=(libssl-dev); fi
+  if ! have pkg-config || ! pkg-config --exists zlib 2>/dev/null; then missing+=(zlib1g-dev); fi
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  apt_install "${missing[@]}"
+}
+
+# ensure_tansu: the tansu Kafka broker (a real Kafka-protocol broker written
+# in Rust), built once into ~/.cargo/bin; sets TANSU_BIN.
+ensure_tansu() {
+  ensure_cargo_tool tansu tansu --locked --features dynostore,libsql
+  TANSU_BIN=$(command -v tansu)
+  export TANSU_BIN
+}
+
+# ensure_osmem: osmem-server, the in-memory OpenSearch-compatible server we
+# use as the Elasticsearch API stand-in, pip-installed into $PYTHON's
+# environment (after ensure_python_env); sets OSMEM_BIN.
+ensure_osmem() {
+  local find='import osmem_server, os; p = os.path.join(os.path.dirname(osmem_server.__file__), "bin", "osmem-server"); assert os.access(p, os.X_OK); print(p)'
+  if ! OSMEM_BIN=$("$PYTHON" -c "$find" 2>/dev/null); then
+    info "pip install osmem-server (the Elasticsearch API stand-in)"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check osmem-server ||
+      die "pip install osmem-server failed (is PyPI reachable?)"
+    OSMEM_BIN=$("$PYTHON" -c "$find") || die "osmem-server installed but its binary was not found"
+  fi
+  export OSMEM_BIN
+}
+
 # ---------------------------------------------------------------- servers
 
 # _start_service NAME DIR CMD...: start CMD in the background, in DIR, with
@@ -147,6 +185,63 @@ start_custos_dev() {
   _start_service custos "$dir" \
     "$bin" server --dev --dev-root-token-id root --dev-listen-address "127.0.0.1:$port"
   wait_unsealed "Custos" "$CUSTOS_ADDR" "$LAST_SERVICE_PID" "$dir/server.log" 60
+}
+
+# wait_tcp NAME HOST PORT PID LOG TIMEOUT_SECONDS: wait until HOST:PORT
+# accepts connections; fail early if PID exits.
+wait_tcp() {
+  local name=$1 host=$2 port=$3 pid=$4 logfile=$5 timeout=$6
+  if ! "${PYTHON:-python3}" - "$host" "$port" "$pid" "$timeout" <<'PY'; then
+import os, socket, sys, time
+host, port, pid, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("process exited")
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(f"not listening after {timeout:.0f}s")
+PY
+    log "---- last lines of $logfile ----"
+    tail -n 40 "$logfile" >&2 || true
+    die "$name did not come up on $host:$port (log: $logfile)"
+  fi
+}
+
+# start_tansu RUN_DIR: a tansu Kafka broker on a free port with SQLite
+# storage in RUN_DIR/tansu, and the topic `custos-audit` (3 partitions);
+# exports CUSTOS_TEST_KAFKA and CUSTOS_TEST_TANSU_BIN (tests start their own
+# brokers with it when they need to stop one).
+start_tansu() {
+  local dir=$1/tansu port
+  port=$(free_port_pair)
+  mkdir -p "$dir"
+  info "starting tansu (Kafka) on 127.0.0.1:$port"
+  _start_service tansu "$dir" "$TANSU_BIN" broker \
+    --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine "sqlite://tansu.db"
+  wait_tcp tansu 127.0.0.1 "$port" "$LAST_SERVICE_PID" "$dir/server.log" 60
+  (cd "$dir" && "$TANSU_BIN" topic create custos-audit --partitions 3 \
+    --broker "tcp://127.0.0.1:$port" >>"$dir/topic.log" 2>&1) ||
+    warn "tansu topic create custos-audit failed (see $dir/topic.log); tests create their own topics"
+  export CUSTOS_TEST_KAFKA="127.0.0.1:$port" CUSTOS_TEST_TANSU_BIN="$TANSU_BIN"
+}
+
+# start_osmem RUN_DIR: osmem-server (Elasticsearch API stand-in) on a free
+# port; exports CUSTOS_TEST_ES and CUSTOS_TEST_OSMEM_BIN.
+start_osmem() {
+  local dir=$1/osmem port
+  port=$(free_port_pair)
+  info "starting osmem-server (Elasticsearch API stand-in) on 127.0.0.1:$port"
+  _start_service osmem "$dir" "$OSMEM_BIN" -addr "127.0.0.1:$port" -no-stdin-watch
+  wait_tcp osmem-server 127.0.0.1 "$port" "$LAST_SERVICE_PID" "$dir/server.log" 30
+  export CUSTOS_TEST_ES="http://127.0.0.1:$port" CUSTOS_TEST_OSMEM_BIN="$OSMEM_BIN"
 }
 
 # stop_services: stop every server this shell started (SIGTERM, then

@@ -10,6 +10,7 @@
 //! sealed.
 
 pub mod audit;
+pub mod audit_query;
 pub mod kv;
 pub mod operator;
 pub mod policy;

@@ -5,8 +5,12 @@
 //! sets up `tracing-subscriber` (level from `-log-level`, then `CUSTOS_LOG`,
 //! then the config's `log_level`, default `info`; JSON lines with
 //! `-log-format=json`; logs go to stderr so stdout stays for what dev mode
-//! prints), builds a shutdown future that resolves on SIGINT or SIGTERM, and
-//! hands everything to `custos_core::server::run` / `run_dev`.
+//! prints), checks the audit devices' options (errors name the file, the
+//! device and the option), builds a shutdown future that resolves on SIGINT
+//! or SIGTERM and meanwhile answers SIGHUP by rotating the local audit logs
+//! (a new segment; nothing renamed or lost — `custos audit rotate` does the
+//! same remotely), and hands everything to `custos_core::server::run` /
+//! `run_dev`.
 
 use super::{CmdResult, EXIT_LOCAL, EXIT_OK, Failure};
 use clap::{Args, ValueEnum};
@@ -95,17 +99,35 @@ fn init_tracing(filter: &str, format: LogFormat) -> Result<(), Failure> {
     result.map_err(|e| Failure::local(format!("Error setting up logging: {e}")))
 }
 
-/// A future that resolves on the first SIGINT or SIGTERM.
+/// A future that resolves on the first SIGINT or SIGTERM; until then each
+/// SIGHUP rotates the open local audit logs.
 pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| Failure::local(format!("Error installing SIGINT handler: {e}")))?;
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| Failure::local(format!("Error installing SIGTERM handler: {e}")))?;
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| Failure::local(format!("Error installing SIGHUP handler: {e}")))?;
     Ok(async move {
-        tokio::select! {
-            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
-            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        loop {
+            tokio::select! {
+                _ = int.recv() => {
+                    tracing::info!(signal = "SIGINT", "shutdown requested");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!(signal = "SIGTERM", "shutdown requested");
+                    break;
+                }
+                _ = hup.recv() => {
+                    let (rolled, errors) = custos_core::audit::rotate_open_logs().await;
+                    tracing::info!(signal = "SIGHUP", logs = rolled, "audit logs rotated");
+                    for e in errors {
+                        tracing::error!(signal = "SIGHUP", error = %e, "audit log rotation failed");
+                    }
+                }
+            }
         }
     })
 }
@@ -168,6 +190,10 @@ pub async fn run(a: ServerArgs) -> CmdResult {
     let config = custos_core::config::load(&path).map_err(|e| Failure {
         code: EXIT_LOCAL,
         message: e.to_string(),
+    })?;
+    custos_core::audit::validate_devices(&config.audit).map_err(|e| Failure {
+        code: EXIT_LOCAL,
+        message: format!("{}: {e}", path.display()),
     })?;
     init_tracing(
         &pick_log_filter(

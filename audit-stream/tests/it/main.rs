@@ -6,4 +6,6 @@ mod broker;
 mod file;
 mod log;
 mod log_crash;
+mod query;
+mod ship;
 mod support;

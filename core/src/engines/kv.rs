@@ -1375,14 +1375,15 @@ mod tests {
             .err(Operation::Update, "data/a/../b", json!({"data": {}}))
             .await;
         assert_eq!(e.status(), 400);
-        // Empty path and folders under data/ are not secrets: 404.
+        // Empty path and folders under data/ are not secrets: reads are 404,
+        // writes are bad input (400), as OpenBao answers.
         let e = h.err(Operation::Read, "data/", json!({})).await;
         assert_eq!(e.status(), 404);
         assert!(e.to_string().contains("unsupported path"), "{e}");
         let e = h
             .err(Operation::Update, "data/folder/", json!({"data": {}}))
             .await;
-        assert_eq!(e.status(), 404);
+        assert_eq!(e.status(), 400);
         // LIST on data/ is Vault's 405.
         let e = h.err(Operation::List, "data/app", json!({})).await;
         assert_eq!(e.status(), 405);

@@ -462,8 +462,8 @@ impl RaftStorage {
         let flushed = self
             .state
             .begin_write()
-            .map_err(redb::Error::from)
-            .and_then(|t| t.commit().map_err(redb::Error::from));
+            .map_err(|e| e.to_string())
+            .and_then(|t| t.commit().map_err(|e| e.to_string()));
         if let Err(e) = flushed {
             tracing::warn!(error = %e, "flushing the state machine at shutdown");
         }

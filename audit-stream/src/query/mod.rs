@@ -1,0 +1,498 @@
+//! The audit query: "which clients read path P, at which KV versions,
+//! between t1 and t2" — what the rotator asks before it retires a credential
+//! ("has every consumer moved to version ≥ v since t?"), and what people ask
+//! after an incident.
+//!
+//! Two sources give the same answer ([`QueryAnswer`]):
+//!
+//! * **local** ([`index`]): a worker ([`index::run_indexer`]) follows the
+//!   durable local audit log ([`crate::log::AuditLog`], fsynced records only)
+//!   and keeps a redb index beside it (`<log dir>/audit.index.redb`): one
+//!   [`Posting`] per successful response event, keyed by
+//!   `(request path, event time, sequence number)`. A query reads only the
+//!   postings of one path inside the time range — never the whole log.
+//! * **elasticsearch** ([`elasticsearch`]): the same question as an `_search`
+//!   over the documents an `elasticsearch` audit sink shipped
+//!   (`<index>-*`, `_id` = event id), turned into the same postings.
+//!
+//! Both feed an [`Aggregator`], so the grouping (per client accessor), the
+//! filters (operation, minimum KV version, accessor) and the output shape are
+//! written once. Accessors are compared as they are in the log: HMAC'd with
+//! the device's salt when `hmac_accessor` is on (the default); the server
+//! hashes an `accessor` filter with that salt before matching.
+
+pub mod elasticsearch;
+pub mod index;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::AuditLog;
+
+pub use elasticsearch::{EsOptions, EsQuery};
+pub use index::{AuditIndex, INDEX_FILE, run_indexer};
+pub use view::{EventView, format_nanos, parse_time_param};
+
+/// What can go wrong answering a query.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The caller's parameters are wrong (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The index database failed.
+    #[error("audit index: {0}")]
+    Index(String),
+    /// Reading the local log failed.
+    #[error("audit log: {0}")]
+    Log(#[from] crate::error::AuditError),
+    /// Elasticsearch is unreachable or answered an error.
+    #[error("elasticsearch: {0}")]
+    Elasticsearch(String),
+    /// The requested source is not available on this server.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Default and maximum number of clients in an answer.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 100_000;
+
+/// One query. Times are unix nanoseconds, inclusive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryParams {
+    /// The request path exactly as clients sent it (`secret/data/app/db`).
+    pub path: String,
+    pub since: i64,
+    pub until: i64,
+    /// `read` unless given.
+    pub operation: String,
+    /// Only reads that returned at least this KV version.
+    pub min_version: Option<u64>,
+    /// Only this client: accessor values as they may appear in the log
+    /// (the HMAC and, for `hmac_accessor=false` devices, the raw value).
+    pub accessors: Vec<String>,
+    /// At most this many clients (most recent readers first).
+    pub limit: usize,
+}
+
+impl QueryParams {
+    /// A query for every read of `path` at any time.
+    pub fn new(path: impl Into<String>) -> QueryParams {
+        QueryParams {
+            path: path.into(),
+            since: i64::MIN,
+            until: i64::MAX,
+            operation: "read".into(),
+            min_version: None,
+            accessors: Vec::new(),
+            limit: DEFAULT_LIMIT,
+        }
+    }
+
+    /// Check the parameters: a path, a sane range and limit.
+    pub fn validate(&self) -> Result<(), QueryError> {
+        if self.path.trim_matches('/').is_empty() {
+            return Err(QueryError::BadRequest(
+                "missing required parameter \"path\"".into(),
+            ));
+        }
+        if self.since > self.until {
+            return Err(QueryError::BadRequest(
+                "\"since\" is after \"until\"".into(),
+            ));
+        }
+        if self.limit == 0 || self.limit > MAX_LIMIT {
+            return Err(QueryError::BadRequest(format!(
+                "\"limit\" must be between 1 and {MAX_LIMIT}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Does a posting of this path pass the non-key filters?
+    fn accepts(&self, p: &Posting) -> bool {
+        p.time >= self.since
+            && p.time <= self.until
+            && p.operation == self.operation
+            && self
+                .min_version
+                .is_none_or(|min| p.version.is_some_and(|v| v >= min))
+            && (self.accessors.is_empty() || self.accessors.contains(&p.accessor))
+    }
+}
+
+/// What the index keeps of one successful response event: enough to answer
+/// a query without reading the log again. No secret: the accessor is as the
+/// device wrote it (HMAC'd by default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    /// Sequence number in the local log (0 when from Elasticsearch).
+    #[serde(rename = "s")]
+    pub seq: u64,
+    /// Event time, unix nanoseconds.
+    #[serde(rename = "t")]
+    pub time: i64,
+    #[serde(rename = "o")]
+    pub operation: String,
+    #[serde(rename = "a", default)]
+    pub accessor: String,
+    #[serde(rename = "d", default)]
+    pub display_name: String,
+    #[serde(rename = "p", default)]
+    pub policies: Vec<String>,
+    #[serde(rename = "r", default)]
+    pub remote_address: String,
+    #[serde(rename = "ro", default)]
+    pub role: String,
+    #[serde(rename = "e", default)]
+    pub entity_id: String,
+    #[serde(rename = "v", default)]
+    pub version: Option<u64>,
+}
+
+impl Posting {
+    /// The posting of an event, when it is a successful response with a
+    /// path and a parseable time; `seq` is its place in the local log.
+    pub fn from_event(ev: &EventView, seq: u64) -> Option<Posting> {
+        if !ev.is_successful_response() || ev.request.path.is_empty() {
+            return None;
+        }
+        Some(Posting {
+            seq,
+            time: ev.time_nanos()?,
+            operation: ev.request.operation.clone(),
+            accessor: ev.auth.accessor.clone(),
+            display_name: ev.auth.display_name.clone(),
+            policies: ev.auth.policies.clone(),
+            remote_address: ev.request.remote_address.clone(),
+            role: ev.role(),
+            entity_id: ev.auth.entity_id.clone(),
+            version: ev.kv_version(),
+        })
+    }
+
+    /// The client a posting belongs to: its token accessor, else (no token)
+    /// its display name and address.
+    fn client_key(&self) -> String {
+        if self.accessor.is_empty() {
+            format!("anon:{}@{}", self.display_name, self.remote_address)
+        } else {
+            self.accessor.clone()
+        }
+    }
+}
+
+/// One client in an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientReads {
+    /// As in the log: `hmac-sha256:…` unless the device has `hmac_accessor=false`.
+    pub accessor: String,
+    pub display_name: String,
+    pub policies: Vec<String>,
+    pub remote_address: String,
+    /// Auth role (`role_name`/`role` token metadata), empty when none.
+    pub role: String,
+    pub entity_id: String,
+    pub reads: u64,
+    pub first_read: String,
+    pub last_read: String,
+    /// Distinct KV versions read, ascending.
+    pub versions: Vec<u64>,
+    /// The highest of `versions`; absent when no read returned a version.
+    pub max_version: Option<u64>,
+}
+
+/// The answer to a query, the same shape from either source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryAnswer {
+    pub clients: Vec<ClientReads>,
+    /// Postings (local) or documents (Elasticsearch) examined.
+    pub events_scanned: u64,
+    /// `local` or `elasticsearch`.
+    pub source: String,
+    /// More clients matched than `limit`.
+    pub truncated: bool,
+}
+
+#[derive(Default)]
+struct Acc {
+    first: Option<Posting>,
+    last_time: i64,
+    last: Option<Posting>,
+    reads: u64,
+    versions: BTreeSet<u64>,
+}
+
+/// Groups postings per client. Feed it with [`Aggregator::push`] (in any
+/// order), then [`Aggregator::finish`].
+pub struct Aggregator<'q> {
+    params: &'q QueryParams,
+    clients: BTreeMap<String, Acc>,
+    scanned: u64,
+}
+
+impl<'q> Aggregator<'q> {
+    pub fn new(params: &'q QueryParams) -> Self {
+        Aggregator {
+            params,
+            clients: BTreeMap::new(),
+            scanned: 0,
+        }
+    }
+
+    /// Consider one posting of the queried path.
+    pub fn push(&mut self, p: Posting) {
+        self.scanned += 1;
+        if !self.params.accepts(&p) {
+            return;
+        }
+        let acc = self.clients.entry(p.client_key()).or_default();
+        acc.reads += 1;
+        if let Some(v) = p.version {
+            acc.versions.insert(v);
+        }
+        if acc.first.as_ref().is_none_or(|f| p.time < f.time) {
+            acc.first = Some(p.clone());
+        }
+        if acc.last.is_none() || p.time >= acc.last_time {
+            acc.last_time = p.time;
+            acc.last = Some(p);
+        }
+    }
+
+    /// The answer: clients by most recent read first (ties by accessor),
+    /// cut at `limit`. Display name, policies, address and role are those of
+    /// the client's latest read.
+    pub fn finish(self, source: &str) -> QueryAnswer {
+        let mut clients: Vec<ClientReads> = self
+            .clients
+            .into_values()
+            .filter_map(|acc| {
+                let first = acc.first?;
+                let last = acc.last?;
+                Some(ClientReads {
+                    accessor: last.accessor,
+                    display_name: last.display_name,
+                    policies: last.policies,
+                    remote_address: last.remote_address,
+                    role: last.role,
+                    entity_id: last.entity_id,
+                    reads: acc.reads,
+                    first_read: format_nanos(first.time),
+                    last_read: format_nanos(last.time),
+                    max_version: acc.versions.last().copied(),
+                    versions: acc.versions.into_iter().collect(),
+                })
+            })
+            .collect();
+        clients.sort_by(|a, b| {
+            view::parse_rfc3339_nanos(&b.last_read)
+                .cmp(&view::parse_rfc3339_nanos(&a.last_read))
+                .then_with(|| a.accessor.cmp(&b.accessor))
+                .then_with(|| a.display_name.cmp(&b.display_name))
+        });
+        let truncated = clients.len() > self.params.limit;
+        clients.truncate(self.params.limit);
+        QueryAnswer {
+            clients,
+            events_scanned: self.scanned,
+            source: source.to_owned(),
+            truncated,
+        }
+    }
+}
+
+/// Where an answer comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Elasticsearch,
+}
+
+impl Source {
+    /// `local` (also the default for an empty value) or `elasticsearch`.
+    pub fn parse(s: &str) -> Result<Source, QueryError> {
+        match s {
+            "" | "local" => Ok(Source::Local),
+            "elasticsearch" | "es" => Ok(Source::Elasticsearch),
+            other => Err(QueryError::BadRequest(format!(
+                "unknown source {other:?}: use \"local\" or \"elasticsearch\""
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Elasticsearch => "elasticsearch",
+        }
+    }
+}
+
+/// How long a local query waits for the index to reach the log's durable
+/// end before answering 503.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// What the server holds to answer `sys/audit-query`: the local log and its
+/// index, the device whose salt hashed the log, and Elasticsearch when an
+/// `elasticsearch` audit device is configured.
+#[derive(Debug)]
+pub struct AuditQueryService {
+    device: String,
+    log: Arc<AuditLog>,
+    index: Arc<AuditIndex>,
+    es: Option<EsQuery>,
+}
+
+impl AuditQueryService {
+    pub fn new(
+        device: String,
+        log: Arc<AuditLog>,
+        index: Arc<AuditIndex>,
+        es: Option<EsQuery>,
+    ) -> AuditQueryService {
+        AuditQueryService {
+            device,
+            log,
+            index,
+            es,
+        }
+    }
+
+    /// The mount path of the audit device that writes the local log.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub fn index(&self) -> &Arc<AuditIndex> {
+        &self.index
+    }
+
+    /// Answer `q` from `source`.
+    pub async fn query(&self, q: QueryParams, source: Source) -> Result<QueryAnswer, QueryError> {
+        q.validate()?;
+        let started = Instant::now();
+        let answer = match source {
+            Source::Local => {
+                let durable = self.log.durable_seq();
+                if !self.index.wait_for(durable, CATCH_UP_WAIT).await {
+                    return Err(QueryError::Unavailable(format!(
+                        "the audit query index is catching up with the local log (record {} of {durable}); retry shortly",
+                        self.index.indexed_seq()
+                    )));
+                }
+                let index = self.index.clone();
+                tokio::task::spawn_blocking(move || index.query(&q))
+                    .await
+                    .map_err(|e| QueryError::Index(e.to_string()))??
+            }
+            Source::Elasticsearch => match &self.es {
+                Some(es) => es.query(&q).await?,
+                None => {
+                    return Err(QueryError::BadRequest(
+                        "no elasticsearch audit device is configured".into(),
+                    ));
+                }
+            },
+        };
+        ::metrics::histogram!(crate::metrics::QUERY_SECONDS, "source" => source.as_str())
+            .record(started.elapsed().as_secs_f64());
+        Ok(answer)
+    }
+}
+
+/// Turn `secret/app/db` into `secret/data/app/db` for a KV v2 mount at
+/// `mount` (`secret/`); paths already under `data/` (or another KV v2 API
+/// prefix) are kept.
+pub fn kv2_data_path(mount: &str, path: &str) -> String {
+    let Some(rest) = path.strip_prefix(mount) else {
+        return path.to_owned();
+    };
+    const API: [&str; 6] = [
+        "data/",
+        "metadata/",
+        "delete/",
+        "undelete/",
+        "destroy/",
+        "subkeys/",
+    ];
+    if API.iter().any(|p| rest.starts_with(p)) || rest == "config" {
+        return path.to_owned();
+    }
+    format!("{mount}data/{rest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn posting(acc: &str, t: i64, v: Option<u64>) -> Posting {
+        Posting {
+            seq: 1,
+            time: t,
+            operation: "read".into(),
+            accessor: acc.into(),
+            display_name: format!("dn-{acc}"),
+            policies: vec!["app".into()],
+            remote_address: "10.0.0.1".into(),
+            role: String::new(),
+            entity_id: String::new(),
+            version: v,
+        }
+    }
+
+    #[test]
+    fn groups_filters_and_orders() {
+        let mut q = QueryParams::new("secret/data/a");
+        q.since = 10;
+        q.until = 100;
+        q.min_version = Some(2);
+        let mut agg = Aggregator::new(&q);
+        agg.push(posting("a", 5, Some(3))); // too early
+        agg.push(posting("a", 20, Some(1))); // version too low
+        agg.push(posting("a", 30, Some(2)));
+        agg.push(posting("a", 40, Some(3)));
+        agg.push(posting("b", 50, Some(2)));
+        agg.push(posting("c", 60, None)); // no version
+        let mut w = posting("d", 70, Some(9));
+        w.operation = "update".into();
+        agg.push(w);
+        let ans = agg.finish("local");
+        assert_eq!(ans.events_scanned, 7);
+        assert_eq!(ans.clients.len(), 2);
+        assert_eq!(ans.clients[0].accessor, "b");
+        assert_eq!(ans.clients[1].accessor, "a");
+        assert_eq!(ans.clients[1].reads, 2);
+        assert_eq!(ans.clients[1].versions, vec![2, 3]);
+        assert_eq!(ans.clients[1].max_version, Some(3));
+    }
+
+    #[test]
+    fn validates() {
+        assert!(QueryParams::new("").validate().is_err());
+        let mut q = QueryParams::new("x");
+        q.since = 2;
+        q.until = 1;
+        assert!(q.validate().is_err());
+        q.until = 3;
+        q.limit = 0;
+        assert!(q.validate().is_err());
+    }
+
+    #[test]
+    fn kv2_paths() {
+        assert_eq!(
+            kv2_data_path("secret/", "secret/app/db"),
+            "secret/data/app/db"
+        );
+        assert_eq!(
+            kv2_data_path("secret/", "secret/data/app"),
+            "secret/data/app"
+        );
+        assert_eq!(kv2_data_path("kv/", "secret/app"), "secret/app");
+    }
+}

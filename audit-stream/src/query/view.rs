@@ -1,0 +1,192 @@
+//! A read-only view of one audit event, as the query index, the
+//! Elasticsearch query and the access-pattern detector need it.
+//!
+//! Input is the hashed event JSON as the `file` device wrote it (a local log
+//! [`crate::log::Record`]) or as a sink stored it (an Elasticsearch `_source`).
+//! Only the fields these readers use are deserialized; everything else is
+//! skipped without being built, so parsing stays cheap on large logs. Nothing
+//! here holds a raw secret: accessors are as the device wrote them (HMAC'd
+//! unless `hmac_accessor=false`), request and response bodies are not kept
+//! except the KV version number (numbers are never HMAC'd).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The `auth` block of an event, trimmed.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuthView {
+    #[serde(default)]
+    pub accessor: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub entity_id: String,
+}
+
+/// The `request` block of an event, trimmed.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RequestView {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default)]
+    pub operation: String,
+    #[serde(default)]
+    pub mount_point: String,
+    #[serde(default)]
+    pub mount_type: String,
+    #[serde(default)]
+    pub remote_address: String,
+}
+
+/// `response.data`, of which only `metadata` is kept (KV v2 reads put the
+/// version there).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResponseDataView {
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+/// The `response` block, trimmed.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResponseView {
+    #[serde(default)]
+    pub data: Option<ResponseDataView>,
+}
+
+/// One audit event, trimmed to what queries and access metrics read.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventView {
+    #[serde(default)]
+    pub time: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub auth: AuthView,
+    #[serde(default)]
+    pub request: RequestView,
+    #[serde(default)]
+    pub response: Option<ResponseView>,
+    #[serde(default)]
+    pub error: String,
+}
+
+impl EventView {
+    /// Parse an event from its JSON bytes.
+    pub fn parse(bytes: &[u8]) -> Result<EventView, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Parse an event from a JSON value (an Elasticsearch `_source`).
+    pub fn from_value(v: Value) -> Result<EventView, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    /// A response event of a request that succeeded.
+    pub fn is_successful_response(&self) -> bool {
+        self.kind == "response" && self.error.is_empty()
+    }
+
+    /// The event time in unix nanoseconds, if it parses as RFC 3339.
+    pub fn time_nanos(&self) -> Option<i64> {
+        parse_rfc3339_nanos(&self.time)
+    }
+
+    /// The KV version the response carried (`response.data.metadata.version`).
+    pub fn kv_version(&self) -> Option<u64> {
+        let meta = &self.response.as_ref()?.data.as_ref()?.metadata;
+        meta.get("version")?.as_u64()
+    }
+
+    /// The auth role, from token metadata (`role_name`, else `role`).
+    pub fn role(&self) -> String {
+        ["role_name", "role"]
+            .iter()
+            .find_map(|k| self.auth.metadata.get(*k).and_then(Value::as_str))
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// RFC 3339 → unix nanoseconds.
+pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
+/// Unix nanoseconds → RFC 3339 (UTC, nanoseconds trimmed as Vault does).
+pub fn format_nanos(nanos: i64) -> String {
+    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)) {
+        Ok(t) => crate::event::format_rfc3339(t),
+        Err(_) => nanos.to_string(),
+    }
+}
+
+/// A time given by a caller: RFC 3339, or unix seconds (fractions allowed).
+/// Returns unix nanoseconds.
+pub fn parse_time_param(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Some(n) = parse_rfc3339_nanos(s) {
+        return Some(n);
+    }
+    if let Ok(secs) = s.parse::<i64>() {
+        return secs.checked_mul(1_000_000_000);
+    }
+    let f: f64 = s.parse().ok()?;
+    if !f.is_finite() || f.abs() > 9.0e9 {
+        return None;
+    }
+    Some((f * 1e9) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_trimmed_event() {
+        let v = EventView::parse(
+            br#"{"time":"2024-01-01T00:00:01.5Z","type":"response","auth":{"accessor":"hmac-sha256:ab","display_name":"approle","policies":["app"],"metadata":{"role_name":"web","n":3}},"request":{"id":"r1","path":"secret/data/x","operation":"read","mount_point":"secret/","remote_address":"10.0.0.1","data":{"a":"b"}},"response":{"data":{"data":{"k":"hmac-sha256:00"},"metadata":{"version":3,"created_time":"hmac-sha256:11"}}}}"#,
+        )
+        .unwrap();
+        assert!(v.is_successful_response());
+        assert_eq!(v.kv_version(), Some(3));
+        assert_eq!(v.role(), "web");
+        assert_eq!(v.time_nanos(), Some(1_704_067_201_500_000_000));
+        assert_eq!(
+            format_nanos(1_704_067_201_500_000_000),
+            "2024-01-01T00:00:01.5Z"
+        );
+    }
+
+    #[test]
+    fn metadata_that_is_not_an_object_has_no_version() {
+        let v = EventView::parse(
+            br#"{"time":"x","type":"response","request":{},"response":{"data":{"metadata":"hmac-sha256:aa"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(v.kv_version(), None);
+        assert_eq!(v.time_nanos(), None);
+    }
+
+    #[test]
+    fn time_params() {
+        assert_eq!(parse_time_param("10"), Some(10_000_000_000));
+        assert_eq!(parse_time_param("1.5"), Some(1_500_000_000));
+        assert_eq!(
+            parse_time_param("1970-01-01T00:00:02Z"),
+            Some(2_000_000_000)
+        );
+        assert_eq!(parse_time_param("yesterday"), None);
+        assert_eq!(parse_time_param("NaN"), None);
+    }
+}

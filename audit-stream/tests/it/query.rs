@@ -1,0 +1,586 @@
+//! The audit query index over a real local log (events written by the
+//! `file` device, so accessors are HMAC'd as in production), the same query
+//! against the Elasticsearch API stand-in (osmem-server, address in
+//! `CUSTOS_TEST_ES`), and the access-pattern detector driven by event time.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custos_audit::access::{AccessDetector, AccessOptions};
+use custos_audit::event::format_rfc3339;
+use custos_audit::query::{
+    AuditIndex, ClientReads, EsOptions, EsQuery, QueryAnswer, QueryParams, run_indexer,
+};
+use custos_audit::{
+    AuditAuth, AuditDevice, AuditEvent, AuditRequest, AuditResponse, FileDevice, FileOptions,
+    LogDir, LogReader, hmac_sha256,
+};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::support::salt;
+
+/// 2024-01-01T00:00:00Z.
+const T0: i64 = 1_704_067_200;
+const PATH: &str = "secret/data/app/db";
+
+fn device(dir: &std::path::Path) -> FileDevice {
+    let opts = FileOptions {
+        min_free_bytes: 0,
+        ..FileOptions::default()
+    };
+    FileDevice::open(dir.to_path_buf(), salt(), opts).expect("open file device")
+}
+
+fn at(secs: i64) -> String {
+    format_rfc3339(OffsetDateTime::from_unix_timestamp(secs).expect("time"))
+}
+
+fn nanos(secs: i64) -> i64 {
+    secs * 1_000_000_000
+}
+
+/// A successful KV v2 read of `path` at `version` by the token with
+/// `accessor`, at unix second `t`: its request and response events.
+fn kv_read(
+    id: &str,
+    accessor: &str,
+    name: &str,
+    path: &str,
+    version: u64,
+    t: i64,
+) -> [AuditEvent; 2] {
+    let auth = AuditAuth {
+        client_token: format!("hvs.token-of-{accessor}"),
+        accessor: accessor.into(),
+        display_name: name.into(),
+        policies: vec!["default".into(), name.into()],
+        metadata: [("role_name".to_string(), format!("role-{name}"))].into(),
+        token_type: "service".into(),
+        ..Default::default()
+    };
+    let mut req = AuditRequest::new(id, "read", path);
+    req.mount_point = "secret/".into();
+    req.mount_type = "kv".into();
+    req.client_token = auth.client_token.clone();
+    req.client_token_accessor = accessor.into();
+    req.remote_address = format!("10.0.0.{}", name.len());
+    let resp = AuditResponse {
+        mount_point: "secret/".into(),
+        mount_type: "kv".into(),
+        data: Some(json!({
+            "data": {"password": format!("secret-v{version}")},
+            "metadata": {"version": version, "created_time": "2024-01-01T00:00:00Z"},
+        })),
+        ..Default::default()
+    };
+    let mut request = AuditEvent::request(Some(auth.clone()), req.clone());
+    let mut response = AuditEvent::response(Some(auth), req, resp, None);
+    request.time = at(t);
+    response.time = at(t);
+    [request, response]
+}
+
+/// A denied read: the response carries an error, so it is not a read.
+fn denied_read(id: &str, accessor: &str, t: i64) -> AuditEvent {
+    let auth = AuditAuth {
+        accessor: accessor.into(),
+        display_name: "intruder".into(),
+        ..Default::default()
+    };
+    let req = AuditRequest::new(id, "read", PATH);
+    let mut ev = AuditEvent::response(
+        Some(auth),
+        req,
+        AuditResponse::default(),
+        Some("permission denied".into()),
+    );
+    ev.time = at(t);
+    ev
+}
+
+fn by_accessor<'a>(a: &'a QueryAnswer, raw_accessor: &str) -> Option<&'a ClientReads> {
+    let h = hmac_sha256(&salt(), raw_accessor);
+    a.clients.iter().find(|c| c.accessor == h)
+}
+
+fn range(path: &str, since: i64, until: i64) -> QueryParams {
+    let mut q = QueryParams::new(path);
+    q.since = nanos(since);
+    q.until = nanos(until);
+    q
+}
+
+#[tokio::test]
+async fn index_updates_incrementally_filters_and_rebuilds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    // Day 1: alice reads v1 twice, bob v1; carol reads another path;
+    // mallory is denied.
+    let mut events = Vec::new();
+    events.extend(kv_read("r1", "acc-alice", "alice", PATH, 1, T0 + 10));
+    events.extend(kv_read("r2", "acc-alice", "alice", PATH, 1, T0 + 20));
+    events.extend(kv_read("r3", "acc-bob", "bob", PATH, 1, T0 + 30));
+    events.extend(kv_read(
+        "r4",
+        "acc-carol",
+        "carol",
+        "secret/data/other",
+        1,
+        T0 + 40,
+    ));
+    events.push(denied_read("r5", "acc-mallory", T0 + 50));
+    dev.log_all(&events).await.unwrap();
+
+    let dir = dev.audit_log().log_dir().clone();
+    let index = AuditIndex::open_for(&dir).unwrap();
+    assert!(AuditIndex::path_for(&dir).ends_with("audit.index.redb"));
+    assert_eq!(
+        index.catch_up(&dir).unwrap(),
+        4,
+        "only successful responses are postings"
+    );
+    assert_eq!(index.indexed_seq(), 9);
+
+    let all = index.query(&QueryParams::new(PATH)).unwrap();
+    assert_eq!(all.source, "local");
+    assert_eq!(all.events_scanned, 3, "only this path's postings are read");
+    assert_eq!(all.clients.len(), 2);
+    let alice = by_accessor(&all, "acc-alice").expect("alice listed");
+    assert_eq!(alice.reads, 2);
+    assert_eq!(alice.versions, vec![1]);
+    assert_eq!(alice.display_name, "alice");
+    assert_eq!(alice.role, "role-alice");
+    assert_eq!(alice.first_read, at(T0 + 10));
+    assert_eq!(alice.last_read, at(T0 + 20));
+    assert!(
+        alice.accessor.starts_with("hmac-sha256:"),
+        "accessors stay hashed"
+    );
+    assert!(
+        by_accessor(&all, "acc-mallory").is_none(),
+        "a denied read is no read"
+    );
+
+    // Incremental: day 2, alice moves to v2, bob stays on v1.
+    let mut day2 = Vec::new();
+    day2.extend(kv_read(
+        "r6",
+        "acc-alice",
+        "alice",
+        PATH,
+        2,
+        T0 + 86_400 + 10,
+    ));
+    day2.extend(kv_read("r7", "acc-bob", "bob", PATH, 1, T0 + 86_400 + 20));
+    dev.log_all(&day2).await.unwrap();
+    assert_eq!(index.catch_up(&dir).unwrap(), 2);
+    assert_eq!(index.catch_up(&dir).unwrap(), 0, "nothing indexed twice");
+
+    // Time range: day 2 only.
+    let d2 = index
+        .query(&range(PATH, T0 + 86_400, T0 + 2 * 86_400))
+        .unwrap();
+    assert_eq!(d2.clients.len(), 2);
+    assert_eq!(d2.events_scanned, 2);
+    assert_eq!(by_accessor(&d2, "acc-alice").unwrap().versions, vec![2]);
+    // Day 1 only, bounds inclusive.
+    let d1 = index.query(&range(PATH, T0 + 10, T0 + 30)).unwrap();
+    assert_eq!(d1.events_scanned, 3);
+    assert_eq!(by_accessor(&d1, "acc-alice").unwrap().reads, 2);
+
+    // Versions over all time, and the version filter.
+    let all = index.query(&QueryParams::new(PATH)).unwrap();
+    let alice = by_accessor(&all, "acc-alice").unwrap();
+    assert_eq!(alice.versions, vec![1, 2]);
+    assert_eq!(alice.max_version, Some(2));
+    let mut v2 = QueryParams::new(PATH);
+    v2.min_version = Some(2);
+    let v2 = index.query(&v2).unwrap();
+    assert_eq!(v2.clients.len(), 1);
+    assert!(by_accessor(&v2, "acc-alice").is_some());
+
+    // Accessor filter (the server hashes the caller's raw accessor).
+    let mut one = QueryParams::new(PATH);
+    one.accessors = vec![hmac_sha256(&salt(), "acc-bob")];
+    let one = index.query(&one).unwrap();
+    assert_eq!(one.clients.len(), 1);
+    assert_eq!(one.clients[0].reads, 2);
+
+    // Rebuild: delete the index file; a new one answers the same.
+    let before = index.query(&QueryParams::new(PATH)).unwrap();
+    drop(index);
+    std::fs::remove_file(AuditIndex::path_for(&dir)).unwrap();
+    let rebuilt = AuditIndex::open_for(&dir).unwrap();
+    assert_eq!(rebuilt.indexed_seq(), 0);
+    assert_eq!(rebuilt.catch_up(&dir).unwrap(), 6);
+    assert_eq!(rebuilt.query(&QueryParams::new(PATH)).unwrap(), before);
+
+    // An index that does not match its log (a fresh log in the same
+    // directory) is cleared at reconcile.
+    let last = rebuilt.indexed_seq();
+    assert!(
+        !rebuilt.reconcile(&dir, last).unwrap(),
+        "matching index is kept"
+    );
+    assert!(
+        rebuilt.reconcile(&dir, last - 1).unwrap(),
+        "log behind the index"
+    );
+    assert_eq!(rebuilt.postings().unwrap(), 0);
+    dev.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_the_rotators_question() {
+    // v2 is staged at T0 + 1000. Consumers: alice and bob. Alice moved,
+    // bob still reads v1, so retirement must wait; once bob reads v2 it may go.
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let staged = T0 + 1000;
+    let mut ev = Vec::new();
+    ev.extend(kv_read("a1", "acc-alice", "alice", PATH, 1, T0 + 100));
+    ev.extend(kv_read("b1", "acc-bob", "bob", PATH, 1, T0 + 200));
+    ev.extend(kv_read("a2", "acc-alice", "alice", PATH, 2, staged + 60));
+    ev.extend(kv_read("b2", "acc-bob", "bob", PATH, 1, staged + 120));
+    dev.log_all(&ev).await.unwrap();
+    let dir = dev.audit_log().log_dir().clone();
+    let index = AuditIndex::open_for(&dir).unwrap();
+    index.catch_up(&dir).unwrap();
+
+    let expected: BTreeSet<String> = ["acc-alice", "acc-bob"]
+        .iter()
+        .map(|a| hmac_sha256(&salt(), a))
+        .collect();
+    let moved = |index: &AuditIndex| -> BTreeSet<String> {
+        let mut q = QueryParams::new(PATH);
+        q.since = nanos(staged);
+        q.min_version = Some(2);
+        index
+            .query(&q)
+            .unwrap()
+            .clients
+            .into_iter()
+            .map(|c| c.accessor)
+            .collect()
+    };
+    let m = moved(&index);
+    assert!(!expected.is_subset(&m), "bob has not moved: {m:?}");
+    let mut since = QueryParams::new(PATH);
+    since.since = nanos(staged);
+    let since = index.query(&since).unwrap();
+    assert_eq!(by_accessor(&since, "acc-bob").unwrap().max_version, Some(1));
+
+    dev.log_all(&kv_read("b3", "acc-bob", "bob", PATH, 2, staged + 300))
+        .await
+        .unwrap();
+    index.catch_up(&dir).unwrap();
+    assert!(expected.is_subset(&moved(&index)), "every consumer moved");
+    dev.shutdown().await;
+}
+
+#[tokio::test]
+async fn worker_follows_the_live_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let log = dev.audit_log().clone();
+    let index = Arc::new(AuditIndex::open_for(log.log_dir()).unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(run_indexer(index.clone(), log.clone(), stop_rx));
+    for i in 0..50 {
+        dev.log_all(&kv_read(&format!("w{i}"), "acc-w", "w", PATH, 1, T0 + i))
+            .await
+            .unwrap();
+    }
+    assert!(
+        index
+            .wait_for(log.durable_seq(), Duration::from_secs(10))
+            .await
+    );
+    let a = index.query(&QueryParams::new(PATH)).unwrap();
+    assert_eq!(a.clients[0].reads, 50);
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("worker stops")
+        .unwrap();
+    dev.shutdown().await;
+}
+
+/// Not a timing assertion: prints how long a query takes with 100k events
+/// in the log (50k postings spread over 200 paths and 100 clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_time_with_100k_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let mut batch = Vec::with_capacity(2000);
+    for i in 0..50_000i64 {
+        let path = format!("secret/data/svc{}/db", i % 200);
+        let acc = format!("acc-{}", i % 97);
+        batch.extend(kv_read(
+            &format!("p{i}"),
+            &acc,
+            &format!("c{}", i % 100),
+            &path,
+            (i / 10_000) as u64 + 1,
+            T0 + i * 10,
+        ));
+        if batch.len() >= 2000 {
+            dev.log_all(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    dev.log_all(&batch).await.unwrap();
+    let dir = dev.audit_log().log_dir().clone();
+    let index = AuditIndex::open_for(&dir).unwrap();
+    let t = Instant::now();
+    let n = index.catch_up(&dir).unwrap();
+    let build = t.elapsed();
+    assert_eq!(n, 50_000);
+    let q = QueryParams::new("secret/data/svc7/db");
+    let t = Instant::now();
+    let mut answer = None;
+    for _ in 0..20 {
+        answer = Some(index.query(&q).unwrap());
+    }
+    let per_query = t.elapsed() / 20;
+    let answer = answer.unwrap();
+    assert_eq!(answer.events_scanned, 250);
+    let mut narrow = range("secret/data/svc7/db", T0, T0 + 86_400);
+    narrow.min_version = Some(1);
+    let t = Instant::now();
+    let a2 = index.query(&narrow).unwrap();
+    let narrow_time = t.elapsed();
+    println!(
+        "audit query bench: 100000 events in the log, index build {build:?}, query over one path (250 postings, {} clients) {per_query:?}, one-day range ({} postings) {narrow_time:?}",
+        answer.clients.len(),
+        a2.events_scanned
+    );
+    dev.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Elasticsearch parity (osmem-server stand-in)
+// ---------------------------------------------------------------------------
+
+fn es_addr() -> Option<String> {
+    match std::env::var("CUSTOS_TEST_ES") {
+        Ok(a) if !a.is_empty() => Some(if a.starts_with("http") {
+            a
+        } else {
+            format!("http://{a}")
+        }),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CUSTOS_TEST_ES must be set in CI"
+            );
+            eprintln!(
+                "skipping: CUSTOS_TEST_ES is not set (address of the Elasticsearch API stand-in, osmem-server)"
+            );
+            None
+        }
+    }
+}
+
+/// Ship every record of the log to `<index>-YYYY.MM.DD` with `_bulk`, as the
+/// sink does: the event JSON, `_id` = event id.
+async fn bulk_index(url: &str, index: &str, dir: &LogDir) {
+    let mut reader = LogReader::open(dir.clone(), 1).unwrap();
+    let mut body = String::new();
+    while let Some(rec) = reader.try_next().unwrap() {
+        let doc: Value = rec.json().unwrap();
+        let id = format!(
+            "{}-{}",
+            doc["request"]["id"].as_str().unwrap(),
+            doc["type"].as_str().unwrap()
+        );
+        let day = &doc["time"].as_str().unwrap()[..10].replace('-', ".");
+        body.push_str(
+            &json!({"index": {"_index": format!("{index}-{day}"), "_id": id}}).to_string(),
+        );
+        body.push('\n');
+        body.push_str(&doc.to_string());
+        body.push('\n');
+    }
+    let http = reqwest::Client::new();
+    let resp: Value = http
+        .post(format!("{url}/_bulk"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["errors"], json!(false), "{resp}");
+    http.post(format!("{url}/{index}-*/_refresh"))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn elasticsearch_gives_the_same_answer() {
+    let Some(url) = es_addr() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let mut ev = Vec::new();
+    // Over two days; three reads in each second (ties across pages).
+    for i in 0..1500i64 {
+        let who = ["alice", "bob", "carol"][(i % 3) as usize];
+        ev.extend(kv_read(
+            &format!("e{i}"),
+            &format!("acc-{who}"),
+            who,
+            PATH,
+            (i / 500) as u64 + 1,
+            T0 + (i / 3) * 400,
+        ));
+    }
+    ev.extend(kv_read(
+        "x1",
+        "acc-dave",
+        "dave",
+        "secret/data/elsewhere",
+        1,
+        T0 + 5,
+    ));
+    ev.push(denied_read("x2", "acc-mallory", T0 + 6));
+    dev.log_all(&ev).await.unwrap();
+    let dir = dev.audit_log().log_dir().clone();
+    let local = AuditIndex::open_for(&dir).unwrap();
+    local.catch_up(&dir).unwrap();
+
+    let index = format!("custos-audit-q{}", std::process::id());
+    bulk_index(&url, &index, &dir).await;
+    let mut opts = std::collections::BTreeMap::new();
+    opts.insert("url".to_string(), url.clone());
+    opts.insert("index".to_string(), index.clone());
+    let es = EsQuery::new(EsOptions::from_device_options(&opts).unwrap()).unwrap();
+
+    let queries = {
+        let mut v = vec![
+            QueryParams::new(PATH),
+            range(PATH, T0 + 10_000, T0 + 40_000),
+        ];
+        let mut q = QueryParams::new(PATH);
+        q.min_version = Some(3);
+        v.push(q);
+        let mut q = QueryParams::new(PATH);
+        q.accessors = vec![hmac_sha256(&salt(), "acc-bob")];
+        v.push(q);
+        v.push(QueryParams::new("secret/data/nothing"));
+        v
+    };
+    for q in queries {
+        let l = local.query(&q).unwrap();
+        let e = es.query(&q).await.unwrap();
+        assert_eq!(e.source, "elasticsearch");
+        assert_eq!(l.clients, e.clients, "query {q:?}");
+        assert_eq!(l.events_scanned, e.events_scanned, "query {q:?}");
+    }
+    let all = es.query(&QueryParams::new(PATH)).await.unwrap();
+    assert_eq!(all.clients.iter().map(|c| c.reads).sum::<u64>(), 1500);
+    dev.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Access patterns
+// ---------------------------------------------------------------------------
+
+const HOUR: i64 = 3_600_000_000_000;
+const MINUTE: i64 = 60_000_000_000;
+
+#[test]
+fn hourly_reader_turning_minutely_is_anomalous_steady_is_not() {
+    let opts = AccessOptions::default();
+    let threshold = opts.threshold;
+    let mut d = AccessDetector::new(opts);
+    let t0 = nanos(T0);
+    // Three days of hourly reads by both (the steady one with jitter).
+    for h in 0..72 {
+        let jitter = ((h * 37) % 9 - 4) * MINUTE;
+        d.observe_read(
+            "steady",
+            "steady-svc",
+            "hmac-sha256:5555",
+            "secret/",
+            t0 + h * HOUR + jitter,
+        );
+        d.observe_read(
+            "noisy",
+            "noisy-svc",
+            "hmac-sha256:7777",
+            "secret/",
+            t0 + h * HOUR + 30 * MINUTE,
+        );
+    }
+    let before = d.client("noisy", "secret/").unwrap();
+    assert!((0.8..1.25).contains(&before.score), "{before:?}");
+    // Then the noisy one reads every minute for half an hour.
+    let start = t0 + 72 * HOUR;
+    for m in 0..30 {
+        d.observe_read(
+            "noisy",
+            "noisy-svc",
+            "hmac-sha256:7777",
+            "secret/",
+            start + m * MINUTE,
+        );
+    }
+    d.observe_read(
+        "steady",
+        "steady-svc",
+        "hmac-sha256:5555",
+        "secret/",
+        start + 29 * MINUTE,
+    );
+    let noisy = d.client("noisy", "secret/").unwrap();
+    let steady = d.client("steady", "secret/").unwrap();
+    println!(
+        "anomaly scores: noisy {:.1}, steady {:.2}",
+        noisy.score, steady.score
+    );
+    assert!(noisy.score > 4.0 * threshold, "{noisy:?}");
+    assert!((0.5..2.0).contains(&steady.score), "{steady:?}");
+    let snap = d.snapshot();
+    assert_eq!(snap.anomalous, 1);
+    assert_eq!(snap.rows[0].client, "noisy-svc", "the anomaly ranks first");
+}
+
+#[test]
+fn cardinality_stays_bounded() {
+    let opts = AccessOptions {
+        top_k: 20,
+        ..AccessOptions::default()
+    };
+    let mut d = AccessDetector::new(opts);
+    let t0 = nanos(T0);
+    for c in 0..1000i64 {
+        for r in 0..5 {
+            // All named "token", as `token create` tokens are.
+            d.observe_read(
+                &format!("client-{c}"),
+                "token",
+                &format!("hmac-sha256:{c:064x}"),
+                "secret/",
+                t0 + r * (c + 1) * MINUTE,
+            );
+        }
+    }
+    assert_eq!(d.tracked(), 1000);
+    let snap = d.export();
+    let labels: BTreeSet<&str> = snap.rows.iter().map(|r| r.client.as_str()).collect();
+    assert!(labels.len() <= 21, "{} label values", labels.len());
+    assert!(labels.contains("other"));
+    for l in &labels {
+        assert!(
+            !l.contains(&format!("{:064x}", 5)),
+            "no whole accessor in a label"
+        );
+        assert!(l.len() < 40, "{l}");
+    }
+}
