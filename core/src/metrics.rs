@@ -69,6 +69,8 @@ declare! {
         "Time to apply a batch of committed entries to the state machine.";
     RAFT_APPEND_SECONDS = "custos_raft_log_append_duration_seconds", Histogram, [],
         "Time to append and fsync entries to the Raft log.";
+    RAFT_WRITE_GROUP = "custos_raft_write_group_writes", Histogram, [],
+        "Callers' write batches committed together in one Raft entry (group commit).";
     RAFT_LAST_INDEX = "custos_raft_last_applied_index", Gauge, [],
         "Last Raft log index applied to the state machine.";
     RAFT_TERM = "custos_raft_term", Gauge, [],
@@ -107,6 +109,12 @@ pub fn install() -> PrometheusHandle {
                         ],
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("custos_raft_write_group_writes".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let handle = match builder.install_recorder() {
                 Ok(h) => h,
@@ -127,7 +135,10 @@ pub fn describe_all() {
         match m.kind {
             Kind::Counter => metrics::describe_counter!(m.name, m.help),
             Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
-            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help),
+            Kind::Histogram if m.name.ends_with("_seconds") => {
+                metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help)
+            }
+            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Count, m.help),
         }
     }
 }

@@ -451,6 +451,37 @@ fn single_error(e: &OpError) -> CoreError {
     }
 }
 
+/// Check the ciphertext items of a decrypt or rewrap: context set in all or
+/// none (else the whole request is bad), and per item, a missing ciphertext
+/// or an undecodable context becomes that item's error. Returns the per-item
+/// errors and decoded contexts.
+#[allow(clippy::type_complexity)]
+fn ciphertext_contexts(items: &[CryptItem<'_>]) -> Result<(Vec<Option<OpError>>, Vec<Vec<u8>>)> {
+    let context_set = items.first().is_some_and(|i| !i.context.is_empty());
+    let mut errors: Vec<Option<OpError>> = vec![None; items.len()];
+    let mut contexts = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if item.context.is_empty() == context_set {
+            return Err(bad(
+                "context should be set either in all the request blocks or in none",
+            ));
+        }
+        if item.text.is_empty() {
+            errors[i] = Some(OpError::user("missing ciphertext to decrypt"));
+        }
+        match decode_context(item.context) {
+            Ok(c) => contexts.push(c),
+            Err(e) => {
+                if errors[i].is_none() {
+                    errors[i] = Some(OpError::User(e));
+                }
+                contexts.push(Vec::new());
+            }
+        }
+    }
+    Ok((errors, contexts))
+}
+
 fn decode_context(s: &str) -> std::result::Result<Vec<u8>, String> {
     if s.is_empty() {
         Ok(Vec::new())
@@ -989,28 +1020,7 @@ impl TransitBackend {
         if !batch && items[0].text.is_empty() {
             return Err(bad("missing ciphertext to decrypt"));
         }
-        let context_set = !items[0].context.is_empty();
-        let mut errors: Vec<Option<OpError>> = vec![None; items.len()];
-        let mut contexts = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            if item.context.is_empty() == context_set {
-                return Err(bad(
-                    "context should be set either in all the request blocks or in none",
-                ));
-            }
-            if item.text.is_empty() {
-                errors[i] = Some(OpError::user("missing ciphertext to decrypt"));
-            }
-            match decode_context(item.context) {
-                Ok(c) => contexts.push(c),
-                Err(e) => {
-                    if errors[i].is_none() {
-                        errors[i] = Some(OpError::User(e));
-                    }
-                    contexts.push(Vec::new());
-                }
-            }
-        }
+        let (mut errors, contexts) = ciphertext_contexts(&items)?;
         let p = self
             .policy(ctx.storage, name)
             .await?
@@ -1071,28 +1081,7 @@ impl TransitBackend {
         if !batch && items[0].text.is_empty() {
             return Err(bad("missing ciphertext to decrypt"));
         }
-        let context_set = !items[0].context.is_empty();
-        let mut errors: Vec<Option<OpError>> = vec![None; items.len()];
-        let mut contexts = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            if item.context.is_empty() == context_set {
-                return Err(bad(
-                    "context should be set either in all the request blocks or in none",
-                ));
-            }
-            if item.text.is_empty() {
-                errors[i] = Some(OpError::user("missing ciphertext to decrypt"));
-            }
-            match decode_context(item.context) {
-                Ok(c) => contexts.push(c),
-                Err(e) => {
-                    if errors[i].is_none() {
-                        errors[i] = Some(OpError::User(e));
-                    }
-                    contexts.push(Vec::new());
-                }
-            }
-        }
+        let (mut errors, contexts) = ciphertext_contexts(&items)?;
         let p = self
             .policy(ctx.storage, name)
             .await?

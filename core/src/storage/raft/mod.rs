@@ -67,7 +67,7 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use redb::Database;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use log_store::LogStore;
@@ -334,6 +334,74 @@ pub struct RaftStorage {
     log_db: Weak<Database>,
     leader_rx: watch::Receiver<Option<u64>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Writes waiting to be proposed; see [`group_writer`].
+    write_tx: mpsc::Sender<PendingWrite>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One caller's atomic batch, waiting for the group writer.
+struct PendingWrite {
+    ops: Vec<BatchOp>,
+    bytes: usize,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// At most this many callers' batches share one Raft entry…
+const GROUP_MAX_WRITES: usize = 256;
+/// …and at most about this many bytes of values.
+const GROUP_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Group commit for Raft: callers queue their batches; this task proposes
+/// everything queued as ONE entry (one log append, one fsync), applied in one
+/// state-machine transaction, and answers every caller with the outcome.
+/// While an entry is being committed, new writes queue up and form the next
+/// group, so the cost of an fsync is shared by all concurrent writers. Each
+/// caller's batch stays atomic (the whole entry is), and batches apply in
+/// arrival order.
+async fn group_writer(raft: CustosRaft, mut rx: mpsc::Receiver<PendingWrite>) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.bytes;
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX_WRITES && bytes < GROUP_MAX_BYTES {
+            match rx.try_recv() {
+                Ok(w) => {
+                    bytes += w.bytes;
+                    group.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut ops = Vec::with_capacity(group.iter().map(|w| w.ops.len()).sum());
+        let mut waiters = Vec::with_capacity(group.len());
+        for w in group {
+            ops.extend(w.ops);
+            waiters.push(w.done);
+        }
+        metrics::histogram_record(metrics::RAFT_WRITE_GROUP, &[], waiters.len() as f64);
+        let started = Instant::now();
+        let res = raft.client_write(Command::Batch(ops)).await;
+        metrics::histogram_record(
+            metrics::RAFT_COMMIT_SECONDS,
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+        let res = res.map(|_| ()).map_err(write_error_to_core);
+        for done in waiters {
+            let _ = done.send(match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(clone_error(e)),
+            });
+        }
+    }
+}
+
+/// The same error for every caller of a failed group.
+fn clone_error(e: &CoreError) -> CoreError {
+    match e {
+        CoreError::Unavailable(m) => CoreError::Unavailable(m.clone()),
+        CoreError::Storage(m) => CoreError::Storage(m.clone()),
+        other => CoreError::Storage(other.to_string()),
+    }
 }
 
 fn raft_config() -> Result<Config> {
@@ -398,6 +466,8 @@ impl RaftStorage {
 
         let (leader_tx, leader_rx) = watch::channel(None);
         let watcher = tokio::spawn(watch_metrics(raft.metrics(), leader_tx));
+        let (write_tx, write_rx) = mpsc::channel(4 * GROUP_MAX_WRITES);
+        let writer = tokio::spawn(group_writer(raft.clone(), write_rx));
         let storage = Arc::new(RaftStorage {
             node_id,
             raft,
@@ -405,6 +475,8 @@ impl RaftStorage {
             log_db,
             leader_rx,
             watcher: Mutex::new(Some(watcher)),
+            write_tx,
+            writer: Mutex::new(Some(writer)),
         });
         if let Err(e) = storage.start(api_addr).await {
             storage.shutdown().await;
@@ -451,6 +523,13 @@ impl RaftStorage {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+        // Queued writes now fail ("storage is shutting down"); the group
+        // writer holds a Raft handle, so stop it before waiting for release.
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = writer {
+            w.abort();
+            let _ = w.await;
         }
         let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = watcher {
@@ -609,7 +688,20 @@ impl PhysicalStore for RaftStorage {
         if ops.is_empty() {
             return Ok(());
         }
-        self.propose(Command::Batch(ops)).await.map(|_| ())
+        let bytes = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { key, value } => key.len() + value.len(),
+                BatchOp::Delete { key } => key.len(),
+            })
+            .sum();
+        let (done, wait) = oneshot::channel();
+        let closed = || CoreError::Unavailable("storage is shutting down".into());
+        self.write_tx
+            .send(PendingWrite { ops, bytes, done })
+            .await
+            .map_err(|_| closed())?;
+        wait.await.map_err(|_| closed())?
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -12,6 +12,8 @@
 //! building a snapshot commits with `Durability::Immediate`, which makes every
 //! earlier non-durable commit durable too — so no entry the state machine
 //! still needs is ever purged. One fsync per write (the log's), not two.
+//! Every [`DURABLE_EVERY`] apply batches one commit is durable anyway, because
+//! redb reclaims the pages of non-durable commits only at a durable one.
 //!
 //! Tables: `kv` (key → value bytes; the values are already sealed by the
 //! barrier), `sm_meta` (`last_applied`, `last_membership`, JSON) and `snapshot`
@@ -59,7 +61,14 @@ type Membership = StoredMembership<u64, BasicNode>;
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    /// Applies committed without fsync since the last durable commit.
+    unsynced: Arc<std::sync::atomic::AtomicU32>,
 }
+
+/// Every this many apply batches, commit durably: redb frees the pages of
+/// non-durable commits only at a durable one, so without it the file and
+/// memory grow with every write until the next snapshot.
+const DURABLE_EVERY: u32 = 64;
 
 impl StateMachineStore {
     /// Open or create the state database at `path` and make sure its tables exist.
@@ -72,7 +81,10 @@ impl StateMachineStore {
             txn.open_table(SNAPSHOT)?;
         }
         txn.commit()?;
-        Ok(StateMachineStore { db: Arc::new(db) })
+        Ok(StateMachineStore {
+            db: Arc::new(db),
+            unsynced: Arc::default(),
+        })
     }
 
     /// The database, shared with [`RaftStorage`](super::RaftStorage) for local reads.
@@ -302,10 +314,14 @@ fn apply_command(kv: &mut Table<&str, &[u8]>, cmd: Command) -> Result<CommandRes
 fn apply_entries(
     db: &Database,
     entries: Vec<Entry<TypeConfig>>,
+    durable: bool,
 ) -> Result<Vec<CommandResponse>, StoreError> {
     let mut txn = db.begin_write()?;
-    // See the module docs: the log is durable, the state machine need not be.
-    txn.set_durability(redb::Durability::None);
+    // See the module docs: the log is durable, the state machine need not be
+    // (except every DURABLE_EVERY batches, to let redb reclaim pages).
+    if !durable {
+        txn.set_durability(redb::Durability::None);
+    }
     let mut out = Vec::with_capacity(entries.len());
     {
         let mut kv = txn.open_table(KV)?;
@@ -427,7 +443,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let entries: Vec<_> = entries.into_iter().collect();
         let db = self.db.clone();
         let started = Instant::now();
-        let res = blocking(move || apply_entries(&db, entries)).await;
+        let n = self
+            .unsynced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let durable = n >= DURABLE_EVERY;
+        if durable {
+            self.unsynced.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        let res = blocking(move || apply_entries(&db, entries, durable)).await;
         metrics::histogram_record(
             metrics::RAFT_APPLY_SECONDS,
             &[],
