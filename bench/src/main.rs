@@ -339,6 +339,8 @@ async fn compare(a: CompareArgs) -> Result<bool> {
         .custos_bin
         .clone()
         .unwrap_or_else(|| root.join("target/release/custos"));
+    // The servers run in their own directories: the path must not be relative.
+    let custos_bin = std::fs::canonicalize(&custos_bin).unwrap_or(custos_bin);
     if !custos_bin.is_file() {
         bail!(
             "{} not found: build it with `cargo build --release -p custos`",

@@ -269,6 +269,7 @@ async fn open_all(
             .await?,
         );
     }
+    warn_stale_checkpoints(&logs, sinks);
     for p in sinks {
         let path = p.cfg.path.as_str();
         let (src_path, log) = match &p.ship.source {
@@ -299,6 +300,32 @@ async fn open_all(
         }
     }
     Ok(())
+}
+
+/// A checkpoint of a sink that is no longer declared holds back retention
+/// forever: say so (it is not removed automatically, since it may belong to
+/// another consumer of the log).
+fn warn_stale_checkpoints(logs: &[(String, Arc<AuditLog>)], sinks: &[SinkPlan<'_>]) {
+    for (path, log) in logs {
+        let dir = log.checkpoint_dir();
+        let Ok(list) = custos_audit::Checkpoint::list(&dir) else {
+            continue;
+        };
+        for (name, seq) in list {
+            let declared = sinks
+                .iter()
+                .any(|s| s.cfg.path.trim_end_matches('/') == name.trim_end_matches('/'));
+            if !declared {
+                tracing::warn!(
+                    device = %path,
+                    checkpoint = %name,
+                    seq,
+                    file = %dir.join(format!("{name}.json")).display(),
+                    "a checkpoint of an audit sink that is not declared holds back log retention; delete the file if that sink is gone"
+                );
+            }
+        }
+    }
 }
 
 /// Store the effective device table in replicated storage; warn when it
@@ -436,4 +463,120 @@ pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Respons
         resp,
         error,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::barrier::Barrier;
+    use crate::storage::memory::MemoryStore;
+
+    fn dev(kind: AuditDeviceKind, path: &str, opts: &[(&str, &str)]) -> AuditDeviceConfig {
+        AuditDeviceConfig {
+            kind,
+            path: path.to_owned(),
+            description: String::new(),
+            local: false,
+            options: opts
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn validation_names_device_and_option() {
+        let kafka = |extra: &[(&str, &str)]| {
+            let mut o = vec![("brokers", "127.0.0.1:9"), ("topic", "t")];
+            o.extend_from_slice(extra);
+            dev(AuditDeviceKind::Kafka, "kafka/", &o)
+        };
+        let e = validate_devices(&[dev(AuditDeviceKind::Kafka, "kafka/", &[("topic", "t")])])
+            .unwrap_err();
+        assert!(e.contains("\"kafka/\"") && e.contains("\"brokers\""), "{e}");
+        // Sinks without a file device need log_dir, the same for all.
+        let e = validate_devices(&[kafka(&[])]).unwrap_err();
+        assert!(e.contains("log_dir"), "{e}");
+        assert!(validate_devices(&[kafka(&[("log_dir", "/x")])]).is_ok());
+        let es = dev(
+            AuditDeviceKind::Elasticsearch,
+            "es/",
+            &[
+                ("url", "http://127.0.0.1:9"),
+                ("index", "i"),
+                ("log_dir", "/y"),
+            ],
+        );
+        let e = validate_devices(&[kafka(&[("log_dir", "/x")]), es]).unwrap_err();
+        assert!(e.contains("same local log directory"), "{e}");
+        // `source` must name a declared file device.
+        let file = dev(AuditDeviceKind::File, "file/", &[("file_path", "/z")]);
+        let e = validate_devices(&[file.clone(), kafka(&[("source", "other")])]).unwrap_err();
+        assert!(e.contains("\"source\""), "{e}");
+        assert!(validate_devices(&[file, kafka(&[("source", "file")])]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn sinks_without_file_device_ship_an_implicit_local_log() {
+        let barrier = Arc::new(Barrier::new(Arc::new(MemoryStore::new())));
+        barrier.initialize(&[7u8; 32]).await.unwrap();
+        let system = StorageView::new(barrier, "sys/");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let d = dir.to_str().unwrap();
+        let devices = vec![
+            dev(
+                AuditDeviceKind::Kafka,
+                "kafka/",
+                &[("brokers", "127.0.0.1:9"), ("topic", "t"), ("log_dir", d)],
+            ),
+            dev(
+                AuditDeviceKind::Elasticsearch,
+                "es/",
+                &[
+                    ("url", "http://127.0.0.1:9"),
+                    ("index", "i"),
+                    ("log_dir", d),
+                    ("sasl.password", "x"),
+                ],
+            ),
+        ];
+        // An unknown option fails the build and leaves nothing running.
+        assert!(build_broker(&devices, &system).await.is_err());
+        let devices = vec![devices[0].clone(), {
+            let mut e = devices[1].clone();
+            e.options.remove("sasl.password");
+            e.options.insert("password".into(), "hunter2".into());
+            e.options.insert("username".into(), "u".into());
+            e
+        }];
+        let broker = build_broker(&devices, &system).await.unwrap();
+        let list = broker.list();
+        let paths: Vec<&str> = list.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, vec![IMPLICIT_LOG_PATH, "kafka/", "es/"]);
+        assert_eq!(list[2].options["password"], "<redacted>");
+        broker
+            .log_request(AuditEvent::request(
+                None,
+                AuditRequest::new("r1", "read", "sys/health"),
+            ))
+            .await
+            .unwrap();
+        let Some(custos_audit::broker::Backlog::Sink(s)) = broker.backlog("kafka/") else {
+            panic!("no sink backlog");
+        };
+        assert_eq!((s.records, s.checkpoint, s.durable_seq), (1, 0, 1));
+        assert!(
+            broker.hash("es/", "x").is_some(),
+            "a sink hashes with its source's salt"
+        );
+        assert!(broker.contains("es/"));
+        assert!(dir.join("audit.checkpoints").join("kafka.json").exists());
+        // The table is stored for the cluster.
+        let stored: Option<Vec<AuditDeviceConfig>> =
+            system.get_json(AUDIT_TABLE_KEY).await.unwrap();
+        assert_eq!(stored.as_deref(), Some(devices.as_slice()));
+        broker.shutdown().await;
+        assert!(broker.list().is_empty());
+    }
 }

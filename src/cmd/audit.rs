@@ -319,9 +319,14 @@ async fn verify(ctx: &Ctx, a: VerifyArgs) -> CmdResult {
 }
 
 async fn list(ctx: &Ctx, a: ListArgs) -> CmdResult {
+    let query = if a.detailed {
+        vec![("backlog", "true".to_owned())]
+    } else {
+        Vec::new()
+    };
     let resp = ctx
         .client
-        .read("sys/audit")
+        .read_with("sys/audit", &query)
         .await
         .map_err(|e| Failure::api("Error listing audits", &e))?
         .unwrap_or(Value::Null);

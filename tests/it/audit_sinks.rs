@@ -369,7 +369,8 @@ async fn traffic(
             let token = token.to_owned();
             let url = format!("http://{addr}/v1/secret/data/k{}", j % 50);
             set.spawn(async move {
-                let r = if j % 3 == 0 {
+                // Reads only of keys written already (the first 50 write k0..k49).
+                let r = if j >= 50 && j % 3 == 0 {
                     c.get(&url).header("X-Vault-Token", token).send().await
                 } else {
                     c.post(&url)
@@ -406,7 +407,7 @@ async fn traffic(
 
 async fn sys_audit(s: &Server) -> Value {
     s.client()
-        .get(s.url("sys/audit"))
+        .get(s.url("sys/audit?backlog=true"))
         .header("X-Vault-Token", &s.root_token)
         .send()
         .await
@@ -438,6 +439,14 @@ async fn metric(s: &Server, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels))
         .and_then(|v| v.trim().parse().ok())
+}
+
+async fn wait_sink_down(s: &Server, sink: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while backlog(&sys_audit(s).await, sink).1 {
+        assert!(Instant::now() < deadline, "{sink} never reported down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn wait_drained(s: &Server, secs: u64) {
@@ -531,6 +540,7 @@ async fn audit_reaches_kafka_and_elasticsearch_through_outages_and_kill_9() {
     }
     let before = backlog(&sys_audit(&s).await, "kafka/").0;
     let (ok, _) = traffic(&s.addr, &s.root_token, 700, 100, None).await;
+    assert_eq!(ok.len(), 100, "requests must not depend on the sinks");
     answered.extend(ok);
     let after = backlog(&sys_audit(&s).await, "kafka/").0;
     assert!(
@@ -541,17 +551,25 @@ async fn audit_reaches_kafka_and_elasticsearch_through_outages_and_kill_9() {
     assert!(lag.is_some_and(|l| l > 0.0), "lag {lag:?}");
 
     // Restored: the backlog drains to zero, in order.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     tansu.up();
     osmem.resume();
     wait_drained(&s, 240).await;
 
-    // 3. Each sink alone stopped and restarted under traffic.
+    // 3. Each sink alone stopped and restarted under traffic. (tansu loses
+    // idempotent-producer state over a restart and breaks if an old
+    // producer session produces again; the sink starts a new session after
+    // an outage it has seen, so the broker stays down until it has.)
     tansu.down();
     let (ok, _) = traffic(&s.addr, &s.root_token, 800, 200, None).await;
+    assert_eq!(ok.len(), 200, "requests must not depend on the sinks");
     answered.extend(ok);
+    wait_sink_down(&s, "kafka/").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     tansu.up();
     osmem.pause();
     let (ok, _) = traffic(&s.addr, &s.root_token, 1000, 200, None).await;
+    assert_eq!(ok.len(), 200, "requests must not depend on the sinks");
     answered.extend(ok);
     osmem.resume();
 
@@ -601,7 +619,8 @@ async fn audit_reaches_kafka_and_elasticsearch_through_outages_and_kill_9() {
             _ => {}
         }
     }
-    assert!(answered.len() >= 1800, "answered {}", answered.len());
+    // 1600 answered outside the kill phase, plus what the kill let through.
+    assert!(answered.len() >= 1750, "answered {}", answered.len());
     for rid in &answered {
         assert_eq!(
             per_request.get(rid),

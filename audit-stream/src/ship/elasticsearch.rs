@@ -213,8 +213,16 @@ fn short_reason(error: &Value) -> String {
 }
 
 fn http_error(what: &str, e: &reqwest::Error) -> SinkError {
-    // reqwest errors name the URL but never the body.
-    SinkError::Unavailable(format!("{what}: {e}"))
+    // reqwest errors name the URL but never the body; add their causes
+    // ("connection refused", "operation timed out").
+    let mut msg = format!("{what}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    SinkError::Unavailable(msg)
 }
 
 /// Classify a whole-request HTTP status (not 2xx).

@@ -16,7 +16,10 @@
 //! after a crash between delivery and checkpoint, possibly twice (consumers
 //! deduplicate by key). A librdkafka *fatal* error (the idempotent
 //! producer's guarantees broke) makes the sink drop the producer and build a
-//! new one. `security.protocol`, `sasl.*` and `ssl.*` options are passed to
+//! new one, and so does any outage: after a failed delivery or probe the next
+//! attempt starts a fresh producer session (new producer id), rather than
+//! resuming an idempotent sequence against a broker that may have restarted
+//! and lost it (unacknowledged records are resent by the worker anyway). `security.protocol`, `sasl.*` and `ssl.*` options are passed to
 //! librdkafka verbatim.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,9 +40,7 @@ use super::{Outgoing, SendOutcome, Sink, SinkError};
 use crate::error::AuditError;
 
 /// How long a metadata request of the health probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `close` waits for messages in flight.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Seconds between two warnings relayed from librdkafka.
 const WARN_EVERY_SECS: u64 = 60;
@@ -112,6 +113,8 @@ pub fn client_config(o: &KafkaOptions) -> ClientConfig {
 pub struct KafkaSink {
     opts: KafkaOptions,
     producer: FutureProducer<QuietContext>,
+    /// The sink failed since this producer was made: start a new one.
+    stale: bool,
 }
 
 fn create(o: &KafkaOptions) -> Result<FutureProducer<QuietContext>, AuditError> {
@@ -149,7 +152,26 @@ impl KafkaSink {
     /// the first probe waits for metadata).
     pub fn new(opts: KafkaOptions) -> Result<KafkaSink, AuditError> {
         let producer = create(&opts)?;
-        Ok(KafkaSink { opts, producer })
+        Ok(KafkaSink {
+            opts,
+            producer,
+            stale: false,
+        })
+    }
+
+    /// After an outage, replace the producer (see the module docs).
+    fn refresh(&mut self) {
+        if !self.stale {
+            return;
+        }
+        match create(&self.opts) {
+            Ok(p) => {
+                tracing::debug!(topic = %self.opts.topic, "new Kafka producer session after an outage");
+                self.producer = p;
+                self.stale = false;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot recreate the Kafka producer"),
+        }
     }
 
     /// Replace the producer after a fatal error.
@@ -177,6 +199,7 @@ impl Sink for KafkaSink {
 
     async fn probe(&mut self) -> Result<(), SinkError> {
         self.recover_from_fatal();
+        self.refresh();
         let producer = self.producer.clone();
         let topic = self.opts.topic.clone();
         let md = tokio::task::spawn_blocking(move || {
@@ -191,7 +214,7 @@ impl Sink for KafkaSink {
         })
         .await
         .map_err(|e| SinkError::Unavailable(format!("probe task failed: {e}")))?;
-        match md {
+        let r = match md {
             Err(e) => Err(SinkError::Unavailable(e.to_string())),
             Ok(None) => Err(SinkError::Unavailable(format!(
                 "no metadata for topic {:?}",
@@ -209,10 +232,15 @@ impl Sink for KafkaSink {
                 self.opts.topic
             ))),
             Ok(Some((None, _))) => Ok(()),
+        };
+        if r.is_err() {
+            self.stale = true;
         }
+        r
     }
 
     async fn send(&mut self, batch: &[&Outgoing]) -> Result<SendOutcome, SinkError> {
+        self.refresh();
         let mut failed: SendOutcome = Vec::new();
         let mut waits = Vec::with_capacity(batch.len());
         let seqs: Vec<String> = batch.iter().map(|o| o.seq.to_string()).collect();
@@ -259,15 +287,15 @@ impl Sink for KafkaSink {
         }
         failed.sort_by_key(|(i, _)| *i);
         if !failed.is_empty() {
+            self.stale = true;
             self.recover_from_fatal();
         }
         Ok(failed)
     }
 
-    async fn close(&mut self) {
-        let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await;
-    }
+    /// Nothing to wait for: records in flight were not checkpointed, so
+    /// the next start sends them again; dropping the producer purges them.
+    async fn close(&mut self) {}
 }
 
 #[cfg(test)]
