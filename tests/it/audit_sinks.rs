@@ -507,9 +507,14 @@ async fn audit_reaches_kafka_and_elasticsearch_through_outages_and_kill_9() {
     harness::init_unseal_mount(&mut s).await;
     let mut answered: Vec<String> = Vec::new();
 
-    // 1. Everything up.
-    let (ok, _) = traffic(&s.addr, &s.root_token, 0, 500, None).await;
-    assert_eq!(ok.len(), 500);
+    // 1. Everything up. CUSTOS_AUDIT_SINKS_N scales this phase for a soak
+    // run by hand (e.g. 100000); the suite uses 500.
+    let n: usize = std::env::var("CUSTOS_AUDIT_SINKS_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let (ok, _) = traffic(&s.addr, &s.root_token, 0, n, None).await;
+    assert_eq!(ok.len(), n);
     answered.extend(ok);
 
     // 2. Both sinks gone "forever": requests keep succeeding, the backlog
