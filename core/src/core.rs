@@ -618,13 +618,16 @@ impl Core {
 
         let request_event =
             audit::request_event(&req, &entry, denied.then_some("permission denied"));
-        // A read changes nothing, so its request event may share one sync
-        // with its response event: the response is held back until both are
-        // durable, and replaced by an error if they are not. Anything that
-        // changes state (including spending a token use) is audited before
-        // it happens.
-        let pipelined =
-            matches!(req.operation, Operation::Read | Operation::List) && entry.num_uses == 0;
+        // A read (or a denied request, or a POST the backend declares pure,
+        // such as a token lookup or a decryption) changes nothing, so its
+        // request event may share one sync with its response event: the
+        // response is held back until both are durable, and replaced by an
+        // error if they are not. Anything that changes state (including
+        // spending a token use) is audited before it happens.
+        let changes_nothing = denied
+            || matches!(req.operation, Operation::Read | Operation::List)
+            || matches!(&resolved, Some(Ok(r)) if r.is_pure(&req));
+        let pipelined = changes_nothing && entry.num_uses == 0;
         let mut pending_request = None;
         if pipelined {
             pending_request = Some(request_event);

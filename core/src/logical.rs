@@ -557,6 +557,15 @@ pub trait Backend: Send + Sync {
         Ok(true)
     }
 
+    /// Does this routed request change nothing at all (no storage write, no
+    /// state change) even though it is a `POST` — a lookup, a decryption, a
+    /// capability check? Then its request audit event may share one sync
+    /// with its response event; the response is still held back until both
+    /// are durable. When unsure, say `false` (the default).
+    fn is_pure(&self, _route: usize, _req: &Request) -> bool {
+        false
+    }
+
     /// Called once when the mount is created or unsealed, with its storage.
     async fn initialize(&self, _storage: &StorageView) -> Result<()> {
         Ok(())

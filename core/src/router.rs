@@ -157,6 +157,11 @@ impl Mounted {
 }
 
 impl Resolved<'_> {
+    /// See [`Backend::is_pure`].
+    pub fn is_pure(&self, req: &Request) -> bool {
+        self.mounted.backend.is_pure(self.route, req)
+    }
+
     /// Validate fields and run the backend's existence check.
     pub async fn exists(&self, req: &Request) -> Result<bool> {
         if !self.spec.existence_check {

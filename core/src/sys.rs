@@ -371,6 +371,11 @@ impl Backend for SystemBackend {
         PATHS
     }
 
+    /// Capability checks and audit hashes are `POST`s that change nothing.
+    fn is_pure(&self, route: usize, _req: &crate::logical::Request) -> bool {
+        matches!(route, R_CAPS | R_CAPS_SELF | R_CAPS_ACCESSOR | R_AUDIT_HASH)
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let core = self.core()?;
         let f = ctx.fields;

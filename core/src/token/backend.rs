@@ -560,6 +560,14 @@ impl Backend for TokenBackend {
         PATHS
     }
 
+    /// Lookups change nothing (an expired token found on the way is revoked,
+    /// which is housekeeping, not something the caller asked for).
+    fn is_pure(&self, route: usize, _req: &crate::logical::Request) -> bool {
+        PATHS
+            .get(route)
+            .is_some_and(|p| matches!(p.pattern, P_LOOKUP | P_LOOKUP_SELF | P_LOOKUP_ACCESSOR))
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let spec = PATHS
             .get(ctx.route)

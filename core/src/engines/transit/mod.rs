@@ -1631,6 +1631,24 @@ impl Backend for TransitBackend {
         }
     }
 
+    fn is_pure(&self, route: usize, req: &crate::logical::Request) -> bool {
+        match route {
+            R_DECRYPT | R_REWRAP | R_DATAKEY | R_RANDOM | R_HASH | R_HMAC | R_SIGN | R_VERIFY => {
+                true
+            }
+            // Encrypting under a missing key creates it (upsert): pure only
+            // when the key is already here. (A key deleted between this check
+            // and the handler would be re-created under the pipelined audit;
+            // deleting needs deletion_allowed and sudo-level intent, and the
+            // events are still durable before the caller hears back.)
+            R_ENCRYPT => req
+                .relative_path
+                .strip_prefix("encrypt/")
+                .is_some_and(|name| self.cached(name).0.is_some()),
+            _ => false,
+        }
+    }
+
     async fn exists(&self, ctx: Ctx<'_>) -> Result<bool> {
         if ctx.route != R_ENCRYPT {
             return Ok(true);
