@@ -132,16 +132,10 @@ async fn publishing<F: std::future::Future>(ctx: &WorkerCtx, fut: F) -> F::Outpu
 fn publish(ctx: &WorkerCtx) {
     let name = &ctx.sink_name;
     let durable = *ctx.log.subscribe().borrow();
-    {
-        let (ckpt, known) = {
-            let s = lock(&ctx.shared);
-            (s.checkpoint, s.oldest_pending.is_some())
-        };
-        if durable.seq > ckpt && !known {
-            let t = oldest_unacked_time(&ctx.log, ckpt);
-            lock(&ctx.shared).oldest_pending = t;
-        }
-    }
+    // The oldest unshipped record's time is known while a batch is in flight
+    // (set by `ship`); between an acknowledgement and the next read it is
+    // briefly unknown and the lag reads 0. Never scan the log here: this runs
+    // after every batch, and a scan from the checkpoint costs a whole segment.
     let s = lock(&ctx.shared);
     let records = durable.seq.saturating_sub(s.checkpoint);
     let bytes = if records == 0 {
