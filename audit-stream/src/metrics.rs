@@ -1,6 +1,8 @@
 //! The metrics catalogue of the audit crate: every metric `custos-audit`
-//! emits is declared here once, with its kind, help text and label names, in
-//! the same shape as `custos_core::metrics`. The broker and the file device
+//! emits is declared here once, with its kind, help text and label names.
+//! This module also holds the catalogue machinery every Custos crate shares
+//! ([`MetricDef`], [`Kind`], [`declare_metrics!`](crate::declare_metrics),
+//! [`describe`]); `custos_core::metrics` declares the server's metrics with it. The broker and the file device
 //! record through these constants; the core's recorder gets the help texts
 //! from [`describe_all`]; dashboards and alerts may only use declared names.
 //!
@@ -14,6 +16,7 @@
 //! prefixes, everyone else folded into `other`) and `mount` (operator-chosen,
 //! capped); the sensitive-operation counter a fixed `kind`.
 
+/// What kind of Prometheus series a declared metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,
@@ -21,6 +24,19 @@ pub enum Kind {
     Histogram,
 }
 
+impl Kind {
+    /// The Prometheus `# TYPE` word for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One declared metric: the single source of its name, kind, help text and
+/// label names (the catalogue machinery shared by every Custos crate).
 #[derive(Debug, Clone, Copy)]
 pub struct MetricDef {
     pub name: &'static str,
@@ -29,17 +45,41 @@ pub struct MetricDef {
     pub labels: &'static [&'static str],
 }
 
-macro_rules! declare {
+/// Declare a crate's metrics: one `pub const IDENT: &str = "name";` per
+/// metric and a `pub const CATALOGUE: &[MetricDef]` listing all of them in
+/// declaration order. Used by this crate and by `custos_core::metrics`.
+#[macro_export]
+macro_rules! declare_metrics {
     ($($ident:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
         $(pub const $ident: &str = $name;)*
-        /// Every metric of the audit crate, in declaration order.
-        pub const CATALOGUE: &[MetricDef] = &[
-            $(MetricDef { name: $name, kind: Kind::$kind, help: $help, labels: &[$($label),*] },)*
+        /// Every metric declared in this module, in declaration order.
+        pub const CATALOGUE: &[$crate::metrics::MetricDef] = &[
+            $($crate::metrics::MetricDef {
+                name: $name,
+                kind: $crate::metrics::Kind::$kind,
+                help: $help,
+                labels: &[$($label),*],
+            },)*
         ];
     };
 }
 
-declare! {
+/// Register help text for every metric of `catalogue` with the installed
+/// recorder.
+pub fn describe(catalogue: &[MetricDef]) {
+    for m in catalogue {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram if m.name.ends_with("_seconds") => {
+                metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help)
+            }
+            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Count, m.help),
+        }
+    }
+}
+
+crate::declare_metrics! {
     DEVICE_LOG = "custos_audit_device_log_total", Counter, ["path"],
         "Events an audit device recorded durably, by device path.";
     DEVICE_FAILURE = "custos_audit_device_failure_total", Counter, ["path"],
@@ -108,16 +148,7 @@ declare! {
 
 /// Register help text for every declared metric with the installed recorder.
 pub fn describe_all() {
-    for m in CATALOGUE {
-        match m.kind {
-            Kind::Counter => metrics::describe_counter!(m.name, m.help),
-            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
-            Kind::Histogram if m.name.ends_with("_seconds") => {
-                metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help)
-            }
-            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Count, m.help),
-        }
-    }
+    describe(CATALOGUE);
 }
 
 /// Increment a per-device counter.

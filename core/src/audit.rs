@@ -417,7 +417,10 @@ pub fn request_event(req: &Request, entry: &TokenEntry, denied: Option<&str>) ->
         .as_ref()
         .map(|t| t.expose())
         .unwrap_or_default();
-    let ev = AuditEvent::request(Some(auth_of(entry, raw)), request_of(req, entry, raw));
+    let mut ev = AuditEvent::request(Some(auth_of(entry, raw)), request_of(req, entry, raw));
+    if let Some(t) = crate::tracing_otlp::trace_id_of(req) {
+        ev = ev.with_trace_id(t);
+    }
     match denied {
         Some(e) => ev.with_error(e),
         None => ev,
@@ -457,12 +460,16 @@ pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Respons
         }
         Err(e) => Some(e.messages().join("; ")),
     };
-    AuditEvent::response(
+    let ev = AuditEvent::response(
         Some(auth_of(entry, raw)),
         request_of(req, entry, raw),
         resp,
         error,
-    )
+    );
+    match crate::tracing_otlp::trace_id_of(req) {
+        Some(t) => ev.with_trace_id(t),
+        None => ev,
+    }
 }
 
 #[cfg(test)]

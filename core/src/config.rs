@@ -43,6 +43,7 @@
 //!   prometheus_retention_time = "24h"
 //!   disable_hostname = true
 //!   unauthenticated_metrics_access = false  # default for listeners that do not set it
+//!   otlp_endpoint = "http://127.0.0.1:4318"  # OTLP/HTTP collector; request spans to /v1/traces
 //! }
 //!
 //! audit "file" "file" {              # type, path
@@ -115,6 +116,7 @@ const TELEMETRY_KEYS: &[&str] = &[
     "prometheus_retention_time",
     "disable_hostname",
     "unauthenticated_metrics_access",
+    "otlp_endpoint",
 ];
 const AUDIT_KEYS: &[&str] = &["description", "local", "options"];
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
@@ -249,6 +251,9 @@ pub struct TelemetryConfig {
     pub disable_hostname: bool,
     /// Default for listeners whose own `telemetry` block does not set it.
     pub unauthenticated_metrics_access: bool,
+    /// OTLP/HTTP collector base URL (`http://collector:4318`); request spans
+    /// are POSTed to `<endpoint>/v1/traces`. No tracing when `None`.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for TelemetryConfig {
@@ -258,6 +263,7 @@ impl Default for TelemetryConfig {
             prometheus_retention_time: DEFAULT_PROMETHEUS_RETENTION,
             disable_hostname: false,
             unauthenticated_metrics_access: false,
+            otlp_endpoint: None,
         }
     }
 }
@@ -568,6 +574,9 @@ impl ServerConfig {
 
         check_metrics_prefix(&self.telemetry.metrics_prefix)
             .map_err(|m| invalid("telemetry.metrics_prefix", m))?;
+        if let Some(ep) = &self.telemetry.otlp_endpoint {
+            check_url(ep).map_err(|m| invalid("telemetry.otlp_endpoint", m))?;
+        }
         if self.telemetry.prometheus_retention_time < 0 {
             return Err(invalid(
                 "telemetry.prometheus_retention_time",
@@ -1042,6 +1051,7 @@ fn parse_telemetry(top: &Section<'_>) -> Result<TelemetryConfig, ConfigError> {
     }
     t.disable_hostname = sec.bool("disable_hostname")?.unwrap_or(false);
     t.unauthenticated_metrics_access = sec.bool("unauthenticated_metrics_access")?.unwrap_or(false);
+    t.otlp_endpoint = sec.string("otlp_endpoint")?;
     Ok(t)
 }
 
@@ -1329,6 +1339,7 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
                 prometheus_retention_time: 24 * 3600,
                 disable_hostname: true,
                 unauthenticated_metrics_access: false,
+                otlp_endpoint: None,
             },
             audit: vec![
                 AuditDeviceConfig {
@@ -1842,5 +1853,32 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
             raft_node_id_from_name("node1"),
             raft_node_id_from_name("node2")
         );
+    }
+}
+
+#[cfg(test)]
+mod otlp_tests {
+    use super::*;
+
+    fn telemetry(block: &str) -> Result<ServerConfig, ConfigError> {
+        let src = format!(
+            "storage \"raft\" {{\n  path = \"/tmp/x\"\n  node_id = \"n1\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:8200\"\n  tls_disable = true\n}}\ntelemetry {{\n{block}\n}}\n"
+        );
+        parse(&src, "server.hcl")
+    }
+
+    #[test]
+    fn otlp_endpoint_is_parsed_and_validated() {
+        let cfg = telemetry("  otlp_endpoint = \"http://127.0.0.1:4318\"").unwrap();
+        assert_eq!(
+            cfg.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        let cfg = telemetry("  metrics_prefix = \"vault\"").unwrap();
+        assert_eq!(cfg.telemetry.otlp_endpoint, None);
+        let e = telemetry("  otlp_endpoint = \"grpc://collector:4317\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
     }
 }

@@ -574,6 +574,27 @@ impl Core {
 
     /// Run one authenticated request through the pipeline.
     pub async fn handle(&self, mut req: Request) -> Result<Response> {
+        // One OpenTelemetry span per request (crate::tracing_otlp): mount,
+        // operation and status only; its trace id reaches the audit events
+        // through the request's `traceparent`.
+        let Some(span) = crate::tracing_otlp::RequestSpan::start(&mut req) else {
+            return self.handle_request(req).await;
+        };
+        let mount = self
+            .unsealed()
+            .ok()
+            .and_then(|u| u.router.route(&req.path).map(|(m, _)| m.entry.path.clone()))
+            .unwrap_or_default();
+        let result = self.handle_request(req).await;
+        let status = match &result {
+            Ok(r) => r.status.unwrap_or(200),
+            Err(e) => e.status(),
+        };
+        span.finish(&mount, status);
+        result
+    }
+
+    async fn handle_request(&self, mut req: Request) -> Result<Response> {
         let u = self.unsealed()?;
         let token = match &req.client_token {
             Some(t) if !t.is_empty() => t.clone(),

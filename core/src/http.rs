@@ -352,6 +352,14 @@ async fn handle(
     req.data = data;
     req.client_token = token_of(&headers);
     req.remote_addr = remote;
+    // W3C trace context: Core::handle continues the caller's trace.
+    if let Some(tp) = headers
+        .get(crate::tracing_otlp::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        req.headers
+            .insert(crate::tracing_otlp::TRACEPARENT.into(), tp.to_string());
+    }
     let req_id = req.id.clone();
     let result = st.core.handle(req).await;
     let mount = match st.core.unsealed() {
@@ -423,7 +431,7 @@ async fn metrics_endpoint(
         }
     }
     st.core.publish_seal_metrics();
-    let text = st.metrics.render();
+    let text = crate::metrics::render(&st.metrics);
     let mut resp = axum::response::Response::new(Body::from(text));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

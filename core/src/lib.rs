@@ -24,3 +24,4 @@ pub mod server;
 pub mod storage;
 pub mod sys;
 pub mod token;
+pub mod tracing_otlp;

@@ -4,39 +4,28 @@
 //! with the Prometheus recorder; dashboards and alerts may only use names
 //! declared here (a test checks that).
 //!
-//! Label values are always bounded: mount points (operator-chosen, few),
-//! operation names, status classes. Never a raw path, token or client value.
+//! The catalogue machinery (`MetricDef`, `Kind`, `declare_metrics!`) lives in
+//! `custos_audit::metrics` and is shared; [`all`] lists the core's and the
+//! audit crate's metrics together, [`markdown`] renders `docs/metrics.md`
+//! from them (a test fails when the committed file is stale), and another
+//! test checks every metric named in `dashboards/*.json` and `alerts/*.yml`.
+//!
+//! `telemetry { metrics_prefix }` is applied only where the exposition text
+//! leaves the process ([`render`], after [`set_prefix`]); call sites always
+//! record under the `custos_` constants.
+//!
+//! Label values are always bounded ([`LABEL_VALUES`]): mount points
+//! (operator-chosen, few), operation names, status classes. Never a raw
+//! path, token or client value.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
+pub use custos_audit::metrics::{Kind, MetricDef};
 
-#[derive(Debug, Clone, Copy)]
-pub struct MetricDef {
-    pub name: &'static str,
-    pub kind: Kind,
-    pub help: &'static str,
-    pub labels: &'static [&'static str],
-}
-
-macro_rules! declare {
-    ($($ident:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
-        $(pub const $ident: &str = $name;)*
-        /// Every metric of the core, in declaration order.
-        pub const CATALOGUE: &[MetricDef] = &[
-            $(MetricDef { name: $name, kind: Kind::$kind, help: $help, labels: &[$($label),*] },)*
-        ];
-    };
-}
-
-declare! {
+custos_audit::declare_metrics! {
     CORE_UNSEALED = "custos_core_unsealed", Gauge, ["node_id"],
         "1 when this node is unsealed, 0 when sealed.";
     CORE_ACTIVE = "custos_core_active", Gauge, ["node_id"],
@@ -83,6 +72,210 @@ declare! {
         "Always 1; the label names the seal type (shamir).";
     TRANSIT_OPERATIONS = "custos_transit_operations_total", Counter, ["operation"],
         "Transit engine operations performed, by operation (encrypt, decrypt, rewrap, datakey, sign, verify, hmac, hash, random, key management); each batch item counts once.";
+    OTLP_SPANS_EXPORTED = "custos_otlp_spans_exported_total", Counter, [],
+        "Request spans the OTLP/HTTP trace exporter delivered (2xx from the collector).";
+    OTLP_SPANS_DROPPED = "custos_otlp_spans_dropped_total", Counter, ["reason"],
+        "Request spans the OTLP/HTTP trace exporter dropped, by reason (queue_full, export_failed).";
+}
+
+/// Every metric Custos emits: the core's catalogue followed by the audit
+/// crate's.
+pub fn all() -> Vec<MetricDef> {
+    CATALOGUE
+        .iter()
+        .chain(custos_audit::metrics::CATALOGUE)
+        .copied()
+        .collect()
+}
+
+/// The bounded value set of every label a declared metric carries (core and
+/// audit crate). A test checks that each declared label is listed here;
+/// `docs/metrics.md` shows the table.
+pub const LABEL_VALUES: &[(&str, &str)] = &[
+    ("node_id", "the node's Raft node id (one per node)"),
+    (
+        "mount",
+        "mount point with trailing slash (`secret/`, `sys/`), operator-chosen and few; `\"\"` when no mount matched; for access metrics capped, the rest folded",
+    ),
+    (
+        "operation",
+        "logical operation (`create`, `read`, `update`, `patch`, `delete`, `list`); for transit, the transit operation name",
+    ),
+    ("status", "status class: `1xx`, `2xx`, `3xx`, `4xx`, `5xx`"),
+    (
+        "reason",
+        "a fixed set per metric: token revocations `revoke`, `expired`, `parent`, `uses`; sink failures `unavailable`, `rejected`, `corrupt`; OTLP drops `queue_full`, `export_failed`",
+    ),
+    ("type", "seal type: `shamir`"),
+    (
+        "path",
+        "audit device mount path (operator-chosen, a handful)",
+    ),
+    (
+        "sink",
+        "Kafka or Elasticsearch audit device mount path (operator-chosen, a handful)",
+    ),
+    ("source", "audit query source: `local`, `elasticsearch`"),
+    (
+        "kind",
+        "high-sensitivity operation kind (fixed list in the metric's help)",
+    ),
+    (
+        "client",
+        "display name or short accessor-hash prefix of the top-K clients by anomaly; everyone else `other`",
+    ),
+];
+
+/// Declared metrics that keep working under `metrics_prefix = "vault"` with
+/// the name Vault gives the same measurement. Only counters and gauges whose
+/// meaning and unit match are mapped: Vault reports durations as
+/// millisecond summaries, so Custos' second-based histograms keep their
+/// `custos_` names under every prefix. A Vault summary's `_count` series is
+/// the equivalent of a Custos event counter.
+pub const VAULT_NAMES: &[(&str, &str)] = &[
+    (CORE_UNSEALED, "vault_core_unsealed"),
+    (CORE_ACTIVE, "vault_core_active"),
+    (AUDIT_LOG_REQUEST, "vault_audit_log_request_count"),
+    (AUDIT_LOG_RESPONSE, "vault_audit_log_response_count"),
+    (AUDIT_LOG_REQUEST_FAILURE, "vault_audit_log_request_failure"),
+    (
+        AUDIT_LOG_RESPONSE_FAILURE,
+        "vault_audit_log_response_failure",
+    ),
+    (TOKEN_COUNT, "vault_token_count"),
+    (TOKEN_CREATED, "vault_token_creation"),
+];
+
+/// The name a declared metric is exposed under with `metrics_prefix`:
+/// `custos` keeps it, `vault` uses [`VAULT_NAMES`] where mapped and keeps
+/// `custos_` otherwise, any other prefix replaces the leading `custos`.
+pub fn exposed_name(name: &str, prefix: &str) -> String {
+    if prefix == "vault" {
+        return VAULT_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or_else(|| name.to_string(), |(_, v)| (*v).to_string());
+    }
+    match name.strip_prefix("custos_") {
+        Some(rest) if prefix != "custos" => format!("{prefix}_{rest}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Series-name rewrites for one prefix, covering histogram series suffixes.
+/// Empty for the default prefix.
+fn rename_map(prefix: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if prefix == crate::config::DEFAULT_METRICS_PREFIX {
+        return map;
+    }
+    for m in all() {
+        let to = exposed_name(m.name, prefix);
+        if to == m.name {
+            continue;
+        }
+        if m.kind == Kind::Histogram {
+            for sfx in ["_bucket", "_sum", "_count"] {
+                map.insert(format!("{}{sfx}", m.name), format!("{to}{sfx}"));
+            }
+        }
+        map.insert(m.name.to_string(), to);
+    }
+    map
+}
+
+static RENAMES: RwLock<Option<Arc<HashMap<String, String>>>> = RwLock::new(None);
+
+/// Choose the exposed metric names (`telemetry.metrics_prefix`) for every
+/// later [`render`] of this process.
+pub fn set_prefix(prefix: &str) {
+    let map = Arc::new(rename_map(prefix));
+    if let Ok(mut g) = RENAMES.write() {
+        *g = Some(map);
+    }
+}
+
+/// The Prometheus exposition text of `handle`, with metric names rewritten
+/// for the configured prefix. Call sites record under the `custos_` names;
+/// only this boundary sees the prefix.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let text = handle.render();
+    let map = RENAMES.read().ok().and_then(|g| g.clone());
+    match map {
+        Some(m) if !m.is_empty() => rename_exposition(&text, &m),
+        _ => text,
+    }
+}
+
+/// Rewrite the metric name of every sample, `# HELP` and `# TYPE` line.
+fn rename_exposition(text: &str, map: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let (head, rest) = if let Some(r) = line.strip_prefix("# HELP ") {
+            ("# HELP ", r)
+        } else if let Some(r) = line.strip_prefix("# TYPE ") {
+            ("# TYPE ", r)
+        } else {
+            ("", line)
+        };
+        let end = rest.find(['{', ' ']).unwrap_or(rest.len());
+        let (name, tail) = rest.split_at(end);
+        out.push_str(head);
+        out.push_str(map.get(name).map_or(name, String::as_str));
+        out.push_str(tail);
+        out.push('\n');
+    }
+    out
+}
+
+/// The Markdown reference of every declared metric (`docs/metrics.md`).
+pub fn markdown() -> String {
+    let mut s = String::from(
+        "# Custos metrics\n\n\
+         <!-- Generated from core/src/metrics.rs and audit-stream/src/metrics.rs; \
+         do not edit. Regenerate with: CUSTOS_REGEN_DOCS=1 cargo test -p custos-core metrics_doc -->\n\n\
+         Every metric Custos exposes on `/v1/sys/metrics?format=prometheus`. \
+         Label values are bounded (mount points, operation names, status classes, \
+         device and sink paths, fixed reason/kind sets, top-K clients); never a raw \
+         request path, token or secret. Histograms expose `_bucket`, `_sum` and `_count` series.\n\n\
+         | Name | Type | Labels | Help |\n|---|---|---|---|\n",
+    );
+    for m in all() {
+        let labels = if m.labels.is_empty() {
+            "—".to_string()
+        } else {
+            m.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            m.name,
+            m.kind.as_str(),
+            labels,
+            m.help.replace('|', "\\|")
+        ));
+    }
+    s.push_str("\n## Label values\n\n| Label | Values |\n|---|---|\n");
+    for (l, v) in LABEL_VALUES {
+        s.push_str(&format!("| `{l}` | {v} |\n"));
+    }
+    s.push_str(
+        "\n## `telemetry { metrics_prefix = ... }`\n\n\
+         The default `custos` exposes the names above. Any other prefix replaces the \
+         leading `custos`. `vault` keeps existing Vault dashboards and alert rules \
+         working where Custos has an equivalent measurement, and keeps the `custos_` \
+         name for the rest. Durations are not mapped: Vault reports them as \
+         millisecond summaries (e.g. `vault_raft_commitTime`, `vault_core_handle_request`), \
+         Custos as second-based histograms, so a renamed series would be off by 1000.\n\n\
+         | Custos name | Name with `metrics_prefix = \"vault\"` |\n|---|---|\n",
+    );
+    for (c, v) in VAULT_NAMES {
+        s.push_str(&format!("| `{c}` | `{v}` |\n"));
+    }
+    s
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -131,16 +324,7 @@ pub fn install() -> PrometheusHandle {
 
 /// Register help text for every declared metric.
 pub fn describe_all() {
-    for m in CATALOGUE {
-        match m.kind {
-            Kind::Counter => metrics::describe_counter!(m.name, m.help),
-            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
-            Kind::Histogram if m.name.ends_with("_seconds") => {
-                metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help)
-            }
-            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Count, m.help),
-        }
-    }
+    custos_audit::metrics::describe(CATALOGUE);
 }
 
 /// Status class label for a status code: bounded to five values.
@@ -174,4 +358,366 @@ pub fn counter_inc(name: &'static str, labels: &[(&'static str, String)]) {
 /// Record a value in a declared histogram.
 pub fn histogram_record(name: &'static str, labels: &[(&'static str, String)], value: f64) {
     metrics::histogram!(name, labels_of(labels)).record(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::path::{Path, PathBuf};
+
+    fn repo_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    #[test]
+    fn all_names_unique_and_counters_end_in_total() {
+        let all = all();
+        let names: HashSet<_> = all.iter().map(|m| m.name).collect();
+        assert_eq!(names.len(), all.len(), "a metric is declared twice");
+        assert!(names.contains(CORE_UNSEALED));
+        assert!(names.contains(custos_audit::metrics::SINK_LAG_SECONDS));
+        for m in &all {
+            assert!(m.name.starts_with("custos_"), "{}", m.name);
+            if m.kind == Kind::Counter {
+                assert!(m.name.ends_with("_total"), "{}", m.name);
+            }
+        }
+        for m in &all {
+            for l in m.labels {
+                assert!(
+                    LABEL_VALUES.iter().any(|(n, _)| n == l),
+                    "label {l} of {} has no bounded value set in LABEL_VALUES",
+                    m.name
+                );
+            }
+        }
+        for (c, _) in VAULT_NAMES {
+            assert!(names.contains(c), "{c} mapped but not declared");
+        }
+    }
+
+    #[test]
+    fn metrics_doc_is_up_to_date() {
+        let path = repo_root().join("docs/metrics.md");
+        let want = markdown();
+        if std::env::var_os("CUSTOS_REGEN_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/metrics.md is out of date with the metrics catalogue; regenerate it with:\n  \
+             CUSTOS_REGEN_DOCS=1 cargo test -p custos-core metrics_doc"
+        );
+    }
+
+    #[test]
+    fn prefix_renames_at_the_exposition_boundary() {
+        assert_eq!(exposed_name(CORE_UNSEALED, "custos"), CORE_UNSEALED);
+        assert_eq!(exposed_name(CORE_UNSEALED, "vault"), "vault_core_unsealed");
+        assert_eq!(exposed_name(RAFT_TERM, "vault"), RAFT_TERM);
+        assert_eq!(exposed_name(RAFT_TERM, "acme"), "acme_raft_term");
+        assert!(rename_map("custos").is_empty());
+        let text = "# HELP custos_core_unsealed 1 when unsealed\n\
+                    # TYPE custos_core_unsealed gauge\n\
+                    custos_core_unsealed{node_id=\"n1\"} 0\n\
+                    custos_audit_log_request_failure_total 3\n\
+                    custos_raft_commit_duration_seconds_bucket{le=\"0.1\"} 2\n\
+                    custos_raft_term 7\n";
+        let vault = rename_exposition(text, &rename_map("vault"));
+        assert!(vault.contains("# HELP vault_core_unsealed 1 when unsealed\n"));
+        assert!(vault.contains("# TYPE vault_core_unsealed gauge\n"));
+        assert!(vault.contains("vault_core_unsealed{node_id=\"n1\"} 0\n"));
+        assert!(vault.contains("\nvault_audit_log_request_failure 3\n"));
+        assert!(vault.contains("custos_raft_commit_duration_seconds_bucket{le=\"0.1\"} 2\n"));
+        assert!(vault.contains("custos_raft_term 7\n"));
+        let acme = rename_exposition(text, &rename_map("acme"));
+        assert!(acme.contains("acme_raft_commit_duration_seconds_bucket{le=\"0.1\"} 2\n"));
+        assert!(acme.contains("acme_core_unsealed{node_id=\"n1\"} 0\n"));
+        assert!(!acme.contains("custos_"));
+    }
+
+    /// Metric names a PromQL expression selects: identifiers outside label
+    /// matchers, strings and ranges that are not functions, keywords or
+    /// grouping label lists.
+    fn promql_metric_names(expr: &str) -> Vec<String> {
+        const KEYWORDS: &[&str] = &[
+            "and",
+            "or",
+            "unless",
+            "bool",
+            "offset",
+            "inf",
+            "nan",
+            "start",
+            "end",
+            // Aggregation operators (may be followed by `by (...)`).
+            "sum",
+            "min",
+            "max",
+            "avg",
+            "group",
+            "stddev",
+            "stdvar",
+            "count",
+            "count_values",
+            "bottomk",
+            "topk",
+            "quantile",
+            "limitk",
+            "limit_ratio",
+        ];
+        const GROUPING: &[&str] = &[
+            "by",
+            "without",
+            "on",
+            "ignoring",
+            "group_left",
+            "group_right",
+        ];
+        let c: Vec<char> = expr.chars().collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        let skip_to = |i: &mut usize, open: char, close: char| {
+            let mut depth = 0;
+            while *i < c.len() {
+                if c[*i] == open {
+                    depth += 1;
+                } else if c[*i] == close {
+                    depth -= 1;
+                    if depth == 0 {
+                        *i += 1;
+                        return;
+                    }
+                } else if c[*i] == '"' || c[*i] == '\'' || c[*i] == '`' {
+                    let q = c[*i];
+                    *i += 1;
+                    while *i < c.len() && c[*i] != q {
+                        if c[*i] == '\\' {
+                            *i += 1;
+                        }
+                        *i += 1;
+                    }
+                }
+                *i += 1;
+            }
+        };
+        while i < c.len() {
+            let ch = c[i];
+            if ch == '{' {
+                skip_to(&mut i, '{', '}');
+            } else if ch == '[' {
+                skip_to(&mut i, '[', ']');
+            } else if ch == '"' || ch == '\'' || ch == '`' {
+                i += 1;
+                while i < c.len() && c[i] != ch {
+                    if c[i] == '\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            } else if ch == '#' {
+                while i < c.len() && c[i] != '\n' {
+                    i += 1;
+                }
+            } else if ch.is_ascii_alphabetic() || ch == '_' || ch == ':' || ch == '$' {
+                let dollar = ch == '$';
+                let start = i;
+                i += 1;
+                while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '_' || c[i] == ':') {
+                    i += 1;
+                }
+                let tok: String = c[start..i].iter().collect();
+                let mut j = i;
+                while j < c.len() && c[j].is_whitespace() {
+                    j += 1;
+                }
+                let call = j < c.len() && c[j] == '(';
+                if GROUPING.contains(&tok.as_str()) && call {
+                    i = j;
+                    skip_to(&mut i, '(', ')');
+                } else if !dollar
+                    && !call
+                    && !GROUPING.contains(&tok.as_str())
+                    && !KEYWORDS.contains(&tok.to_ascii_lowercase().as_str())
+                {
+                    out.push(tok);
+                }
+            } else if ch.is_ascii_digit() || ch == '.' {
+                while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '.') {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn promql_names_are_extracted() {
+        let n = promql_metric_names(
+            "histogram_quantile(0.99, sum by (le, mount) (rate(custos_http_request_duration_seconds_bucket{mount=~\"$mount\", instance=\"x\"}[$__rate_interval]))) > 0.5 and on(instance) custos_core_unsealed offset 5m == bool 0",
+        );
+        assert_eq!(
+            n,
+            vec![
+                "custos_http_request_duration_seconds_bucket",
+                "custos_core_unsealed"
+            ]
+        );
+        assert!(promql_metric_names("sum(rate(x[5m])) without (a) / 1e3").contains(&"x".into()));
+        assert_eq!(
+            promql_metric_names("a * on(instance) group_left b"),
+            vec!["a", "b"]
+        );
+    }
+
+    fn json_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match v {
+                        serde_json::Value::String(s) if k == "expr" => out.push(s.clone()),
+                        _ => json_exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| json_exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// `expr:` and `record:` values of a Prometheus rules file, including
+    /// block scalars (`expr: |`).
+    fn yaml_rules(text: &str) -> (Vec<String>, Vec<String>) {
+        let lines: Vec<&str> = text.lines().collect();
+        let (mut exprs, mut records) = (Vec::new(), Vec::new());
+        let unquote = |s: &str| s.trim().trim_matches('"').trim_matches('\'').to_string();
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            let body = line.trim_start().trim_start_matches("- ");
+            let indent = line.len() - line.trim_start().len();
+            if let Some(v) = body.strip_prefix("record:") {
+                records.push(unquote(v));
+            } else if let Some(v) = body.strip_prefix("expr:") {
+                let v = v.trim();
+                if v.is_empty() || v.starts_with('|') || v.starts_with('>') {
+                    let mut block = String::new();
+                    while i + 1 < lines.len() {
+                        let next = lines[i + 1];
+                        let ni = next.len() - next.trim_start().len();
+                        if !next.trim().is_empty() && ni <= indent {
+                            break;
+                        }
+                        block.push_str(next);
+                        block.push('\n');
+                        i += 1;
+                    }
+                    exprs.push(block);
+                } else {
+                    exprs.push(unquote(v));
+                }
+            }
+            i += 1;
+        }
+        (exprs, records)
+    }
+
+    fn files(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| exts.contains(&e))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Names unknown to the catalogue among `exprs` (histogram series
+    /// suffixes and `known` extra names allowed).
+    fn unknown_names(exprs: &[(String, String)], known: &HashSet<String>) -> Vec<String> {
+        let all = all();
+        let declared = |n: &str| {
+            all.iter().any(|m| {
+                m.name == n
+                    || (m.kind == Kind::Histogram
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| n.strip_suffix(s) == Some(m.name)))
+            }) || VAULT_NAMES.iter().any(|(_, v)| *v == n)
+                || known.contains(n)
+                // Series Prometheus itself synthesises.
+                || ["up", "ALERTS", "ALERTS_FOR_STATE"].contains(&n)
+                || n.starts_with("scrape_")
+        };
+        let mut bad = Vec::new();
+        for (file, e) in exprs {
+            for n in promql_metric_names(e) {
+                if !declared(&n) {
+                    bad.push(format!("{file}: {n}"));
+                }
+            }
+        }
+        bad
+    }
+
+    #[test]
+    fn unknown_metric_in_an_expression_is_caught() {
+        let exprs = vec![
+            (
+                "a.json".to_string(),
+                "rate(custos_http_requests_total[5m])".to_string(),
+            ),
+            ("b.yml".to_string(), "custos_made_up_metric > 0".to_string()),
+        ];
+        let bad = unknown_names(&exprs, &HashSet::new());
+        assert_eq!(bad, vec!["b.yml: custos_made_up_metric"]);
+        let (e, r) = yaml_rules(
+            "groups:\n  - name: g\n    rules:\n      - record: custos:req:rate5m\n        expr: |\n          sum(rate(custos_http_requests_total[5m]))\n            by (mount)\n      - alert: Sealed\n        expr: custos_core_unsealed == 0\n        for: 1m\n",
+        );
+        assert_eq!(r, vec!["custos:req:rate5m"]);
+        assert_eq!(e.len(), 2);
+        assert!(e[0].contains("by (mount)"), "{e:?}");
+        assert_eq!(e[1], "custos_core_unsealed == 0");
+    }
+
+    #[test]
+    fn dashboards_and_alerts_use_only_declared_metrics() {
+        let root = repo_root();
+        let mut exprs = Vec::new();
+        let mut records = HashSet::new();
+        for f in files(&root.join("alerts"), &["yml", "yaml"]) {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let (e, r) = yaml_rules(&text);
+            let name = f.display().to_string();
+            exprs.extend(e.into_iter().map(|e| (name.clone(), e)));
+            records.extend(r);
+        }
+        for f in files(&root.join("dashboards"), &["json"]) {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: not JSON: {e}", f.display()));
+            let mut e = Vec::new();
+            json_exprs(&v, &mut e);
+            let name = f.display().to_string();
+            exprs.extend(e.into_iter().map(|e| (name.clone(), e)));
+        }
+        let bad = unknown_names(&exprs, &records);
+        assert!(
+            bad.is_empty(),
+            "metrics used in dashboards/alerts but not declared in core/src/metrics.rs or \
+             audit-stream/src/metrics.rs:\n{}",
+            bad.join("\n")
+        );
+    }
 }

@@ -93,6 +93,7 @@ fn core_options(cfg: &ServerConfig) -> CoreOptions {
 /// listening yet.
 pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
     crate::metrics::install();
+    crate::metrics::set_prefix(&cfg.telemetry.metrics_prefix);
     let opts = core_options(cfg);
     std::fs::create_dir_all(&cfg.storage.path).map_err(|e| {
         startup(format!(
@@ -128,6 +129,10 @@ pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
 /// is accepting connections.
 pub async fn serve(cfg: &ServerConfig, core: Arc<Core>) -> Result<RunningServer, ServerError> {
     let metrics = crate::metrics::install();
+    crate::metrics::set_prefix(&cfg.telemetry.metrics_prefix);
+    if let Some(ep) = &cfg.telemetry.otlp_endpoint {
+        crate::tracing_otlp::install(ep);
+    }
     let (stop, _) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
