@@ -144,6 +144,21 @@ else
   unset COMPAT_CUSTOS_ADDR COMPAT_CUSTOS_BIN
 fi
 
+# ------------------------------------------------------------------ observability
+# alerts/ and dashboards/ (issue 7): promtool check + unit tests, the Grafana
+# schema check, and the live check (own Custos + Prometheus; seals a node).
+check_observability() {
+  promtool check rules alerts/*.rules.yml
+  promtool test rules alerts/*.test.yml
+  scripts/check-dashboards.sh
+  "$OBS_PYTHON" tests/observability/live_check.py --custos-bin "$CUSTOS_BIN"
+}
+if [[ $with_custos -eq 1 ]]; then
+  step "prometheus" ensure_prometheus
+  step "observability python" ensure_obs_python
+  step "observability" check_observability
+fi
+
 # ------------------------------------------------------------------ compat
 step "compat" "$PYTHON" -m pytest tests/compat -p no:cacheprovider -q ${pytest_args[@]+"${pytest_args[@]}"}
 

@@ -149,6 +149,36 @@ ensure_osmem() {
   export OSMEM_BIN
 }
 
+# ensure_prometheus: Debian's prometheus and promtool (and alertmanager) for
+# the alert-rule unit tests and the live dashboard/alert check; installed only
+# when `prometheus` or `promtool` is missing (apt_install runs apt-get update
+# first).
+ensure_prometheus() {
+  have promtool && have prometheus && return 0
+  apt_install prometheus prometheus-alertmanager
+  have promtool || die "installed prometheus but 'promtool' is still not on PATH"
+  have prometheus || die "installed prometheus but 'prometheus' is still not on PATH"
+}
+
+# ensure_obs_python: set OBS_PYTHON to an interpreter with PyYAML and
+# matplotlib (tests/observability/live_check.py, scripts/render-dashboards.py):
+# the venv $CUSTOS_TEST_CACHE/venv, created and pip-installed when missing.
+ensure_obs_python() {
+  local venv="$CUSTOS_TEST_CACHE/venv"
+  if ! "$venv/bin/python3" -c 'import yaml, matplotlib' >/dev/null 2>&1; then
+    mkdir -p "$CUSTOS_TEST_CACHE"
+    if [[ ! -x "$venv/bin/python3" ]]; then
+      python3 -m venv "$venv" || { apt_install python3-venv && python3 -m venv "$venv"; } ||
+        die "python3 -m venv $venv failed"
+    fi
+    info "pip install pyyaml matplotlib (into $venv)"
+    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check pyyaml matplotlib ||
+      die "pip install pyyaml matplotlib failed (is PyPI reachable?)"
+  fi
+  OBS_PYTHON="$venv/bin/python3"
+  export OBS_PYTHON
+}
+
 # ---------------------------------------------------------------- servers
 
 # _start_service NAME DIR CMD...: start CMD in the background, in DIR, with

@@ -252,7 +252,9 @@ fn kafka_keys(brokers: &str, topic: &str) -> HashMap<String, u32> {
         return keys;
     }
     consumer.assign(&tpl).expect("assign");
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Generous and proportional to the topic (a soak run ships 200k+ events).
+    let total: i64 = ends.values().sum();
+    let deadline = Instant::now() + Duration::from_secs(120 + (total.max(0) as u64) / 500);
     while !ends.is_empty() {
         assert!(Instant::now() < deadline, "reading the topic timed out");
         if let Some(m) = consumer.poll(Duration::from_millis(500)) {
