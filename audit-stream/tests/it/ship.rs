@@ -185,18 +185,18 @@ async fn elasticsearch_exactly_once_by_id_and_loud_on_mapping_errors() {
     // A record the mapping refuses stops the checkpoint before it, loudly;
     // the records after it in the same batch are indexed (only the failed
     // item is retried), and the backlog stays.
-    log.append(event(n + 1, "2025-03-04T05:06:08Z"))
-        .await
-        .expect("append");
+    // The three records are appended in one group commit, so they become
+    // durable together and the shipper reads them as one batch.
     let mut broken: Value =
         serde_json::from_slice(&event(n + 2, "2025-03-04T05:06:09Z")).expect("json");
     broken["time"] = json!({"not": "a date"});
-    log.append(serde_json::to_vec(&broken).expect("encode"))
-        .await
-        .expect("append");
-    log.append(event(n + 3, "2025-03-04T05:06:10Z"))
-        .await
-        .expect("append");
+    log.append_many(vec![
+        event(n + 1, "2025-03-04T05:06:08Z"),
+        serde_json::to_vec(&broken).expect("encode"),
+        event(n + 3, "2025-03-04T05:06:10Z"),
+    ])
+    .await
+    .expect("append");
     wait_until("the sink reports the rejection", 60, || {
         let s = sh.status();
         !s.up
