@@ -96,6 +96,22 @@ def http(method: str, url: str, body: dict | None = None, token: str | None = No
             return e.code, None
 
 
+def health_agrees(addr: str, sealed: bool) -> str | None:
+    """sys/health and the custos_core_unsealed gauge tell the same story.
+    Returns a failure message, or None."""
+    st, body = http("GET", f"{addr}/v1/sys/health")
+    want_status = 503 if sealed else 200
+    if st != want_status or (body or {}).get("sealed") is not sealed:
+        return f"sys/health: HTTP {st} {body}, expected {want_status} with sealed={sealed}"
+    with urllib.request.urlopen(f"{addr}/v1/sys/metrics?format=prometheus", timeout=5) as r:
+        text = r.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("custos_core_unsealed{")]
+    want = 0.0 if sealed else 1.0
+    if not values or any(v != want for v in values):
+        return f"custos_core_unsealed is {values}, sys/health says sealed={sealed}"
+    return None
+
+
 def declared_metrics() -> set[str]:
     names: set[str] = set()
     for f in ("core/src/metrics.rs", "audit-stream/src/metrics.rs"):
@@ -381,6 +397,10 @@ def main() -> int:
         if st not in (200, 204):
             failures.append(f"seal: HTTP {st} {body}")
         else:
+            if msg := health_agrees(addr, sealed=True):
+                failures.append(msg)
+            else:
+                log("sealed: sys/health (503, sealed=true) agrees with custos_core_unsealed=0")
             try:
                 wait_for(lambda: prom.query(sealed_expr), 5, "the CustosSealed expression after sealing")
                 log(f"sealed: CustosSealed expression true after {time.monotonic() - t0:.1f}s")
@@ -393,6 +413,10 @@ def main() -> int:
             if st != 200 or (body or {}).get("sealed") is not False:
                 failures.append(f"unseal: HTTP {st} {body}")
             else:
+                if msg := health_agrees(addr, sealed=False):
+                    failures.append(msg)
+                else:
+                    log("unsealed: sys/health (200, sealed=false) agrees with custos_core_unsealed=1")
                 t1 = time.monotonic()
                 try:
                     wait_for(lambda: not prom.query(sealed_expr), 5, "the CustosSealed expression to clear")
