@@ -382,13 +382,28 @@ fn read_data_args(data: &[String]) -> Result<Map<String, Value>, Failure> {
         .map_err(|e| Failure::local(format!("Failed to parse K=V data: {e}")))
 }
 
+/// Vault's answer to a write that returned no data: "Success! Data written
+/// to: PATH" in table format, nothing in JSON.
+fn print_written(ctx: &Ctx, full: &str) -> CmdResult {
+    if ctx.format == Format::Table {
+        out(&format!("Success! Data written to: {full}"));
+    }
+    Ok(EXIT_OK)
+}
+
+/// Print the reply of a versions or metadata write as-is, or the written
+/// notice when there is none (`kv undelete|destroy`, `kv metadata put`).
+fn print_secret_or_written(ctx: &Ctx, full: &str, reply: Option<Value>) -> CmdResult {
+    match reply {
+        Some(secret) => print_secret(ctx, &secret),
+        None => print_written(ctx, full),
+    }
+}
+
 /// Print the reply of a write (`kv put`, `kv patch`).
 fn print_write_reply(ctx: &Ctx, full: &str, reply: Option<Value>) -> CmdResult {
     let Some(secret) = reply else {
-        if ctx.format == Format::Table {
-            out(&format!("Success! Data written to: {full}"));
-        }
-        return Ok(EXIT_OK);
+        return print_written(ctx, full);
     };
     if ctx.field.is_some() {
         return print_secret(ctx, &secret);
@@ -627,15 +642,7 @@ async fn versions_op(ctx: &Ctx, a: VersionsArgs, op: &str) -> CmdResult {
         .write(&full, &json!({ "versions": versions }))
         .await
         .map_err(|e| Failure::api(format!("Error {verb} {full}"), &e))?;
-    match reply {
-        Some(secret) => print_secret(ctx, &secret),
-        None => {
-            if ctx.format == Format::Table {
-                out(&format!("Success! Data written to: {full}"));
-            }
-            Ok(EXIT_OK)
-        }
-    }
+    print_secret_or_written(ctx, &full, reply)
 }
 
 async fn list(ctx: &Ctx, a: ListArgs) -> CmdResult {
@@ -766,15 +773,7 @@ async fn metadata_put(ctx: &Ctx, a: MetadataPutArgs) -> CmdResult {
         .write(&full, &Value::Object(body))
         .await
         .map_err(|e| Failure::api(format!("Error writing data to {full}"), &e))?;
-    match reply {
-        Some(secret) => print_secret(ctx, &secret),
-        None => {
-            if ctx.format == Format::Table {
-                out(&format!("Success! Data written to: {full}"));
-            }
-            Ok(EXIT_OK)
-        }
-    }
+    print_secret_or_written(ctx, &full, reply)
 }
 
 async fn metadata_delete(ctx: &Ctx, a: MountPath) -> CmdResult {
