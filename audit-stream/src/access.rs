@@ -523,6 +523,9 @@ const WARM_RECORDS: u64 = 100_000;
 /// Gauges are published at most this often (wall time).
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
 const BATCH: usize = 4096;
+/// After the first new record, let more gather before reading: a busy log
+/// is then read in a few large batches instead of one per group commit.
+const GATHER: Duration = Duration::from_millis(100);
 
 /// Feed `records` to the detector; count sensitive operations of those
 /// after `count_after`.
@@ -609,6 +612,10 @@ pub async fn run_access_worker(
                 }
             }
         };
+        tokio::select! {
+            _ = tokio::time::sleep(GATHER) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
         let joined = tokio::task::spawn_blocking(move || {
             let mut batch = vec![first];
             read_batch(&mut r, &mut batch);

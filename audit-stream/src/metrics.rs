@@ -114,6 +114,8 @@ crate::declare_metrics! {
         "Sequence number of the last local audit log record in the audit query index.";
     INDEX_REBUILDS = "custos_audit_index_rebuilds_total", Counter, [],
         "Times the audit query index was cleared to be rebuilt from the local log.";
+    INDEX_FLUSHES = "custos_audit_index_flushes_total", Counter, [],
+        "Fsynced writes of the postings held in memory to the audit query index file.";
     QUERY_SECONDS = "custos_audit_query_duration_seconds", Histogram, ["source"],
         "Time to answer one sys/audit-query, by source (local, elasticsearch).";
     SENSITIVE_OPERATIONS = "custos_audit_sensitive_operations_total", Counter, ["kind"],

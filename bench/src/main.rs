@@ -7,10 +7,15 @@
 //!   its default durability), runs every workload against both alternately,
 //!   optionally measures scaling curves, prints a table and writes
 //!   `target/bench/latest.json` (and a PNG of the curves).
+//! * `compare --audit-modes off,file,sinks` instead starts one Custos per
+//!   audit mode (no device; file device; file + Kafka + Elasticsearch sinks)
+//!   beside OpenBao with its file device, and reports what audit costs
+//!   Custos (`audit_modes.rs`).
 //! * `plot` redraws the PNG from a JSON report.
 //!
 //! A run whose error rate exceeds 0.1% makes the command exit non-zero.
 
+mod audit_modes;
 mod client;
 mod load;
 mod plot;
@@ -30,8 +35,8 @@ use serde_json::json;
 
 use crate::client::VaultClient;
 use crate::load::{LoadSpec, RunStats};
-use crate::report::{CurvePoint, Report, Row, ServerInfo, Side};
-use crate::servers::{Kind, Server};
+use crate::report::{CurvePoint, Report, Row, ServerInfo, Side, SinkSample};
+use crate::servers::{AuditMode, Kind, Server};
 use crate::workload::{Dataset, Fixture, Workload};
 
 /// Error rate above which a run fails the command.
@@ -52,7 +57,7 @@ enum Cmd {
     /// Drive one workload against one server (address + token).
     Run(RunArgs),
     /// Start Custos and OpenBao and compare them workload by workload.
-    Compare(CompareArgs),
+    Compare(Box<CompareArgs>),
     /// Draw the scaling-curve PNG from a JSON report.
     Plot {
         #[arg(long, default_value = "target/bench/latest.json")]
@@ -177,6 +182,29 @@ struct CompareArgs {
     /// PNG of the scaling curves (written only with --curves).
     #[arg(long, default_value = "target/bench/scaling.png")]
     plot: PathBuf,
+    /// Compare Custos's audit modes instead: one Custos per mode, fresh data
+    /// dir each (off: no audit device; file: the file device; sinks: file,
+    /// kafka and elasticsearch devices) beside OpenBao with its file device.
+    /// Reports rps, p50/p99, audit cost = 1 - rps(mode)/rps(off) and rps vs
+    /// OpenBao (JSON key `audit_modes`). E.g. --audit-modes off,file,sinks
+    #[arg(long, value_delimiter = ',', value_name = "MODES")]
+    audit_modes: Vec<AuditMode>,
+    /// Kafka bootstrap servers for the sinks mode, host:port[,...]; topic
+    /// custos-audit-bench must exist or be auto-created.
+    #[arg(long, env = "CUSTOS_BENCH_KAFKA")]
+    kafka_brokers: Option<String>,
+    /// Elasticsearch (API) URL for the sinks mode, http://host:port; index
+    /// custos-audit-bench-YYYY.MM.DD.
+    #[arg(long, env = "CUSTOS_BENCH_ES")]
+    es_url: Option<String>,
+    /// What the sink services are, printed with the report (scripts/bench.sh
+    /// names tansu and the osmem-server stand-in).
+    #[arg(long, env = "CUSTOS_BENCH_SINKS_NOTE", default_value = "")]
+    sinks_note: String,
+    /// Sinks mode: seconds to wait after each run (and after loading data)
+    /// for the sinks to ship their backlog before the next server runs.
+    #[arg(long, default_value_t = 60.0)]
+    sink_drain_timeout: f64,
 }
 
 fn main() -> ExitCode {
@@ -194,7 +222,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Run(a) => run_one(a).await,
-            Cmd::Compare(a) => compare(a).await,
+            Cmd::Compare(a) => compare(*a).await,
             Cmd::Plot { input, output } => {
                 let r: Report = serde_json::from_slice(
                     &std::fs::read(&input)
@@ -286,6 +314,11 @@ struct Target {
     server: Server,
     fixture: Arc<Fixture>,
     client: VaultClient,
+    /// `Some(timeout)` for a server with audit sinks: after each run its
+    /// sinks' backlog is sampled and drained (up to `timeout`) before the
+    /// next server runs, so shipping never competes with another's run.
+    drain: Option<Duration>,
+    sink_samples: Vec<SinkSample>,
 }
 
 impl Target {
@@ -313,13 +346,19 @@ async fn alternate(
             if !usable[i] {
                 continue;
             }
-            let t = &targets[i];
+            let t = &mut targets[i];
             let s = load::run(w, t.fixture.clone(), &t.client, spec, Some(t.server.pid)).await?;
             print_stats(
-                &format!("  {w} {} (round {})", t.server.kind.name(), round + 1),
+                &format!("  {w} {} (round {})", t.server.label, round + 1),
                 &s,
             );
             runs[i].push(s);
+            if let Some(timeout) = t.drain {
+                let sample =
+                    audit_modes::sink_sample(&t.server, w, format!("round {}", round + 1), timeout)
+                        .await?;
+                t.sink_samples.push(sample);
+            }
         }
     }
     runs.iter()
@@ -333,12 +372,12 @@ async fn alternate(
         .collect()
 }
 
-async fn compare(a: CompareArgs) -> Result<bool> {
-    let root = workspace_root();
+/// The custos and OpenBao binaries `compare` starts.
+fn binaries(a: &CompareArgs) -> Result<(PathBuf, PathBuf)> {
     let custos_bin = a
         .custos_bin
         .clone()
-        .unwrap_or_else(|| root.join("target/release/custos"));
+        .unwrap_or_else(|| workspace_root().join("target/release/custos"));
     // The servers run in their own directories: the path must not be relative.
     let custos_bin = std::fs::canonicalize(&custos_bin).unwrap_or(custos_bin);
     if !custos_bin.is_file() {
@@ -347,7 +386,15 @@ async fn compare(a: CompareArgs) -> Result<bool> {
             custos_bin.display()
         );
     }
-    let bao_bin = resolve_bao(a.bao_bin.clone())?;
+    Ok((custos_bin, resolve_bao(a.bao_bin.clone())?))
+}
+
+async fn compare(a: CompareArgs) -> Result<bool> {
+    if !a.audit_modes.is_empty() {
+        return audit_modes::compare(a).await;
+    }
+    let root = workspace_root();
+    let (custos_bin, bao_bin) = binaries(&a)?;
     let spec = a.load.spec();
     let ds = a.data.dataset();
     let workloads = if a.workloads.is_empty() {
@@ -389,6 +436,8 @@ async fn compare(a: CompareArgs) -> Result<bool> {
             server,
             fixture,
             client,
+            drain: None,
+            sink_samples: Vec::new(),
         });
     }
 
@@ -525,6 +574,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
         concurrency_curve: conc_curve,
         keys_curve,
         failures,
+        audit_modes: None,
     };
 
     println!("\n{}", report::table(&report));

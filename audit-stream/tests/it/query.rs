@@ -308,6 +308,63 @@ async fn worker_follows_the_live_log() {
     dev.shutdown().await;
 }
 
+/// Postings are held in memory between flushes: queries see them at once,
+/// a crash (the index dropped without a flush) loses them and the position
+/// together, and they are indexed again from the log — never twice.
+#[tokio::test]
+async fn unflushed_postings_are_queryable_and_reindexed_after_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let mut first = Vec::new();
+    for i in 0..3 {
+        first.extend(kv_read(&format!("a{i}"), "acc-a", "a", PATH, 1, T0 + i));
+    }
+    dev.log_all(&first).await.unwrap();
+    let dir = dev.audit_log().log_dir().clone();
+    let index = AuditIndex::open_for(&dir).unwrap();
+    assert_eq!(index.catch_up(&dir).unwrap(), 3, "catch_up flushes");
+
+    // Three more reads, applied but not flushed.
+    let mut second = Vec::new();
+    for i in 0..3 {
+        second.extend(kv_read(
+            &format!("b{i}"),
+            "acc-b",
+            "b",
+            PATH,
+            2,
+            T0 + 10 + i,
+        ));
+    }
+    dev.log_all(&second).await.unwrap();
+    let mut reader = LogReader::open(dir.clone(), index.next_seq()).unwrap();
+    let mut records = Vec::new();
+    while let Some(r) = reader.try_next().unwrap() {
+        records.push(r);
+    }
+    assert_eq!(records.len(), 6);
+    assert_eq!(index.apply(&records).unwrap(), 3);
+    let seen = index.query(&QueryParams::new(PATH)).unwrap();
+    assert_eq!(seen.clients.len(), 2, "in-memory postings are answered");
+    assert_eq!(index.postings().unwrap(), 6);
+    assert_eq!(index.apply(&records).unwrap(), 0, "nothing indexed twice");
+
+    // Crash: no flush. The file holds the first three and their position.
+    drop(index);
+    let reopened = AuditIndex::open_for(&dir).unwrap();
+    assert_eq!(reopened.postings().unwrap(), 3);
+    assert_eq!(
+        reopened.catch_up(&dir).unwrap(),
+        3,
+        "re-indexed from the log"
+    );
+    assert_eq!(reopened.query(&QueryParams::new(PATH)).unwrap(), seen);
+    drop(reopened);
+    let again = AuditIndex::open_for(&dir).unwrap();
+    assert_eq!(again.postings().unwrap(), 6, "a flush made them durable");
+    dev.shutdown().await;
+}
+
 /// Not a timing assertion: prints how long a query takes with 100k events
 /// in the log (50k postings spread over 200 paths and 100 clients).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
