@@ -36,9 +36,21 @@ use crate::event::{AuditAuth, AuditEvent};
 /// The shortest salt accepted, in bytes.
 pub const MIN_SALT_LEN: usize = 32;
 
-/// A device's HMAC key. Zeroized on drop; never printed.
+/// A device's HMAC key. Zeroized on drop; never printed. It also keeps the
+/// HMAC state keyed with it (the inner and outer pads already absorbed), so
+/// each hashed field costs its own bytes only, not two more key blocks.
 #[derive(Clone)]
-pub struct Salt(Zeroizing<Vec<u8>>);
+pub struct Salt {
+    bytes: Zeroizing<Vec<u8>>,
+    mac: Hmac<Sha256>,
+}
+
+fn keyed(bytes: &[u8]) -> Hmac<Sha256> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(bytes) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
+    }
+}
 
 impl Salt {
     /// Use stored salt bytes (at least [`MIN_SALT_LEN`]).
@@ -50,19 +62,21 @@ impl Salt {
                 min: MIN_SALT_LEN,
             });
         }
-        Ok(Salt(bytes))
+        let mac = keyed(&bytes);
+        Ok(Salt { bytes, mac })
     }
 
     /// A fresh random 32-byte salt from the operating system's RNG.
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new(vec![0u8; MIN_SALT_LEN]);
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Salt(bytes)
+        let mac = keyed(&bytes);
+        Salt { bytes, mac }
     }
 
     /// The raw bytes, for the core to store (encrypted) in its storage.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 }
 
@@ -93,13 +107,16 @@ impl Default for HashOptions {
 /// `hmac-sha256:<hex of HMAC-SHA256(key = salt, message = s)>`, exactly as
 /// Vault's `salt.GetIdentifiedHMAC`.
 pub fn hmac_sha256(salt: &Salt, s: &str) -> String {
-    // HMAC accepts keys of any length; this never fails.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(salt.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
-    };
+    const PREFIX: &str = "hmac-sha256:";
+    let mut mac = salt.mac.clone();
     mac.update(s.as_bytes());
-    format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex);
+    let mut out = String::with_capacity(PREFIX.len() + hex.len());
+    out.push_str(PREFIX);
+    out.extend(hex.iter().map(|&b| char::from(b)));
+    out
 }
 
 fn hash_in_place(salt: &Salt, s: &mut String) {

@@ -280,33 +280,33 @@ impl AuditLog {
         Self::check(&payload)?;
         let tx = self.sender()?;
         let (done, wait) = oneshot::channel();
-        tx.send(Command::Append { payload, done })
-            .await
-            .map_err(|_| AuditError::Closed)?;
+        tx.send(Command::Append {
+            payloads: vec![payload],
+            done,
+        })
+        .await
+        .map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
     }
 
     /// Append several records so that one group commit covers them all:
-    /// they are queued back to back before any is awaited, and each keeps
-    /// its own sequence number (in order). Returns once all are durable.
+    /// they are queued as one command, get consecutive sequence numbers (in
+    /// order) and are answered with one wake-up once all are durable.
     pub async fn append_many(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<u64>, AuditError> {
         for p in &payloads {
             Self::check(p)?;
         }
+        let n = payloads.len() as u64;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let tx = self.sender()?;
-        let mut waits = Vec::with_capacity(payloads.len());
-        for payload in payloads {
-            let (done, wait) = oneshot::channel();
-            tx.send(Command::Append { payload, done })
-                .await
-                .map_err(|_| AuditError::Closed)?;
-            waits.push(wait);
-        }
-        let mut seqs = Vec::with_capacity(waits.len());
-        for w in waits {
-            seqs.push(w.await.map_err(|_| AuditError::Closed)??);
-        }
-        Ok(seqs)
+        let (done, wait) = oneshot::channel();
+        tx.send(Command::Append { payloads, done })
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        let first = wait.await.map_err(|_| AuditError::Closed)??;
+        Ok((first..first + n).collect())
     }
 
     /// [`AuditLog::append`] for threads outside an async runtime (panics
@@ -315,8 +315,11 @@ impl AuditLog {
         Self::check(&payload)?;
         let tx = self.sender()?;
         let (done, wait) = oneshot::channel();
-        tx.blocking_send(Command::Append { payload, done })
-            .map_err(|_| AuditError::Closed)?;
+        tx.blocking_send(Command::Append {
+            payloads: vec![payload],
+            done,
+        })
+        .map_err(|_| AuditError::Closed)?;
         wait.blocking_recv().map_err(|_| AuditError::Closed)?
     }
 

@@ -1,14 +1,14 @@
 //! The writer thread of the local audit log: group commit, segment roll,
 //! disk guard.
 //!
-//! [`super::AuditLog::append`] sends a payload and a oneshot through a bounded
-//! channel. This thread owns the active segment: it takes everything queued
+//! [`super::AuditLog::append`] sends its payloads (one, or a request's whole
+//! set of events) and one oneshot through a bounded channel. This thread owns the active segment: it takes everything queued
 //! (up to a batch limit), checks the disk guard, rolls to a new segment if the
 //! active one is full or old, gives each record the next sequence number,
 //! writes the batch with one `write_all`, calls `fdatasync` once, publishes the
 //! durable end (last sequence number, segment, byte offset) on a `watch`
 //! channel (readers follow it and never read past it) and
-//! then completes every oneshot with its record's sequence number. Many
+//! then completes every oneshot with the sequence number of its first record. Many
 //! concurrent appends therefore share one fsync, and the next batch queues up
 //! while the current one is being synced.
 //!
@@ -52,8 +52,9 @@ const RECORD_OVERHEAD: usize = 64;
 pub(crate) type Done = oneshot::Sender<Result<u64, AuditError>>;
 
 pub(crate) enum Command {
-    /// Append one record; answered with its sequence number once durable.
-    Append { payload: Vec<u8>, done: Done },
+    /// Append records with consecutive sequence numbers; answered with the
+    /// first one once all are durable.
+    Append { payloads: Vec<Vec<u8>>, done: Done },
     /// Start a new segment (rotate / SIGHUP); answered with its first
     /// sequence number. A no-op when the active segment is empty.
     Roll { done: Done },
@@ -100,18 +101,21 @@ pub(crate) struct Writer {
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut batch: Vec<(Vec<u8>, Done)> = Vec::new();
+            let mut batch: Vec<(Vec<Vec<u8>>, Done)> = Vec::new();
             let mut bytes = 0usize;
+            let mut records = 0usize;
             let mut roll = None;
             match first {
-                Command::Append { payload, done } => {
-                    bytes += payload.len();
-                    batch.push((payload, done));
-                    while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+                Command::Append { payloads, done } => {
+                    bytes += payloads.iter().map(Vec::len).sum::<usize>();
+                    records += payloads.len();
+                    batch.push((payloads, done));
+                    while records < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
                         match rx.try_recv() {
-                            Ok(Command::Append { payload, done }) => {
-                                bytes += payload.len();
-                                batch.push((payload, done));
+                            Ok(Command::Append { payloads, done }) => {
+                                bytes += payloads.iter().map(Vec::len).sum::<usize>();
+                                records += payloads.len();
+                                batch.push((payloads, done));
                             }
                             Ok(Command::Roll { done }) => {
                                 roll = Some(done);
@@ -124,7 +128,7 @@ impl Writer {
                 Command::Roll { done } => roll = Some(done),
             }
             if !batch.is_empty() {
-                self.commit(batch, bytes);
+                self.commit(batch, records, bytes);
             }
             if let Some(done) = roll {
                 let label = self.shared.label();
@@ -140,11 +144,11 @@ impl Writer {
         // Channel closed and drained: every queued record has been committed.
     }
 
-    fn commit(&mut self, batch: Vec<(Vec<u8>, Done)>, payload_bytes: usize) {
+    fn commit(&mut self, batch: Vec<(Vec<Vec<u8>>, Done)>, records: usize, payload_bytes: usize) {
         let label = self.shared.label();
-        let n = batch.len() as u64;
+        let n = records as u64;
         let started = Instant::now();
-        let result = self.write_batch(&batch, payload_bytes, &label);
+        let result = self.write_batch(&batch, records, payload_bytes, &label);
         match &result {
             Ok(_) => {
                 metrics::device_histogram(
@@ -167,9 +171,11 @@ impl Writer {
                 );
             }
         }
-        for (i, (_, done)) in batch.into_iter().enumerate() {
+        let mut offset = 0u64;
+        for (payloads, done) in batch {
             // A caller that gave up no longer listens; nothing to do.
-            let _ = done.send(result.clone().map(|first| first + i as u64));
+            let _ = done.send(result.clone().map(|first| first + offset));
+            offset += payloads.len() as u64;
         }
     }
 
@@ -224,13 +230,14 @@ impl Writer {
 
     fn write_batch(
         &mut self,
-        batch: &[(Vec<u8>, Done)],
+        batch: &[(Vec<Vec<u8>>, Done)],
+        records: usize,
         payload_bytes: usize,
         label: &str,
     ) -> Result<u64, AuditError> {
         self.disk_guard(label)?;
         let prefix_len = self.opts.line_prefix.len();
-        let estimate = payload_bytes + batch.len() * (RECORD_OVERHEAD + prefix_len) + 1;
+        let estimate = payload_bytes + records * (RECORD_OVERHEAD + prefix_len) + 1;
         self.prepare_segment(estimate, label)?;
         let prefix = self.opts.line_prefix.as_bytes();
         let mut buf = Vec::with_capacity(estimate);
@@ -238,10 +245,10 @@ impl Writer {
             buf.push(b'\n');
         }
         let first = self.next_seq;
-        for (i, (payload, _)) in batch.iter().enumerate() {
+        for (i, payload) in batch.iter().flat_map(|(p, _)| p).enumerate() {
             record::encode(prefix, payload, first + i as u64, &mut buf);
         }
-        let n = batch.len() as u64;
+        let n = records as u64;
         let Some(file) = self.file.as_mut() else {
             return Err(AuditError::Closed);
         };
