@@ -29,9 +29,6 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use crate::harness::{self, BIN, Server};
@@ -128,6 +125,15 @@ impl Tansu {
             .expect("spawn tansu");
         self.child = Some(child);
         wait_port(self.port, "tansu");
+        // tansu 0.6's SQLite schema has no index for its per-record header
+        // lookup; without it reading a large topic back is O(n^2).
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tansu-header-index.py");
+        let ok = Command::new("python3")
+            .arg(&script)
+            .arg(self.dir.join("tansu.db"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{} failed", script.display());
     }
 
     /// Stop the broker (SIGTERM, then SIGKILL) and wait for it.
@@ -224,63 +230,18 @@ fn create_topic(brokers: &str, topic: &str) {
 }
 
 /// Every message key of `topic`, read from the beginning up to the high
-/// watermarks, with how often each was seen.
-fn kafka_keys(brokers: &str, topic: &str) -> HashMap<String, u32> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("audit-sinks-test-{}", uuid_like()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(20))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for p in md.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(20))
-            .expect("watermarks");
-        if high > low {
-            ends.insert(p.id(), high);
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
-                .expect("assign");
-        }
-    }
-    let mut keys = HashMap::new();
-    if ends.is_empty() {
-        return keys;
-    }
-    consumer.assign(&tpl).expect("assign");
-    // Generous and proportional to the topic (a soak run ships 200k+ events).
-    let total: i64 = ends.values().sum();
-    let deadline = Instant::now() + Duration::from_secs(120 + (total.max(0) as u64) / 500);
-    while !ends.is_empty() {
-        assert!(Instant::now() < deadline, "reading the topic timed out");
-        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
-            let m = m.expect("consume");
-            if let Some(k) = m.key() {
-                *keys
-                    .entry(String::from_utf8_lossy(k).into_owned())
-                    .or_insert(0) += 1;
-            }
-            if ends
-                .get(&m.partition())
-                .is_some_and(|h| m.offset() + 1 >= *h)
-            {
-                ends.remove(&m.partition());
-            }
-        }
-    }
-    keys
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ free_port() as u128
-    )
+/// watermarks, with how often each was seen — with the reader `custos audit
+/// verify` uses.
+fn kafka_keys(brokers: &str, topic: &str) -> HashMap<String, u64> {
+    let target = custos_audit::ship::reconcile::KafkaTarget {
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+        options: Default::default(),
+        sink: "kafka".to_owned(),
+        // Generous: a soak run by hand ships 200k+ events to tansu.
+        timeout: Duration::from_secs(900),
+    };
+    custos_audit::ship::reconcile::kafka_keys(&target).expect("read the Kafka topic")
 }
 
 fn write_config(dir: &Path, brokers: &str, topic: &str, es: &str, index: &str) -> PathBuf {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -380,7 +381,11 @@ pub async fn reconcile_es(
 }
 
 /// Read the whole topic (up to the high watermarks at the start) and return
-/// key → count. Blocking: call from `spawn_blocking`.
+/// key → count. A partition is done when the message before its high
+/// watermark arrived or the consumer reports its end (offsets may have holes
+/// — control records of idempotent producers, a broker restart — so waiting
+/// for one exact offset alone could wait forever). Blocking: call from
+/// `spawn_blocking`.
 pub fn kafka_keys(t: &KafkaTarget) -> Result<HashMap<String, u64>, String> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &t.brokers)
@@ -390,7 +395,7 @@ pub fn kafka_keys(t: &KafkaTarget) -> Result<HashMap<String, u64>, String> {
         )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "true");
     for (k, v) in &t.options {
         cfg.set(k, v);
     }
@@ -436,13 +441,17 @@ pub fn kafka_keys(t: &KafkaTarget) -> Result<HashMap<String, u64>, String> {
     while !todo.is_empty() {
         if Instant::now() >= deadline {
             return Err(format!(
-                "Kafka: timed out reading topic {:?} ({} partitions not read to the end)",
+                "Kafka: timed out reading topic {:?} ({} partitions not read to the end, {} messages read)",
                 t.topic,
-                todo.len()
+                todo.len(),
+                keys.values().sum::<u64>()
             ));
         }
         match consumer.poll(Duration::from_millis(500)) {
             None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                todo.remove(&p);
+            }
             Some(Err(e)) => return Err(format!("Kafka consume: {e}")),
             Some(Ok(m)) => {
                 if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
