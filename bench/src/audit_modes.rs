@@ -19,14 +19,15 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 
 use crate::report::{
-    self, AuditModes, AuditRow, MAX_AUDIT_COST, ModeSides, Report, Row, ServerInfo, Side,
-    SinkSample, SinksInfo,
+    self, AuditModes, AuditRow, MAX_AUDIT_COST, ModeSides, Report, Row, Side, SinkSample, SinksInfo,
 };
 use crate::servers::{
     self, AuditMode, AuditSetup, BENCH_INDEX, BENCH_TOPIC, Kind, Server, SinkAddrs, SinkBacklog,
 };
 use crate::workload::{Fixture, Workload};
-use crate::{CompareArgs, MAX_ERROR_RATE, Target, alternate, binaries, sysinfo, workspace_root};
+use crate::{
+    CompareArgs, MAX_ERROR_RATE, Target, alternate, binaries, prepare, sysinfo, workspace_root,
+};
 
 /// The modes in the order given, each once.
 fn unique(modes: &[AuditMode]) -> Vec<AuditMode> {
@@ -196,32 +197,7 @@ pub(crate) async fn compare(a: CompareArgs) -> Result<bool> {
     let mut rows = Vec::new();
     let mut audit_rows = Vec::new();
     for &w in &workloads {
-        let mut usable = vec![true; targets.len()];
-        let mut skipped = Vec::new();
-        for (i, t) in targets.iter_mut().enumerate() {
-            let name = t.server.label.clone();
-            let started = Instant::now();
-            let client = t.client.clone();
-            if let Err(e) = t.fixture_mut()?.ensure(w, &client, &ds).await {
-                if w.needs_transit() && t.server.transit_missing.is_some() {
-                    let why = format!("{name}: {e:#}");
-                    println!("  SKIP {w} on {why}");
-                    skipped.push(why);
-                    usable[i] = false;
-                    continue;
-                }
-                return Err(e.context(format!("preparing {w} on {name}")));
-            }
-            let took = started.elapsed().as_secs_f64();
-            if took > 1.0 {
-                println!("  prepared {w} on {name} in {took:.1}s");
-            }
-            // Loading data produced audit events: ship them before measuring.
-            if let Some(timeout) = t.drain {
-                let s = sink_sample(&t.server, w, "prepare".into(), timeout).await?;
-                t.sink_samples.push(s);
-            }
-        }
+        let (usable, skipped) = prepare(&mut targets, w, &ds).await?;
         let stats = alternate(&mut targets, w, &spec, a.rounds, &usable).await?;
         for (t, s) in targets.iter().zip(&stats) {
             if let Some(s) = s.as_ref().filter(|s| s.error_rate > MAX_ERROR_RATE) {
@@ -291,20 +267,7 @@ pub(crate) async fn compare(a: CompareArgs) -> Result<bool> {
         servers: targets
             .iter()
             .zip(&rss_after)
-            .map(|(t, rss)| ServerInfo {
-                name: t.server.label.clone(),
-                version: t.server.version.clone(),
-                durability: t.server.durability.clone(),
-                config: std::fs::read_to_string(t.server.dir.join("server.hcl"))
-                    .unwrap_or_default(),
-                transit: t
-                    .server
-                    .transit_missing
-                    .clone()
-                    .unwrap_or_else(|| "mounted".into()),
-                rss_after_workloads_bytes: *rss,
-                populate: serde_json::to_value(&t.fixture.populate_log).unwrap_or_default(),
-            })
+            .map(|(t, rss)| t.info(*rss))
             .collect(),
         workloads: rows,
         concurrency_curve: Vec::new(),

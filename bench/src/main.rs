@@ -322,10 +322,64 @@ struct Target {
 }
 
 impl Target {
+    /// What the report says about this server.
+    fn info(&self, rss_after_workloads_bytes: Option<u64>) -> ServerInfo {
+        ServerInfo {
+            name: self.server.label.clone(),
+            version: self.server.version.clone(),
+            durability: self.server.durability.clone(),
+            config: std::fs::read_to_string(self.server.dir.join("server.hcl")).unwrap_or_default(),
+            transit: self
+                .server
+                .transit_missing
+                .clone()
+                .unwrap_or_else(|| "mounted".into()),
+            rss_after_workloads_bytes,
+            populate: serde_json::to_value(&self.fixture.populate_log).unwrap_or_default(),
+        }
+    }
+
     fn fixture_mut(&mut self) -> Result<&mut Fixture> {
         Arc::get_mut(&mut self.fixture)
             .ok_or_else(|| anyhow!("fixture still shared by a finished run"))
     }
+}
+
+/// Load `w`'s data on every target. Returns which targets can run it and
+/// why the others cannot (a server without transit). A target with audit
+/// sinks then ships the events the loading produced, so they are not
+/// shipped while another server is measured.
+async fn prepare(
+    targets: &mut [Target],
+    w: Workload,
+    ds: &Dataset,
+) -> Result<(Vec<bool>, Vec<String>)> {
+    let mut usable = vec![true; targets.len()];
+    let mut skipped = Vec::new();
+    for (i, t) in targets.iter_mut().enumerate() {
+        let name = t.server.label.clone();
+        let started = std::time::Instant::now();
+        let client = t.client.clone();
+        if let Err(e) = t.fixture_mut()?.ensure(w, &client, ds).await {
+            if w.needs_transit() && t.server.transit_missing.is_some() {
+                let why = format!("{name}: {e:#}");
+                println!("  SKIP {w} on {why}");
+                skipped.push(why);
+                usable[i] = false;
+                continue;
+            }
+            return Err(e.context(format!("preparing {w} on {name}")));
+        }
+        let took = started.elapsed().as_secs_f64();
+        if took > 1.0 {
+            println!("  prepared {w} on {name} in {took:.1}s");
+        }
+        if let Some(timeout) = t.drain {
+            let s = audit_modes::sink_sample(&t.server, w, "prepare".into(), timeout).await?;
+            t.sink_samples.push(s);
+        }
+    }
+    Ok((usable, skipped))
 }
 
 /// Run `w` once on each target per round, alternating who goes first.
@@ -444,27 +498,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
     let mut failures = Vec::new();
     let mut rows = Vec::new();
     for &w in &workloads {
-        let mut usable = vec![true; targets.len()];
-        let mut skipped = Vec::new();
-        for (i, t) in targets.iter_mut().enumerate() {
-            let name = t.server.kind.name();
-            let started = std::time::Instant::now();
-            let client = t.client.clone();
-            if let Err(e) = t.fixture_mut()?.ensure(w, &client, &ds).await {
-                if w.needs_transit() && t.server.transit_missing.is_some() {
-                    let why = format!("{name}: {e:#}");
-                    println!("  SKIP {w} on {why}");
-                    skipped.push(why);
-                    usable[i] = false;
-                    continue;
-                }
-                return Err(e.context(format!("preparing {w} on {name}")));
-            }
-            let took = started.elapsed().as_secs_f64();
-            if took > 1.0 {
-                println!("  prepared {w} on {name} in {took:.1}s");
-            }
-        }
+        let (usable, skipped) = prepare(&mut targets, w, &ds).await?;
         let stats = alternate(&mut targets, w, &spec, a.rounds, &usable).await?;
         for (t, s) in targets.iter().zip(&stats) {
             if let Some(s) = s.as_ref().filter(|s| s.error_rate > MAX_ERROR_RATE) {
@@ -555,20 +589,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
         servers: targets
             .iter()
             .zip(&rss_after)
-            .map(|(t, rss)| ServerInfo {
-                name: t.server.kind.name().into(),
-                version: t.server.version.clone(),
-                durability: t.server.kind.durability().into(),
-                config: std::fs::read_to_string(t.server.dir.join("server.hcl"))
-                    .unwrap_or_default(),
-                transit: t
-                    .server
-                    .transit_missing
-                    .clone()
-                    .unwrap_or_else(|| "mounted".into()),
-                rss_after_workloads_bytes: *rss,
-                populate: serde_json::to_value(&t.fixture.populate_log).unwrap_or_default(),
-            })
+            .map(|(t, rss)| t.info(*rss))
             .collect(),
         workloads: rows,
         concurrency_curve: conc_curve,
