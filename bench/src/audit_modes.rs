@@ -26,7 +26,7 @@ use crate::servers::{
 };
 use crate::workload::{Fixture, Workload};
 use crate::{
-    CompareArgs, MAX_ERROR_RATE, Target, alternate, binaries, prepare, sysinfo, workspace_root,
+    CompareArgs, Target, alternate, binaries, error_failures, prepare, sysinfo, workspace_root,
 };
 
 /// The modes in the order given, each once.
@@ -140,18 +140,7 @@ pub(crate) async fn compare(a: CompareArgs) -> Result<bool> {
         note: a.sinks_note.clone(),
     });
     if let Some(s) = &sinks_info {
-        println!(
-            "  sinks: Kafka {} topic {}; Elasticsearch API {} index {}-*{}",
-            s.kafka_brokers,
-            s.kafka_topic,
-            s.es_url,
-            s.es_index,
-            if s.note.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", s.note)
-            }
-        );
+        println!("  {}", s.describe(" "));
     }
 
     // One Custos per mode, then OpenBao (always last: rows index it so).
@@ -199,16 +188,7 @@ pub(crate) async fn compare(a: CompareArgs) -> Result<bool> {
     for &w in &workloads {
         let (usable, skipped) = prepare(&mut targets, w, &ds).await?;
         let stats = alternate(&mut targets, w, &spec, a.rounds, &usable).await?;
-        for (t, s) in targets.iter().zip(&stats) {
-            if let Some(s) = s.as_ref().filter(|s| s.error_rate > MAX_ERROR_RATE) {
-                failures.push(format!(
-                    "{w} on {}: error rate {:.3}% > 0.1%: {:?}",
-                    t.server.label,
-                    s.error_rate * 100.0,
-                    s.first_errors
-                ));
-            }
-        }
+        failures.extend(error_failures(&targets, w, &stats));
         let side = |i: usize| stats.get(i).and_then(Option::as_ref).map(Side::from);
         let bao = side(targets.len() - 1);
         let mut custos = ModeSides::default();

@@ -382,6 +382,24 @@ async fn prepare(
     Ok((usable, skipped))
 }
 
+/// One line per target whose run of `w` failed more than [`MAX_ERROR_RATE`]
+/// of its operations.
+fn error_failures(targets: &[Target], w: Workload, stats: &[Option<RunStats>]) -> Vec<String> {
+    targets
+        .iter()
+        .zip(stats)
+        .filter_map(|(t, s)| {
+            let s = s.as_ref().filter(|s| s.error_rate > MAX_ERROR_RATE)?;
+            Some(format!(
+                "{w} on {}: error rate {:.3}% > 0.1%: {:?}",
+                t.server.label,
+                s.error_rate * 100.0,
+                s.first_errors
+            ))
+        })
+        .collect()
+}
+
 /// Run `w` once on each target per round, alternating who goes first.
 async fn alternate(
     targets: &mut [Target],
@@ -500,16 +518,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
     for &w in &workloads {
         let (usable, skipped) = prepare(&mut targets, w, &ds).await?;
         let stats = alternate(&mut targets, w, &spec, a.rounds, &usable).await?;
-        for (t, s) in targets.iter().zip(&stats) {
-            if let Some(s) = s.as_ref().filter(|s| s.error_rate > MAX_ERROR_RATE) {
-                failures.push(format!(
-                    "{w} on {}: error rate {:.3}% > 0.1%: {:?}",
-                    t.server.kind.name(),
-                    s.error_rate * 100.0,
-                    s.first_errors
-                ));
-            }
-        }
+        failures.extend(error_failures(&targets, w, &stats));
         let mut row = Row::new(
             w.name().into(),
             w.describe().into(),

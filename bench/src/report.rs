@@ -251,6 +251,21 @@ pub struct SinksInfo {
     pub note: String,
 }
 
+impl SinksInfo {
+    /// `sinks: Kafka … topic …; Elasticsearch API … index …-*`, then the
+    /// note (if any) after `note_sep`.
+    pub fn describe(&self, note_sep: &str) -> String {
+        let mut out = format!(
+            "sinks: Kafka {} topic {}; Elasticsearch API {} index {}-*",
+            self.kafka_brokers, self.kafka_topic, self.es_url, self.es_index
+        );
+        if !self.note.is_empty() {
+            out.push_str(&format!("{note_sep}({})", self.note));
+        }
+        out
+    }
+}
+
 /// The sinks' backlogs after one measured run (or after preparing a workload).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SinkSample {
@@ -380,18 +395,8 @@ pub fn audit_table(a: &AuditModes) -> String {
         }
     }
     if let Some(s) = &a.sinks {
-        out.push_str(&format!(
-            "sinks: Kafka {} topic {}; Elasticsearch API {} index {}-*{}\n",
-            s.kafka_brokers,
-            s.kafka_topic,
-            s.es_url,
-            s.es_index,
-            if s.note.is_empty() {
-                String::new()
-            } else {
-                format!("\n  ({})", s.note)
-            }
-        ));
+        out.push_str(&s.describe("\n  "));
+        out.push('\n');
     }
     for s in &a.sink_samples {
         let end: Vec<String> = s.at_end.iter().map(backlog_text).collect();

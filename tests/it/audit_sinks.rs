@@ -245,23 +245,8 @@ fn kafka_keys(brokers: &str, topic: &str) -> HashMap<String, u64> {
 }
 
 fn write_config(dir: &Path, brokers: &str, topic: &str, es: &str, index: &str) -> PathBuf {
-    let cfg = dir.join("server.hcl");
-    let text = format!(
-        r#"
-storage "raft" {{
-  path    = "{raft}"
-  node_id = "node1"
-}}
-listener "tcp" {{
-  address     = "127.0.0.1:0"
-  tls_disable = true
-}}
-audit "file" "file" {{
-  options {{
-    file_path = "{audit}"
-  }}
-}}
-audit "kafka" "kafka" {{
+    let sinks = format!(
+        r#"audit "kafka" "kafka" {{
   options {{
     brokers         = "{brokers}"
     topic           = "{topic}"
@@ -279,33 +264,15 @@ audit "elasticsearch" "es" {{
     health_interval = "1s"
   }}
 }}
-"#,
-        raft = dir.join("raft").display(),
-        audit = dir.join("audit").display(),
+"#
     );
-    std::fs::write(&cfg, text).expect("write config");
-    cfg
+    harness::write_config_with(dir, &sinks)
 }
 
 fn start_custos(dir: &Path, cfg: &Path) -> Server {
-    let (child, output) = harness::spawn(
-        &["server", "--config", cfg.to_str().expect("utf8")],
-        "Listener:",
-    );
-    std::thread::sleep(Duration::from_millis(50));
-    let out = output.lock().map(|s| s.clone()).unwrap_or_default();
-    let addr = out
-        .lines()
-        .find_map(|l| l.split_once("Listener:").map(|(_, v)| v.trim().to_owned()))
-        .expect("listener address");
-    Server {
-        child,
-        addr,
-        root_token: String::new(),
-        unseal_key: String::new(),
-        output,
-        dir: dir.to_path_buf(),
-    }
+    let s = harness::start_with_config(dir, cfg);
+    assert!(!s.addr.is_empty(), "listener address");
+    s
 }
 
 /// Send `n` KV writes and reads (8 at a time) to the server at `addr`;

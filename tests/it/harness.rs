@@ -145,6 +145,11 @@ pub fn dev_server() -> Server {
 
 /// Write a server.hcl for a persistent server in `dir`.
 pub fn write_config(dir: &Path) -> PathBuf {
+    write_config_with(dir, "")
+}
+
+/// [`write_config`] with more HCL (e.g. audit sink devices) appended.
+pub fn write_config_with(dir: &Path, extra: &str) -> PathBuf {
     let cfg = dir.join("server.hcl");
     let text = format!(
         r#"
@@ -161,7 +166,7 @@ audit "file" "file" {{
     file_path = "{audit}"
   }}
 }}
-"#,
+{extra}"#,
         raft = dir.join("raft").display(),
         audit = dir.join("audit").display()
     );
@@ -171,7 +176,11 @@ audit "file" "file" {{
 
 /// Start `custos server --config` (sealed or uninitialized) and return it.
 pub fn config_server(dir: &Path) -> Server {
-    let cfg = write_config(dir);
+    start_with_config(dir, &write_config(dir))
+}
+
+/// Start `custos server --config CFG` for the data in `dir`.
+pub fn start_with_config(dir: &Path, cfg: &Path) -> Server {
     let (child, output) = spawn(
         &["server", "--config", cfg.to_str().expect("utf8")],
         "Listener:",
