@@ -59,6 +59,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// ... or as soon as this many postings are held (bounds the memory:
 /// a posting is ~300 bytes).
 const FLUSH_POSTINGS: usize = 65_536;
+/// redb's page cache for the index (its default is 1 GiB): lookups touch few
+/// pages, and the rest stays in the kernel's page cache, outside the heap.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// `(request path, event time in unix ns, log seq)` → JSON [`Posting`].
 const POSTINGS: TableDefinition<(&str, i64, u64), &[u8]> = TableDefinition::new("postings");
@@ -118,14 +121,15 @@ impl AuditIndex {
 
     /// Open (or create) the index file at `path`.
     pub fn open(path: &Path) -> Result<AuditIndex, QueryError> {
-        let db = match Database::create(path) {
+        let create = |p: &Path| redb::Builder::new().set_cache_size(CACHE_BYTES).create(p);
+        let db = match create(path) {
             Ok(db) => db,
             Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => return Err(idx_err(e)),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "audit index unreadable; rebuilding it");
                 std::fs::remove_file(path)
                     .map_err(|io| QueryError::Index(format!("remove {}: {io}", path.display())))?;
-                Database::create(path).map_err(idx_err)?
+                create(path).map_err(idx_err)?
             }
         };
         let index = AuditIndex {

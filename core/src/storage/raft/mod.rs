@@ -68,7 +68,7 @@ use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy
 use redb::Database;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 pub use log_store::LogStore;
 pub use network::{SingleNodeNetwork, UnreachablePeer};
@@ -93,8 +93,10 @@ openraft::declare_raft_types!(
 /// The Raft type alias used throughout the server.
 pub type CustosRaft = Raft<TypeConfig>;
 
-/// File name of the Raft log database inside the data directory.
-pub const LOG_FILE: &str = "raft-log.redb";
+/// Directory of the Raft log's segment files inside the data directory.
+pub const LOG_DIR: &str = "raft-log";
+/// The Raft log of versions before segment files, migrated at open.
+pub const LEGACY_LOG_FILE: &str = "raft-log.redb";
 /// File name of the state machine database inside the data directory.
 pub const STATE_FILE: &str = "state.redb";
 /// Build a snapshot (and allow purging the log) after this many entries.
@@ -239,6 +241,8 @@ pub enum StoreError {
     Codec(#[from] serde_json::Error),
     #[error("snapshot format: {0}")]
     Format(String),
+    #[error("raft log: {0}")]
+    Log(String),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -331,7 +335,7 @@ pub struct RaftStorage {
     /// The state machine database, for local reads.
     state: Arc<Database>,
     /// The log database, held by openraft; watched to know when it is closed.
-    log_db: Weak<Database>,
+    log_db: Weak<dyn std::any::Any + Send + Sync>,
     leader_rx: watch::Receiver<Option<u64>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
     /// Writes waiting to be proposed; see [`group_writer`].
@@ -351,15 +355,35 @@ const GROUP_MAX_WRITES: usize = 256;
 /// …and at most about this many bytes of values.
 const GROUP_MAX_BYTES: usize = 4 * 1024 * 1024;
 
+/// At most this many groups are proposed and not yet applied at once.
+const PIPELINE_DEPTH: usize = 2;
+
 /// Group commit for Raft: callers queue their batches; this task proposes
 /// everything queued as ONE entry (one log append, one fsync), applied in one
 /// state-machine transaction, and answers every caller with the outcome.
-/// While an entry is being committed, new writes queue up and form the next
-/// group, so the cost of an fsync is shared by all concurrent writers. Each
-/// caller's batch stays atomic (the whole entry is), and batches apply in
-/// arrival order.
+///
+/// Up to [`PIPELINE_DEPTH`] groups are in flight at once, so the log can
+/// fsync group N+1 while the state machine applies group N (one group at a
+/// time left the log idle during every apply and the state machine idle
+/// during every fsync). When every slot is busy, new writes queue and form
+/// the next, larger group, so the cost of an fsync is shared by all
+/// concurrent writers. Each caller's batch stays atomic (the whole entry is).
+/// Groups in flight together may reach the log in either order: none of
+/// their callers has been answered yet, so no caller can have ordered one
+/// before the other; a write that was acknowledged is applied before any
+/// group formed after it, and every caller is answered only after its own
+/// entry is applied.
 async fn group_writer(raft: CustosRaft, mut rx: mpsc::Receiver<PendingWrite>) {
-    while let Some(first) = rx.recv().await {
+    // Dropping the set (the writer aborted at shutdown) aborts the groups in
+    // flight; their callers see the dropped reply as "shutting down".
+    let mut in_flight = JoinSet::new();
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        if in_flight.len() >= PIPELINE_DEPTH {
+            in_flight.join_next().await;
+            continue;
+        }
+        let Some(first) = rx.recv().await else { break };
         let mut bytes = first.bytes;
         let mut group = vec![first];
         while group.len() < GROUP_MAX_WRITES && bytes < GROUP_MAX_BYTES {
@@ -371,27 +395,33 @@ async fn group_writer(raft: CustosRaft, mut rx: mpsc::Receiver<PendingWrite>) {
                 Err(_) => break,
             }
         }
-        let mut ops = Vec::with_capacity(group.iter().map(|w| w.ops.len()).sum());
-        let mut waiters = Vec::with_capacity(group.len());
-        for w in group {
-            ops.extend(w.ops);
-            waiters.push(w.done);
-        }
-        metrics::histogram_record(metrics::RAFT_WRITE_GROUP, &[], waiters.len() as f64);
-        let started = Instant::now();
-        let res = raft.client_write(Command::Batch(ops)).await;
-        metrics::histogram_record(
-            metrics::RAFT_COMMIT_SECONDS,
-            &[],
-            started.elapsed().as_secs_f64(),
-        );
-        let res = res.map(|_| ()).map_err(write_error_to_core);
-        for done in waiters {
-            let _ = done.send(match &res {
-                Ok(()) => Ok(()),
-                Err(e) => Err(clone_error(e)),
-            });
-        }
+        in_flight.spawn(commit_group(raft.clone(), group));
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Propose one group as one entry and answer each of its callers.
+async fn commit_group(raft: CustosRaft, group: Vec<PendingWrite>) {
+    let mut ops = Vec::with_capacity(group.iter().map(|w| w.ops.len()).sum());
+    let mut waiters = Vec::with_capacity(group.len());
+    for w in group {
+        ops.extend(w.ops);
+        waiters.push(w.done);
+    }
+    metrics::histogram_record(metrics::RAFT_WRITE_GROUP, &[], waiters.len() as f64);
+    let started = Instant::now();
+    let res = raft.client_write(Command::Batch(ops)).await;
+    metrics::histogram_record(
+        metrics::RAFT_COMMIT_SECONDS,
+        &[],
+        started.elapsed().as_secs_f64(),
+    );
+    let res = res.map(|_| ()).map_err(write_error_to_core);
+    for done in waiters {
+        let _ = done.send(match &res {
+            Ok(()) => Ok(()),
+            Err(e) => Err(clone_error(e)),
+        });
     }
 }
 
@@ -449,15 +479,19 @@ impl RaftStorage {
             .await
             .map_err(|e| CoreError::Storage(format!("creating {}: {e}", dir.display())))?;
         let log = {
-            let path = dir.join(LOG_FILE);
-            blocking(move || LogStore::open(&path)).await?
+            let (legacy, path) = (dir.join(LEGACY_LOG_FILE), dir.join(LOG_DIR));
+            blocking(move || {
+                LogStore::migrate_redb(&legacy, &path)?;
+                LogStore::open(&path)
+            })
+            .await?
         };
         let sm = {
             let path = dir.join(STATE_FILE);
             blocking(move || StateMachineStore::open(&path)).await?
         };
         let state = sm.db();
-        let log_db = Arc::downgrade(&log.db());
+        let log_db = log.liveness();
 
         let config = Arc::new(raft_config()?);
         let raft = Raft::new(node_id, config, SingleNodeNetwork, log, sm)

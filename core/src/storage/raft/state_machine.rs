@@ -70,10 +70,18 @@ pub struct StateMachineStore {
 /// memory grow with every write until the next snapshot.
 const DURABLE_EVERY: u32 = 64;
 
+/// redb's own page cache for `state.redb` (its default is 1 GiB). Pages
+/// beyond it are read from the kernel's page cache, which does not count in
+/// the server's resident set and is given back under memory pressure; with a
+/// million stored secrets the default would pin most of the file in the heap.
+const CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 impl StateMachineStore {
     /// Open or create the state database at `path` and make sure its tables exist.
     pub fn open(path: &Path) -> Result<StateMachineStore, StoreError> {
-        let db = Database::create(path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(KV)?;

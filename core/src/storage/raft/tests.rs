@@ -1,13 +1,14 @@
 //! Tests of the Raft storage: openraft's storage conformance suite against the
-//! redb log store and state machine, then the [`RaftStorage`] behaviour a
+//! segment-file log store and the redb state machine, the log's own crash and
+//! migration cases, then the [`RaftStorage`] behaviour a
 //! server relies on (restart keeps everything, one-level `list`, atomic
 //! batches, snapshot export and restore).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
+use openraft::{LogId, StorageError};
 use tempfile::TempDir;
 
 use super::state_machine::decode_snapshot;
@@ -15,9 +16,9 @@ use super::*;
 
 /// Builds both stores in a fresh temporary directory; the `TempDir` is the
 /// guard that keeps it alive for the duration of one suite test.
-struct RedbStoreBuilder;
+struct FileStoreBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStoreBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for FileStoreBuilder {
     async fn build(
         &self,
     ) -> std::result::Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
@@ -27,7 +28,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
         let dir = tempfile::tempdir().map_err(|e| {
             StorageError::from(openraft::StorageIOError::write(openraft::AnyError::new(&e)))
         })?;
-        let log = LogStore::open(&dir.path().join(LOG_FILE)).map_err(to_storage)?;
+        // Small segments, so the suite's truncates and purges cross segments.
+        let log = LogStore::open_with(&dir.path().join(LOG_DIR), 512).map_err(to_storage)?;
         let sm = StateMachineStore::open(&dir.path().join(STATE_FILE)).map_err(to_storage)?;
         Ok((dir, log, sm))
     }
@@ -36,7 +38,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
 /// The suite runs each case on its own tokio runtime, so this is a plain test.
 #[test]
 fn openraft_storage_conformance_suite() {
-    if let Err(e) = Suite::test_all(RedbStoreBuilder) {
+    if let Err(e) = Suite::test_all(FileStoreBuilder) {
         panic!("storage suite failed: {e}");
     }
 }
@@ -99,7 +101,7 @@ async fn open_leads_and_restart_keeps_everything() -> Result<()> {
 }
 
 /// A crash after the log fsync but before apply: the entry is in
-/// `raft-log.redb` only. On re-open it is committed and applied.
+/// the Raft log only. On re-open it is committed and applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logged_but_unapplied_entry_is_applied_on_reopen() -> Result<()> {
     let dir = tempfile::tempdir().map_err(CoreError::internal)?;
@@ -109,31 +111,13 @@ async fn logged_but_unapplied_entry_is_applied_on_reopen() -> Result<()> {
     drop(store);
 
     {
-        let db = redb::Database::open(dir.path().join(LOG_FILE)).map_err(CoreError::storage)?;
-        let txn = db.begin_write().map_err(CoreError::storage)?;
-        {
-            use redb::ReadableTable;
-            let mut logs = txn
-                .open_table(log_store::LOGS)
-                .map_err(CoreError::storage)?;
-            let last: openraft::Entry<TypeConfig> = {
-                let (_, v) = logs
-                    .last()
-                    .map_err(CoreError::storage)?
-                    .ok_or(CoreError::Internal("empty log".into()))?;
-                serde_json::from_slice(v.value()).map_err(CoreError::storage)?
-            };
-            let mut log_id = last.log_id;
-            log_id.index += 1;
-            let entry = openraft::Entry::<TypeConfig> {
-                log_id,
-                payload: openraft::EntryPayload::Normal(Command::Batch(vec![put("x/after", b"2")])),
-            };
-            let bytes = serde_json::to_vec(&entry).map_err(CoreError::storage)?;
-            logs.insert(log_id.index, bytes.as_slice())
-                .map_err(CoreError::storage)?;
-        }
-        txn.commit().map_err(CoreError::storage)?;
+        let log = LogStore::open(&dir.path().join(LOG_DIR))?;
+        let last = log
+            .log_state()?
+            .last_log_id
+            .ok_or(CoreError::Internal("empty log".into()))?;
+        let log_id = LogId::new(last.leader_id, last.index + 1);
+        log.append_blocking(vec![entry(log_id, vec![put("x/after", b"2")])])?;
     }
 
     let store = open(&dir).await;
@@ -317,4 +301,197 @@ fn command_log_encoding_round_trips_and_debug_hides_values() {
         .map_err(|e| e.to_string())
         .unwrap_or(Command::Batch(vec![]));
     assert_eq!(back, restore);
+}
+
+// ----- the log store on its own -----
+
+fn entry(log_id: LogId<u64>, ops: Vec<BatchOp>) -> openraft::Entry<TypeConfig> {
+    openraft::Entry {
+        log_id,
+        payload: openraft::EntryPayload::Normal(Command::Batch(ops)),
+    }
+}
+
+fn lid(index: u64) -> LogId<u64> {
+    LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+}
+
+/// Entries `from..=to`, each one put of `k<index>`.
+fn entries(from: u64, to: u64) -> Vec<openraft::Entry<TypeConfig>> {
+    (from..=to)
+        .map(|i| {
+            entry(
+                lid(i),
+                vec![put(&format!("k{i}"), format!("v{i}").as_bytes())],
+            )
+        })
+        .collect()
+}
+
+fn indexes(log: &LogStore) -> Result<Vec<u64>> {
+    Ok(log.entries(..)?.iter().map(|e| e.log_id.index).collect())
+}
+
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+    v.sort();
+    v
+}
+
+#[test]
+fn log_reopens_across_segments_and_cuts_a_torn_tail() -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let dir = tmp.path().join(LOG_DIR);
+    {
+        let log = LogStore::open_with(&dir, 300)?;
+        for chunk in [(1, 4), (5, 5), (6, 12), (13, 20)] {
+            log.append_blocking(entries(chunk.0, chunk.1))?;
+        }
+        assert_eq!(indexes(&log)?, (1..=20).collect::<Vec<_>>());
+        assert_eq!(log.entries(5..8)?.len(), 3);
+    }
+    let segs = segments(&dir);
+    assert!(segs.len() >= 3, "small segments roll over: {segs:?}");
+    // A crash mid-append: half a record after the last one, in the
+    // preallocated zeroes.
+    let last = segs
+        .last()
+        .cloned()
+        .ok_or(CoreError::Internal("no segment".into()))?;
+    let bytes = std::fs::read(&last).map_err(CoreError::internal)?;
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1) as u64;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&last)
+            .map_err(CoreError::internal)?;
+        f.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, b'{'], end)
+            .map_err(CoreError::internal)?;
+    }
+    let log = LogStore::open_with(&dir, 300)?;
+    assert_eq!(indexes(&log)?, (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::metadata(&last).map_err(CoreError::internal)?.len(),
+        end
+    );
+    let back = log.entries(20..=20)?;
+    assert!(matches!(
+        &back[0].payload,
+        openraft::EntryPayload::Normal(Command::Batch(ops))
+            if matches!(&ops[0], BatchOp::Put { key, value } if key == "k20" && value == b"v20")
+    ));
+    log.append_blocking(entries(21, 22))?;
+    drop(log);
+    let log = LogStore::open_with(&dir, 300)?;
+    assert_eq!(log.log_state()?.last_log_id, Some(lid(22)));
+    Ok(())
+}
+
+#[test]
+fn a_damaged_record_before_the_last_segment_is_an_error() -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let dir = tmp.path().join(LOG_DIR);
+    LogStore::open_with(&dir, 300)?.append_blocking(entries(1, 20))?;
+    LogStore::open_with(&dir, 300)?.append_blocking(entries(21, 40))?;
+    let first = segments(&dir)[0].clone();
+    let mut bytes = std::fs::read(&first).map_err(CoreError::internal)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&first, bytes).map_err(CoreError::internal)?;
+    let err = LogStore::open_with(&dir, 300).err().map(|e| e.to_string());
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("damaged")),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn truncate_purge_and_vote_survive_reopen() -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let dir = tmp.path().join(LOG_DIR);
+    let log = LogStore::open_with(&dir, 400)?;
+    log.append_blocking(entries(1, 30))?;
+    log.truncate_blocking(20)?;
+    assert_eq!(log.log_state()?.last_log_id, Some(lid(19)));
+    log.purge_blocking(lid(10))?;
+    let vote = openraft::Vote::new(3, 1);
+    log.save_vote_blocking(vote)?;
+    let before = segments(&dir).len();
+    drop(log);
+
+    let log = LogStore::open_with(&dir, 400)?;
+    let state = log.log_state()?;
+    assert_eq!(state.last_purged_log_id, Some(lid(10)));
+    assert_eq!(state.last_log_id, Some(lid(19)));
+    assert_eq!(indexes(&log)?, (11..=19).collect::<Vec<_>>());
+    assert_eq!(log.state()?.meta.vote, Some(vote));
+    // Appending continues where the truncation left off.
+    log.append_blocking(entries(20, 24))?;
+    // Purging past the end (a snapshot installed) empties the log; the next
+    // entry follows the purge point.
+    log.purge_blocking(lid(40))?;
+    assert!(segments(&dir).len() <= before);
+    assert_eq!(log.log_state()?.last_log_id, Some(lid(40)));
+    assert!(indexes(&log)?.is_empty());
+    log.append_blocking(entries(41, 44))?;
+    // An append over existing entries replaces them and everything after.
+    log.append_blocking(vec![entry(lid(42), vec![put("k42", b"new")])])?;
+    drop(log);
+    let log = LogStore::open_with(&dir, 400)?;
+    assert_eq!(indexes(&log)?, vec![41, 42]);
+    assert!(matches!(
+        &log.entries(42..)?[0].payload,
+        openraft::EntryPayload::Normal(Command::Batch(ops))
+            if matches!(&ops[0], BatchOp::Put { value, .. } if value == b"new")
+    ));
+    assert_eq!(log.log_state()?.last_purged_log_id, Some(lid(40)));
+    Ok(())
+}
+
+/// Data directories of earlier versions hold the log in `raft-log.redb`; it is
+/// copied to segment files at open, with its vote and purge point.
+#[test]
+fn the_redb_log_of_earlier_versions_is_migrated() -> Result<()> {
+    use redb::TableDefinition;
+    const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let legacy = tmp.path().join(LEGACY_LOG_FILE);
+    let vote = openraft::Vote::new(2, 1);
+    {
+        let db = redb::Database::create(&legacy).map_err(CoreError::storage)?;
+        let txn = db.begin_write().map_err(CoreError::storage)?;
+        {
+            let mut logs = txn.open_table(LOGS).map_err(CoreError::storage)?;
+            for e in entries(5, 9) {
+                let bytes = serde_json::to_vec(&e).map_err(CoreError::storage)?;
+                logs.insert(e.log_id.index, bytes.as_slice())
+                    .map_err(CoreError::storage)?;
+            }
+            let mut meta = txn.open_table(META).map_err(CoreError::storage)?;
+            let v = serde_json::to_vec(&vote).map_err(CoreError::storage)?;
+            meta.insert("vote", v.as_slice())
+                .map_err(CoreError::storage)?;
+            let p = serde_json::to_vec(&lid(4)).map_err(CoreError::storage)?;
+            meta.insert("last_purged", p.as_slice())
+                .map_err(CoreError::storage)?;
+        }
+        txn.commit().map_err(CoreError::storage)?;
+    }
+    let dir = tmp.path().join(LOG_DIR);
+    LogStore::migrate_redb(&legacy, &dir)?;
+    assert!(!legacy.exists());
+    assert!(legacy.with_extension("redb.migrated").exists());
+    // A second open finds nothing left to migrate.
+    LogStore::migrate_redb(&legacy, &dir)?;
+    let log = LogStore::open(&dir)?;
+    assert_eq!(indexes(&log)?, (5..=9).collect::<Vec<_>>());
+    assert_eq!(log.log_state()?.last_purged_log_id, Some(lid(4)));
+    assert_eq!(log.state()?.meta.vote, Some(vote));
+    Ok(())
 }
