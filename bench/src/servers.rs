@@ -45,7 +45,7 @@ impl Kind {
     pub fn durability(self) -> &'static str {
         match self {
             Kind::Custos => {
-                "Raft (openraft on redb): every log append fsync'd before commit; \
+                "Raft (openraft; segment-file log, redb state machine): every log append fsync'd before commit; \
                  file audit device: group-committed, fsync'd before the response (fail closed)"
             }
             Kind::OpenBao => {
@@ -144,7 +144,7 @@ impl AuditSetup {
 /// The durability Custos runs at in `mode`, stated in every report.
 pub fn custos_durability(mode: AuditMode) -> String {
     match mode {
-        AuditMode::Off => "Raft (openraft on redb): every log append fsync'd before commit; \
+        AuditMode::Off => "Raft (openraft; segment-file log, redb state machine): every log append fsync'd before commit; \
                            no audit device"
             .into(),
         AuditMode::File => Kind::Custos.durability().into(),

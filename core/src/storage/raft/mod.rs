@@ -1,5 +1,5 @@
 //! The production [`PhysicalStore`]: Raft (openraft 0.9, storage-v2) with the
-//! log and the state machine on redb.
+//! log in append-only segment files and the state machine on redb.
 //!
 //! # Data flow of a write
 //!
@@ -7,16 +7,17 @@
 //! in one [`Command::Batch`] and proposes it with `Raft::client_write`:
 //!
 //! 1. **propose**: the leader's `RaftCore` assigns the entry a log id;
-//! 2. **log fsync**: [`LogStore::append`] writes it to `raft-log.redb` in one
-//!    redb transaction and reports it flushed only after the fsynced commit
-//!    returned;
+//! 2. **log fsync**: [`LogStore::append`] writes it at the end of the active
+//!    segment file in `raft-log/` and reports it flushed only after its
+//!    `fdatasync` returned;
 //! 3. **commit**: once a quorum (one node: itself) has it on disk, the entry is
 //!    committed;
 //! 4. **apply**: [`StateMachineStore::apply`] applies the batch to
-//!    `state.redb` in one fsynced transaction together with `last_applied` (and
-//!    `last_membership` for membership entries);
-//! 5. `client_write` returns only now, so an acknowledged write is on disk twice
-//!    and visible to the next read.
+//!    `state.redb` in one transaction together with `last_applied` (and
+//!    `last_membership` for membership entries), not fsynced: the log is the
+//!    durable record (see the state machine's docs);
+//! 5. `client_write` returns only now, so an acknowledged write is durable in
+//!    the log and visible to the next read.
 //!
 //! # Reads
 //!
@@ -36,12 +37,14 @@
 //!
 //! # Files
 //!
-//! `dir/raft-log.redb` ([`LogStore`]: entries, vote, purge point) and
-//! `dir/state.redb` ([`StateMachineStore`]: key/values, applied state, current
-//! snapshot). Two files because they have different lifecycles: the log is
-//! truncated, purged and rewritten constantly, the state machine is the data; a
-//! DR restore or a rebuilt follower replaces one without touching the other,
-//! and each commit only fsyncs the file it changed.
+//! `dir/raft-log/` ([`LogStore`]: segment files of entries, and `meta.json`
+//! with the vote and purge point) and `dir/state.redb`
+//! ([`StateMachineStore`]: key/values, applied state, current snapshot). Two
+//! stores because they have different lifecycles: the log is appended,
+//! truncated and purged constantly, the state machine is the data; a DR
+//! restore or a rebuilt follower replaces one without touching the other, and
+//! each write only fsyncs the log. A `raft-log.redb` of earlier versions is
+//! migrated into `raft-log/` at open.
 //!
 //! Snapshots are built by openraft every [`SNAPSHOT_EVERY`] entries (and on
 //! demand by [`RaftStorage::snapshot_bytes`] for the snapshot agent); they are
