@@ -41,6 +41,12 @@ use crate::workload::{Dataset, Fixture, Workload};
 
 /// Error rate above which a run fails the command.
 const MAX_ERROR_RATE: f64 = 0.001;
+/// A server counts as idle below this CPU use (cores, over one second).
+const IDLE_CORES: f64 = 0.05;
+/// How long [`settle`] waits after preparing a workload…
+const SETTLE_AFTER_PREPARE: Duration = Duration::from_secs(60);
+/// …and after loading a stored-secrets curve point.
+const SETTLE_AFTER_LOAD: Duration = Duration::from_secs(900);
 
 #[derive(Parser)]
 #[command(
@@ -382,6 +388,46 @@ async fn prepare(
     Ok((usable, skipped))
 }
 
+/// Wait (up to `max`) until every server is idle. After loading many keys a
+/// server may go on compacting or snapshotting in the background (OpenBao's
+/// Raft snapshots a million keys for minutes), and that CPU would be charged
+/// to whichever server is measured next on these two cores. Prints how long
+/// it waited, or who was still busy when it gave up.
+async fn settle(targets: &[Target], max: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let before: Vec<_> = targets
+            .iter()
+            .map(|t| sysinfo::proc_cpu(t.server.pid))
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy: Vec<String> = targets
+            .iter()
+            .zip(before)
+            .filter_map(|(t, before)| {
+                let cores = sysinfo::proc_cpu(t.server.pid)?
+                    .saturating_sub(before?)
+                    .as_secs_f64();
+                (cores > IDLE_CORES).then(|| format!("{} {cores:.2} cores", t.server.label))
+            })
+            .collect();
+        let waited = started.elapsed().as_secs_f64();
+        if busy.is_empty() {
+            if waited > 2.0 {
+                println!("  waited {waited:.0}s for the servers to go idle");
+            }
+            return;
+        }
+        if started.elapsed() >= max {
+            println!(
+                "  still busy after {waited:.0}s ({}); measuring anyway",
+                busy.join(", ")
+            );
+            return;
+        }
+    }
+}
+
 /// One line per target whose run of `w` failed more than [`MAX_ERROR_RATE`]
 /// of its operations.
 fn error_failures(targets: &[Target], w: Workload, stats: &[Option<RunStats>]) -> Vec<String> {
@@ -517,6 +563,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
     let mut rows = Vec::new();
     for &w in &workloads {
         let (usable, skipped) = prepare(&mut targets, w, &ds).await?;
+        settle(&targets, SETTLE_AFTER_PREPARE).await;
         let stats = alternate(&mut targets, w, &spec, a.rounds, &usable).await?;
         failures.extend(error_failures(&targets, w, &stats));
         let mut row = Row::new(
@@ -567,6 +614,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
                     started.elapsed().as_secs_f64()
                 );
             }
+            settle(&targets, SETTLE_AFTER_LOAD).await;
             let stats = alternate(&mut targets, cw, &spec, 1, &[true, true]).await?;
             for (t, st) in targets.iter().zip(stats) {
                 if let Some(st) = st {

@@ -58,6 +58,8 @@ custos_audit::declare_metrics! {
         "Time to apply a batch of committed entries to the state machine.";
     RAFT_APPEND_SECONDS = "custos_raft_log_append_duration_seconds", Histogram, [],
         "Time to append and fsync entries to the Raft log.";
+    RAFT_SNAPSHOT_BUILD_SECONDS = "custos_raft_snapshot_build_duration_seconds", Histogram, [],
+        "Time to build a Raft snapshot (stream the state machine to the snapshot file and fsync it).";
     RAFT_WRITE_GROUP = "custos_raft_write_group_writes", Histogram, [],
         "Callers' write batches committed together in one Raft entry (group commit).";
     RAFT_LAST_INDEX = "custos_raft_last_applied_index", Gauge, [],

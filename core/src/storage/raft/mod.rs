@@ -33,35 +33,40 @@
 //! [`TypeConfig`] is declared with `openraft::declare_raft_types!`:
 //! `D = Command` (the replicated write), `R = CommandResponse`, `NodeId = u64`,
 //! `Node = BasicNode` (its `addr` is the node's API address), entries are
-//! `openraft::Entry`, snapshots `Cursor<Vec<u8>>`, runtime tokio.
+//! `openraft::Entry`, snapshots `tokio::fs::File` (the snapshot file), runtime tokio.
 //!
 //! # Files
 //!
 //! `dir/raft-log/` ([`LogStore`]: segment files of entries, and `meta.json`
 //! with the vote and purge point) and `dir/state.redb`
-//! ([`StateMachineStore`]: key/values, applied state, current snapshot). Two
+//! ([`StateMachineStore`]: key/values, applied state) with the current
+//! snapshot beside it in `dir/raft-snapshot.bin` ([`snapshot`]). Two
 //! stores because they have different lifecycles: the log is appended,
 //! truncated and purged constantly, the state machine is the data; a DR
 //! restore or a rebuilt follower replaces one without touching the other, and
 //! each write only fsyncs the log. A `raft-log.redb` of earlier versions is
 //! migrated into `raft-log/` at open.
 //!
-//! Snapshots are built by openraft every [`SNAPSHOT_EVERY`] entries (and on
-//! demand by [`RaftStorage::snapshot_bytes`] for the snapshot agent); they are
+//! Snapshots are built when [`snapshot_scheduler`] says so — at least
+//! [`SNAPSHOT_EVERY`] entries since the last one, and no sooner than
+//! [`SNAPSHOT_MIN_INTERVAL`] or ten times the last build's duration, since
+//! each copies the whole state — and on demand by
+//! [`RaftStorage::snapshot_bytes`] for the snapshot agent; they are
 //! the state machine's contents, i.e. barrier ciphertext, restorable only with
 //! the original unseal keys. The network is [`SingleNodeNetwork`]: this issue
 //! runs one-node clusters; inter-node RPCs come with the HA issue.
 
 mod log_store;
 mod network;
+mod snapshot;
 mod state_machine;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -75,6 +80,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub use log_store::LogStore;
 pub use network::{SingleNodeNetwork, UnreachablePeer};
+pub use snapshot::SNAPSHOT_FILE;
 pub use state_machine::StateMachineStore;
 
 use super::{BatchOp, PhysicalStore, one_level};
@@ -89,7 +95,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -102,8 +108,15 @@ pub const LOG_DIR: &str = "raft-log";
 pub const LEGACY_LOG_FILE: &str = "raft-log.redb";
 /// File name of the state machine database inside the data directory.
 pub const STATE_FILE: &str = "state.redb";
-/// Build a snapshot (and allow purging the log) after this many entries.
+/// Build a snapshot (and allow purging the log) after this many entries…
 pub const SNAPSHOT_EVERY: u64 = 10_000;
+/// …but not sooner than this after the previous one…
+pub const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// …nor sooner than this many times the previous build's duration, so that
+/// building snapshots takes at most about a tenth of the time.
+const SNAPSHOT_COST_FACTOR: u32 = 10;
+/// How often [`snapshot_scheduler`] looks.
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(2);
 /// How long [`RaftStorage::open`] waits for this node to become leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long [`RaftStorage::snapshot_bytes`] waits for a snapshot to be built.
@@ -246,6 +259,8 @@ pub enum StoreError {
     Format(String),
     #[error("raft log: {0}")]
     Log(String),
+    #[error("raft snapshot: {0}")]
+    SnapshotFile(String),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -337,10 +352,13 @@ pub struct RaftStorage {
     raft: CustosRaft,
     /// The state machine database, for local reads.
     state: Arc<Database>,
+    /// The current snapshot, for DR exports.
+    snapshots: Arc<snapshot::SnapshotFile>,
     /// The log database, held by openraft; watched to know when it is closed.
     log_db: Weak<dyn std::any::Any + Send + Sync>,
     leader_rx: watch::Receiver<Option<u64>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    scheduler: Mutex<Option<JoinHandle<()>>>,
     /// Writes waiting to be proposed; see [`group_writer`].
     write_tx: mpsc::Sender<PendingWrite>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -443,7 +461,8 @@ fn raft_config() -> Result<Config> {
         heartbeat_interval: 250,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        // Decided by `snapshot_scheduler`, which also weighs the build cost.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
         ..Default::default()
@@ -493,7 +512,7 @@ impl RaftStorage {
             let path = dir.join(STATE_FILE);
             blocking(move || StateMachineStore::open(&path)).await?
         };
-        let state = sm.db();
+        let (state, snapshots, last_build) = (sm.db(), sm.snapshots(), sm.last_build_micros());
         let log_db = log.liveness();
 
         let config = Arc::new(raft_config()?);
@@ -503,15 +522,18 @@ impl RaftStorage {
 
         let (leader_tx, leader_rx) = watch::channel(None);
         let watcher = tokio::spawn(watch_metrics(raft.metrics(), leader_tx));
+        let scheduler = tokio::spawn(snapshot_scheduler(raft.clone(), last_build));
         let (write_tx, write_rx) = mpsc::channel(4 * GROUP_MAX_WRITES);
         let writer = tokio::spawn(group_writer(raft.clone(), write_rx));
         let storage = Arc::new(RaftStorage {
             node_id,
             raft,
             state,
+            snapshots,
             log_db,
             leader_rx,
             watcher: Mutex::new(Some(watcher)),
+            scheduler: Mutex::new(Some(scheduler)),
             write_tx,
             writer: Mutex::new(Some(writer)),
         });
@@ -562,11 +584,14 @@ impl RaftStorage {
             tracing::warn!(error = %e, "raft shutdown");
         }
         // Queued writes now fail ("storage is shutting down"); the group
-        // writer holds a Raft handle, so stop it before waiting for release.
-        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(w) = writer {
-            w.abort();
-            let _ = w.await;
+        // writer and the snapshot scheduler hold Raft handles, so stop them
+        // before waiting for release.
+        for task in [&self.writer, &self.scheduler] {
+            let task = task.lock().ok().and_then(|mut t| t.take());
+            if let Some(t) = task {
+                t.abort();
+                let _ = t.await;
+            }
         }
         let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = watcher {
@@ -656,11 +681,11 @@ impl RaftStorage {
             .metrics(|m| m.snapshot.map(|s| s.index) >= target, "snapshot built")
             .await
             .map_err(|e| CoreError::Storage(format!("snapshot: {e}")))?;
-        let state = self.state.clone();
-        let (meta, data) = blocking(move || state_machine::current_snapshot(&state))
+        let snapshots = self.snapshots.clone();
+        let (meta, data) = blocking(move || snapshots.read_current())
             .await?
             .ok_or_else(|| CoreError::Storage("no snapshot available".to_string()))?;
-        let key_count = state_machine::snapshot_pair_count(&data)?;
+        let key_count = snapshot::snapshot_pair_count(&data)?;
         let info = snapshot_info(&meta, key_count, data.len());
         Ok((data, info))
     }
@@ -670,12 +695,48 @@ impl RaftStorage {
     /// replicated entry, so it is atomic, durable and keeps this cluster's own
     /// membership and log; the data stays sealed under the source's keys.
     pub async fn restore_snapshot_bytes(&self, bytes: &[u8]) -> Result<SnapshotInfo> {
-        let decoded = state_machine::decode_snapshot(bytes)
+        let decoded = snapshot::decode_snapshot(bytes)
             .map_err(|e| CoreError::BadRequest(format!("invalid snapshot: {e}")))?;
         let info = snapshot_info(&decoded.meta, decoded.pairs.len() as u64, bytes.len());
         self.propose(Command::Restore(decoded.pairs)).await?;
         tracing::info!(snapshot_id = %info.snapshot_id, keys = info.key_count, "snapshot restored");
         Ok(info)
+    }
+}
+
+/// Trigger snapshots (openraft's own policy is off): once [`SNAPSHOT_EVERY`]
+/// entries were applied since the last snapshot, but no sooner than
+/// [`SNAPSHOT_MIN_INTERVAL`] or [`SNAPSHOT_COST_FACTOR`] times the last
+/// build's duration after the previous trigger. A snapshot copies the whole
+/// state; with a million secrets, one every 10,000 entries would keep a core
+/// busy (hashicorp/raft, under Vault, likewise checks its 8,192-entry
+/// threshold only every two minutes). Ends when Raft shuts down.
+async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>) {
+    let mut metrics_rx = raft.metrics();
+    let mut last_trigger = Instant::now();
+    loop {
+        tokio::time::sleep(SNAPSHOT_CHECK).await;
+        if metrics_rx.has_changed().is_err() {
+            return;
+        }
+        let (applied, snapshot) = {
+            let m = metrics_rx.borrow_and_update();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        let since = match (applied, snapshot) {
+            (Some(a), Some(s)) => a.saturating_sub(s),
+            (Some(a), None) => a + 1,
+            (None, _) => 0,
+        };
+        let last_build = Duration::from_micros(last_build_micros.load(Ordering::Relaxed));
+        let gap = SNAPSHOT_MIN_INTERVAL.max(last_build * SNAPSHOT_COST_FACTOR);
+        if since < SNAPSHOT_EVERY || last_trigger.elapsed() < gap {
+            continue;
+        }
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        last_trigger = Instant::now();
     }
 }
 

@@ -16,21 +16,18 @@
 //! redb reclaims the pages of non-durable commits only at a durable one.
 //!
 //! Tables: `kv` (key → value bytes; the values are already sealed by the
-//! barrier), `sm_meta` (`last_applied`, `last_membership`, JSON) and `snapshot`
-//! (`meta` as JSON and `data` in the [snapshot format](encode_snapshot)): the
-//! current snapshot survives restarts, so a restarted leader can still send it.
+//! barrier) and `sm_meta` (`last_applied`, `last_membership`, JSON).
 //! [`RaftStorage`](super::RaftStorage) reads `kv` directly (`get`, `list`)
 //! through redb read transactions, which never block the writer.
 //!
-//! Snapshot format (version 1), all integers big-endian:
-//! `b"CUSTOSNP"`, `u32` version, `u32` header length, header (JSON
-//! `SnapshotMeta`: last log id, membership, snapshot id), `u64` pair count,
-//! then per pair `u32` key length, key (UTF-8), `u32` value length, value.
-//! Pairs are in key order. Nothing after the last pair.
+//! Snapshots live beside the database in their own file (see
+//! [`snapshot`](super::snapshot)), streamed from one read transaction; the
+//! current one survives restarts, so a restarted leader can still send it.
+//! Earlier versions kept it in a `snapshot` table, moved out at open.
 
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -38,21 +35,24 @@ use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder,
     StorageError, StorageIOError, StoredMembership,
 };
-use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    TableError,
+};
 
+use super::snapshot::{SnapshotFile, SnapshotWriter, decode_snapshot};
 use super::{Command, CommandResponse, StoreError, TypeConfig, blocking};
 use crate::metrics;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+/// Where versions before the snapshot file kept the current snapshot.
+const LEGACY_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "last_membership";
+const KEY_LAST_SNAPSHOT: &str = "last_snapshot";
 const KEY_SNAP_META: &str = "meta";
 const KEY_SNAP_DATA: &str = "data";
-
-const MAGIC: &[u8; 8] = b"CUSTOSNP";
-const FORMAT_VERSION: u32 = 1;
 
 pub(crate) type Meta = SnapshotMeta<u64, BasicNode>;
 type Membership = StoredMembership<u64, BasicNode>;
@@ -62,7 +62,11 @@ type Membership = StoredMembership<u64, BasicNode>;
 pub struct StateMachineStore {
     db: Arc<Database>,
     /// Applies committed without fsync since the last durable commit.
-    unsynced: Arc<std::sync::atomic::AtomicU32>,
+    unsynced: Arc<AtomicU32>,
+    snapshots: Arc<SnapshotFile>,
+    /// How long the last snapshot build took, in microseconds (0: none yet),
+    /// for the snapshot scheduler in [`super`].
+    last_build_micros: Arc<AtomicU64>,
 }
 
 /// Every this many apply batches, commit durably: redb frees the pages of
@@ -77,7 +81,8 @@ const DURABLE_EVERY: u32 = 64;
 const CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 impl StateMachineStore {
-    /// Open or create the state database at `path` and make sure its tables exist.
+    /// Open or create the state database at `path` and make sure its tables
+    /// exist; the snapshot file lives in the same directory.
     pub fn open(path: &Path) -> Result<StateMachineStore, StoreError> {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
@@ -86,12 +91,16 @@ impl StateMachineStore {
         {
             txn.open_table(KV)?;
             txn.open_table(SM_META)?;
-            txn.open_table(SNAPSHOT)?;
         }
         txn.commit()?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let snapshots = SnapshotFile::open(dir)?;
+        migrate_legacy_snapshot(&db, &snapshots)?;
         Ok(StateMachineStore {
             db: Arc::new(db),
             unsynced: Arc::default(),
+            snapshots: Arc::new(snapshots),
+            last_build_micros: Arc::default(),
         })
     }
 
@@ -99,6 +108,46 @@ impl StateMachineStore {
     pub(crate) fn db(&self) -> Arc<Database> {
         self.db.clone()
     }
+
+    /// The snapshot file, shared with [`RaftStorage`](super::RaftStorage) for DR exports.
+    pub(crate) fn snapshots(&self) -> Arc<SnapshotFile> {
+        self.snapshots.clone()
+    }
+
+    /// How long the last snapshot build took (shared with the scheduler).
+    pub(crate) fn last_build_micros(&self) -> Arc<AtomicU64> {
+        self.last_build_micros.clone()
+    }
+}
+
+/// Move a snapshot kept in `state.redb` by earlier versions into the snapshot
+/// file (unless that already holds a newer one) and drop the table, whose
+/// pages redb then reuses.
+fn migrate_legacy_snapshot(db: &Database, snapshots: &SnapshotFile) -> Result<(), StoreError> {
+    let rtxn = db.begin_read()?;
+    let legacy = match rtxn.open_table(LEGACY_SNAPSHOT) {
+        Ok(table) => match (table.get(KEY_SNAP_META)?, table.get(KEY_SNAP_DATA)?) {
+            (Some(meta), Some(data)) => Some((
+                serde_json::from_slice::<Meta>(meta.value())?,
+                data.value().to_vec(),
+            )),
+            _ => None,
+        },
+        Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    drop(rtxn);
+    if let Some((meta, data)) = legacy {
+        let current = snapshots.open_current()?.map(|(m, _)| m.last_log_id);
+        if current < Some(meta.last_log_id) {
+            snapshots.replace_with(&meta, &data)?;
+        }
+        tracing::info!(snapshot_id = %meta.snapshot_id, "moved the Raft snapshot out of state.redb");
+    }
+    let txn = db.begin_write()?;
+    txn.delete_table(LEGACY_SNAPSHOT)?;
+    txn.commit()?;
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -146,150 +195,6 @@ pub(crate) fn keys_with_prefix(db: &Database, prefix: &str) -> Result<Vec<String
         out.push(k.to_string());
     }
     Ok(out)
-}
-
-/// The current snapshot's meta and bytes, if one was built or installed.
-pub(crate) fn current_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, StoreError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(SNAPSHOT)?;
-    let (Some(meta), Some(data)) = (table.get(KEY_SNAP_META)?, table.get(KEY_SNAP_DATA)?) else {
-        return Ok(None);
-    };
-    let meta: Meta = serde_json::from_slice(meta.value())?;
-    Ok(Some((meta, data.value().to_vec())))
-}
-
-/// Serialize a snapshot: header then every pair of `kv` in key order.
-fn encode_snapshot(
-    meta: &Meta,
-    kv: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Vec<u8>, StoreError> {
-    let header = json(meta)?;
-    let mut out = Vec::with_capacity(64 + header.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-    out.extend_from_slice(&len_u32(header.len())?.to_be_bytes());
-    out.extend_from_slice(&header);
-    let count_at = out.len();
-    out.extend_from_slice(&0u64.to_be_bytes());
-    let mut count: u64 = 0;
-    for item in kv.iter()? {
-        let (k, v) = item?;
-        let (k, v) = (k.value().as_bytes(), v.value());
-        out.extend_from_slice(&len_u32(k.len())?.to_be_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(&len_u32(v.len())?.to_be_bytes());
-        out.extend_from_slice(v);
-        count += 1;
-    }
-    out[count_at..count_at + 8].copy_from_slice(&count.to_be_bytes());
-    Ok(out)
-}
-
-fn len_u32(n: usize) -> Result<u32, StoreError> {
-    u32::try_from(n)
-        .map_err(|_| StoreError::Format(format!("item of {n} bytes is too large for a snapshot")))
-}
-
-/// A parsed snapshot.
-pub(crate) struct DecodedSnapshot {
-    pub meta: Meta,
-    pub pairs: Vec<(String, Vec<u8>)>,
-}
-
-/// Parse and validate snapshot bytes (see the module docs for the format).
-pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<DecodedSnapshot, StoreError> {
-    let mut r = Reader { bytes, pos: 0 };
-    let (meta, count) = read_header(&mut r)?;
-    let mut pairs = Vec::new();
-    for _ in 0..count {
-        let klen = r.u32()? as usize;
-        let key = std::str::from_utf8(r.take(klen)?)
-            .map_err(|_| StoreError::Format("snapshot key is not UTF-8".into()))?
-            .to_string();
-        let vlen = r.u32()? as usize;
-        pairs.push((key, r.take(vlen)?.to_vec()));
-    }
-    if r.pos != bytes.len() {
-        return Err(StoreError::Format(
-            "trailing bytes after the last snapshot pair".into(),
-        ));
-    }
-    Ok(DecodedSnapshot { meta, pairs })
-}
-
-/// The number of pairs a snapshot holds, from its header only.
-pub(crate) fn snapshot_pair_count(bytes: &[u8]) -> Result<u64, StoreError> {
-    let mut r = Reader { bytes, pos: 0 };
-    Ok(read_header(&mut r)?.1)
-}
-
-fn read_header(r: &mut Reader<'_>) -> Result<(Meta, u64), StoreError> {
-    if r.take(MAGIC.len())? != MAGIC {
-        return Err(StoreError::Format(
-            "not a Custos snapshot (bad magic)".into(),
-        ));
-    }
-    let version = r.u32()?;
-    if version != FORMAT_VERSION {
-        return Err(StoreError::Format(format!(
-            "unsupported snapshot format version {version}"
-        )));
-    }
-    let header_len = r.u32()? as usize;
-    let meta: Meta = serde_json::from_slice(r.take(header_len)?)?;
-    let count = r.u64()?;
-    Ok((meta, count))
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| StoreError::Format("snapshot is truncated".into()))?;
-        let out = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn u32(&mut self) -> Result<u32, StoreError> {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(self.take(4)?);
-        Ok(u32::from_be_bytes(b))
-    }
-
-    fn u64(&mut self) -> Result<u64, StoreError> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(b))
-    }
-}
-
-/// Store `meta`/`data` as the current snapshot unless a newer one is already there
-/// (a slow build must not replace a snapshot installed meanwhile).
-fn store_snapshot_in(
-    table: &mut Table<&str, &[u8]>,
-    meta: &Meta,
-    data: &[u8],
-    force: bool,
-) -> Result<(), StoreError> {
-    if !force && let Some(existing) = table.get(KEY_SNAP_META)? {
-        let existing: Meta = serde_json::from_slice(existing.value())?;
-        if existing.last_log_id > meta.last_log_id {
-            return Ok(());
-        }
-    }
-    let meta = json(meta)?;
-    table.insert(KEY_SNAP_META, meta.as_slice())?;
-    table.insert(KEY_SNAP_DATA, data)?;
-    Ok(())
 }
 
 fn apply_command(kv: &mut Table<&str, &[u8]>, cmd: Command) -> Result<CommandResponse, StoreError> {
@@ -359,7 +264,12 @@ fn apply_entries(
     Ok(out)
 }
 
-fn build_snapshot_in(db: &Database) -> Result<(Meta, Vec<u8>), StoreError> {
+/// Stream the state machine into a new snapshot file and make it current.
+/// Returns the current snapshot afterwards, opened at its first byte.
+fn build_snapshot_in(
+    db: &Database,
+    snapshots: &SnapshotFile,
+) -> Result<(Meta, std::fs::File), StoreError> {
     // One read transaction: the pairs and last_applied are one consistent view.
     let rtxn = db.begin_read()?;
     let (last_applied, last_membership) = applied_state_in(&rtxn)?;
@@ -376,22 +286,41 @@ fn build_snapshot_in(db: &Database) -> Result<(Meta, Vec<u8>), StoreError> {
         last_membership,
         snapshot_id,
     };
-    let data = {
+    let (path, out) = snapshots.create(&meta.snapshot_id)?;
+    let written = (|| {
         let kv = rtxn.open_table(KV)?;
-        encode_snapshot(&meta, &kv)?
-    };
+        let mut w = SnapshotWriter::new(out, &meta, kv.len()?)?;
+        for item in kv.iter()? {
+            let (k, v) = item?;
+            w.pair(k.value(), v.value())?;
+        }
+        super::snapshot::sync(w.finish()?, &path)
+    })();
     drop(rtxn);
-
-    let wtxn = db.begin_write()?;
-    {
-        let mut table = wtxn.open_table(SNAPSHOT)?;
-        store_snapshot_in(&mut table, &meta, &data, false)?;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
-    wtxn.commit()?;
-    Ok((meta, data))
+    // openraft purges the log up to the snapshot once it is built, and the
+    // state machine's commits are not all durable (see the module docs): one
+    // durable commit makes everything applied so far durable first.
+    let txn = db.begin_write()?;
+    {
+        let mut sm_meta = txn.open_table(SM_META)?;
+        sm_meta.insert(KEY_LAST_SNAPSHOT, meta.snapshot_id.as_bytes())?;
+    }
+    txn.commit()?;
+    snapshots.commit(&path, &meta, false)
 }
 
-fn install_snapshot_in(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
+/// Replace the state machine by the snapshot `data` (sent by a leader) and
+/// make it the current snapshot.
+fn install_snapshot_in(
+    db: &Database,
+    snapshots: &SnapshotFile,
+    meta: &Meta,
+    data: &[u8],
+) -> Result<(), StoreError> {
     let decoded = decode_snapshot(data)?;
     let txn = db.begin_write()?;
     {
@@ -403,10 +332,18 @@ fn install_snapshot_in(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), St
         let mut sm_meta = txn.open_table(SM_META)?;
         sm_meta.insert(KEY_LAST_APPLIED, json(&meta.last_log_id)?.as_slice())?;
         sm_meta.insert(KEY_MEMBERSHIP, json(&meta.last_membership)?.as_slice())?;
-        let mut snap = txn.open_table(SNAPSHOT)?;
-        store_snapshot_in(&mut snap, meta, data, true)?;
+        sm_meta.insert(KEY_LAST_SNAPSHOT, meta.snapshot_id.as_bytes())?;
     }
+    // Durable before the snapshot file says so: after a crash in between, the
+    // older snapshot file is simply older than the state machine.
     txn.commit()?;
+    snapshots.replace_with(meta, data)?;
+    let received = snapshots.receive_path();
+    if received.exists() {
+        std::fs::remove_file(&received).map_err(|e| {
+            StoreError::SnapshotFile(format!("removing {}: {e}", received.display()))
+        })?;
+    }
     Ok(())
 }
 
@@ -418,17 +355,31 @@ fn sm_write_err(e: StoreError) -> StorageError<u64> {
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
+fn tokio_file(file: std::fs::File) -> Box<tokio::fs::File> {
+    Box::new(tokio::fs::File::from_std(file))
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let db = self.db.clone();
-        let (meta, data) = blocking(move || build_snapshot_in(&db))
+        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
+        let started = Instant::now();
+        let (meta, file) = blocking(move || build_snapshot_in(&db, &snapshots))
             .await
             .map_err(|e| {
                 StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e)))
             })?;
+        let took = started.elapsed();
+        self.last_build_micros
+            .store(took.as_micros().max(1) as u64, Ordering::Relaxed);
+        metrics::histogram_record(
+            metrics::RAFT_SNAPSHOT_BUILD_SECONDS,
+            &[],
+            took.as_secs_f64(),
+        );
+        tracing::info!(snapshot_id = %meta.snapshot_id, took_ms = took.as_millis() as u64, "raft snapshot built");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: tokio_file(file),
         })
     }
 }
@@ -451,13 +402,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let entries: Vec<_> = entries.into_iter().collect();
         let db = self.db.clone();
         let started = Instant::now();
-        let n = self
-            .unsynced
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let n = self.unsynced.fetch_add(1, Ordering::Relaxed) + 1;
         let durable = n >= DURABLE_EVERY;
         if durable {
-            self.unsynced.store(0, std::sync::atomic::Ordering::Relaxed);
+            self.unsynced.store(0, Ordering::Relaxed);
         }
         let res = blocking(move || apply_entries(&db, entries, durable)).await;
         metrics::histogram_record(
@@ -474,34 +422,57 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        let path = self.snapshots.receive_path();
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
-        let db = self.db.clone();
-        let meta_owned = meta.clone();
-        blocking(move || install_snapshot_in(&db, &meta_owned, &data))
+        fn to_err(meta: &Meta, e: &(impl std::error::Error + 'static)) -> StorageError<u64> {
+            StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(e)).into()
+        }
+        // Whatever file the snapshot was written to (normally the receive
+        // file), read it from its first byte.
+        use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+        let mut file = *snapshot;
+        file.flush().await.map_err(|e| to_err(meta, &e))?;
+        file.rewind().await.map_err(|e| to_err(meta, &e))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)
             .await
-            .map_err(|e| {
-                StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)).into()
-            })
+            .map_err(|e| to_err(meta, &e))?;
+        drop(file);
+        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
+        let meta_owned = meta.clone();
+        blocking(move || install_snapshot_in(&db, &snapshots, &meta_owned, &data))
+            .await
+            .map_err(|e| to_err(meta, &e))
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let current = current_snapshot(&self.db).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
-        })?;
-        Ok(current.map(|(meta, data)| Snapshot {
+        let snapshots = self.snapshots.clone();
+        let current = blocking(move || snapshots.open_current())
+            .await
+            .map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
+            })?;
+        Ok(current.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: tokio_file(file),
         }))
     }
 }

@@ -11,7 +11,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{LogId, StorageError};
 use tempfile::TempDir;
 
-use super::state_machine::decode_snapshot;
+use super::snapshot::decode_snapshot;
 use super::*;
 
 /// Builds both stores in a fresh temporary directory; the `TempDir` is the
@@ -493,5 +493,99 @@ fn the_redb_log_of_earlier_versions_is_migrated() -> Result<()> {
     assert_eq!(indexes(&log)?, (5..=9).collect::<Vec<_>>());
     assert_eq!(log.log_state()?.last_purged_log_id, Some(lid(4)));
     assert_eq!(log.state()?.meta.vote, Some(vote));
+    Ok(())
+}
+
+/// Snapshots are files beside `state.redb`: a built one is the current one
+/// after a reopen, a newer one is never replaced by an older build, and
+/// leftovers of an interrupted build are removed at open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_live_in_their_own_file() -> Result<()> {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let path = tmp.path().join(STATE_FILE);
+    let to_core = |e: StorageError<u64>| CoreError::Storage(e.to_string());
+    let mut sm = StateMachineStore::open(&path)?;
+    sm.apply(entries(1, 50)).await.map_err(to_core)?;
+    let built = sm.build_snapshot().await.map_err(to_core)?;
+    assert_eq!(built.meta.last_log_id, Some(lid(50)));
+    let file = tmp.path().join(SNAPSHOT_FILE);
+    let bytes = std::fs::read(&file).map_err(CoreError::internal)?;
+    let decoded = decode_snapshot(&bytes)?;
+    assert_eq!(decoded.meta, built.meta);
+    assert_eq!(decoded.pairs.len(), 50);
+    assert_eq!(
+        decoded.pairs.first(),
+        Some(&("k1".to_string(), b"v1".to_vec()))
+    );
+
+    // An older snapshot committed late (a slow build) does not replace it.
+    let stale_meta = state_machine::Meta {
+        last_log_id: Some(lid(10)),
+        ..built.meta.clone()
+    };
+    let snapshots = sm.snapshots();
+    let (stale_path, mut out) = snapshots.create("stale")?;
+    std::io::Write::write_all(&mut out, b"older").map_err(CoreError::internal)?;
+    snapshot::sync(out, &stale_path)?;
+    let (current, _) = snapshots.commit(&stale_path, &stale_meta, false)?;
+    assert_eq!(current.last_log_id, Some(lid(50)));
+    assert!(!stale_path.exists());
+
+    // A crash mid-build leaves a .tmp file: the next open removes it, and
+    // the current snapshot is still there.
+    drop(snapshots);
+    drop(sm);
+    let leftover = tmp.path().join(format!("{SNAPSHOT_FILE}.1-7-0.tmp"));
+    std::fs::write(&leftover, b"partial").map_err(CoreError::internal)?;
+    let mut sm = StateMachineStore::open(&path)?;
+    assert!(!leftover.exists());
+    let current = sm.get_current_snapshot().await.map_err(to_core)?;
+    assert_eq!(current.map(|s| s.meta), Some(built.meta));
+    Ok(())
+}
+
+/// Earlier versions kept the snapshot inside `state.redb`; at open it moves
+/// to the snapshot file and the table is dropped.
+#[test]
+fn a_snapshot_kept_in_state_redb_moves_to_its_file() -> Result<()> {
+    use redb::TableDefinition;
+    const LEGACY: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let path = tmp.path().join(STATE_FILE);
+    let meta = state_machine::Meta {
+        last_log_id: Some(lid(7)),
+        snapshot_id: "1-7-0".to_string(),
+        ..Default::default()
+    };
+    let mut data = Vec::new();
+    let mut w = snapshot::SnapshotWriter::new(&mut data, &meta, 1)?;
+    w.pair("k", b"v")?;
+    w.finish()?;
+    {
+        let db = redb::Database::create(&path).map_err(CoreError::storage)?;
+        let txn = db.begin_write().map_err(CoreError::storage)?;
+        {
+            let mut t = txn.open_table(LEGACY).map_err(CoreError::storage)?;
+            let m = serde_json::to_vec(&meta).map_err(CoreError::storage)?;
+            t.insert("meta", m.as_slice()).map_err(CoreError::storage)?;
+            t.insert("data", data.as_slice())
+                .map_err(CoreError::storage)?;
+        }
+        txn.commit().map_err(CoreError::storage)?;
+    }
+    let sm = StateMachineStore::open(&path)?;
+    let (current, bytes) = sm
+        .snapshots()
+        .read_current()?
+        .ok_or_else(|| CoreError::Storage("no snapshot after migration".into()))?;
+    assert_eq!(current, meta);
+    assert_eq!(bytes, data);
+    let db = sm.db();
+    let txn = db.begin_read().map_err(CoreError::storage)?;
+    assert!(
+        txn.open_table(LEGACY).is_err(),
+        "the legacy table is dropped"
+    );
     Ok(())
 }
