@@ -481,7 +481,10 @@ pub fn sensitive_kinds(ev: &EventView) -> Vec<&'static str> {
     let path = ev.request.path.trim_start_matches('/');
     let op = ev.request.operation.as_str();
     let writes = matches!(op, "create" | "update" | "delete" | "patch");
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
     if under("sys/seal") || under("sys/step-down") {
         kinds.push("seal");
     }
@@ -531,6 +534,11 @@ const GATHER: Duration = Duration::from_millis(100);
 /// after `count_after`.
 fn feed(detector: &mut AccessDetector, records: &[Record], count_after: u64) {
     for rec in records {
+        // Only response events count (reads, sensitive operations); request
+        // events are passed over unparsed.
+        if EventView::is_request_event(&rec.event) {
+            continue;
+        }
         let Ok(ev) = EventView::parse(&rec.event) else {
             continue;
         };
@@ -671,6 +679,13 @@ mod tests {
         ev.auth.policies = vec!["default".into()];
         ev.request.path = "sys/seal".into();
         assert_eq!(sensitive_kinds(&ev), vec!["seal"]);
+        ev.request.path = "/sys/seal/x".into();
+        assert_eq!(sensitive_kinds(&ev), vec!["seal"]);
+        ev.request.path = "sys/sealed".into();
+        assert!(sensitive_kinds(&ev).is_empty());
+        ev.request.path = "sys/audit-hash/file".into();
+        assert_eq!(sensitive_kinds(&ev), vec!["audit"]);
+        ev.request.path = "sys/seal".into();
         ev.kind = "request".into();
         assert!(sensitive_kinds(&ev).is_empty());
     }

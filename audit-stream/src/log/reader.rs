@@ -78,7 +78,9 @@ struct Cursor {
     file: File,
     /// File offset of the next byte to read into `chunk`.
     read_offset: u64,
+    /// Read buffer: zeroed once, `CHUNK` bytes; `chunk_len` of them are valid.
     chunk: Vec<u8>,
+    chunk_len: usize,
     chunk_pos: usize,
     /// Lines fully read so far (the next line's number is this + 1).
     line_no: u64,
@@ -174,6 +176,7 @@ impl LogReader {
             file,
             read_offset: 0,
             chunk: Vec::new(),
+            chunk_len: 0,
             chunk_pos: 0,
             line_no: 0,
             sealed: false,
@@ -189,14 +192,14 @@ impl LogReader {
             return Ok(Line::Eof);
         };
         loop {
-            let rest = &cur.chunk[cur.chunk_pos..];
-            if let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            let rest = &cur.chunk[cur.chunk_pos..cur.chunk_len];
+            if let Some(i) = memchr::memchr(b'\n', rest) {
                 self.partial.extend_from_slice(&rest[..=i]);
                 cur.chunk_pos += i + 1;
                 break;
             }
             self.partial.extend_from_slice(rest);
-            cur.chunk.clear();
+            cur.chunk_len = 0;
             cur.chunk_pos = 0;
             let limit = match end {
                 None => u64::MAX,
@@ -208,12 +211,14 @@ impl LogReader {
             if room == 0 {
                 return Ok(Line::Eof);
             }
-            cur.chunk.resize(room as usize, 0);
+            if cur.chunk.is_empty() {
+                cur.chunk = vec![0; CHUNK as usize];
+            }
             let n = cur
                 .file
-                .read_at(&mut cur.chunk, cur.read_offset)
+                .read_at(&mut cur.chunk[..room as usize], cur.read_offset)
                 .map_err(|e| AuditError::io("read segment", &e))?;
-            cur.chunk.truncate(n);
+            cur.chunk_len = n;
             cur.read_offset += n as u64;
             if n == 0 {
                 return Ok(Line::Eof);

@@ -301,7 +301,12 @@ impl AuditIndex {
         }
         // Decode outside the lock; queries only wait for the inserts.
         let mut postings = Vec::with_capacity(records.len());
-        for rec in records.iter().filter(|r| r.seq >= next) {
+        // Only response events become postings: request events are passed
+        // over unparsed.
+        let wanted = records
+            .iter()
+            .filter(|r| r.seq >= next && !EventView::is_request_event(&r.event));
+        for rec in wanted {
             let ev = match EventView::parse(&rec.event) {
                 Ok(ev) => ev,
                 Err(e) => {

@@ -86,6 +86,24 @@ impl EventView {
         serde_json::from_slice(bytes)
     }
 
+    /// Whether `bytes` is, on its face, a request event as the `file` device
+    /// writes it (`{"time":"…","type":"request",…`): the followers of the
+    /// local log use only response events and skip request events (half the
+    /// log) without parsing them. `false` when the layout is any other, so
+    /// such an event is parsed and judged by its `type` as before.
+    pub fn is_request_event(bytes: &[u8]) -> bool {
+        const TIME: &[u8] = b"{\"time\":\"";
+        const TYPE_REQUEST: &[u8] = b"\",\"type\":\"request\"";
+        let Some(rest) = bytes.strip_prefix(TIME) else {
+            return false;
+        };
+        // An RFC 3339 time has no quote or backslash; stop at its end.
+        let Some(end) = rest.iter().take(64).position(|&b| b == b'"' || b == b'\\') else {
+            return false;
+        };
+        rest[end..].starts_with(TYPE_REQUEST)
+    }
+
     /// Parse an event from a JSON value (an Elasticsearch `_source`).
     pub fn from_value(v: Value) -> Result<EventView, serde_json::Error> {
         serde_json::from_value(v)
@@ -166,6 +184,37 @@ mod tests {
             format_nanos(1_704_067_201_500_000_000),
             "2024-01-01T00:00:01.5Z"
         );
+    }
+
+    #[test]
+    fn request_events_are_recognised_without_parsing() {
+        use crate::event::{AuditEvent, AuditRequest, AuditResponse};
+        let req = AuditRequest::new("id", "read", "secret/data/x");
+        let request = serde_json::to_vec(&AuditEvent::request(None, req.clone())).unwrap();
+        let response = serde_json::to_vec(&AuditEvent::response(
+            None,
+            req,
+            AuditResponse::default(),
+            None,
+        ))
+        .unwrap();
+        // As the file device writes them (field order: time, type, ...).
+        assert!(EventView::is_request_event(&request));
+        assert_eq!(EventView::parse(&request).unwrap().kind, "request");
+        assert!(!EventView::is_request_event(&response));
+        // Any other layout is left to the parser.
+        for other in [
+            &br#"{"type":"request","time":"t"}"#[..],
+            br#"{"time":"t\"","type":"request"}"#,
+            br#"{"time":"t","type":"requests"}"#,
+            br#"{"time":"t", "type":"request"}"#,
+            b"",
+        ] {
+            assert!(!EventView::is_request_event(other), "{other:?}");
+        }
+        assert!(EventView::is_request_event(
+            br#"{"time":"t","type":"request"}"#
+        ));
     }
 
     #[test]
