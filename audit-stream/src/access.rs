@@ -534,12 +534,8 @@ const GATHER: Duration = Duration::from_millis(100);
 /// after `count_after`.
 fn feed(detector: &mut AccessDetector, records: &[Record], count_after: u64) {
     for rec in records {
-        // Only response events count (reads, sensitive operations); request
-        // events are passed over unparsed.
-        if EventView::is_request_event(&rec.event) {
-            continue;
-        }
-        let Ok(ev) = EventView::parse(&rec.event) else {
+        // Only response events count (reads, sensitive operations).
+        let Some(Ok(ev)) = EventView::parse_unless_request(&rec.event) else {
             continue;
         };
         detector.observe(&ev);

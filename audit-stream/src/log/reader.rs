@@ -78,7 +78,7 @@ struct Cursor {
     file: File,
     /// File offset of the next byte to read into `chunk`.
     read_offset: u64,
-    /// Read buffer: zeroed once, `CHUNK` bytes; `chunk_len` of them are valid.
+    /// Read buffer of `CHUNK` bytes, zeroed once; `chunk_len` of them are valid.
     chunk: Vec<u8>,
     chunk_len: usize,
     chunk_pos: usize,
@@ -175,7 +175,7 @@ impl LogReader {
             path,
             file,
             read_offset: 0,
-            chunk: Vec::new(),
+            chunk: vec![0; CHUNK as usize],
             chunk_len: 0,
             chunk_pos: 0,
             line_no: 0,
@@ -210,9 +210,6 @@ impl LogReader {
             let room = limit.saturating_sub(cur.read_offset).min(CHUNK);
             if room == 0 {
                 return Ok(Line::Eof);
-            }
-            if cur.chunk.is_empty() {
-                cur.chunk = vec![0; CHUNK as usize];
             }
             let n = cur
                 .file

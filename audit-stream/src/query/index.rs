@@ -301,13 +301,12 @@ impl AuditIndex {
         }
         // Decode outside the lock; queries only wait for the inserts.
         let mut postings = Vec::with_capacity(records.len());
-        // Only response events become postings: request events are passed
-        // over unparsed.
-        let wanted = records
-            .iter()
-            .filter(|r| r.seq >= next && !EventView::is_request_event(&r.event));
-        for rec in wanted {
-            let ev = match EventView::parse(&rec.event) {
+        for rec in records.iter().filter(|r| r.seq >= next) {
+            // Only response events become postings.
+            let Some(parsed) = EventView::parse_unless_request(&rec.event) else {
+                continue;
+            };
+            let ev = match parsed {
                 Ok(ev) => ev,
                 Err(e) => {
                     tracing::warn!(seq = rec.seq, error = %e, "audit index: unparseable event skipped");

@@ -86,22 +86,13 @@ impl EventView {
         serde_json::from_slice(bytes)
     }
 
-    /// Whether `bytes` is, on its face, a request event as the `file` device
-    /// writes it (`{"time":"…","type":"request",…`): the followers of the
-    /// local log use only response events and skip request events (half the
-    /// log) without parsing them. `false` when the layout is any other, so
-    /// such an event is parsed and judged by its `type` as before.
-    pub fn is_request_event(bytes: &[u8]) -> bool {
-        const TIME: &[u8] = b"{\"time\":\"";
-        const TYPE_REQUEST: &[u8] = b"\",\"type\":\"request\"";
-        let Some(rest) = bytes.strip_prefix(TIME) else {
-            return false;
-        };
-        // An RFC 3339 time has no quote or backslash; stop at its end.
-        let Some(end) = rest.iter().take(64).position(|&b| b == b'"' || b == b'\\') else {
-            return false;
-        };
-        rest[end..].starts_with(TYPE_REQUEST)
+    /// Parse an event the followers of the local log can use: `None` for a
+    /// request event recognised from its first bytes as the `file` device
+    /// writes it (`{"time":"…","type":"request",…`), which both followers
+    /// pass over (they use response events only) without parsing it — half
+    /// the log. Any other layout is parsed, and judged by its `type` after.
+    pub fn parse_unless_request(bytes: &[u8]) -> Option<Result<EventView, serde_json::Error>> {
+        (!is_request_event(bytes)).then(|| EventView::parse(bytes))
     }
 
     /// Parse an event from a JSON value (an Elasticsearch `_source`).
@@ -133,6 +124,22 @@ impl EventView {
             .unwrap_or_default()
             .to_owned()
     }
+}
+
+/// Whether `bytes` is, on its face, a request event as the `file` device
+/// writes it (see [`EventView::parse_unless_request`]); `false` for any
+/// other layout.
+fn is_request_event(bytes: &[u8]) -> bool {
+    const TIME: &[u8] = b"{\"time\":\"";
+    const TYPE_REQUEST: &[u8] = b"\",\"type\":\"request\"";
+    let Some(rest) = bytes.strip_prefix(TIME) else {
+        return false;
+    };
+    // An RFC 3339 time has no quote or backslash; stop at its end.
+    let Some(end) = rest.iter().take(64).position(|&b| b == b'"' || b == b'\\') else {
+        return false;
+    };
+    rest[end..].starts_with(TYPE_REQUEST)
 }
 
 /// RFC 3339 → unix nanoseconds.
@@ -199,9 +206,15 @@ mod tests {
         ))
         .unwrap();
         // As the file device writes them (field order: time, type, ...).
-        assert!(EventView::is_request_event(&request));
+        assert!(is_request_event(&request));
         assert_eq!(EventView::parse(&request).unwrap().kind, "request");
-        assert!(!EventView::is_request_event(&response));
+        assert!(!is_request_event(&response));
+        assert!(EventView::parse_unless_request(&request).is_none());
+        let parsed = EventView::parse_unless_request(&response).unwrap().unwrap();
+        assert_eq!(parsed.kind, "response");
+        // A request event in another layout is parsed and says what it is.
+        let other = EventView::parse_unless_request(br#"{"type":"request","time":"t"}"#);
+        assert_eq!(other.unwrap().unwrap().kind, "request");
         // Any other layout is left to the parser.
         for other in [
             &br#"{"type":"request","time":"t"}"#[..],
@@ -210,11 +223,9 @@ mod tests {
             br#"{"time":"t", "type":"request"}"#,
             b"",
         ] {
-            assert!(!EventView::is_request_event(other), "{other:?}");
+            assert!(!is_request_event(other), "{other:?}");
         }
-        assert!(EventView::is_request_event(
-            br#"{"time":"t","type":"request"}"#
-        ));
+        assert!(is_request_event(br#"{"time":"t","type":"request"}"#));
     }
 
     #[test]
