@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::audit;
+use crate::background::spawn_low_priority;
 use crate::barrier::Barrier;
 use crate::config::AuditDeviceConfig;
 use crate::error::{CoreError, Result};
@@ -500,18 +501,22 @@ impl Core {
     }
 
     /// The workers that follow the local audit log off the request path:
-    /// the `sys/audit-query` index and the access-pattern metrics.
+    /// the `sys/audit-query` index and the access-pattern metrics, each on
+    /// its own low-priority thread (see [`crate::background`]).
     fn start_audit_followers(&self, u: &Arc<Unsealed>) -> Vec<JoinHandle<()>> {
         use custos_audit::query::{AuditIndex, AuditQueryService, EsOptions, EsQuery};
         let Some((device, log)) = u.audit.local_log() else {
             return Vec::new();
         };
         let mut handles = Vec::new();
-        handles.push(tokio::spawn(custos_audit::access::run_access_worker(
-            log.clone(),
-            custos_audit::access::AccessOptions::from_env(),
-            u.stop.subscribe(),
-        )));
+        handles.push(spawn_low_priority(
+            "custos-access",
+            custos_audit::access::run_access_worker(
+                log.clone(),
+                custos_audit::access::AccessOptions::from_env(),
+                u.stop.subscribe(),
+            ),
+        ));
         let index = match AuditIndex::open_for(log.log_dir()) {
             Ok(i) => Arc::new(i),
             Err(e) => {
@@ -531,11 +536,10 @@ impl Core {
                     None
                 }
             });
-        handles.push(tokio::spawn(custos_audit::query::run_indexer(
-            index.clone(),
-            log.clone(),
-            u.stop.subscribe(),
-        )));
+        handles.push(spawn_low_priority(
+            "custos-audit-index",
+            custos_audit::query::run_indexer(index.clone(), log.clone(), u.stop.subscribe()),
+        ));
         let _ = u
             .audit_query
             .set(Arc::new(AuditQueryService::new(device, log, index, es)));

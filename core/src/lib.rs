@@ -9,6 +9,7 @@
 //! barrier's keyring with Shamir shares; [`config`] reads Vault-shaped HCL.
 
 pub mod audit;
+pub mod background;
 pub mod barrier;
 pub mod config;
 pub mod core;

@@ -1,0 +1,101 @@
+//! Background work that must never slow the request path: the audit-log
+//! followers (the `sys/audit-query` index and the access-pattern metrics).
+//!
+//! They read the durable audit log after the fact, so a delay costs them
+//! nothing but lag, while every microsecond they hold a core costs requests
+//! that are waiting for their response. [`spawn_low_priority`] runs such a
+//! future on its own OS thread with its own single-threaded tokio runtime, and
+//! lowers that thread's scheduling priority (`nice` [`NICE`]) first; the
+//! runtime's blocking pool threads are created from it and inherit the
+//! priority. When the machine has idle cores (the usual case: requests wait on
+//! the audit fsync) the followers run at once; when it is busy, requests go
+//! first and the followers catch up afterwards (their lag is a metric).
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The `nice` value of background threads (0 is normal, 19 the lowest).
+pub const NICE: i32 = 10;
+
+/// Run `work` on a dedicated low-priority thread named `name`; the returned
+/// handle completes when `work` does. If the thread or its runtime cannot be
+/// made, `work` runs on the current runtime instead (logged).
+pub fn spawn_low_priority<F>(name: &str, work: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<F>(1);
+    let thread_name = name.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let Ok(work) = work_rx.recv() else { return };
+            lower_priority(&thread_name);
+            match tokio::runtime::Builder::new_current_thread()
+                .thread_name(format!("{thread_name}-blocking"))
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(work),
+                Err(e) => {
+                    tracing::error!(thread = %thread_name, error = %e, "background runtime failed to start");
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            // The thread owns the receiver; it cannot have gone yet.
+            if let Err(std::sync::mpsc::SendError(work)) = work_tx.send(work) {
+                return tokio::spawn(work);
+            }
+            tokio::spawn(async move {
+                let _ = done_rx.await;
+            })
+        }
+        Err(e) => {
+            tracing::warn!(thread = %name, error = %e, "no background thread; running on the server runtime");
+            tokio::spawn(work)
+        }
+    }
+}
+
+/// Lower the calling thread's priority to [`NICE`] (a per-thread attribute
+/// on Linux). Failure only means the work runs at normal priority.
+fn lower_priority(name: &str) {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), NICE) {
+        tracing::warn!(thread = %name, error = %e, "could not lower background thread priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_work_at_lower_priority_and_completes() {
+        let before = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let (tx, rx) = oneshot::channel();
+        let h = spawn_low_priority("custos-test-bg", async move {
+            let tid = rustix::thread::gettid();
+            let own = rustix::process::getpriority_process(Some(tid)).unwrap();
+            // Blocking-pool threads are spawned from the background thread.
+            let pool = tokio::task::spawn_blocking(|| {
+                rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let _ = tx.send((own, pool));
+        });
+        h.await.unwrap();
+        let (own, pool) = rx.await.unwrap();
+        // A test run already below that priority stays there.
+        assert!(own >= NICE, "background thread nice {own}");
+        assert!(pool >= NICE, "blocking pool thread nice {pool}");
+        let after = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        assert_eq!(before, after, "the caller's priority must be untouched");
+    }
+}
