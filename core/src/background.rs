@@ -19,13 +19,17 @@ pub const NICE: i32 = 10;
 
 /// Run `work` on a dedicated low-priority thread named `name`; the returned
 /// handle completes when `work` does. If the thread or its runtime cannot be
-/// made, `work` runs on the current runtime instead (logged).
+/// made, `work` runs on the caller's runtime at normal priority instead
+/// (logged). Must be called from within a tokio runtime.
 pub fn spawn_low_priority<F>(name: &str, work: F) -> JoinHandle<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let (done_tx, done_rx) = oneshot::channel::<()>();
+    // `work` goes to the thread through a channel rather than its closure,
+    // so it is still ours to run here if the thread cannot be spawned.
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<F>(1);
+    let server_runtime = tokio::runtime::Handle::current();
     let thread_name = name.to_owned();
     let spawned = std::thread::Builder::new()
         .name(name.to_owned())
@@ -39,14 +43,15 @@ where
             {
                 Ok(rt) => rt.block_on(work),
                 Err(e) => {
-                    tracing::error!(thread = %thread_name, error = %e, "background runtime failed to start");
+                    tracing::error!(thread = %thread_name, error = %e, "no background runtime; running on the server runtime");
+                    let _ = server_runtime.block_on(server_runtime.spawn(work));
                 }
             }
             let _ = done_tx.send(());
         });
     match spawned {
         Ok(_) => {
-            // The thread owns the receiver; it cannot have gone yet.
+            // The thread holds the receiver until it has taken `work`.
             if let Err(std::sync::mpsc::SendError(work)) = work_tx.send(work) {
                 return tokio::spawn(work);
             }
