@@ -182,7 +182,8 @@ pub async fn run(
 
     let mut workers = tokio::task::JoinSet::new();
     for wid in 0..spec.concurrency.max(1) {
-        let (fx, client, slot) = (fx.clone(), client.clone(), slot.clone());
+        let (fx, slot) = (fx.clone(), slot.clone());
+        let mut conn = client.conn()?;
         let mut tally = Tally {
             hist: new_hist()?,
             requests: 0,
@@ -209,7 +210,7 @@ pub async fn run(
                 if t0 >= end {
                     break;
                 }
-                let res = op(w, &fx, &client, &mut rng).await;
+                let res = op(w, &fx, &mut conn, &mut rng).await;
                 let t1 = Instant::now();
                 if t1 < measure_from || t1 >= end {
                     continue;

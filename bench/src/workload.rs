@@ -22,7 +22,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::VaultClient;
+use crate::client::{Conn, VaultClient};
 
 /// One benchmark workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -373,7 +373,7 @@ macro_rules! check {
 pub async fn op(
     w: Workload,
     fx: &Fixture,
-    c: &VaultClient,
+    c: &mut Conn,
     rng: &mut SmallRng,
 ) -> Result<u32, String> {
     let pick = |rng: &mut SmallRng, n: usize| rng.gen_range(0..n.max(1));
