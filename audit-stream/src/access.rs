@@ -545,6 +545,9 @@ fn feed(detector: &mut AccessDetector, records: &[Record], count_after: u64) {
             }
         }
     }
+    if let Some(last) = records.last() {
+        ::metrics::gauge!(metrics::ACCESS_SEQ).set(last.seq as f64);
+    }
 }
 
 fn read_batch(reader: &mut LogReader, batch: &mut Vec<Record>) {

@@ -128,6 +128,8 @@ crate::declare_metrics! {
         "Current read rate divided by the client's own baseline (1 = as usual); same clients as custos_access_reads_rate.";
     ACCESS_ANOMALOUS_CLIENTS = "custos_access_anomalous_clients", Gauge, [],
         "Clients (all of them, not only the top K) whose anomaly score exceeds the threshold.";
+    ACCESS_SEQ = "custos_access_sequence", Gauge, [],
+        "Sequence number of the last local audit log record the access-pattern detector has seen (anomaly and sensitive-operation metrics are this far along).";
     SINK_UP = "custos_audit_sink_up", Gauge, ["sink"],
         "1 when the audit sink (Kafka, Elasticsearch) accepted the last shipment or health probe, 0 while it fails.";
     SINK_BACKLOG_RECORDS = "custos_audit_sink_backlog_records", Gauge, ["sink"],
