@@ -77,19 +77,11 @@ impl Conn {
 
     /// `method /v1/<path>` with an optional JSON body.
     pub async fn call(&mut self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply> {
-        let mut req = Request::builder()
+        let req = Request::builder()
             .method(method)
             .uri(format!("/v1/{path}"))
             .header(http::header::HOST, self.host.clone());
-        if !self.token.is_empty() {
-            req = req.header("X-Vault-Token", self.token.clone());
-        }
-        if body.is_some() {
-            req = req.header("Content-Type", "application/json");
-        }
-        let req = req
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| anyhow!("building request: {e}"))?;
+        let req = finish_request(req, &self.token, body)?;
         let (sender, driver) = self.ready().await?;
         let res = async {
             let resp = drive(driver, sender.send_request(req)).await??;
@@ -112,6 +104,23 @@ impl Conn {
     pub async fn post(&mut self, path: &str, body: Bytes) -> Result<Reply> {
         self.call(Method::POST, path, Some(body)).await
     }
+}
+
+/// The Vault token header (when there is a token), the JSON content type
+/// (when there is a body), and the body.
+fn finish_request(
+    mut req: http::request::Builder,
+    token: &HeaderValue,
+    body: Option<Bytes>,
+) -> Result<Request<Full<Bytes>>> {
+    if !token.is_empty() {
+        req = req.header("X-Vault-Token", token.clone());
+    }
+    if body.is_some() {
+        req = req.header("Content-Type", "application/json");
+    }
+    req.body(Full::new(body.unwrap_or_default()))
+        .map_err(|e| anyhow!("building request: {e}"))
 }
 
 /// Wait for `fut` while driving the connection it depends on. The
@@ -224,16 +233,11 @@ impl VaultClient {
         let uri: Uri = format!("{}/v1/{}", self.base, path)
             .parse()
             .with_context(|| format!("bad request path {path:?}"))?;
-        let mut req = Request::builder().method(method).uri(uri);
-        if !self.token.is_empty() {
-            req = req.header("X-Vault-Token", self.token.clone());
-        }
-        if body.is_some() {
-            req = req.header("Content-Type", "application/json");
-        }
-        let req = req
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| anyhow!("building request: {e}"))?;
+        let req = finish_request(
+            Request::builder().method(method).uri(uri),
+            &self.token,
+            body,
+        )?;
         let resp = self.http.request(req).await.map_err(|e| anyhow!("{e}"))?;
         let status = resp.status().as_u16();
         let body = resp
