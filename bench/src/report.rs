@@ -31,6 +31,10 @@ pub struct Side {
     pub max_ms: f64,
     pub client_cpu_cores: f64,
     pub server_cpu_cores: Option<f64>,
+    /// Server CPU (user + system, all its threads) per operation, µs: what
+    /// an operation costs the server, whatever else shares the machine.
+    #[serde(default)]
+    pub server_cpu_us_per_op: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub first_errors: Vec<String>,
 }
@@ -50,6 +54,10 @@ impl From<&RunStats> for Side {
             max_ms: s.max_ms,
             client_cpu_cores: s.client_cpu_cores,
             server_cpu_cores: s.server_cpu_cores,
+            server_cpu_us_per_op: s
+                .server_cpu_cores
+                .filter(|_| s.rps > 0.0)
+                .map(|cores| cores * 1e6 / s.rps),
             first_errors: s.first_errors.clone(),
         }
     }
@@ -68,6 +76,9 @@ pub struct Row {
     pub p50_ratio: Option<f64>,
     /// Custos p99 / OpenBao p99.
     pub p99_ratio: Option<f64>,
+    /// Custos server CPU per operation / OpenBao's.
+    #[serde(default)]
+    pub cpu_per_op_ratio: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
 }
@@ -79,14 +90,18 @@ impl Row {
         custos: Option<Side>,
         openbao: Option<Side>,
     ) -> Self {
-        let ratio = |f: fn(&Side) -> f64| match (&custos, &openbao) {
-            (Some(c), Some(o)) if f(o) > 0.0 => Some(f(c) / f(o)),
+        let ratio = |f: fn(&Side) -> Option<f64>| match (&custos, &openbao) {
+            (Some(c), Some(o)) => match (f(c), f(o)) {
+                (Some(c), Some(o)) if o > 0.0 => Some(c / o),
+                _ => None,
+            },
             _ => None,
         };
         Self {
-            rps_ratio: ratio(|s| s.rps),
-            p50_ratio: ratio(|s| s.p50_ms),
-            p99_ratio: ratio(|s| s.p99_ms),
+            rps_ratio: ratio(|s| Some(s.rps)),
+            p50_ratio: ratio(|s| Some(s.p50_ms)),
+            p99_ratio: ratio(|s| Some(s.p99_ms)),
+            cpu_per_op_ratio: ratio(|s| s.server_cpu_us_per_op),
             workload,
             description,
             custos,
@@ -432,19 +447,26 @@ fn num(v: Option<f64>, prec: usize) -> String {
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "| {:<24} | {:>10} | {:>10} | {:>6} | {:>15} | {:>15} | {:>11} |\n",
-        "workload", "rps Custos", "rps Bao", "ratio", "p50 ms C / B", "p99 ms C / B", "gen CPU C/B"
+        "| {:<24} | {:>10} | {:>10} | {:>6} | {:>15} | {:>15} | {:>17} | {:>11} |\n",
+        "workload",
+        "rps Custos",
+        "rps Bao",
+        "ratio",
+        "p50 ms C / B",
+        "p99 ms C / B",
+        "srv CPU µs/op C/B",
+        "gen CPU C/B"
     ));
     out.push_str(&format!(
-        "|{:-<26}|{:->12}|{:->12}|{:->8}|{:->17}|{:->17}|{:->13}|\n",
-        "", "", "", "", "", "", ""
+        "|{:-<26}|{:->12}|{:->12}|{:->8}|{:->17}|{:->17}|{:->19}|{:->13}|\n",
+        "", "", "", "", "", "", "", ""
     ));
     for row in &r.workloads {
         let c = row.custos.as_ref();
         let o = row.openbao.as_ref();
         let pair = |f: fn(&Side) -> f64| format!("{} / {}", num(c.map(f), 2), num(o.map(f), 2));
         out.push_str(&format!(
-            "| {:<24} | {:>10} | {:>10} | {:>6} | {:>15} | {:>15} | {:>11} |\n",
+            "| {:<24} | {:>10} | {:>10} | {:>6} | {:>15} | {:>15} | {:>17} | {:>11} |\n",
             row.workload,
             num(c.map(|s| s.rps), 0),
             num(o.map(|s| s.rps), 0),
@@ -452,6 +474,11 @@ pub fn table(r: &Report) -> String {
                 .map_or_else(|| "-".into(), |x| format!("{x:.2}x")),
             pair(|s| s.p50_ms),
             pair(|s| s.p99_ms),
+            format!(
+                "{} / {}",
+                num(c.and_then(|s| s.server_cpu_us_per_op), 0),
+                num(o.and_then(|s| s.server_cpu_us_per_op), 0)
+            ),
             format!(
                 "{} / {}",
                 num(c.map(|s| s.client_cpu_cores), 2),
@@ -518,7 +545,8 @@ mod tests {
             p999_ms: p99,
             max_ms: p99,
             client_cpu_cores: 0.1,
-            server_cpu_cores: None,
+            server_cpu_cores: Some(rps / 10_000.0),
+            server_cpu_us_per_op: Some(100.0),
             first_errors: vec![],
         }
     }
@@ -534,6 +562,7 @@ mod tests {
         assert_eq!(r.rps_ratio, Some(3.0));
         assert_eq!(r.p50_ratio, Some(0.5));
         assert_eq!(r.p99_ratio, Some(0.5));
+        assert_eq!(r.cpu_per_op_ratio, Some(1.0));
         let missing = Row::new("x".into(), String::new(), None, Some(side(1.0, 1.0, 1.0)));
         assert_eq!(missing.rps_ratio, None);
     }
