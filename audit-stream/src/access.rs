@@ -550,20 +550,22 @@ fn feed(detector: &mut AccessDetector, records: &[Record], count_after: u64) {
     }
 }
 
-fn read_batch(reader: &mut LogReader, batch: &mut Vec<Record>) {
+/// Read up to BATCH records; true when it stopped at BATCH (more are there).
+fn read_batch(reader: &mut LogReader, batch: &mut Vec<Record>) -> bool {
     while batch.len() < BATCH {
         match reader.try_next() {
             Ok(Some(r)) => batch.push(r),
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e @ AuditError::CorruptRecord { .. }) => {
                 tracing::warn!(error = %e, "access metrics: corrupt record passed over");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "access metrics: reading the log failed");
-                return;
+                return false;
             }
         }
     }
+    true
 }
 
 /// The access-pattern worker: replays up to 100 000 recent records to warm
@@ -578,6 +580,8 @@ pub async fn run_access_worker(
     let mut detector = Some(AccessDetector::new(opts));
     let mut last_export = Instant::now() - EXPORT_EVERY;
     let mut dirty = false;
+    // The last batch stopped at BATCH records, not at the end of the log.
+    let mut behind = false;
     loop {
         let (Some(mut r), Some(mut d)) = (reader.take(), detector.take()) else {
             return;
@@ -619,21 +623,26 @@ pub async fn run_access_worker(
                 }
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(GATHER) => {}
-            _ = stop.wait_for(|s| *s) => {}
+        // Not while behind: waiting after every full batch would cap the
+        // detector at BATCH records per GATHER, however fast the log grows.
+        if !behind {
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
         }
         let joined = tokio::task::spawn_blocking(move || {
             let mut batch = vec![first];
-            read_batch(&mut r, &mut batch);
+            let full = read_batch(&mut r, &mut batch);
             feed(&mut d, &batch, start);
-            (r, d)
+            (r, d, full)
         })
         .await;
         match joined {
-            Ok((r, d)) => {
+            Ok((r, d, full)) => {
                 reader = Some(r);
                 detector = Some(d);
+                behind = full;
                 dirty = true;
             }
             Err(e) => {

@@ -2,14 +2,14 @@
 //! followers (the `sys/audit-query` index and the access-pattern metrics).
 //!
 //! They read the durable audit log after the fact, so a delay costs them
-//! nothing but lag, while every microsecond they hold a core costs requests
-//! that are waiting for their response. [`spawn_low_priority`] runs such a
-//! future on its own OS thread with its own single-threaded tokio runtime, and
-//! lowers that thread's scheduling priority (`nice` [`NICE`]) first; the
-//! runtime's blocking pool threads are created from it and inherit the
-//! priority. When the machine has idle cores (the usual case: requests wait on
-//! the audit fsync) the followers run at once; when it is busy, requests go
-//! first and the followers catch up afterwards (their lag is a metric).
+//! nothing but lag. [`spawn_background`] runs such a future on its own OS
+//! thread with its own single-threaded tokio runtime, so it never occupies
+//! the request path's workers; at [`Priority::Low`] it first lowers that
+//! thread's scheduling priority (`nice` [`NICE`]), and the runtime's blocking
+//! pool threads, created from it, inherit the priority. When the machine has
+//! idle cores (the usual case: requests wait on the audit fsync) low-priority
+//! work runs at once; when it is busy, requests go first and the work
+//! catches up afterwards (the followers' lag is a metric).
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,11 +17,24 @@ use tokio::task::JoinHandle;
 /// The `nice` value of background threads (0 is normal, 19 the lowest).
 pub const NICE: i32 = 10;
 
-/// Run `work` on a dedicated low-priority thread named `name`; the returned
-/// handle completes when `work` does. If the thread or its runtime cannot be
-/// made, `work` runs on the caller's runtime at normal priority instead
-/// (logged). Must be called from within a tokio runtime.
-pub fn spawn_low_priority<F>(name: &str, work: F) -> JoinHandle<()>
+/// How a background thread competes with the request path for a core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// As requests: work whose lag matters on a busy node (the access-anomaly
+    /// detector, whose alerts would otherwise come late exactly when a
+    /// client floods the server).
+    Normal,
+    /// `nice` [`NICE`]: work that may fall behind under load and catch up
+    /// afterwards (the `sys/audit-query` index).
+    Low,
+}
+
+/// Run `work` on a dedicated thread named `name`, with its own
+/// single-threaded runtime, at `priority`; the returned handle completes when
+/// `work` does. If the thread or its runtime cannot be made, `work` runs on
+/// the caller's runtime at normal priority instead (logged). Must be called
+/// from within a tokio runtime.
+pub fn spawn_background<F>(name: &str, priority: Priority, work: F) -> JoinHandle<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -35,7 +48,9 @@ where
         .name(name.to_owned())
         .spawn(move || {
             let Ok(work) = work_rx.recv() else { return };
-            lower_priority(&thread_name);
+            if priority == Priority::Low {
+                lower_priority(&thread_name);
+            }
             match tokio::runtime::Builder::new_current_thread()
                 .thread_name(format!("{thread_name}-blocking"))
                 .enable_all()
@@ -83,7 +98,7 @@ mod tests {
     async fn runs_work_at_lower_priority_and_completes() {
         let before = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
         let (tx, rx) = oneshot::channel();
-        let h = spawn_low_priority("custos-test-bg", async move {
+        let h = spawn_background("custos-test-bg", Priority::Low, async move {
             let tid = rustix::thread::gettid();
             let own = rustix::process::getpriority_process(Some(tid)).unwrap();
             // Blocking-pool threads are spawned from the background thread.
@@ -102,5 +117,18 @@ mod tests {
         assert!(pool >= NICE, "blocking pool thread nice {pool}");
         let after = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
         assert_eq!(before, after, "the caller's priority must be untouched");
+    }
+
+    #[tokio::test]
+    async fn normal_priority_work_keeps_the_callers_priority() {
+        let caller = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let (tx, rx) = oneshot::channel();
+        spawn_background("custos-test-fg", Priority::Normal, async move {
+            let tid = rustix::thread::gettid();
+            let _ = tx.send(rustix::process::getpriority_process(Some(tid)).unwrap());
+        })
+        .await
+        .unwrap();
+        assert_eq!(rx.await.unwrap(), caller);
     }
 }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::audit;
-use crate::background::spawn_low_priority;
+use crate::background::{Priority, spawn_background};
 use crate::barrier::Barrier;
 use crate::config::AuditDeviceConfig;
 use crate::error::{CoreError, Result};
@@ -501,16 +501,18 @@ impl Core {
     }
 
     /// The workers that follow the local audit log off the request path:
-    /// the `sys/audit-query` index and the access-pattern metrics, each on
-    /// its own low-priority thread (see [`crate::background`]).
+    /// the `sys/audit-query` index (low priority) and the access-pattern
+    /// metrics (normal priority: anomaly alerts must keep up with a flood),
+    /// each on its own thread (see [`crate::background`]).
     fn start_audit_followers(&self, u: &Arc<Unsealed>) -> Vec<JoinHandle<()>> {
         use custos_audit::query::{AuditIndex, AuditQueryService, EsOptions, EsQuery};
         let Some((device, log)) = u.audit.local_log() else {
             return Vec::new();
         };
         let mut handles = Vec::new();
-        handles.push(spawn_low_priority(
+        handles.push(spawn_background(
             "custos-access",
+            Priority::Normal,
             custos_audit::access::run_access_worker(
                 log.clone(),
                 custos_audit::access::AccessOptions::from_env(),
@@ -536,8 +538,9 @@ impl Core {
                     None
                 }
             });
-        handles.push(spawn_low_priority(
+        handles.push(spawn_background(
             "custos-audit-index",
+            Priority::Low,
             custos_audit::query::run_indexer(index.clone(), log.clone(), u.stop.subscribe()),
         ));
         let _ = u

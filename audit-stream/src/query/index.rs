@@ -46,10 +46,10 @@ pub const INDEX_FILE: &str = "audit.index.redb";
 /// Bumped when the posting encoding changes; a mismatch rebuilds.
 const FORMAT: u64 = 1;
 /// Records indexed per transaction at most.
-const BATCH: usize = 4096;
+pub const BATCH: usize = 4096;
 /// How long the worker lets records gather after the first one arrives
 /// (fewer, larger batches); about the most a query waits for the index.
-const GATHER: Duration = Duration::from_millis(100);
+pub const GATHER: Duration = Duration::from_millis(100);
 /// New postings are held in memory and written to redb at least this often,
 /// in one sorted, fsynced transaction. Postings of one path sit together in
 /// the B-tree, so a commit per group commit would copy one leaf page per
@@ -429,6 +429,8 @@ async fn follow(index: Arc<AuditIndex>, log: Arc<AuditLog>, mut stop: watch::Rec
     }
     let mut reader = Some(log.reader(index.next_seq()));
     let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+    // The last batch stopped at BATCH records, not at the end of the log.
+    let mut behind = false;
     loop {
         let Some(mut r) = reader.take() else { return };
         let first = tokio::select! {
@@ -465,24 +467,30 @@ async fn follow(index: Arc<AuditIndex>, log: Arc<AuditLog>, mut stop: watch::Rec
             }
         }
         // Let a busy log gather a larger batch: one transaction for many
-        // group commits.
-        tokio::select! {
-            _ = tokio::time::sleep(GATHER) => {}
-            _ = stop.wait_for(|s| *s) => {}
+        // group commits. Not while behind: a follower that waited after
+        // every full batch could never index more than BATCH records per
+        // GATHER, however fast the log grows.
+        if !behind {
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
         }
         let idx = index.clone();
         let mut b = std::mem::take(&mut batch);
         let joined = tokio::task::spawn_blocking(move || {
             let filled = fill_batch(&mut r, &mut b);
+            let full = matches!(filled, Ok(false));
             let applied = idx.apply(&b);
             b.clear();
-            (r, b, filled.and(applied))
+            (r, b, full, filled.and(applied))
         })
         .await;
         match joined {
-            Ok((r, b, result)) => {
+            Ok((r, b, full, result)) => {
                 reader = Some(r);
                 batch = b;
+                behind = full;
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "audit index update failed; retrying");
                     // Re-read from the index's position.

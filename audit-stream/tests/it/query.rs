@@ -308,6 +308,56 @@ async fn worker_follows_the_live_log() {
     dev.shutdown().await;
 }
 
+/// A worker that is behind reads batch after batch: it waits GATHER for
+/// more records only when it has caught up. (Waiting after every full batch
+/// capped it at BATCH records per GATHER, ~41k records/s, which a busy
+/// server outgrows.) Counted in tokio's paused clock, which moves only
+/// through the worker's own sleeps: five full batches must not cost five
+/// waits.
+#[tokio::test(start_paused = true)]
+async fn worker_behind_does_not_wait_between_full_batches() {
+    use custos_audit::query::index::{BATCH, GATHER};
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let log = dev.audit_log().clone();
+    let pairs = 5 * BATCH / 2;
+    for chunk in 0..pairs / 512 {
+        let mut events = Vec::new();
+        for i in 0..512 {
+            let n = chunk * 512 + i;
+            events.extend(kv_read(
+                &format!("b{n}"),
+                "acc-b",
+                "b",
+                PATH,
+                1,
+                T0 + n as i64,
+            ));
+        }
+        dev.log_all(&events).await.unwrap();
+    }
+    assert_eq!(log.durable_seq(), 5 * BATCH as u64);
+    let index = Arc::new(AuditIndex::open_for(log.log_dir()).unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = tokio::time::Instant::now();
+    let worker = tokio::spawn(run_indexer(index.clone(), log.clone(), stop_rx));
+    assert!(
+        index
+            .wait_for(log.durable_seq(), Duration::from_secs(3600))
+            .await
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < 2 * GATHER,
+        "the worker waited {waited:?} (paused clock) to index 5 full batches"
+    );
+    let a = index.query(&QueryParams::new(PATH)).unwrap();
+    assert_eq!(a.clients[0].reads, pairs as u64);
+    stop_tx.send(true).unwrap();
+    worker.await.unwrap();
+    dev.shutdown().await;
+}
+
 /// Postings are held in memory between flushes: queries see them at once,
 /// a crash (the index dropped without a flush) loses them and the position
 /// together, and they are indexed again from the log — never twice.
