@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::error::AuditError;
-use crate::log::{AuditLog, LogReader, Record};
+use crate::log::reader::gather_unless_behind;
+use crate::log::{AuditLog, Record};
 use crate::metrics;
 use crate::query::view::EventView;
 
@@ -525,10 +526,6 @@ pub fn sensitive_kinds(ev: &EventView) -> Vec<&'static str> {
 const WARM_RECORDS: u64 = 100_000;
 /// Gauges are published at most this often (wall time).
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
-const BATCH: usize = 4096;
-/// After the first new record, let more gather before reading: a busy log
-/// is then read in a few large batches instead of one per group commit.
-const GATHER: Duration = Duration::from_millis(100);
 
 /// Feed `records` to the detector; count sensitive operations of those
 /// after `count_after`.
@@ -550,24 +547,6 @@ fn feed(detector: &mut AccessDetector, records: &[Record], count_after: u64) {
     }
 }
 
-/// Read up to BATCH records; true when it stopped at BATCH (more are there).
-fn read_batch(reader: &mut LogReader, batch: &mut Vec<Record>) -> bool {
-    while batch.len() < BATCH {
-        match reader.try_next() {
-            Ok(Some(r)) => batch.push(r),
-            Ok(None) => return false,
-            Err(e @ AuditError::CorruptRecord { .. }) => {
-                tracing::warn!(error = %e, "access metrics: corrupt record passed over");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "access metrics: reading the log failed");
-                return false;
-            }
-        }
-    }
-    true
-}
-
 /// The access-pattern worker: replays up to 100 000 recent records to warm
 /// the baselines, then follows `log` and exports the metrics until `stop`.
 pub async fn run_access_worker(
@@ -580,7 +559,7 @@ pub async fn run_access_worker(
     let mut detector = Some(AccessDetector::new(opts));
     let mut last_export = Instant::now() - EXPORT_EVERY;
     let mut dirty = false;
-    // The last batch stopped at BATCH records, not at the end of the log.
+    // The last batch stopped at FOLLOW_BATCH records, not at the end of the log.
     let mut behind = false;
     loop {
         let (Some(mut r), Some(mut d)) = (reader.take(), detector.take()) else {
@@ -623,17 +602,16 @@ pub async fn run_access_worker(
                 }
             }
         };
-        // Not while behind: waiting after every full batch would cap the
-        // detector at BATCH records per GATHER, however fast the log grows.
-        if !behind {
-            tokio::select! {
-                _ = tokio::time::sleep(GATHER) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
-        }
+        // A busy log is read in a few large batches, not one per group commit.
+        gather_unless_behind(behind, &mut stop).await;
         let joined = tokio::task::spawn_blocking(move || {
             let mut batch = vec![first];
-            let full = read_batch(&mut r, &mut batch);
+            let full = r
+                .fill_batch(&mut batch, "access metrics")
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "access metrics: reading the log failed");
+                    false
+                });
             feed(&mut d, &batch, start);
             (r, d, full)
         })

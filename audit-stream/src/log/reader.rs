@@ -96,6 +96,27 @@ enum Line {
     Eof,
 }
 
+/// Records a follower of the log (the query index, the access detector)
+/// takes in one batch at most.
+pub const FOLLOW_BATCH: usize = 4096;
+/// How long a follower that has caught up lets new records gather after the
+/// first one arrives (fewer, larger batches); about the most it lags then.
+pub const FOLLOW_GATHER: Duration = Duration::from_millis(100);
+
+/// A follower's pause before it reads its next batch: [`FOLLOW_GATHER`] (or
+/// until `stop`) when its last batch reached the end of the log, none when
+/// that batch was full. Waiting after every full batch would cap a follower
+/// at [`FOLLOW_BATCH`] records per [`FOLLOW_GATHER`], however fast the log
+/// grows.
+pub async fn gather_unless_behind(behind: bool, stop: &mut watch::Receiver<bool>) {
+    if !behind {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_GATHER) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
 /// Reads records in order from a sequence number on. See the module docs.
 pub struct LogReader {
     dir: LogDir,
@@ -329,6 +350,29 @@ impl LogReader {
                 Line::Eof => return Ok(None),
             }
         }
+    }
+
+    /// Add the records available now to `batch` until it holds
+    /// [`FOLLOW_BATCH`]. Returns true when it stopped because the batch is
+    /// full (more may be there: the caller is behind), false at the end of
+    /// the log. A corrupt record is logged, naming the `follower`, and passed
+    /// over (`custos audit verify` reports it); other errors are returned.
+    pub fn fill_batch(
+        &mut self,
+        batch: &mut Vec<Record>,
+        follower: &str,
+    ) -> Result<bool, AuditError> {
+        while batch.len() < FOLLOW_BATCH {
+            match self.try_next() {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) => return Ok(false),
+                Err(e @ AuditError::CorruptRecord { .. }) => {
+                    tracing::warn!(error = %e, "{follower}: corrupt record passed over");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// The next record, waiting for the writer when the reader is at the end.

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use super::view::EventView;
 use super::{Aggregator, Posting, QueryAnswer, QueryError, QueryParams};
 use crate::error::AuditError;
+use crate::log::reader::{FOLLOW_BATCH, gather_unless_behind};
 use crate::log::{AuditLog, LogDir, LogReader, Record};
 use crate::metrics;
 
@@ -45,11 +46,6 @@ pub const INDEX_FILE: &str = "audit.index.redb";
 
 /// Bumped when the posting encoding changes; a mismatch rebuilds.
 const FORMAT: u64 = 1;
-/// Records indexed per transaction at most.
-pub const BATCH: usize = 4096;
-/// How long the worker lets records gather after the first one arrives
-/// (fewer, larger batches); about the most a query waits for the index.
-pub const GATHER: Duration = Duration::from_millis(100);
 /// New postings are held in memory and written to redb at least this often,
 /// in one sorted, fsynced transaction. Postings of one path sit together in
 /// the B-tree, so a commit per group commit would copy one leaf page per
@@ -336,12 +332,12 @@ impl AuditIndex {
     pub fn catch_up(&self, dir: &LogDir) -> Result<usize, QueryError> {
         let mut reader = LogReader::open(dir.clone(), self.next_seq())?;
         let mut written = 0;
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(FOLLOW_BATCH);
         loop {
-            let done = fill_batch(&mut reader, &mut batch)?;
+            let full = reader.fill_batch(&mut batch, "audit index")?;
             written += self.apply(&batch)?;
             batch.clear();
-            if done {
+            if !full {
                 self.flush()?;
                 return Ok(written);
             }
@@ -393,23 +389,6 @@ impl AuditIndex {
     }
 }
 
-/// Read up to [`BATCH`] available records into `batch`. Returns true when
-/// the reader reached the (durable) end of the log. A corrupt record is
-/// logged and passed over (the verify tool reports it).
-fn fill_batch(reader: &mut LogReader, batch: &mut Vec<Record>) -> Result<bool, QueryError> {
-    while batch.len() < BATCH {
-        match reader.try_next() {
-            Ok(Some(r)) => batch.push(r),
-            Ok(None) => return Ok(true),
-            Err(e @ AuditError::CorruptRecord { .. }) => {
-                tracing::warn!(error = %e, "audit index: corrupt record passed over");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(false)
-}
-
 /// The index worker: follows `log` from the index's position and indexes
 /// every fsynced record until `stop` turns true or the log closes. Reading
 /// and redb writes run on the blocking pool, never on the request path.
@@ -428,8 +407,8 @@ async fn follow(index: Arc<AuditIndex>, log: Arc<AuditLog>, mut stop: watch::Rec
         Err(e) => tracing::warn!(error = %e, "audit index check failed"),
     }
     let mut reader = Some(log.reader(index.next_seq()));
-    let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
-    // The last batch stopped at BATCH records, not at the end of the log.
+    let mut batch: Vec<Record> = Vec::with_capacity(FOLLOW_BATCH);
+    // The last batch stopped at FOLLOW_BATCH records, not at the end of the log.
     let mut behind = false;
     loop {
         let Some(mut r) = reader.take() else { return };
@@ -467,20 +446,15 @@ async fn follow(index: Arc<AuditIndex>, log: Arc<AuditLog>, mut stop: watch::Rec
             }
         }
         // Let a busy log gather a larger batch: one transaction for many
-        // group commits. Not while behind: a follower that waited after
-        // every full batch could never index more than BATCH records per
-        // GATHER, however fast the log grows.
-        if !behind {
-            tokio::select! {
-                _ = tokio::time::sleep(GATHER) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
-        }
+        // group commits.
+        gather_unless_behind(behind, &mut stop).await;
         let idx = index.clone();
         let mut b = std::mem::take(&mut batch);
         let joined = tokio::task::spawn_blocking(move || {
-            let filled = fill_batch(&mut r, &mut b);
-            let full = matches!(filled, Ok(false));
+            let filled = r
+                .fill_batch(&mut b, "audit index")
+                .map_err(QueryError::from);
+            let full = matches!(filled, Ok(true));
             let applied = idx.apply(&b);
             b.clear();
             (r, b, full, filled.and(applied))

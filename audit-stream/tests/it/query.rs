@@ -316,7 +316,7 @@ async fn worker_follows_the_live_log() {
 /// waits.
 #[tokio::test(start_paused = true)]
 async fn worker_behind_does_not_wait_between_full_batches() {
-    use custos_audit::query::index::{BATCH, GATHER};
+    use custos_audit::log::reader::{FOLLOW_BATCH as BATCH, FOLLOW_GATHER as GATHER};
     let tmp = tempfile::tempdir().unwrap();
     let dev = device(tmp.path());
     let log = dev.audit_log().clone();
