@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::VaultClient;
+use crate::durability::SyncCounters;
 use crate::sysinfo;
 use crate::workload::{Fixture, Workload, op};
 
@@ -59,6 +60,8 @@ pub struct RunStats {
     pub client_cpu_cores: f64,
     /// CPU cores the server used on average, when its pid is known.
     pub server_cpu_cores: Option<f64>,
+    /// The server's durable commits over the window (Custos only).
+    pub syncs: Option<SyncCounters>,
     pub first_errors: Vec<String>,
     #[serde(skip)]
     pub hist: Histogram<u64>,
@@ -77,6 +80,7 @@ impl RunStats {
         seconds: f64,
         client_cpu: f64,
         server_cpu: Option<f64>,
+        syncs: Option<SyncCounters>,
         first_errors: Vec<String>,
     ) -> Self {
         let ops = hist.len();
@@ -101,6 +105,7 @@ impl RunStats {
             mean_ms: hist.mean() / 1000.0,
             client_cpu_cores: client_cpu / seconds.max(1e-9),
             server_cpu_cores: server_cpu.map(|s| s / seconds.max(1e-9)),
+            syncs,
             first_errors,
             hist,
         }
@@ -111,6 +116,7 @@ impl RunStats {
     pub fn merge(runs: &[RunStats]) -> Result<RunStats> {
         let mut hist = new_hist()?;
         let (mut req, mut err, mut secs, mut ccpu, mut scpu) = (0, 0, 0.0, 0.0, Some(0.0));
+        let mut syncs = Some(SyncCounters::default());
         let mut first = Vec::new();
         for r in runs {
             hist.add(&r.hist)
@@ -123,10 +129,13 @@ impl RunStats {
                 (Some(a), Some(b)) => Some(a + b * r.seconds),
                 _ => None,
             };
+            syncs = syncs.zip(r.syncs).map(|(a, b)| a.add(&b));
             first.extend(r.first_errors.iter().take(3).cloned());
         }
         first.truncate(5);
-        Ok(Self::from_parts(hist, req, err, secs, ccpu, scpu, first))
+        Ok(Self::from_parts(
+            hist, req, err, secs, ccpu, scpu, syncs, first,
+        ))
     }
 }
 
@@ -155,7 +164,9 @@ pub async fn run(
         .rate
         .map(|r| Duration::from_secs_f64(1.0 / r.max(1e-6)));
 
-    // CPU snapshots exactly at the window's edges.
+    // CPU snapshots exactly at the window's edges, then the server's sync
+    // counters (see `crate::durability`).
+    let scraper = client.clone();
     let meter = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from).await;
         let (c0, s0, t0) = (
@@ -163,12 +174,17 @@ pub async fn run(
             server_pid.and_then(sysinfo::proc_cpu),
             Instant::now(),
         );
+        let syncs0 = SyncCounters::scrape(&scraper).await;
         tokio::time::sleep_until(end).await;
         let (c1, s1, t1) = (
             sysinfo::self_cpu(),
             server_pid.and_then(sysinfo::proc_cpu),
             Instant::now(),
         );
+        let syncs = match (syncs0, SyncCounters::scrape(&scraper).await) {
+            (Some(a), Some(b)) => b.since(&a),
+            _ => None,
+        };
         let server = match (s0, s1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,
@@ -177,6 +193,7 @@ pub async fn run(
             c1.saturating_sub(c0).as_secs_f64(),
             server,
             (t1 - t0).as_secs_f64(),
+            syncs,
         )
     });
 
@@ -245,7 +262,7 @@ pub async fn run(
         }
     }
     first_errors.truncate(5);
-    let (client_cpu, server_cpu, _) = meter.await.map_err(|e| anyhow!("cpu meter: {e}"))?;
+    let (client_cpu, server_cpu, _, syncs) = meter.await.map_err(|e| anyhow!("cpu meter: {e}"))?;
     Ok(RunStats::from_parts(
         hist,
         requests,
@@ -253,6 +270,7 @@ pub async fn run(
         spec.duration.as_secs_f64(),
         client_cpu,
         server_cpu,
+        syncs,
         first_errors,
     ))
 }
@@ -273,6 +291,7 @@ mod tests {
             secs,
             0.5,
             Some(1.0),
+            None,
             vec![],
         )
     }

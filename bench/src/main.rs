@@ -17,6 +17,7 @@
 
 mod audit_modes;
 mod client;
+mod durability;
 mod load;
 mod plot;
 mod report;
@@ -264,6 +265,9 @@ fn print_stats(label: &str, s: &RunStats) {
         s.server_cpu_cores
             .map_or(String::new(), |c| format!("  server CPU {c:.2} cores")),
     );
+    if let Some(c) = &s.syncs {
+        println!("    {}", c.rates(s.seconds, s.ops).text());
+    }
     for e in &s.first_errors {
         println!("    error: {e}");
     }

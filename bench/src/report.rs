@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::durability::SyncWork;
 use crate::load::RunStats;
 use crate::servers::{AuditMode, SinkBacklog};
 
@@ -35,6 +36,10 @@ pub struct Side {
     /// an operation costs the server, whatever else shares the machine.
     #[serde(default)]
     pub server_cpu_us_per_op: Option<f64>,
+    /// The server's durable commits during the run, from its own metrics
+    /// (Custos; see [`crate::durability`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<SyncWork>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub first_errors: Vec<String>,
 }
@@ -58,6 +63,7 @@ impl From<&RunStats> for Side {
                 .server_cpu_cores
                 .filter(|_| s.rps > 0.0)
                 .map(|cores| cores * 1e6 / s.rps),
+            durability: s.syncs.map(|c| c.rates(s.seconds, s.ops)),
             first_errors: s.first_errors.clone(),
         }
     }
@@ -491,6 +497,18 @@ pub fn table(r: &Report) -> String {
             out.push_str(&format!("skipped {}: {s}\n", row.workload));
         }
     }
+    let syncs: Vec<String> = r
+        .workloads
+        .iter()
+        .filter_map(|row| {
+            let d = row.custos.as_ref()?.durability.as_ref()?;
+            Some(format!("  {:<24} {}\n", row.workload, d.text()))
+        })
+        .collect();
+    if !syncs.is_empty() {
+        out.push_str("Custos's durable commits during each workload (its own metrics):\n");
+        out.extend(syncs);
+    }
     out
 }
 
@@ -547,6 +565,7 @@ mod tests {
             client_cpu_cores: 0.1,
             server_cpu_cores: Some(rps / 10_000.0),
             server_cpu_us_per_op: Some(100.0),
+            durability: None,
             first_errors: vec![],
         }
     }
@@ -565,6 +584,50 @@ mod tests {
         assert_eq!(r.cpu_per_op_ratio, Some(1.0));
         let missing = Row::new("x".into(), String::new(), None, Some(side(1.0, 1.0, 1.0)));
         assert_eq!(missing.rps_ratio, None);
+    }
+
+    #[test]
+    fn table_lists_custos_durable_commits_per_workload() {
+        let mut custos = side(3000.0, 1.0, 4.0);
+        custos.durability = Some(
+            crate::durability::SyncCounters {
+                audit_commits: 8000.0,
+                audit_commit_seconds: 1.6,
+                audit_events: 48_000.0,
+                ..Default::default()
+            }
+            .rates(2.0, 24_000),
+        );
+        let r = Report {
+            date: String::new(),
+            machine: String::new(),
+            params: serde_json::Value::Null,
+            servers: vec![],
+            workloads: vec![
+                Row::new(
+                    "kv-read".into(),
+                    String::new(),
+                    Some(custos),
+                    Some(side(1000.0, 2.0, 8.0)),
+                ),
+                Row::new(
+                    "kv-write".into(),
+                    String::new(),
+                    Some(side(1.0, 1.0, 1.0)),
+                    None,
+                ),
+            ],
+            concurrency_curve: vec![],
+            keys_curve: vec![],
+            failures: vec![],
+            audit_modes: None,
+        };
+        let t = table(&r);
+        assert!(
+            t.contains("  kv-read                  audit log 4000 commits/s, writer busy 80% of the run, 6.0 events per commit\n"),
+            "{t}"
+        );
+        assert!(!t.contains("  kv-write "), "no figures, no line: {t}");
     }
 
     fn backlog(path: &str, up: bool, records: u64) -> SinkBacklog {
