@@ -72,20 +72,40 @@ fn new_hist() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
 }
 
+/// What a window used besides time: CPU (seconds, not cores) of the
+/// generator and the server, and the server's durable commits.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    seconds: f64,
+    client_cpu: f64,
+    server_cpu: Option<f64>,
+    syncs: Option<SyncCounters>,
+}
+
+impl Usage {
+    /// Two windows as one (rounds of one workload).
+    fn add(self, o: &Usage) -> Usage {
+        Usage {
+            seconds: self.seconds + o.seconds,
+            client_cpu: self.client_cpu + o.client_cpu,
+            server_cpu: self.server_cpu.zip(o.server_cpu).map(|(a, b)| a + b),
+            syncs: self.syncs.zip(o.syncs).map(|(a, b)| a.add(&b)),
+        }
+    }
+}
+
 impl RunStats {
     fn from_parts(
         hist: Histogram<u64>,
         requests: u64,
         errors: u64,
-        seconds: f64,
-        client_cpu: f64,
-        server_cpu: Option<f64>,
-        syncs: Option<SyncCounters>,
+        used: Usage,
         first_errors: Vec<String>,
     ) -> Self {
         let ops = hist.len();
         let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
         let attempts = ops + errors;
+        let seconds = used.seconds;
         Self {
             ops,
             requests,
@@ -103,11 +123,21 @@ impl RunStats {
             p999_ms: q(0.999),
             max_ms: hist.max() as f64 / 1000.0,
             mean_ms: hist.mean() / 1000.0,
-            client_cpu_cores: client_cpu / seconds.max(1e-9),
-            server_cpu_cores: server_cpu.map(|s| s / seconds.max(1e-9)),
-            syncs,
+            client_cpu_cores: used.client_cpu / seconds.max(1e-9),
+            server_cpu_cores: used.server_cpu.map(|s| s / seconds.max(1e-9)),
+            syncs: used.syncs,
             first_errors,
             hist,
+        }
+    }
+
+    /// What this run used, back in seconds of CPU.
+    fn usage(&self) -> Usage {
+        Usage {
+            seconds: self.seconds,
+            client_cpu: self.client_cpu_cores * self.seconds,
+            server_cpu: self.server_cpu_cores.map(|c| c * self.seconds),
+            syncs: self.syncs,
         }
     }
 
@@ -115,27 +145,23 @@ impl RunStats {
     /// (the rounds of an alternating comparison).
     pub fn merge(runs: &[RunStats]) -> Result<RunStats> {
         let mut hist = new_hist()?;
-        let (mut req, mut err, mut secs, mut ccpu, mut scpu) = (0, 0, 0.0, 0.0, Some(0.0));
-        let mut syncs = Some(SyncCounters::default());
+        let (mut req, mut err) = (0, 0);
+        let mut used = Usage {
+            server_cpu: Some(0.0),
+            syncs: Some(SyncCounters::default()),
+            ..Usage::default()
+        };
         let mut first = Vec::new();
         for r in runs {
             hist.add(&r.hist)
                 .map_err(|e| anyhow!("merging histograms: {e}"))?;
             req += r.requests;
             err += r.errors;
-            secs += r.seconds;
-            ccpu += r.client_cpu_cores * r.seconds;
-            scpu = match (scpu, r.server_cpu_cores) {
-                (Some(a), Some(b)) => Some(a + b * r.seconds),
-                _ => None,
-            };
-            syncs = syncs.zip(r.syncs).map(|(a, b)| a.add(&b));
+            used = used.add(&r.usage());
             first.extend(r.first_errors.iter().take(3).cloned());
         }
         first.truncate(5);
-        Ok(Self::from_parts(
-            hist, req, err, secs, ccpu, scpu, syncs, first,
-        ))
+        Ok(Self::from_parts(hist, req, err, used, first))
     }
 }
 
@@ -189,12 +215,12 @@ pub async fn run(
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,
         };
-        (
-            c1.saturating_sub(c0).as_secs_f64(),
-            server,
-            (t1 - t0).as_secs_f64(),
+        Usage {
+            seconds: (t1 - t0).as_secs_f64(),
+            client_cpu: c1.saturating_sub(c0).as_secs_f64(),
+            server_cpu: server,
             syncs,
-        )
+        }
     });
 
     let mut workers = tokio::task::JoinSet::new();
@@ -262,15 +288,17 @@ pub async fn run(
         }
     }
     first_errors.truncate(5);
-    let (client_cpu, server_cpu, _, syncs) = meter.await.map_err(|e| anyhow!("cpu meter: {e}"))?;
+    let used = meter.await.map_err(|e| anyhow!("cpu meter: {e}"))?;
+    // Rates over the nominal window: it is what the workers measured in.
+    let used = Usage {
+        seconds: spec.duration.as_secs_f64(),
+        ..used
+    };
     Ok(RunStats::from_parts(
         hist,
         requests,
         errors,
-        spec.duration.as_secs_f64(),
-        client_cpu,
-        server_cpu,
-        syncs,
+        used,
         first_errors,
     ))
 }
@@ -284,16 +312,13 @@ mod tests {
         for v in values_us {
             h.record(*v).unwrap();
         }
-        RunStats::from_parts(
-            h,
-            values_us.len() as u64,
-            errors,
-            secs,
-            0.5,
-            Some(1.0),
-            None,
-            vec![],
-        )
+        let used = Usage {
+            seconds: secs,
+            client_cpu: 0.5,
+            server_cpu: Some(1.0),
+            syncs: None,
+        };
+        RunStats::from_parts(h, values_us.len() as u64, errors, used, vec![])
     }
 
     #[test]
@@ -318,5 +343,24 @@ mod tests {
         assert!((m.rps - 1.25).abs() < 1e-9);
         // 1 CPU-second in each run, over 4 s in all.
         assert_eq!(m.server_cpu_cores, Some(0.5));
+        assert_eq!(m.syncs, None);
+    }
+
+    #[test]
+    fn merge_adds_durable_commits_only_when_every_round_has_them() {
+        let commits = |n: f64| SyncCounters {
+            audit_commits: n,
+            audit_events: 10.0 * n,
+            ..SyncCounters::default()
+        };
+        let mut a = stats(&[1000], 0, 1.0);
+        let mut b = stats(&[1000], 0, 1.0);
+        a.syncs = Some(commits(100.0));
+        b.syncs = Some(commits(300.0));
+        let m = RunStats::merge(&[a.clone(), b]).unwrap();
+        assert_eq!(m.syncs, Some(commits(400.0)));
+        // A round whose scrape failed leaves no figure rather than a low one.
+        let m = RunStats::merge(&[a, stats(&[1000], 0, 1.0)]).unwrap();
+        assert_eq!(m.syncs, None);
     }
 }
