@@ -55,6 +55,14 @@ const SERVERS: &[(&str, RGBColor)] = &[
 ];
 
 /// 10000 -> "10k", 1000000 -> "1M".
+/// A logarithmic axis from the decade at or below `lo` to the one above
+/// `hi`: plotters labels only decades on a log axis, so a range inside one
+/// decade (p99 between 3 and 16 ms) would get one label or none.
+fn decades(lo: f64, hi: f64) -> std::ops::Range<f64> {
+    let lo = lo.max(f64::MIN_POSITIVE);
+    10f64.powf(lo.log10().floor())..10f64.powf((hi.max(lo) * 1.05).log10().ceil())
+}
+
 fn si(v: f64) -> String {
     if v >= 1e6 {
         format!("{}M", (v / 1e6 * 10.0).round() / 10.0)
@@ -153,7 +161,7 @@ where
     if log_y {
         draw!(
             builder
-                .build_cartesian_2d(xr.log_scale(), ((y0 * 0.7)..(y1 * 1.4)).log_scale())
+                .build_cartesian_2d(xr.log_scale(), decades(y0, y1).log_scale())
                 .map_err(err)?
         );
     } else {
@@ -258,7 +266,15 @@ pub fn plot(r: &Report, out: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::si;
+    use super::{decades, si};
+
+    #[test]
+    fn log_axes_span_whole_decades() {
+        assert_eq!(decades(3.0, 16.0), 1.0..100.0);
+        assert_eq!(decades(0.55, 180.0), 0.1..1000.0);
+        // A point on a decade is not drawn on the frame.
+        assert_eq!(decades(10.0, 100.0), 10.0..1000.0);
+    }
 
     #[test]
     fn si_labels() {
