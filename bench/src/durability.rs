@@ -80,38 +80,49 @@ impl SyncCounters {
         Self::parse(std::str::from_utf8(&reply.body).ok()?)
     }
 
+    /// The counters in one fixed order, for field-wise arithmetic.
+    fn fields(&self) -> [f64; 6] {
+        [
+            self.audit_commits,
+            self.audit_commit_seconds,
+            self.audit_events,
+            self.raft_appends,
+            self.raft_append_seconds,
+            self.raft_writes,
+        ]
+    }
+
+    /// `f` applied to each pair of counters of `self` and `o`.
+    fn zip_with(&self, o: &Self, f: impl Fn(f64, f64) -> f64) -> Self {
+        let (a, b) = (self.fields(), o.fields());
+        let [
+            audit_commits,
+            audit_commit_seconds,
+            audit_events,
+            raft_appends,
+            raft_append_seconds,
+            raft_writes,
+        ] = std::array::from_fn(|i| f(a[i], b[i]));
+        Self {
+            audit_commits,
+            audit_commit_seconds,
+            audit_events,
+            raft_appends,
+            raft_append_seconds,
+            raft_writes,
+        }
+    }
+
     /// What happened between `earlier` and `self` (a server restarted in
     /// between would give negative figures: `None`).
     pub fn since(&self, earlier: &Self) -> Option<Self> {
-        let d = Self {
-            audit_commits: self.audit_commits - earlier.audit_commits,
-            audit_commit_seconds: self.audit_commit_seconds - earlier.audit_commit_seconds,
-            audit_events: self.audit_events - earlier.audit_events,
-            raft_appends: self.raft_appends - earlier.raft_appends,
-            raft_append_seconds: self.raft_append_seconds - earlier.raft_append_seconds,
-            raft_writes: self.raft_writes - earlier.raft_writes,
-        };
-        let fields = [
-            d.audit_commits,
-            d.audit_commit_seconds,
-            d.audit_events,
-            d.raft_appends,
-            d.raft_append_seconds,
-            d.raft_writes,
-        ];
-        fields.iter().all(|v| *v >= 0.0).then_some(d)
+        let d = self.zip_with(earlier, |now, then| now - then);
+        d.fields().iter().all(|v| *v >= 0.0).then_some(d)
     }
 
     /// The sum of two windows (rounds of one workload).
     pub fn add(&self, o: &Self) -> Self {
-        Self {
-            audit_commits: self.audit_commits + o.audit_commits,
-            audit_commit_seconds: self.audit_commit_seconds + o.audit_commit_seconds,
-            audit_events: self.audit_events + o.audit_events,
-            raft_appends: self.raft_appends + o.raft_appends,
-            raft_append_seconds: self.raft_append_seconds + o.raft_append_seconds,
-            raft_writes: self.raft_writes + o.raft_writes,
-        }
+        self.zip_with(o, |a, b| a + b)
     }
 
     /// As rates over a window of `seconds` in which `ops` operations

@@ -193,20 +193,13 @@ pub async fn run(
     // CPU snapshots exactly at the window's edges, then the server's sync
     // counters (see `crate::durability`).
     let scraper = client.clone();
+    let window = spec.duration;
     let meter = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from).await;
-        let (c0, s0, t0) = (
-            sysinfo::self_cpu(),
-            server_pid.and_then(sysinfo::proc_cpu),
-            Instant::now(),
-        );
+        let (c0, s0) = (sysinfo::self_cpu(), server_pid.and_then(sysinfo::proc_cpu));
         let syncs0 = SyncCounters::scrape(&scraper).await;
         tokio::time::sleep_until(end).await;
-        let (c1, s1, t1) = (
-            sysinfo::self_cpu(),
-            server_pid.and_then(sysinfo::proc_cpu),
-            Instant::now(),
-        );
+        let (c1, s1) = (sysinfo::self_cpu(), server_pid.and_then(sysinfo::proc_cpu));
         let syncs = match (syncs0, SyncCounters::scrape(&scraper).await) {
             (Some(a), Some(b)) => b.since(&a),
             _ => None,
@@ -216,7 +209,9 @@ pub async fn run(
             _ => None,
         };
         Usage {
-            seconds: (t1 - t0).as_secs_f64(),
+            // Rates are over the nominal window: the workers count
+            // operations that complete inside it.
+            seconds: window.as_secs_f64(),
             client_cpu: c1.saturating_sub(c0).as_secs_f64(),
             server_cpu: server,
             syncs,
@@ -289,11 +284,6 @@ pub async fn run(
     }
     first_errors.truncate(5);
     let used = meter.await.map_err(|e| anyhow!("cpu meter: {e}"))?;
-    // Rates over the nominal window: it is what the workers measured in.
-    let used = Usage {
-        seconds: spec.duration.as_secs_f64(),
-        ..used
-    };
     Ok(RunStats::from_parts(
         hist,
         requests,

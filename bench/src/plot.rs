@@ -54,7 +54,6 @@ const SERVERS: &[(&str, RGBColor)] = &[
     ("openbao", RGBColor(30, 90, 200)),
 ];
 
-/// 10000 -> "10k", 1000000 -> "1M".
 /// A logarithmic axis from the decade at or below `lo` to the one above
 /// `hi`: plotters labels only decades on a log axis, so a range inside one
 /// decade (p99 between 3 and 16 ms) would get one label or none.
@@ -63,6 +62,7 @@ fn decades(lo: f64, hi: f64) -> std::ops::Range<f64> {
     10f64.powf(lo.log10().floor())..10f64.powf((hi.max(lo) * 1.05).log10().ceil())
 }
 
+/// 10000 -> "10k", 1000000 -> "1M".
 fn si(v: f64) -> String {
     if v >= 1e6 {
         format!("{}M", (v / 1e6 * 10.0).round() / 10.0)
