@@ -97,6 +97,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::audit::AuditCmd,
     },
+    /// Rotate API keys and KEKs on a schedule, retiring the old one only
+    /// after the audit log shows every consumer moved
+    Rotator {
+        #[command(subcommand)]
+        cmd: cmd::rotator::RotatorCmd,
+    },
 }
 
 /// Rewrite Vault-style single-dash long flags (`-format=json`, `-cas=0`,
@@ -169,6 +175,11 @@ fn dispatch(cli: Cli) -> CmdResult {
         return runtime(true)?.block_on(cmd::server::run(args));
     }
     let format = resolve_format(global.format.as_deref(), &|k| std::env::var(k).ok())?;
+    if let Command::Rotator { cmd } = command {
+        // Its own client and config (rotator.hcl); a multi-thread runtime
+        // for the scheduler.
+        return runtime(true)?.block_on(cmd::rotator::run(cmd, format));
+    }
     let flags = ConnectionFlags {
         address: global.address,
         ca_cert: global.ca_cert,
@@ -194,6 +205,7 @@ fn dispatch(cli: Cli) -> CmdResult {
             Command::Policy { cmd } => cmd::policy::run(&ctx, cmd).await,
             Command::Secrets { cmd } => cmd::secrets::run(&ctx, cmd).await,
             Command::Audit { cmd } => cmd::audit::run(&ctx, cmd).await,
+            Command::Rotator { .. } => Ok(EXIT_OK),
         }
     })
 }
@@ -340,6 +352,10 @@ mod tests {
             "-dev-listen-address=127.0.0.1:0",
         ]);
         ok(&["server", "-config=server.hcl", "-log-format=json"]);
+        ok(&["rotator", "run", "payments-api-key", "-config=rotator.hcl"]);
+        ok(&["rotator", "status", "-config=rotator.hcl", "-format=json"]);
+        ok(&["rotator", "serve", "--config", "rotator.hcl"]);
+        ok(&["rotator", "policy", "-config", "rotator.hcl"]);
     }
 
     fn parse(args: &[&str]) -> Cli {
