@@ -29,7 +29,10 @@ use crate::error::{CoreError, Result};
 use crate::logical::{Operation, Request, Response};
 use crate::metrics as m;
 use crate::policy::{PolicyStore, requires_sudo};
-use crate::router::{MountEntry, Mounted, Router};
+use crate::router::{
+    MountEntry, Mounted, Router, builtin_secret_mounts, ensure_builtin_mounts, is_protected,
+    is_reserved_secret_path,
+};
 use crate::seal::{SealConfig, ShamirSeal};
 use crate::storage::raft::RaftStorage;
 use crate::storage::{PhysicalStore, StorageView};
@@ -300,15 +303,9 @@ impl Core {
 
     async fn write_default_mounts(&self) -> Result<()> {
         let view = StorageView::new(self.barrier.clone(), "");
-        let mut secret = MountEntry::new("secret/", "kv", "key/value secret storage");
-        secret.options.insert("version".into(), "2".into());
-        // `secret/` is mounted only in dev mode (as Vault); `init` writes sys only.
-        let _ = secret;
-        let mounts = vec![MountEntry::new(
-            "sys/",
-            "system",
-            "system endpoints used for control, policy and debugging",
-        )];
+        // `secret/` is mounted only in dev mode (as Vault); `init` writes the
+        // built-in mounts only.
+        let mounts = Vec::from(builtin_secret_mounts());
         let auth = vec![MountEntry::new(
             "auth/token/",
             "token",
@@ -329,6 +326,11 @@ impl Core {
         let router = Router::new();
         let mut entries: Vec<MountEntry> =
             root_view.get_json(MOUNTS_PATH).await?.unwrap_or_default();
+        // A table written before the built-in mounts were listed gets them
+        // now, once (their UUIDs must stay put: storage is keyed by them).
+        if ensure_builtin_mounts(&mut entries) {
+            root_view.put_json(MOUNTS_PATH, &entries).await?;
+        }
         entries.extend(
             root_view
                 .get_json::<Vec<MountEntry>>(AUTH_PATH)
@@ -364,7 +366,15 @@ impl Core {
         let backend: Arc<dyn crate::logical::Backend> = match entry.mount_type.as_str() {
             "system" => Arc::new(crate::sys::SystemBackend::new(self.me.clone())),
             "token" => Arc::new(TokenBackend::new(tokens.clone())),
-            "kv" => crate::engines::kv_backend(&entry)?,
+            "kv" => {
+                let ttl = match entry.config.default_lease_ttl {
+                    0 => self.opts.default_lease_ttl,
+                    own => own,
+                };
+                crate::engines::kv_backend(&entry, ttl)?
+            }
+            // Listed and protected; their engines are not served yet.
+            "cubbyhole" | "identity" => Arc::new(crate::engines::builtin::UnservedBackend),
             "transit" => Arc::new(crate::engines::transit::TransitBackend::new()),
             other => {
                 return Err(CoreError::bad_request(format!(
@@ -383,10 +393,14 @@ impl Core {
         if !entry.path.ends_with('/') {
             entry.path.push('/');
         }
-        let reserved = ["sys/", "auth/token/", "cubbyhole/", "identity/"];
-        if reserved.iter().any(|r| entry.path.starts_with(r)) || (entry.path == "auth/") {
+        let reserved = if entry.is_auth() {
+            entry.path == "auth/" || entry.path.starts_with("auth/token/")
+        } else {
+            is_reserved_secret_path(&entry.path)
+        };
+        if reserved {
             return Err(CoreError::bad_request(format!(
-                "cannot mount at reserved path {:?}",
+                "cannot mount {:?}",
                 entry.path
             )));
         }
@@ -428,7 +442,7 @@ impl Core {
             // Vault answers 204 for unmounting a path that is not mounted.
             return Ok(());
         };
-        if matches!(m.entry.mount_type.as_str(), "system" | "token") {
+        if is_protected(&path) {
             return Err(CoreError::bad_request(format!("cannot unmount {path:?}")));
         }
         let is_auth = m.entry.is_auth();
@@ -454,10 +468,24 @@ impl Core {
         Ok(())
     }
 
-    /// Persist a changed mount entry (tune).
+    /// Persist a changed mount entry (tune). A KV mount whose version
+    /// changes (the v1 → v2 upgrade) or that is KV v1 (whose reads report
+    /// the mount's default TTL) gets its backend rebuilt from the new entry;
+    /// the v2 backend moves the v1 entries into its layout as it starts,
+    /// before the mount serves again.
     pub async fn update_mount(&self, entry: MountEntry) -> Result<()> {
         let u = self.unsealed()?;
         let _g = self.state_lock.lock().await;
+        let rebuilt = match u.router.get(&entry.path) {
+            Some(old)
+                if entry.mount_type == "kv"
+                    && (crate::engines::kv_version(&old.entry)? == 1
+                        || old.entry.options.get("version") != entry.options.get("version")) =>
+            {
+                Some(self.instantiate(entry.clone(), &u.tokens).await?)
+            }
+            _ => None,
+        };
         let is_auth = entry.is_auth();
         let mut table: Vec<MountEntry> = u
             .router
@@ -473,7 +501,65 @@ impl Core {
         StorageView::new(self.barrier.clone(), "")
             .put_json(if is_auth { AUTH_PATH } else { MOUNTS_PATH }, &table)
             .await?;
-        u.router.replace_entry(entry);
+        match rebuilt {
+            Some(mounted) => {
+                let (backend, storage) = (mounted.backend.clone(), mounted.storage.clone());
+                u.router.insert(mounted);
+                // Sweep what the old backend wrote while the new one started
+                // (for an upgrade: v1 entries written during the move).
+                backend.initialize(&storage).await?;
+            }
+            None => u.router.replace_entry(entry),
+        }
+        Ok(())
+    }
+
+    /// `sys/remount`: move a mount to another path. Its data stays where it
+    /// is (storage is keyed by the mount's UUID), so the move is one mount
+    /// table write. Built-in mounts cannot move, nothing moves into a
+    /// reserved path, and auth methods stay under `auth/`.
+    pub async fn remount(&self, from: &str, to: &str) -> Result<()> {
+        let u = self.unsealed()?;
+        let _g = self.state_lock.lock().await;
+        if is_protected(from) {
+            return Err(CoreError::bad_request(format!("cannot remount {from:?}")));
+        }
+        let bad_destination = if from.starts_with("auth/") {
+            !to.starts_with("auth/") || to == "auth/" || to.starts_with("auth/token/")
+        } else {
+            is_reserved_secret_path(to)
+        };
+        if bad_destination {
+            return Err(CoreError::bad_request(format!(
+                "cannot remount to destination {to}"
+            )));
+        }
+        let Some(m) = u.router.get(from) else {
+            return Err(CoreError::bad_request(format!(
+                "no matching mount at {from:?}"
+            )));
+        };
+        if let Some(existing) = u.router.conflicts(to) {
+            return Err(CoreError::bad_request(format!(
+                "path already in use at {existing:?}"
+            )));
+        }
+        let mut entry = m.entry.clone();
+        entry.path = to.to_string();
+        let is_auth = entry.is_auth();
+        let mut table: Vec<MountEntry> = u
+            .router
+            .entries()
+            .into_iter()
+            .filter(|e| e.is_auth() == is_auth && e.path != from)
+            .collect();
+        table.push(entry.clone());
+        StorageView::new(self.barrier.clone(), "")
+            .put_json(if is_auth { AUTH_PATH } else { MOUNTS_PATH }, &table)
+            .await?;
+        let moved = Mounted::new(entry, m.backend.clone(), m.storage.clone())?;
+        u.router.remove(from);
+        u.router.insert(moved);
         Ok(())
     }
 

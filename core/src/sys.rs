@@ -28,11 +28,17 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub struct SystemBackend {
     core: Weak<Core>,
+    /// `sys/remount` moves done since unseal, by migration id: (from, to).
+    /// A move is one mount-table write, so each is done when recorded.
+    migrations: std::sync::Mutex<BTreeMap<String, (String, String)>>,
 }
 
 impl SystemBackend {
     pub fn new(core: Weak<Core>) -> Self {
-        SystemBackend { core }
+        SystemBackend {
+            core,
+            migrations: std::sync::Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn core(&self) -> Result<Arc<Core>> {
@@ -100,6 +106,8 @@ const R_LEADER: usize = 22;
 const R_METRICS: usize = 23;
 const R_AUDIT_QUERY: usize = 24;
 const R_AUDIT_ROTATE: usize = 25;
+const R_REMOUNT: usize = 26;
+const R_REMOUNT_STATUS: usize = 27;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -298,6 +306,20 @@ static PATHS: &[PathSpec] = &[
         existence_check: false,
         help: "Rotate the audit devices' outputs (seal the active segment of each local audit log and start a new one), as SIGHUP does. Needs sudo.",
     },
+    PathSpec {
+        pattern: "remount",
+        operations: &[Op::Update],
+        fields: &[F::new("from", K::String), F::new("to", K::String)],
+        existence_check: false,
+        help: "Move a mount to another path.",
+    },
+    PathSpec {
+        pattern: "remount/status/(?P<migration_id>.+)",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "The outcome of a mount move.",
+    },
 ];
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -314,18 +336,22 @@ fn normalize_mount_path(p: &str) -> String {
 
 /// The JSON Vault shows for a mount entry in `sys/mounts` and `sys/auth`.
 pub fn mount_json(e: &MountEntry) -> Value {
-    let options = if e.options.is_empty() {
+    let options = if e.options.is_empty() && !e.options_set {
         Value::Null
     } else {
         json!(e.options)
     };
-    json!({
+    let mut config = json!({
+        "default_lease_ttl": e.config.default_lease_ttl,
+        "max_lease_ttl": e.config.max_lease_ttl,
+        "force_no_cache": e.config.force_no_cache,
+    });
+    if !e.config.passthrough_request_headers.is_empty() {
+        config["passthrough_request_headers"] = json!(e.config.passthrough_request_headers);
+    }
+    let mut v = json!({
         "accessor": e.accessor,
-        "config": {
-            "default_lease_ttl": e.config.default_lease_ttl,
-            "max_lease_ttl": e.config.max_lease_ttl,
-            "force_no_cache": e.config.force_no_cache,
-        },
+        "config": config,
         "description": e.description,
         "external_entropy_access": false,
         "local": e.local,
@@ -336,7 +362,13 @@ pub fn mount_json(e: &MountEntry) -> Value {
         "seal_wrap": e.seal_wrap,
         "type": e.mount_type,
         "uuid": e.uuid,
-    })
+    });
+    // Engines OpenBao ships as built-in plugins carry a deprecation status;
+    // the core mounts (sys, identity, cubbyhole, token) do not.
+    if matches!(e.mount_type.as_str(), "kv" | "transit") {
+        v["deprecation_status"] = json!("supported");
+    }
+    v
 }
 
 fn tune_json(e: &MountEntry, core: &Core) -> Value {
@@ -362,7 +394,46 @@ fn tune_json(e: &MountEntry, core: &Core) -> Value {
     if !e.config.listing_visibility.is_empty() {
         v["listing_visibility"] = json!(e.config.listing_visibility);
     }
+    if !e.config.passthrough_request_headers.is_empty() {
+        v["passthrough_request_headers"] = json!(e.config.passthrough_request_headers);
+    }
     v
+}
+
+/// The `options.version` change a tune asks for, checked as OpenBao checks
+/// it: an integer, 1 or 2, never lower than the mount's. Returns the upgrade
+/// warning when the version goes up, `None` when it stays.
+fn tune_version(entry: &MountEntry, new: &str) -> Result<Option<String>> {
+    let parse = |v: &str| -> Result<i64> {
+        if v.is_empty() {
+            return Ok(0);
+        }
+        v.parse::<i64>().map_err(|_| {
+            CoreError::bad_request(format!(
+                "unable to parse options: strconv.ParseInt: parsing {v:?}: invalid syntax"
+            ))
+        })
+    };
+    let new_version = parse(new)?;
+    if !matches!(new_version, 1 | 2) {
+        return Err(CoreError::bad_request(format!(
+            "invalid version provided: {new_version}"
+        )));
+    }
+    let old_version = parse(entry.options.get("version").map_or("", String::as_str))?;
+    if new_version < old_version {
+        return Err(CoreError::bad_request(format!(
+            "cannot downgrade mount from version {old_version}"
+        )));
+    }
+    if new_version == old_version {
+        return Ok(None);
+    }
+    // A mount without a version is KV version 1.
+    Ok(Some(format!(
+        "Upgrading mount from version {} to version {new_version}. This mount will be unavailable for a brief period and will resume service shortly.",
+        old_version.max(1)
+    )))
 }
 
 #[async_trait]
@@ -430,18 +501,17 @@ impl Backend for SystemBackend {
                         }
                         let mut options: BTreeMap<String, String> =
                             f.string_map("options").unwrap_or_default();
+                        // OpenBao shows `options: {}` for a mount enabled
+                        // without `options`, and `null` when sent as null.
+                        let options_set = !matches!(ctx.req.data.get("options"), Some(Value::Null));
+                        // `kv` without a version is KV v1, as in Vault;
+                        // `kv-v2` is `kv` with version 2 whatever was asked.
                         if mount_type == "kv-v2" {
                             mount_type = "kv".into();
                             options.insert("version".into(), "2".into());
                         }
-                        let mut warning = None;
-                        if mount_type == "kv" && !options.contains_key("version") {
-                            // Vault would mount KV v1; we only have v2, and say so
-                            // rather than pretend.
-                            options.insert("version".into(), "2".into());
-                            warning = Some(
-                                "KV version 1 is not supported by Custos; this mount is KV version 2".to_string(),
-                            );
+                        if !auth && path.starts_with("auth/") {
+                            return Err(CoreError::bad_request(format!("cannot mount {path:?}")));
                         }
                         if auth {
                             return Err(CoreError::bad_request(format!(
@@ -454,13 +524,14 @@ impl Backend for SystemBackend {
                             f.str("description").unwrap_or_default(),
                         );
                         entry.options = options;
+                        entry.options_set = options_set;
                         entry.local = f.bool("local").unwrap_or(false);
                         entry.seal_wrap = f.bool("seal_wrap").unwrap_or(false);
                         if let Some(cfg) = f.map("config") {
                             entry.config = parse_mount_config(cfg)?;
                         }
                         core.mount(entry).await?;
-                        Ok(warning.map(|w| Response::default().with_warning(w)))
+                        Ok(None)
                     }
                 }
             }
@@ -503,14 +574,13 @@ impl Backend for SystemBackend {
                     }
                     entry.config.listing_visibility = v.to_string();
                 }
+                let mut warning = None;
                 if let Some(opts) = f.string_map("options") {
-                    if let (Some(old), Some(new)) =
-                        (entry.options.get("version"), opts.get("version"))
-                        && old != new
-                    {
-                        return Err(CoreError::bad_request(
-                            "changing the KV version of a mount is not supported",
-                        ));
+                    // A version going up is Vault's in-place upgrade (KV
+                    // v1 → v2: the core rebuilds the backend, which moves
+                    // the data); going down is refused.
+                    if let Some(new) = opts.get("version") {
+                        warning = tune_version(&entry, new)?;
                     }
                     entry.options.extend(opts);
                 }
@@ -524,7 +594,44 @@ impl Backend for SystemBackend {
                     entry.config.passthrough_request_headers = v;
                 }
                 core.update_mount(entry).await?;
-                Ok(None)
+                Ok(warning.map(|w| Response::default().with_warning(w)))
+            }
+            R_REMOUNT => {
+                let (from, to) = match (f.str("from"), f.str("to")) {
+                    (Some(from), Some(to)) if !from.is_empty() && !to.is_empty() => {
+                        (normalize_mount_path(from), normalize_mount_path(to))
+                    }
+                    _ => {
+                        return Err(CoreError::bad_request(
+                            "both 'from' and 'to' path must be specified as a string",
+                        ));
+                    }
+                };
+                core.remount(&from, &to).await?;
+                let id = uuid::Uuid::new_v4().to_string();
+                tracing::info!(migration_id = %id, from = %from, to = %to, "mount moved");
+                if let Ok(mut m) = self.migrations.lock() {
+                    m.insert(id.clone(), (from, to));
+                }
+                let mut r = Response::data(obj(json!({ "migration_id": id })));
+                r.warnings.push(
+                    "Mount move has been queued. Progress will be reported in the server log, tagged with the returned migration_id".into(),
+                );
+                Ok(Some(r))
+            }
+            R_REMOUNT_STATUS => {
+                let id = f.capture("migration_id").unwrap_or_default();
+                let found = self.migrations.lock().ok().and_then(|m| m.get(id).cloned());
+                Ok(found.map(|(from, to)| {
+                    Response::data(obj(json!({
+                        "migration_id": id,
+                        "migration_info": {
+                            "source_mount": from,
+                            "target_mount": to,
+                            "status": "success",
+                        },
+                    })))
+                }))
             }
             R_UI_MOUNTS => {
                 let u = core.unsealed()?;

@@ -33,6 +33,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+use super::kv_v1;
 use crate::error::{CoreError, Result};
 use crate::logical::{
     Backend, Ctx, FieldData, FieldKind, FieldSpec, Operation as Op, PathSpec, Response,
@@ -445,6 +446,14 @@ impl Backend for KvBackend {
         }
     }
 
+    /// Finish an upgrade from KV v1: move every entry a v1 mount left
+    /// behind (see [`crate::engines::kv_v1`]) into version 1 of a v2 key.
+    /// Runs whenever the mount is built, so an upgrade cut short by a crash
+    /// resumes; with no v1 entries it is one empty listing.
+    async fn initialize(&self, storage: &StorageView) -> Result<()> {
+        self.upgrade_from_v1(storage).await.map(|_| ())
+    }
+
     async fn exists(&self, ctx: Ctx<'_>) -> Result<bool> {
         match ctx.route {
             R_DATA | R_METADATA => {
@@ -460,6 +469,52 @@ impl Backend for KvBackend {
 }
 
 impl KvBackend {
+    // ----- upgrade from v1 -----
+
+    /// Move each v1 entry into the v2 layout: its data becomes the next
+    /// version of the key (version 1 of a new key), and the v1 entry is
+    /// deleted in the same atomic batch, so a crash leaves every key either
+    /// moved or still waiting in v1 form, never both or neither. Returns how
+    /// many entries moved.
+    pub async fn upgrade_from_v1(&self, storage: &StorageView) -> Result<usize> {
+        let paths = kv_v1::entry_paths(storage).await?;
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        let config = load_config(storage).await?;
+        let mut moved = 0;
+        for key in &paths {
+            let _g = self.lock_for(key).lock().await;
+            let v1_key = kv_v1::entry_key(key);
+            let Some(data) = storage.get_json::<Map<String, Value>>(&v1_key).await? else {
+                continue;
+            };
+            let mut meta = load_meta(storage, key)
+                .await?
+                .unwrap_or_else(|| KeyMetadata {
+                    // Vault's upgrade starts the key's window at its one version.
+                    oldest_version: 1,
+                    ..KeyMetadata::new(key)
+                });
+            self.commit_version_with(
+                storage,
+                key,
+                &config,
+                &mut meta,
+                data,
+                vec![BatchOp::Delete { key: v1_key }],
+            )
+            .await?;
+            moved += 1;
+        }
+        tracing::info!(
+            prefix = storage.prefix(),
+            keys = moved,
+            "kv mount upgraded from version 1 to version 2"
+        );
+        Ok(moved)
+    }
+
     // ----- config -----
 
     async fn config_read(&self, ctx: &Ctx<'_>) -> Result<Option<Response>> {
@@ -590,6 +645,20 @@ impl KvBackend {
         meta: &mut KeyMetadata,
         data: Map<String, Value>,
     ) -> Result<Response> {
+        self.commit_version_with(storage, key, config, meta, data, Vec::new())
+            .await
+    }
+
+    /// [`Self::commit_version`] with `extra` operations in the same batch.
+    async fn commit_version_with(
+        &self,
+        storage: &StorageView,
+        key: &str,
+        config: &KvConfig,
+        meta: &mut KeyMetadata,
+        data: Map<String, Value>,
+        extra: Vec<BatchOp>,
+    ) -> Result<Response> {
         let now = now_nanos();
         let deletion = if config.delete_version_after == DVA_DISABLED {
             None
@@ -610,6 +679,7 @@ impl KvBackend {
         ops.extend(pruned.into_iter().map(|v| BatchOp::Delete {
             key: version_key(key, v),
         }));
+        ops.extend(extra);
         storage.batch(ops).await?;
         let vm = meta
             .versions
@@ -2003,5 +2073,55 @@ mod tests {
             }
         }
         assert_eq!(wins, 1);
+    }
+
+    #[tokio::test]
+    async fn upgrade_from_v1_moves_every_entry_once() {
+        let h = Harness::new().await;
+        // What a KV v1 mount leaves in its storage view.
+        for (path, data) in [
+            ("a", json!({"x": "1"})),
+            ("dir/b", json!({"y": "2", "n": {"deep": [1, 2]}})),
+            ("dir/sub/c", json!({"ttl": "1h"})),
+        ] {
+            h.storage
+                .put_json(&kv_v1::entry_key(path), &data)
+                .await
+                .unwrap();
+        }
+        assert_eq!(h.kv.upgrade_from_v1(&h.storage).await.unwrap(), 3);
+
+        let got = h.data(Operation::Read, "data/dir/b", json!({})).await;
+        assert_eq!(got["data"], json!({"y": "2", "n": {"deep": [1, 2]}}));
+        assert_eq!(got["metadata"]["version"], 1);
+        let md = h.data(Operation::Read, "metadata/a", json!({})).await;
+        assert_eq!(
+            (md["current_version"].clone(), md["oldest_version"].clone()),
+            (json!(1), json!(1))
+        );
+        let l = h.data(Operation::List, "metadata/", json!({})).await;
+        assert_eq!(l["keys"], json!(["a", "dir/"]));
+        // Nothing is left in v1 form, and a second run moves nothing.
+        assert!(kv_v1::entry_paths(&h.storage).await.unwrap().is_empty());
+        assert_eq!(h.kv.upgrade_from_v1(&h.storage).await.unwrap(), 0);
+        assert_eq!(
+            h.data(Operation::Read, "metadata/a", json!({})).await["current_version"],
+            1
+        );
+
+        // A v1 entry found later (a write that raced the upgrade, or a run
+        // cut short) becomes the key's next version; nothing is lost.
+        h.storage
+            .put_json(&kv_v1::entry_key("a"), &json!({"x": "late"}))
+            .await
+            .unwrap();
+        h.kv.initialize(&h.storage).await.unwrap();
+        let got = h.data(Operation::Read, "data/a", json!({})).await;
+        assert_eq!(got["data"], json!({"x": "late"}));
+        assert_eq!(got["metadata"]["version"], 2);
+        let old = h
+            .data(Operation::Read, "data/a", json!({"version": 1}))
+            .await;
+        assert_eq!(old["data"], json!({"x": "1"}));
     }
 }
