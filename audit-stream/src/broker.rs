@@ -66,6 +66,11 @@ pub trait AuditDevice: Send + Sync {
     fn local_log(&self) -> Option<Arc<crate::log::AuditLog>> {
         None
     }
+    /// Could the device record an event now (`sys/health`)? `Err` names
+    /// why not. A device that cannot tell without trying says `Ok`.
+    fn health(&self) -> Result<(), AuditError> {
+        Ok(())
+    }
 }
 
 /// A device as listed by `GET sys/audit`.
@@ -294,6 +299,26 @@ impl AuditBroker {
         }
         let s = self.shipper(path)?;
         self.get(s.source()).map(|d| d.hash(input))
+    }
+
+    /// Could an event be recorded now? The broker's rule for `sys/health`:
+    /// `Err` only when devices are enabled and none of them could record
+    /// (the request would be refused): a full disk when that is why every
+    /// device fails (as [`AuditBroker::log_request`] answers), else the
+    /// first other failure.
+    pub fn health(&self) -> Result<(), AuditError> {
+        let mut errors = Vec::new();
+        for d in self.snapshot() {
+            match d.health() {
+                Ok(()) => return Ok(()),
+                Err(e) => errors.push(e),
+            }
+        }
+        let first_other = errors.iter().position(|e| !e.is_disk_full()).unwrap_or(0);
+        match errors.into_iter().nth(first_other) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Record a request event; fails only if devices exist and none recorded it.

@@ -399,6 +399,15 @@ pub struct AuditResponse {
     pub secret: Option<AuditSecret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrap_info: Option<AuditWrapInfo>,
+    /// Custos extension (not in Vault's format; absent when empty, so Vault
+    /// tooling sees nothing new on other requests): the transit key versions
+    /// a successful operation applied to its input — the `vault:vN:` versions
+    /// of the ciphertexts a `decrypt` or `rewrap` opened, of the signatures
+    /// or HMACs a `verify` checked, and the version a `sign` or `hmac` used.
+    /// Distinct and ascending; every item of a `batch_input` counts. Numbers
+    /// are not secrets and are never HMAC'd. Not part of the client's answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_versions: Vec<u64>,
 }
 
 impl fmt::Debug for AuditResponse {
@@ -408,6 +417,7 @@ impl fmt::Debug for AuditResponse {
             .field("has_auth", &self.auth.is_some())
             .field("has_data", &self.data.is_some())
             .field("warnings", &self.warnings.len())
+            .field("key_versions", &self.key_versions)
             .finish_non_exhaustive()
     }
 }
@@ -481,6 +491,25 @@ mod tests {
         assert!(ev.event_id().ends_with("-response"));
         let req_ev = AuditEvent::request(None, sample_request());
         assert_ne!(req_ev.event_id(), ev.event_id());
+    }
+
+    #[test]
+    fn key_versions_are_a_custos_field_left_out_when_empty() {
+        let plain = AuditEvent::response(None, sample_request(), AuditResponse::default(), None);
+        let v = serde_json::to_value(&plain).unwrap();
+        assert!(v["response"].get("key_versions").is_none(), "{v}");
+        let resp = AuditResponse {
+            data: Some(json!({"plaintext": "cGxhaW4="})),
+            key_versions: vec![1, 2],
+            ..Default::default()
+        };
+        let ev = AuditEvent::response(None, sample_request(), resp, None);
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["response"]["key_versions"], json!([1, 2]));
+        // Outside `response.data`: what the client received is unchanged.
+        assert!(v["response"]["data"].get("key_versions").is_none());
+        let back: AuditEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
     }
 
     #[test]

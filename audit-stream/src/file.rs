@@ -341,4 +341,8 @@ impl AuditDevice for FileDevice {
     fn local_log(&self) -> Option<Arc<AuditLog>> {
         Some(self.log.clone())
     }
+
+    fn health(&self) -> Result<(), AuditError> {
+        self.log.health()
+    }
 }

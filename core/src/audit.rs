@@ -443,6 +443,7 @@ pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Respons
         Ok(r) => {
             resp.data = r.data.as_ref().map(|d| Value::Object(d.clone()));
             resp.warnings = r.warnings.clone();
+            resp.key_versions = r.key_versions.clone();
             if let Some(a) = &r.auth {
                 resp.auth = Some(AuditAuth {
                     client_token: a.client_token.clone(),

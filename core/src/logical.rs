@@ -169,6 +169,11 @@ pub struct Response {
     /// Send `data` as the whole body, not inside the envelope (`sys/health`,
     /// `sys/seal-status`, `sys/init` and friends answer raw JSON).
     pub raw_body: bool,
+    /// For the audit log only, never sent to the client: the transit key
+    /// versions the operation used, distinct and ascending (see
+    /// `custos_audit::AuditResponse::key_versions`). Empty (no allocation)
+    /// for everything else.
+    pub key_versions: Vec<u64>,
 }
 
 impl Response {

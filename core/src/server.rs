@@ -389,7 +389,8 @@ pub async fn run_dev(
          Root Token: {}\n\n\
          ==> Custos server started! Log data will stream in below:\n",
         dev.data_dir.join("raft").display(),
-        dev.data_dir.join("audit").display(),
+        // The live log (the active segment), for `tail -F`.
+        dev.data_dir.join("audit").join("audit.log").display(),
         crate::sys::VERSION,
         dev.unseal_key,
         dev.root_token,

@@ -292,12 +292,13 @@ static PATHS: &[PathSpec] = &[
             F::new("until", K::String),
             F::new("operation", K::String),
             F::new("min_version", K::Int),
+            F::new("max_key_version", K::Int),
             F::new("accessor", K::String),
             F::new("limit", K::Int),
             F::new("source", K::String),
         ],
         existence_check: false,
-        help: "Which clients read a path, at which KV versions, in a time range: from the local audit log's index, or from Elasticsearch (source=elasticsearch).",
+        help: "Which clients read a path, at which KV versions (or, for transit, under which key versions: max_key_version=N keeps the events that used a version <= N), in a time range: from the local audit log's index, or from Elasticsearch (source=elasticsearch).",
     },
     PathSpec {
         pattern: "audit-rotate",
@@ -878,6 +879,11 @@ impl Backend for SystemBackend {
                         CoreError::bad_request("\"min_version\" must not be negative")
                     })?);
                 }
+                if let Some(v) = f.int("max_key_version") {
+                    q.max_key_version = Some(u64::try_from(v).map_err(|_| {
+                        CoreError::bad_request("\"max_key_version\" must not be negative")
+                    })?);
+                }
                 if let Some(l) = f.int("limit") {
                     q.limit = usize::try_from(l).unwrap_or(0);
                 }
@@ -1029,10 +1035,18 @@ async fn health(core: &Core, q: &Map<String, Value>) -> Result<Response> {
     let initialized = core.is_initialized().await?;
     let sealed = core.is_sealed();
     let standby = !sealed && !core.is_active();
+    // An unsealed node whose audit log cannot record refuses every request
+    // (fail closed): say so, so a load balancer stops sending them.
+    let audit_failure = match core.unsealed() {
+        Ok(u) if initialized => u.audit.health().err(),
+        _ => None,
+    };
     let code = if !initialized {
         q_int(q, "uninitcode")?.unwrap_or(501)
     } else if sealed {
         q_int(q, "sealedcode")?.unwrap_or(503)
+    } else if audit_failure.is_some() {
+        q_int(q, "auditfailcode")?.unwrap_or(503)
     } else if standby {
         if q_bool(q, "standbyok") {
             q_int(q, "activecode")?.unwrap_or(200)
@@ -1057,6 +1071,10 @@ async fn health(core: &Core, q: &Map<String, Value>) -> Result<Response> {
     if initialized && !sealed {
         body["cluster_name"] = json!(core.opts.cluster_name);
         body["cluster_id"] = json!(cluster_id(core));
+    }
+    if let Some(e) = &audit_failure {
+        // The kind only (`disk_full`, `io`, `closed`): the endpoint needs no token.
+        body["audit_failure"] = json!(e.kind_label());
     }
     let mut r = Response::raw(obj(body));
     r.status = Some(code);

@@ -50,12 +50,14 @@ fn spans(bodies: &[Value]) -> Vec<Value> {
     out
 }
 
-/// Every JSON audit event in the local audit log directory.
+/// Every JSON audit event in the local audit log directory's segments
+/// (not `audit.log`, the live name of the active one).
 fn audit_events(dir: &std::path::Path) -> Vec<Value> {
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
+    files.retain(|f| f.file_name().is_some_and(|n| n != "audit.log"));
     files.sort();
     for f in files {
         let bytes = std::fs::read(&f).unwrap_or_default();

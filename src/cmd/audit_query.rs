@@ -1,10 +1,15 @@
 //! `custos audit query PATH`: which clients read a path, at which KV
-//! versions, in a time range — `GET sys/audit-query` (needs an explicit
-//! grant on `sys/audit-query`).
+//! versions (or, on transit paths, under which key versions), in a time
+//! range — `GET sys/audit-query` (needs an explicit grant on
+//! `sys/audit-query`).
 //!
 //! Prints a table (accessor prefix, display name, role, address, reads,
-//! versions, first and last read) or, with `-format=json`, the API's
-//! `data` object (`clients`, `events_scanned`, `source`). Accessors are as
+//! versions, first and last read, plus the transit key versions when any
+//! client has some) or, with `-format=json`, the API's `data` object
+//! (`clients`, `events_scanned`, `source`). `--max-key-version N` keeps the
+//! transit operations that used a key version ≤ N (the KEK rotator's "who
+//! still decrypts under the old version?": `custos audit query
+//! transit/decrypt/orders --operation update --max-key-version 1`). Accessors are as
 //! the audit log holds them (HMAC'd); `-accessor` takes a raw accessor and
 //! the server hashes it with the audit device's salt.
 
@@ -29,6 +34,9 @@ pub struct QueryArgs {
     /// Only reads that returned at least this KV version
     #[arg(long = "min-version", value_name = "N")]
     pub min_version: Option<u64>,
+    /// Only transit operations that used a key version at or below N (decrypt, rewrap, verify: the inputs' versions)
+    #[arg(long = "max-key-version", value_name = "N")]
+    pub max_key_version: Option<u64>,
     /// Only this client (a raw token accessor; hashed by the server)
     #[arg(long, value_name = "ACCESSOR")]
     pub accessor: Option<String>,
@@ -46,6 +54,7 @@ fn query_params(a: &QueryArgs) -> Vec<(&'static str, String)> {
         ("since", a.since.clone()),
         ("until", a.until.clone()),
         ("min_version", a.min_version.map(|v| v.to_string())),
+        ("max_key_version", a.max_key_version.map(|v| v.to_string())),
         ("accessor", a.accessor.clone()),
         ("limit", a.limit.map(|v| v.to_string())),
     ];
@@ -54,45 +63,57 @@ fn query_params(a: &QueryArgs) -> Vec<(&'static str, String)> {
     q
 }
 
-/// The answer as a table, one row per client.
+/// A list of numbers as `1,2,3`; empty when absent.
+fn number_list(v: &Value) -> String {
+    v.as_array()
+        .map(|v| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// The answer as a table, one row per client. The "Key Versions" column
+/// (transit) appears only when some client has key versions.
 pub fn clients_table(data: &Value) -> String {
-    let mut rows = vec![
-        [
-            "Accessor",
-            "Display Name",
-            "Role",
-            "Remote Address",
-            "Reads",
-            "Versions",
-            "First Read",
-            "Last Read",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
+    let clients: Vec<&Value> = data["clients"].as_array().into_iter().flatten().collect();
+    let transit = clients
+        .iter()
+        .any(|c| c["key_versions"].as_array().is_some_and(|k| !k.is_empty()));
+    let mut header: Vec<String> = [
+        "Accessor",
+        "Display Name",
+        "Role",
+        "Remote Address",
+        "Reads",
+        "Versions",
+    ]
+    .map(String::from)
+    .to_vec();
+    if transit {
+        header.push("Key Versions".into());
+    }
+    header.extend(["First Read", "Last Read"].map(String::from));
+    let mut rows = vec![header];
     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    for c in data["clients"].as_array().into_iter().flatten() {
+    for c in clients {
         let acc = s(&c["accessor"]);
         let short: String = acc.chars().take(28).collect();
-        let versions = c["versions"]
-            .as_array()
-            .map(|v| {
-                v.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        rows.push(vec![
+        let mut row = vec![
             short,
             s(&c["display_name"]),
             s(&c["role"]),
             s(&c["remote_address"]),
             c["reads"].to_string(),
-            versions,
-            s(&c["first_read"]),
-            s(&c["last_read"]),
-        ]);
+            number_list(&c["versions"]),
+        ];
+        if transit {
+            row.push(number_list(&c["key_versions"]));
+        }
+        row.extend([s(&c["first_read"]), s(&c["last_read"])]);
+        rows.push(row);
     }
     output::table(&rows)
 }
@@ -140,5 +161,32 @@ mod tests {
             !t.contains("0123456789abcdef0123456789abcdef"),
             "accessor shortened"
         );
+        assert!(!t.contains("Key Versions"), "no transit column for KV: {t}");
+    }
+
+    #[test]
+    fn table_shows_transit_key_versions_and_the_filter_is_sent() {
+        let t = clients_table(&json!({"clients": [{
+            "accessor": "hmac-sha256:ab", "display_name": "token-orders", "role": "",
+            "remote_address": "10.0.0.2", "reads": 2, "versions": [],
+            "key_versions": [1, 3], "min_key_version": 1,
+            "first_read": "a", "last_read": "b"
+        }]}));
+        assert!(t.contains("Key Versions"), "{t}");
+        assert!(t.contains("1,3"), "{t}");
+        let a = QueryArgs {
+            path: "transit/decrypt/orders".into(),
+            since: None,
+            until: None,
+            operation: "update".into(),
+            min_version: None,
+            max_key_version: Some(1),
+            accessor: None,
+            limit: None,
+            source: "local".into(),
+        };
+        let q = query_params(&a);
+        assert!(q.contains(&("max_key_version", "1".into())), "{q:?}");
+        assert!(q.contains(&("operation", "update".into())), "{q:?}");
     }
 }

@@ -1,7 +1,9 @@
 //! `GET sys/audit-query` end to end: a real dev server (file audit device),
 //! two tokens reading a KV v2 secret at different versions, the query
 //! listing both with the versions they read, and a token without an
-//! explicit grant refused.
+//! explicit grant refused; and transit decrypts under two key versions,
+//! the query reporting each client's `key_versions` and `max_key_version`
+//! keeping only those still on the old one.
 
 use serde_json::{Value, json};
 
@@ -200,4 +202,200 @@ async fn audit_query_lists_readers_with_versions_and_needs_a_grant() {
 
     // The index file lives beside the log.
     assert!(s.dir.join("audit").join("audit.index.redb").exists());
+}
+
+/// The KEK rotator's question: who still decrypts under the old key
+/// version? Encrypt under v1, rotate, decrypt a v1 and a v2 ciphertext
+/// (and a batch over both) as different clients, then ask the query.
+#[tokio::test]
+async fn audit_query_reports_transit_key_versions_and_filters_old_ones() {
+    let s = dev_server();
+    let (st, e) = call(
+        &s,
+        "POST",
+        "sys/mounts/transit",
+        "root",
+        Some(json!({"type": "transit"})),
+    )
+    .await;
+    assert!(st == 204 || st == 200, "{st} {e}");
+    let (st, e) = call(&s, "POST", "transit/keys/orders", "root", None).await;
+    assert_eq!(st, 200, "{e}");
+    let encrypt = |pt: &'static str| {
+        let s = &s;
+        async move {
+            let (st, r) = call(
+                s,
+                "POST",
+                "transit/encrypt/orders",
+                "root",
+                Some(json!({"plaintext": pt})),
+            )
+            .await;
+            assert_eq!(st, 200, "{r}");
+            r["data"]["ciphertext"]
+                .as_str()
+                .expect("ciphertext")
+                .to_owned()
+        }
+    };
+    let ct1 = encrypt("b25l").await;
+    assert!(ct1.starts_with("vault:v1:"), "{ct1}");
+    let (st, e) = call(&s, "POST", "transit/keys/orders/rotate", "root", None).await;
+    assert_eq!(st, 200, "{e}");
+    let ct2 = encrypt("dHdv").await;
+    assert!(ct2.starts_with("vault:v2:"), "{ct2}");
+
+    let (st, _) = call(
+        &s,
+        "PUT",
+        "sys/policies/acl/orders",
+        "root",
+        Some(json!({"policy": "path \"transit/decrypt/orders\" { capabilities = [\"update\"] }"})),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (t_old, acc_old) = token(&s, &["orders"], "lagging").await;
+    let (t_new, acc_new) = token(&s, &["orders"], "moved").await;
+    let (t_batch, acc_batch) = token(&s, &["orders"], "batcher").await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        - 1;
+
+    // The client's answer carries nothing new.
+    let (st, r) = call(
+        &s,
+        "POST",
+        "transit/decrypt/orders",
+        &t_old,
+        Some(json!({"ciphertext": ct1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["data"], json!({"plaintext": "b25l"}));
+    let (st, r) = call(
+        &s,
+        "POST",
+        "transit/decrypt/orders",
+        &t_new,
+        Some(json!({"ciphertext": ct2})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = call(
+        &s,
+        "POST",
+        "transit/decrypt/orders",
+        &t_batch,
+        Some(json!({"batch_input": [
+            {"ciphertext": ct2}, {"ciphertext": ct1}, {"ciphertext": ct2},
+        ]})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+
+    let (ho, hn, hb) = (
+        audit_hash(&s, &acc_old).await,
+        audit_hash(&s, &acc_new).await,
+        audit_hash(&s, &acc_batch).await,
+    );
+    // Every decrypting client, with the key versions it used.
+    let (st, q) = call(
+        &s,
+        "GET",
+        &format!("sys/audit-query?path=transit/decrypt/orders&operation=update&since={since}"),
+        "root",
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{q}");
+    assert_eq!(
+        q["data"]["clients"].as_array().map(Vec::len),
+        Some(3),
+        "{q}"
+    );
+    let old = client(&q, &ho).unwrap_or_else(|| panic!("lagging listed: {q}"));
+    assert_eq!(old["key_versions"], json!([1]));
+    assert_eq!(old["min_key_version"], json!(1));
+    assert_eq!(old["versions"], json!([]));
+    let new = client(&q, &hn).unwrap_or_else(|| panic!("moved listed: {q}"));
+    assert_eq!(new["key_versions"], json!([2]));
+    assert_eq!(new["min_key_version"], json!(2));
+    let batch = client(&q, &hb).unwrap_or_else(|| panic!("batcher listed: {q}"));
+    assert_eq!(batch["key_versions"], json!([1, 2]));
+    assert_eq!(batch["min_key_version"], json!(1));
+
+    // The rotator's call: only the clients still decrypting under v1.
+    let (st, q) = call(
+        &s,
+        "GET",
+        &format!(
+            "sys/audit-query?path=transit/decrypt/orders&operation=update&since={since}&max_key_version=1"
+        ),
+        "root",
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{q}");
+    let mut listed: Vec<&str> = q["data"]["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["accessor"].as_str())
+        .collect();
+    listed.sort_unstable();
+    let mut want = vec![ho.as_str(), hb.as_str()];
+    want.sort_unstable();
+    assert_eq!(listed, want, "{q}");
+    let (st, q) = call(
+        &s,
+        "GET",
+        &format!(
+            "sys/audit-query?path=transit/decrypt/orders&operation=update&since={since}&max_key_version=0"
+        ),
+        "root",
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{q}");
+    assert_eq!(q["data"]["clients"], json!([]));
+    let (st, e) = call(
+        &s,
+        "GET",
+        "sys/audit-query?path=transit/decrypt/orders&max_key_version=-1",
+        "root",
+        None,
+    )
+    .await;
+    assert_eq!(st, 400, "{e}");
+
+    // The event itself: response.key_versions, outside response.data.
+    let events = crate::harness::read_audit_events(&s.dir.join("audit"));
+    let batch_event = events
+        .iter()
+        .find(|e| {
+            e["type"] == json!("response")
+                && e["request"]["path"] == json!("transit/decrypt/orders")
+                && e["auth"]["accessor"] == json!(hb)
+        })
+        .unwrap_or_else(|| panic!("batch response event in the log"));
+    assert_eq!(batch_event["response"]["key_versions"], json!([1, 2]));
+    assert!(
+        batch_event["response"]["data"]
+            .get("key_versions")
+            .is_none()
+    );
+    let kv_or_sys = events
+        .iter()
+        .filter(|e| e["type"] == json!("response"))
+        .filter(|e| {
+            !e["request"]["path"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("transit/")
+        })
+        .all(|e| e["response"].get("key_versions").is_none());
+    assert!(kv_or_sys, "non-transit events carry no key_versions");
 }

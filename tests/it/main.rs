@@ -2,6 +2,7 @@
 //! (`server --dev` or `server --config`) on 127.0.0.1:0 in a temp dir and
 //! talks HTTP to it, as a user would.
 
+mod audit_file;
 mod audit_query;
 mod audit_sinks;
 mod cli;

@@ -6,7 +6,9 @@
 //! `custos audit verify` and the audit query through [`LogReader`].
 //!
 //! * **Layout** ([`segment`]): a directory of segment files
-//!   `audit-<first seq, 20 digits>.log`; the newest is the active one.
+//!   `audit-<first seq, 20 digits>.log`; the newest is the active one, and
+//!   is also linked at the live name (`audit.log`), which moves to each new
+//!   segment at a roll, so `tail -F audit.log` follows the whole log.
 //! * **Records** ([`record`]): one line per record, itself a JSON object: the
 //!   event with `"custos_seq":N,"custos_crc":"<crc32c hex>"` appended, so
 //!   `tail -f` and `jq` work and every line carries its own checksum.
@@ -17,7 +19,7 @@
 //!   cut after the last complete, CRC-valid record; sequence numbers continue.
 //! * **Roll**: by size (`segment_size`, 64 MiB) and age (`segment_duration`,
 //!   1 h), and on [`AuditLog::roll`] (rotate, SIGHUP): a new segment is the
-//!   rotation, nothing is renamed, nothing is lost.
+//!   rotation, no segment is renamed, nothing is lost.
 //! * **Readers** ([`reader`]): from any sequence number, across segments,
 //!   following the writer through a `watch` of the last durable sequence
 //!   number, never yielding a record that is not yet fsynced.
@@ -26,6 +28,7 @@
 //!   registered sink's checkpoint is past it and an age/size limit says so.
 //! * **Disk guard**: under `min_free_bytes` free, appends fail with
 //!   [`AuditError::DiskFull`] (the core answers 503) rather than risk audit.
+//!   [`AuditLog::health`] says so before a request tries (`sys/health`).
 //! * **Verify** ([`verify`]): CRCs, sequence gaps, torn tail, for
 //!   `custos audit verify`.
 
@@ -42,10 +45,10 @@ mod writer;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -68,6 +71,13 @@ pub(crate) fn record_check_line_prefix(prefix: &str) -> Result<(), &'static str>
 
 /// Appends waiting for the writer before callers wait for room.
 const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+/// How long a failed group commit keeps [`AuditLog::health`] failing when no
+/// commit has succeeded since. A failure that no live check can see (EIO,
+/// ENOSPC under a quota) must not hold a node out of its load balancer
+/// forever once traffic stops: after this long the node is offered traffic
+/// again, and the next failure reports it anew.
+pub const FAILURE_HOLD: Duration = Duration::from_secs(30);
 
 /// The durable end of the log, published by the writer after every group
 /// commit: every byte before `offset` in segment `segment`, and every record
@@ -92,6 +102,11 @@ pub(crate) struct Shared {
     free_bytes: AtomicU64,
     /// The `path` label of the metrics (the device's mount path).
     label: RwLock<String>,
+    /// True while `last_failure` holds something (spares the success path
+    /// the lock).
+    failing: AtomicBool,
+    /// The error of the last group commit and when, until one succeeds.
+    last_failure: Mutex<Option<(Instant, AuditError)>>,
 }
 
 impl Shared {
@@ -107,6 +122,41 @@ impl Shared {
             Ok(mut l) => *l = label.to_owned(),
             Err(poisoned) => *poisoned.into_inner() = label.to_owned(),
         }
+    }
+
+    /// Remember a failed group commit for [`AuditLog::health`].
+    fn record_failure(&self, e: &AuditError) {
+        let mut last = match self.last_failure.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *last = Some((Instant::now(), e.clone()));
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// A group commit succeeded: forget the last failure.
+    fn record_success(&self) {
+        if !self.failing.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        match self.last_failure.lock() {
+            Ok(mut l) => *l = None,
+            Err(poisoned) => *poisoned.into_inner() = None,
+        }
+    }
+
+    /// The last failure, if it is more recent than [`FAILURE_HOLD`].
+    fn recent_failure(&self) -> Option<AuditError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        let last = match self.last_failure.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < FAILURE_HOLD)
+            .map(|(_, e)| e.clone())
     }
 
     /// Count the segments and their bytes again and publish the gauges.
@@ -171,6 +221,7 @@ impl AuditLog {
             .map_err(|e| AuditError::io("create directory", &e))?;
         let label = options.metrics_label.clone();
         let segments = dir.segments()?;
+        let mut live_retry_at = None;
         let (file, seg_first, seg_len, seg_born, next_seq) = match segments.last() {
             Some(last) => {
                 let r = recovery::recover_segment(&last.path, last.first_seq)?;
@@ -184,6 +235,12 @@ impl AuditLog {
                     metrics::device_counter(metrics::LOG_RECOVERY_TRUNCATIONS, &label, 1);
                 }
                 let file = writer::open_segment(&last.path, options.mode)?;
+                if !writer::publish_live(&dir, &last.path, &label) {
+                    live_retry_at = Some(Instant::now());
+                }
+                // The segment is already durable; a link lost to a crash
+                // before this sync is made again at the next open.
+                let _ = segment::sync_dir(dir.dir());
                 let born = file
                     .metadata()
                     .ok()
@@ -194,6 +251,9 @@ impl AuditLog {
             None => {
                 let path = dir.segment_path(1);
                 let file = writer::open_segment(&path, options.mode)?;
+                if !writer::publish_live(&dir, &path, &label) {
+                    live_retry_at = Some(Instant::now());
+                }
                 segment::sync_dir(dir.dir())?;
                 (file, 1, 0, SystemTime::now(), 1)
             }
@@ -221,6 +281,7 @@ impl AuditLog {
             seg_born,
             next_seq,
             torn_tail: false,
+            live_retry_at,
             durable: durable_tx,
             shared: shared.clone(),
         };
@@ -372,6 +433,38 @@ impl AuditLog {
         }
         self.shared.recount(&self.dir, &label);
         Ok(report)
+    }
+
+    /// Can the log record an event right now? For `sys/health`, so a load
+    /// balancer stops sending requests that would be refused. `Err` names
+    /// the failure when:
+    ///
+    /// * the writer has stopped ([`AuditError::Closed`]);
+    /// * the directory is gone or unreadable;
+    /// * the disk guard would refuse the next batch: free space is measured
+    ///   now (one `statvfs`), so the answer turns healthy as soon as space is
+    ///   freed, without waiting for traffic;
+    /// * the last group commit failed less than [`FAILURE_HOLD`] ago and none
+    ///   has succeeded since (write or fsync errors no live check can see).
+    pub fn health(&self) -> Result<(), AuditError> {
+        if self.sender()?.is_closed() {
+            return Err(AuditError::Closed);
+        }
+        fs::metadata(self.dir.dir()).map_err(|e| AuditError::io("stat directory", &e))?;
+        let min = self.options.min_free_bytes;
+        if min > 0
+            && let Some(free) = writer::free_bytes(self.dir.dir())
+            && free < min
+        {
+            return Err(AuditError::DiskFull {
+                free_bytes: free,
+                min_free_bytes: min,
+            });
+        }
+        match self.shared.recent_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// fsync calls made so far (one per group-commit batch).

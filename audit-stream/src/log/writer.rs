@@ -19,25 +19,31 @@
 //! `verify` shows, never a duplicate) and the next batch starts with a newline
 //! so the torn bytes stay on a line of their own.
 //!
-//! If the active segment was deleted under the server (its link count is 0),
-//! the next batch starts a new segment instead of writing into a file nobody
-//! can read; if the directory is gone too, appends fail (the request fails
-//! closed) until it is back.
+//! If the active segment was deleted under the server (its name no longer
+//! leads to the file being written), the next batch starts a new segment
+//! instead of writing into a file nobody can read; if the directory is gone
+//! too, appends fail (the request fails closed) until it is back.
+//!
+//! Every new active segment (at open and at each roll) is also published
+//! under the log's live name ([`super::segment::publish_live`], `audit.log`)
+//! before the directory fsync that makes the segment durable. A failure to
+//! publish is logged and retried, and never fails an append: the segments
+//! are the log, the live name a view of it.
 
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::checkpoint::Checkpoint;
 use super::options::LogOptions;
 use super::retention;
-use super::segment::{LogDir, sync_dir};
+use super::segment::{self, LogDir, sync_dir};
 use super::{DurablePosition, Shared, record};
 use crate::error::AuditError;
 use crate::metrics;
@@ -48,6 +54,8 @@ const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes a record adds to its payload at most: the two members and newline.
 const RECORD_OVERHEAD: usize = 64;
+/// How often a live name that could not be published is tried again.
+const LIVE_RETRY: Duration = Duration::from_secs(10);
 
 pub(crate) type Done = oneshot::Sender<Result<u64, AuditError>>;
 
@@ -77,6 +85,34 @@ pub(crate) fn open_segment(path: &Path, mode: Option<u32>) -> Result<File, Audit
     Ok(file)
 }
 
+/// Publish `seg` under the live name of `dir` (see
+/// [`segment::publish_live`]), logging the outcome. Returns false when it
+/// failed; the caller fsyncs the directory.
+pub(crate) fn publish_live(dir: &LogDir, seg: &Path, label: &str) -> bool {
+    match segment::publish_live(dir, seg) {
+        Ok(moved) => {
+            if let Some(aside) = moved {
+                tracing::warn!(
+                    device = %label,
+                    live = %dir.live_path().display(),
+                    moved_to = %aside.display(),
+                    "a file that was not an audit segment held the audit log's live name; moved it aside"
+                );
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                device = %label,
+                live = %dir.live_path().display(),
+                error = %e,
+                "cannot point the audit log's live name at the active segment (the log itself is unaffected)"
+            );
+            false
+        }
+    }
+}
+
 /// Free bytes available to unprivileged users on the file system of `dir`.
 pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
@@ -94,6 +130,8 @@ pub(crate) struct Writer {
     pub next_seq: u64,
     /// A torn line may end the segment: start the next batch with a newline.
     pub torn_tail: bool,
+    /// When to try publishing the live name again (`None`: it is in place).
+    pub live_retry_at: Option<Instant>,
     pub durable: watch::Sender<DurablePosition>,
     pub shared: Arc<Shared>,
 }
@@ -151,6 +189,7 @@ impl Writer {
         let result = self.write_batch(&batch, records, payload_bytes, &label);
         match &result {
             Ok(_) => {
+                self.shared.record_success();
                 metrics::device_histogram(
                     metrics::FSYNC_SECONDS,
                     &label,
@@ -159,6 +198,7 @@ impl Writer {
                 metrics::device_histogram(metrics::GROUP_COMMIT_EVENTS, &label, n as f64);
             }
             Err(e) => {
+                self.shared.record_failure(e);
                 if e.is_disk_full() {
                     metrics::device_counter(metrics::LOG_DISK_FULL, &label, 1);
                 }
@@ -197,11 +237,27 @@ impl Writer {
         Ok(())
     }
 
-    /// True when there is an active segment and it is still in the directory.
+    /// True when there is an active segment and its name still leads to it
+    /// (a link count would not do: the live name is a second link).
     fn active_is_linked(&self) -> bool {
-        self.file
-            .as_ref()
-            .is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() > 0))
+        let Some(f) = self.file.as_ref() else {
+            return false;
+        };
+        match (
+            f.metadata(),
+            fs::metadata(self.dir.segment_path(self.seg_first)),
+        ) {
+            (Ok(open), Ok(named)) => segment::same_file(&open, &named),
+            _ => false,
+        }
+    }
+
+    /// Publish the active segment under the live name; on failure, try
+    /// again after [`LIVE_RETRY`].
+    fn publish_live(&mut self, label: &str) {
+        let seg = self.dir.segment_path(self.seg_first);
+        self.live_retry_at =
+            (!publish_live(&self.dir, &seg, label)).then(|| Instant::now() + LIVE_RETRY);
     }
 
     /// Make sure there is an active segment that is still linked in the
@@ -217,6 +273,11 @@ impl Writer {
             }
             self.file = None;
             return self.roll(label);
+        }
+        if self.live_retry_at.is_some_and(|at| Instant::now() >= at) {
+            self.publish_live(label);
+            // Best effort, like the link itself.
+            let _ = sync_dir(self.dir.dir());
         }
         let full = self.seg_len + incoming as u64 > self.opts.segment_size;
         let old = SystemTime::now()
@@ -323,7 +384,15 @@ impl Writer {
         }
         let path = self.dir.segment_path(self.next_seq);
         let file = open_segment(&path, self.opts.mode)?;
-        sync_dir(self.dir.dir())?;
+        // One directory fsync covers the new segment and its live name.
+        let live_ok = publish_live(&self.dir, &path, label);
+        if let Err(e) = sync_dir(self.dir.dir()) {
+            // The old segment stays active; the next batch points the live
+            // name back at it.
+            self.live_retry_at = Some(Instant::now());
+            return Err(e);
+        }
+        self.live_retry_at = (!live_ok).then(|| Instant::now() + LIVE_RETRY);
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = Some(file);
         self.seg_first = self.next_seq;

@@ -7,7 +7,10 @@
 //! the ids seen at the page's last millisecond, so equal timestamps are
 //! neither lost nor counted twice). Each hit's `_source` becomes the same
 //! [`Posting`] the local index holds and goes through the same
-//! [`Aggregator`], so both sources answer alike.
+//! [`Aggregator`], so both sources answer alike — including the transit
+//! `key_versions` read from `_source` (`response.key_versions`) and the
+//! `max_key_version` filter, which the aggregator applies: indices created
+//! before the sink's template mapped that field cannot filter on it.
 //!
 //! String fields are matched both as `field` and `field.keyword`, so the
 //! query works whether the index template maps them as `keyword` or

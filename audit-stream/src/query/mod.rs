@@ -1,7 +1,12 @@
 //! The audit query: "which clients read path P, at which KV versions,
 //! between t1 and t2" — what the rotator asks before it retires a credential
 //! ("has every consumer moved to version ≥ v since t?"), and what people ask
-//! after an incident.
+//! after an incident. For transit paths it also answers "under which key
+//! versions": each posting keeps the response event's `key_versions` (the
+//! versions of the ciphertexts a decrypt or rewrap opened, of the proofs a
+//! verify checked, the version a sign or hmac used), and `max_key_version`
+//! keeps only the events that used a version ≤ N — the KEK rotator's "who
+//! still decrypts under the old version?".
 //!
 //! Two sources give the same answer ([`QueryAnswer`]):
 //!
@@ -16,7 +21,8 @@
 //!   (`<index>-*`, `_id` = event id), turned into the same postings.
 //!
 //! Both feed an [`Aggregator`], so the grouping (per client accessor), the
-//! filters (operation, minimum KV version, accessor) and the output shape are
+//! filters (operation, minimum KV version, maximum transit key version,
+//! accessor) and the output shape are
 //! written once. Accessors are compared as they are in the log: HMAC'd with
 //! the device's salt when `hmac_accessor` is on (the default); the server
 //! hashes an `accessor` filter with that salt before matching.
@@ -72,6 +78,10 @@ pub struct QueryParams {
     pub operation: String,
     /// Only reads that returned at least this KV version.
     pub min_version: Option<u64>,
+    /// Only transit operations that used a key version ≤ this one (at least
+    /// one of the event's `key_versions`); events without key versions are
+    /// left out when set.
+    pub max_key_version: Option<u64>,
     /// Only this client: accessor values as they may appear in the log
     /// (the HMAC and, for `hmac_accessor=false` devices, the raw value).
     pub accessors: Vec<String>,
@@ -88,6 +98,7 @@ impl QueryParams {
             until: i64::MAX,
             operation: "read".into(),
             min_version: None,
+            max_key_version: None,
             accessors: Vec::new(),
             limit: DEFAULT_LIMIT,
         }
@@ -121,6 +132,9 @@ impl QueryParams {
             && self
                 .min_version
                 .is_none_or(|min| p.version.is_some_and(|v| v >= min))
+            && self
+                .max_key_version
+                .is_none_or(|max| p.key_versions.first().is_some_and(|v| *v <= max))
             && (self.accessors.is_empty() || self.accessors.contains(&p.accessor))
     }
 }
@@ -152,6 +166,11 @@ pub struct Posting {
     pub entity_id: String,
     #[serde(rename = "v", default)]
     pub version: Option<u64>,
+    /// Transit key versions used, distinct and ascending (empty for
+    /// anything else). Absent in postings indexed before it existed, which
+    /// is right: their events carried none.
+    #[serde(rename = "k", default, skip_serializing_if = "Vec::is_empty")]
+    pub key_versions: Vec<u64>,
 }
 
 impl Posting {
@@ -172,6 +191,7 @@ impl Posting {
             role: ev.role(),
             entity_id: ev.auth.entity_id.clone(),
             version: ev.kv_version(),
+            key_versions: ev.key_versions(),
         })
     }
 
@@ -204,6 +224,15 @@ pub struct ClientReads {
     pub versions: Vec<u64>,
     /// The highest of `versions`; absent when no read returned a version.
     pub max_version: Option<u64>,
+    /// Distinct transit key versions the client's matching events used
+    /// (decrypt, rewrap, verify: the versions of its inputs; sign, hmac: the
+    /// version used), ascending; empty for KV and other paths.
+    #[serde(default)]
+    pub key_versions: Vec<u64>,
+    /// The lowest of `key_versions`: the oldest key version the client still
+    /// used in the range; absent when none.
+    #[serde(default)]
+    pub min_key_version: Option<u64>,
 }
 
 /// The answer to a query, the same shape from either source.
@@ -225,6 +254,7 @@ struct Acc {
     last: Option<Posting>,
     reads: u64,
     versions: BTreeSet<u64>,
+    key_versions: BTreeSet<u64>,
 }
 
 /// Groups postings per client. Feed it with [`Aggregator::push`] (in any
@@ -255,6 +285,7 @@ impl<'q> Aggregator<'q> {
         if let Some(v) = p.version {
             acc.versions.insert(v);
         }
+        acc.key_versions.extend(p.key_versions.iter().copied());
         if acc.first.as_ref().is_none_or(|f| p.time < f.time) {
             acc.first = Some(p.clone());
         }
@@ -286,6 +317,8 @@ impl<'q> Aggregator<'q> {
                     last_read: format_nanos(last.time),
                     max_version: acc.versions.last().copied(),
                     versions: acc.versions.into_iter().collect(),
+                    min_key_version: acc.key_versions.first().copied(),
+                    key_versions: acc.key_versions.into_iter().collect(),
                 })
             })
             .collect();
@@ -442,7 +475,102 @@ mod tests {
             role: String::new(),
             entity_id: String::new(),
             version: v,
+            key_versions: Vec::new(),
         }
+    }
+
+    fn decrypt(acc: &str, t: i64, kv: &[u64]) -> Posting {
+        Posting {
+            operation: "update".into(),
+            version: None,
+            key_versions: kv.to_vec(),
+            ..posting(acc, t, None)
+        }
+    }
+
+    #[test]
+    fn key_versions_are_aggregated_per_client() {
+        let mut q = QueryParams::new("transit/decrypt/orders");
+        q.operation = "update".into();
+        let mut agg = Aggregator::new(&q);
+        agg.push(decrypt("a", 10, &[2]));
+        agg.push(decrypt("a", 20, &[1, 3])); // a batch over two versions
+        agg.push(decrypt("a", 30, &[2]));
+        agg.push(decrypt("b", 40, &[3]));
+        agg.push(decrypt("c", 50, &[])); // an event without versions
+        let ans = agg.finish("local");
+        assert_eq!(ans.clients.len(), 3);
+        let by = |acc: &str| ans.clients.iter().find(|c| c.accessor == acc).unwrap();
+        assert_eq!(by("a").key_versions, vec![1, 2, 3]);
+        assert_eq!(by("a").min_key_version, Some(1));
+        assert_eq!(by("a").reads, 3);
+        assert!(by("a").versions.is_empty());
+        assert_eq!(by("b").key_versions, vec![3]);
+        assert_eq!(by("b").min_key_version, Some(3));
+        assert!(by("c").key_versions.is_empty());
+        assert_eq!(by("c").min_key_version, None);
+    }
+
+    #[test]
+    fn max_key_version_keeps_only_events_under_old_versions() {
+        let mut q = QueryParams::new("transit/decrypt/orders");
+        q.operation = "update".into();
+        q.max_key_version = Some(1);
+        let mut agg = Aggregator::new(&q);
+        agg.push(decrypt("old", 10, &[1]));
+        agg.push(decrypt("old", 20, &[2])); // not under v1: left out
+        agg.push(decrypt("mixed", 30, &[1, 2])); // a batch with one v1 item
+        agg.push(decrypt("moved", 40, &[2]));
+        agg.push(decrypt("moved", 45, &[3]));
+        agg.push(decrypt("none", 50, &[]));
+        agg.push(posting("kv", 60, Some(1))); // a read, other operation
+        let ans = agg.finish("local");
+        assert_eq!(ans.events_scanned, 7);
+        let names: Vec<&str> = ans.clients.iter().map(|c| c.accessor.as_str()).collect();
+        assert_eq!(names, vec!["mixed", "old"]);
+        // Versions are those of the matching events only.
+        assert_eq!(ans.clients[0].key_versions, vec![1, 2]);
+        assert_eq!(ans.clients[1].key_versions, vec![1]);
+        assert_eq!(ans.clients[1].reads, 1);
+        assert_eq!(ans.clients[1].min_key_version, Some(1));
+        // N = 0 matches nothing; N above every version matches every event
+        // that has versions.
+        q.max_key_version = Some(0);
+        let mut agg = Aggregator::new(&q);
+        agg.push(decrypt("old", 10, &[1]));
+        assert!(agg.finish("local").clients.is_empty());
+        q.max_key_version = Some(u64::MAX);
+        let mut agg = Aggregator::new(&q);
+        agg.push(decrypt("old", 10, &[1]));
+        agg.push(decrypt("none", 20, &[]));
+        assert_eq!(agg.finish("local").clients.len(), 1);
+    }
+
+    #[test]
+    fn postings_without_key_versions_still_decode() {
+        // As indexed before key versions existed.
+        let old = br#"{"s":1,"t":5,"o":"read","a":"x","v":2}"#;
+        let p: Posting = serde_json::from_slice(old).unwrap();
+        assert!(p.key_versions.is_empty());
+        assert_eq!(p.version, Some(2));
+        // Empty key versions are not written; present ones round-trip.
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("\"k\""), "{json}");
+        let with = Posting {
+            key_versions: vec![1, 4],
+            ..p
+        };
+        let back: Posting = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.key_versions, vec![1, 4]);
+        // Answers from an older server (no key version fields) decode too.
+        let c: ClientReads = serde_json::from_value(serde_json::json!({
+            "accessor": "a", "display_name": "d", "policies": [], "remote_address": "",
+            "role": "", "entity_id": "", "reads": 1, "first_read": "x", "last_read": "y",
+            "versions": [1], "max_version": 1
+        }))
+        .unwrap();
+        assert!(c.key_versions.is_empty());
+        assert_eq!(c.min_key_version, None);
     }
 
     #[test]

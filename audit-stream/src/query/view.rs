@@ -7,7 +7,8 @@
 //! skipped without being built, so parsing stays cheap on large logs. Nothing
 //! here holds a raw secret: accessors are as the device wrote them (HMAC'd
 //! unless `hmac_accessor=false`), request and response bodies are not kept
-//! except the KV version number (numbers are never HMAC'd).
+//! except the KV version number and the transit key versions (numbers are
+//! never HMAC'd).
 
 use std::collections::BTreeMap;
 
@@ -61,6 +62,10 @@ pub struct ResponseDataView {
 pub struct ResponseView {
     #[serde(default)]
     pub data: Option<ResponseDataView>,
+    /// Custos's `response.key_versions`: the transit key versions the
+    /// operation used (see [`crate::event::AuditResponse::key_versions`]).
+    #[serde(default)]
+    pub key_versions: Vec<u64>,
 }
 
 /// One audit event, trimmed to what queries and access metrics read.
@@ -114,6 +119,21 @@ impl EventView {
     pub fn kv_version(&self) -> Option<u64> {
         let meta = &self.response.as_ref()?.data.as_ref()?.metadata;
         meta.get("version")?.as_u64()
+    }
+
+    /// The transit key versions the operation used
+    /// (`response.key_versions`), distinct and ascending; empty for
+    /// anything but transit operations that use a key version.
+    pub fn key_versions(&self) -> Vec<u64> {
+        let mut v = self
+            .response
+            .as_ref()
+            .map(|r| r.key_versions.clone())
+            .unwrap_or_default();
+        // The server writes them sorted; a document from elsewhere may not be.
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// The auth role, from token metadata (`role_name`, else `role`).
@@ -236,6 +256,17 @@ mod tests {
         .unwrap();
         assert_eq!(v.kv_version(), None);
         assert_eq!(v.time_nanos(), None);
+        assert!(v.key_versions().is_empty());
+    }
+
+    #[test]
+    fn transit_key_versions_are_read_sorted_and_distinct() {
+        let v = EventView::parse(
+            br#"{"time":"2024-01-01T00:00:01Z","type":"response","request":{"path":"transit/decrypt/k","operation":"update"},"response":{"data":{"plaintext":"hmac-sha256:aa"},"key_versions":[3,1,3]}}"#,
+        )
+        .unwrap();
+        assert_eq!(v.key_versions(), vec![1, 3]);
+        assert_eq!(v.kv_version(), None);
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //!   the fields dashboards and queries use: `time` (date), `type`,
 //!   `request.{id,path,operation,mount_point,mount_type,remote_address,client_token_accessor}`,
 //!   `auth.{accessor,display_name,policies,token_policies,entity_id,token_type}`
-//!   (keywords), `error`, `custos.seq`, `custos.kv_version` (long). The
+//!   (keywords), `error`, `custos.seq`, `custos.kv_version` and
+//!   `response.key_versions` (transit key versions; long). The
 //!   mapping is `dynamic: false` and `request.data` / `response.data` are not
 //!   parsed (`enabled: false`): user-shaped data stays in `_source` and can
 //!   never cause a mapping conflict.
@@ -113,6 +114,7 @@ pub fn index_template(opts: &EsOptions) -> Value {
                         "mount_point": kw,
                         "mount_type": kw,
                         "data": {"type": "object", "enabled": false},
+                        "key_versions": long,
                     }},
                     "custos": {"properties": {
                         "seq": {"type": "long"},

@@ -28,6 +28,12 @@ async fn one_bad_device_alone_fails_closed_but_one_good_is_enough() {
     assert!(bad.reopen().await.is_err());
 
     let only_bad = AuditBroker::with_devices(vec![bad.clone() as Arc<dyn AuditDevice>]);
+    // `sys/health` hears it before a request tries: the directory is gone.
+    assert!(
+        matches!(only_bad.health(), Err(AuditError::Io { .. })),
+        "{:?}",
+        only_bad.health()
+    );
     assert_eq!(
         only_bad.log_request(request_event("r1")).await,
         Err(AuditError::NoDeviceRecorded {
@@ -37,6 +43,7 @@ async fn one_bad_device_alone_fails_closed_but_one_good_is_enough() {
     );
 
     let both = AuditBroker::with_devices(vec![bad.clone() as Arc<dyn AuditDevice>, good.clone()]);
+    assert_eq!(both.health(), Ok(()));
     both.log_request(request_event("r2")).await.unwrap();
     both.log_response(response_event("r2")).await.unwrap();
     let infos = both.list();
@@ -62,6 +69,7 @@ async fn one_bad_device_alone_fails_closed_but_one_good_is_enough() {
 async fn no_devices_audits_nothing_and_succeeds() {
     let broker = AuditBroker::new();
     assert!(broker.is_empty());
+    assert_eq!(broker.health(), Ok(()));
     broker.log_request(request_event("x")).await.unwrap();
     broker.log_response(response_event("x")).await.unwrap();
 }

@@ -20,11 +20,12 @@ fn no_guard() -> FileOptions {
     }
 }
 
+/// The segment files (`audit-<seq>.log`), without the live name `audit.log`.
 fn segment_names(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".log"))
+        .filter(|n| n.ends_with(".log") && n.contains('-'))
         .collect();
     names.sort();
     names
@@ -48,6 +49,11 @@ async fn writes_one_hashed_json_line_per_event() {
     assert_eq!(
         segment_names(dir.path()),
         vec!["audit-00000000000000000001.log"]
+    );
+    // `audit.log` in the directory is the live log: the active segment.
+    assert_eq!(
+        std::fs::read(dir.path().join("audit.log")).unwrap(),
+        std::fs::read(dir.path().join("audit-00000000000000000001.log")).unwrap()
     );
     let (text, lines) = read_log(dir.path());
     assert_eq!(lines.len(), 2);
@@ -116,9 +122,11 @@ async fn options_raw_accessor_prefix_and_mode() {
     assert_eq!(dev.options(), opts);
     dev.log(&request_event("req-raw")).await.unwrap();
     dev.shutdown().await;
-    // A file-like path: its parent is the directory, its stem the prefix.
+    // A file-like path: its parent is the directory, its stem the prefix,
+    // and the path itself the live log.
     let seg = dir.path().join("sub/raw-00000000000000000001.log");
     let text = std::fs::read_to_string(&seg).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     let line = text.strip_prefix("AUDIT: ").expect("prefix");
     let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
     assert_eq!(v["request"]["data"]["data"]["password"], SECRET);
@@ -305,6 +313,12 @@ async fn a_deleted_active_segment_is_replaced_not_written_blind() {
     );
     let (_, lines) = read_log(dir.path());
     assert_eq!(lines[0]["request"]["id"], "two");
+    // The live name moved to the new segment.
+    let live = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(
+        live.contains("\"two\"") && !live.contains("\"one\""),
+        "{live}"
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -510,6 +511,95 @@ async fn rolls_apply_retention_with_the_registered_checkpoints() {
     log.shutdown().await;
 }
 
+/// True when `a` and `b` name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (a, b) = (fs::metadata(a).unwrap(), fs::metadata(b).unwrap());
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[tokio::test]
+async fn the_live_name_is_the_active_segment_across_rolls_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("audit.log");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    // There from the start, before any record, so `tail -F` can open it.
+    assert!(same_file(&live, &segment_paths(dir.path())[0]));
+    log.append(payload(1, 1)).await.unwrap();
+    log.roll().await.unwrap();
+    log.append(payload(2, 1)).await.unwrap();
+    let segs = segment_paths(dir.path());
+    assert_eq!(segs.len(), 2);
+    assert!(same_file(&live, &segs[1]));
+    assert_eq!(fs::metadata(&segs[0]).unwrap().nlink(), 1);
+    let text = fs::read_to_string(&live).unwrap();
+    assert!(
+        text.contains(r#""i":2"#) && !text.contains(r#""i":1"#),
+        "{text}"
+    );
+    log.shutdown().await;
+
+    // A crash between a roll and its link left the name on the sealed
+    // segment: opening the log puts it back on the active one.
+    fs::remove_file(&live).unwrap();
+    fs::hard_link(&segs[0], &live).unwrap();
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    assert!(same_file(&live, &segs[1]));
+    assert_eq!(fs::metadata(&segs[0]).unwrap().nlink(), 1);
+    // Readers, verify and recovery go by segment names: nothing doubled.
+    assert_eq!(read_all(dir.path()).len(), 2);
+    let report = verify(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.last_seq, Some(2));
+    // Size rolls move it too.
+    log.shutdown().await;
+    let log = AuditLog::open(
+        dir.path(),
+        LogOptions {
+            segment_size: 300,
+            ..opts()
+        },
+    )
+    .unwrap();
+    for i in 3..=10 {
+        log.append(payload(i, 100)).await.unwrap();
+    }
+    let segs = segment_paths(dir.path());
+    assert!(segs.len() > 4, "{segs:?}");
+    assert!(same_file(&live, segs.last().unwrap()));
+    log.shutdown().await;
+    assert_eq!(read_all(dir.path()).len(), 10);
+}
+
+#[tokio::test]
+async fn health_says_whether_the_log_can_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.health(), Ok(()));
+    log.shutdown().await;
+    assert_eq!(log.health(), Err(AuditError::Closed));
+    // Under the disk guard's floor: known before any append is tried.
+    let log = AuditLog::open(
+        dir.path(),
+        LogOptions {
+            min_free_bytes: u64::MAX,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            log.health(),
+            Err(AuditError::DiskFull {
+                min_free_bytes: u64::MAX,
+                ..
+            })
+        ),
+        "{:?}",
+        log.health()
+    );
+    log.shutdown().await;
+}
+
 #[tokio::test]
 async fn disk_guard_refuses_below_the_floor() {
     let dir = tempfile::tempdir().unwrap();
@@ -598,6 +688,8 @@ async fn a_full_disk_fails_the_append_and_leaves_the_log_consistent() {
             .unwrap_err()
             .is_disk_full()
     );
+    // No floor to check live (min_free_bytes 0): the failed commit tells.
+    assert!(log.health().unwrap_err().is_disk_full());
     let report = verify(&dir).unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.last_seq, acked.last().copied());
@@ -605,6 +697,7 @@ async fn a_full_disk_fails_the_append_and_leaves_the_log_consistent() {
     fs::remove_file(&filler).unwrap();
     let next = log.append(payload(0, 10)).await.unwrap();
     assert_eq!(next, acked.len() as u64 + 1);
+    assert_eq!(log.health(), Ok(()));
     log.shutdown().await;
     let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=next).collect::<Vec<_>>());

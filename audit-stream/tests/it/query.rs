@@ -82,6 +82,51 @@ fn kv_read(
     [request, response]
 }
 
+const TRANSIT: &str = "transit/decrypt/orders";
+
+/// A successful transit decrypt by the token with `accessor` at unix second
+/// `t`, whose input ciphertexts were under the key `versions` (the server
+/// records them as `response.key_versions`).
+fn transit_decrypt(
+    id: &str,
+    accessor: &str,
+    name: &str,
+    versions: &[u64],
+    t: i64,
+) -> [AuditEvent; 2] {
+    let auth = AuditAuth {
+        client_token: format!("hvs.token-of-{accessor}"),
+        accessor: accessor.into(),
+        display_name: name.into(),
+        policies: vec!["default".into(), name.into()],
+        token_type: "service".into(),
+        ..Default::default()
+    };
+    let mut req = AuditRequest::new(id, "update", TRANSIT);
+    req.mount_point = "transit/".into();
+    req.mount_type = "transit".into();
+    req.client_token = auth.client_token.clone();
+    req.client_token_accessor = accessor.into();
+    req.remote_address = "10.0.1.1".into();
+    let items: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"ciphertext": format!("vault:v{v}:c2VjcmV0")}))
+        .collect();
+    req.data = Some(json!({"batch_input": items}));
+    let resp = AuditResponse {
+        mount_point: "transit/".into(),
+        mount_type: "transit".into(),
+        data: Some(json!({"batch_results": [{"plaintext": "cGxhaW4="}]})),
+        key_versions: versions.to_vec(),
+        ..Default::default()
+    };
+    let mut request = AuditEvent::request(Some(auth.clone()), req.clone());
+    let mut response = AuditEvent::response(Some(auth), req, resp, None);
+    request.time = at(t);
+    response.time = at(t);
+    [request, response]
+}
+
 /// A denied read: the response carries an error, so it is not a read.
 fn denied_read(id: &str, accessor: &str, t: i64) -> AuditEvent {
     let auth = AuditAuth {
@@ -530,6 +575,75 @@ async fn bulk_index(url: &str, index: &str, dir: &LogDir) {
 }
 
 #[tokio::test]
+async fn transit_key_versions_go_through_the_device_and_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let mut events = Vec::new();
+    events.extend(transit_decrypt("t1", "acc-lag", "lag", &[1], T0 + 10));
+    events.extend(transit_decrypt("t2", "acc-lag", "lag", &[2], T0 + 20));
+    events.extend(transit_decrypt("t3", "acc-new", "new", &[2], T0 + 30));
+    events.extend(transit_decrypt("t4", "acc-mix", "mix", &[1, 2], T0 + 40));
+    events.extend(kv_read("r1", "acc-kv", "kv", PATH, 1, T0 + 50));
+    dev.log_all(&events).await.unwrap();
+    let dir = dev.audit_log().log_dir().clone();
+    // The device wrote the numbers as they are (never HMAC'd).
+    let mut reader = LogReader::open(dir.clone(), 1).unwrap();
+    let mut seen = 0;
+    while let Some(rec) = reader.try_next().unwrap() {
+        let doc: Value = rec.json().unwrap();
+        if doc["type"] == json!("response") && doc["request"]["id"] == json!("t4") {
+            assert_eq!(doc["response"]["key_versions"], json!([1, 2]));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 1);
+    let index = AuditIndex::open_for(&dir).unwrap();
+    index.catch_up(&dir).unwrap();
+
+    let mut q = QueryParams::new(TRANSIT);
+    q.operation = "update".into();
+    let all = index.query(&q).unwrap();
+    assert_eq!(all.clients.len(), 3);
+    let lag = by_accessor(&all, "acc-lag").unwrap();
+    assert_eq!(
+        (lag.key_versions.clone(), lag.min_key_version),
+        (vec![1, 2], Some(1))
+    );
+    assert_eq!(by_accessor(&all, "acc-new").unwrap().key_versions, vec![2]);
+    assert_eq!(
+        by_accessor(&all, "acc-mix").unwrap().key_versions,
+        vec![1, 2]
+    );
+
+    // Who still decrypts under v1 since T0+15: only the mixed batch.
+    q.since = nanos(T0 + 15);
+    q.max_key_version = Some(1);
+    let old = index.query(&q).unwrap();
+    assert_eq!(old.clients.len(), 1, "{old:?}");
+    assert!(by_accessor(&old, "acc-mix").is_some());
+    // From the start: the lagging client too.
+    q.since = i64::MIN;
+    let old = index.query(&q).unwrap();
+    let lag = by_accessor(&old, "acc-lag").unwrap();
+    assert_eq!((lag.reads, lag.key_versions.clone()), (1, vec![1]));
+    assert_eq!(old.clients.len(), 2);
+    // KV reads carry no key versions, and the filter drops them.
+    let mut kv = QueryParams::new(PATH);
+    let ans = index.query(&kv).unwrap();
+    assert!(ans.clients[0].key_versions.is_empty());
+    assert_eq!(ans.clients[0].min_key_version, None);
+    kv.max_key_version = Some(9);
+    assert!(index.query(&kv).unwrap().clients.is_empty());
+    // The postings survive a flush and a reopen.
+    index.flush().unwrap();
+    drop(index);
+    let index = AuditIndex::open_for(&dir).unwrap();
+    let old = index.query(&q).unwrap();
+    assert_eq!(old.clients.len(), 2);
+    dev.shutdown().await;
+}
+
+#[tokio::test]
 async fn elasticsearch_gives_the_same_answer() {
     let Some(url) = es_addr() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -556,6 +670,21 @@ async fn elasticsearch_gives_the_same_answer() {
         T0 + 5,
     ));
     ev.push(denied_read("x2", "acc-mallory", T0 + 6));
+    for i in 0..30i64 {
+        let who = ["lag", "new", "mix"][(i % 3) as usize];
+        let versions: &[u64] = match (who, i < 15) {
+            ("lag", true) => &[1],
+            ("mix", _) => &[2, 1],
+            _ => &[2],
+        };
+        ev.extend(transit_decrypt(
+            &format!("t{i}"),
+            &format!("acc-{who}"),
+            who,
+            versions,
+            T0 + 7 + i * 100,
+        ));
+    }
     dev.log_all(&ev).await.unwrap();
     let dir = dev.audit_log().log_dir().clone();
     let local = AuditIndex::open_for(&dir).unwrap();
@@ -580,6 +709,13 @@ async fn elasticsearch_gives_the_same_answer() {
         q.accessors = vec![hmac_sha256(&salt(), "acc-bob")];
         v.push(q);
         v.push(QueryParams::new("secret/data/nothing"));
+        let mut q = QueryParams::new(TRANSIT);
+        q.operation = "update".into();
+        v.push(q.clone());
+        q.max_key_version = Some(1);
+        v.push(q.clone());
+        q.since = nanos(T0 + 7 + 15 * 100);
+        v.push(q);
         v
     };
     for q in queries {
@@ -591,6 +727,19 @@ async fn elasticsearch_gives_the_same_answer() {
     }
     let all = es.query(&QueryParams::new(PATH)).await.unwrap();
     assert_eq!(all.clients.iter().map(|c| c.reads).sum::<u64>(), 1500);
+    let mut q = QueryParams::new(TRANSIT);
+    q.operation = "update".into();
+    q.max_key_version = Some(1);
+    q.since = nanos(T0 + 7 + 15 * 100);
+    let late = es.query(&q).await.unwrap();
+    let names: Vec<&str> = late
+        .clients
+        .iter()
+        .map(|c| c.display_name.as_str())
+        .collect();
+    assert_eq!(names, vec!["mix"], "only the batch still names v1");
+    assert_eq!(late.clients[0].key_versions, vec![1, 2]);
+    assert_eq!(late.clients[0].min_key_version, Some(1));
     dev.shutdown().await;
 }
 

@@ -16,6 +16,14 @@
 //! then replaces or drops the cached entry; a generation counter keeps a
 //! reader that loaded from storage before the change from caching stale data.
 //!
+//! Audit: decrypt, rewrap, verify, sign and hmac put the key versions they
+//! used into [`Response::key_versions`] (distinct, ascending; for decrypt,
+//! rewrap and verify the `vault:vN:` versions of the inputs that succeeded),
+//! which the core writes to the audit event as `response.key_versions` and
+//! never sends to the client; `sys/audit-query?max_key_version=N` then finds
+//! who still decrypts under an old version. One small vec per such request;
+//! nothing for any other.
+//!
 //! Behaviour (errors, batch rules, status codes) follows OpenBao 2.7, except
 //! that malformed input OpenBao answers with a 500 (unparsable `batch_input`,
 //! a `hmac` key without `key_size`, a derived key type that cannot derive,
@@ -488,6 +496,31 @@ fn decode_context(s: &str) -> std::result::Result<Vec<u8>, String> {
     } else {
         decode_b64(s)
     }
+}
+
+/// The key version a `vault:vN:` ciphertext, signature or HMAC names, read
+/// as decryption reads it (`v0` is version 1); `None` when it does not parse.
+fn version_of(value: &str) -> Option<u64> {
+    let (ver, _) = value.strip_prefix("vault:v")?.split_once(':')?;
+    ver.parse::<u64>().ok().map(|v| v.max(1))
+}
+
+/// Add `v` to the distinct key versions of a request. A batch names few
+/// versions, so a linear scan of a small vec beats a set.
+fn note_version(versions: &mut Vec<u64>, v: Option<u64>) {
+    if let Some(v) = v
+        && !versions.contains(&v)
+    {
+        versions.push(v);
+    }
+}
+
+/// Attach the key versions an operation used to its response, for the
+/// audit event only (`response.key_versions`); the client never sees them.
+fn with_key_versions(mut resp: Response, mut versions: Vec<u64>) -> Response {
+    versions.sort_unstable();
+    resp.key_versions = versions;
+    resp
 }
 
 fn resp_data(pairs: Vec<(&str, Value)>) -> Response {
@@ -1027,6 +1060,7 @@ impl TransitBackend {
             .ok_or_else(|| bad("encryption key not found"))?;
         let (mut ok, mut user_err, mut internal_err) = (false, false, false);
         let mut results = Vec::with_capacity(items.len());
+        let mut versions = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let outcome = match errors[i].take() {
                 Some(e) => Err(e),
@@ -1035,7 +1069,10 @@ impl TransitBackend {
                     .map(|pt| B64.encode(pt.as_slice())),
             };
             match &outcome {
-                Ok(_) => ok = true,
+                Ok(_) => {
+                    ok = true;
+                    note_version(&mut versions, version_of(item.text));
+                }
                 Err(e) if e.is_internal() => internal_err = true,
                 Err(_) => user_err = true,
             }
@@ -1063,10 +1100,13 @@ impl TransitBackend {
                 .collect();
             let mut r = resp_data(vec![("batch_results", Value::Array(out))]);
             batch_status(ctx.fields, &mut r, ok, user_err, internal_err);
-            Ok(Some(r))
+            Ok(Some(with_key_versions(r, versions)))
         } else {
             match results.pop() {
-                Some(Ok(pt)) => Ok(Some(resp_data(vec![("plaintext", pt.into())]))),
+                Some(Ok(pt)) => Ok(Some(with_key_versions(
+                    resp_data(vec![("plaintext", pt.into())]),
+                    versions,
+                ))),
                 Some(Err(e)) => Err(single_error(&e)),
                 None => Err(CoreError::Internal("no result".into())),
             }
@@ -1087,6 +1127,7 @@ impl TransitBackend {
             .await?
             .ok_or_else(|| bad("encryption key not found"))?;
         let mut results = Vec::with_capacity(items.len());
+        let mut versions = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let outcome = match errors[i].take() {
                 Some(e) => Err(e),
@@ -1094,10 +1135,10 @@ impl TransitBackend {
                     .decrypt(&contexts[i], item.text, b"")
                     .and_then(|pt| p.encrypt(item.key_version, &contexts[i], &pt, b"")),
             };
-            if let Err(e) = &outcome
-                && e.is_internal()
-            {
-                return Err(single_error(e));
+            match &outcome {
+                Err(e) if e.is_internal() => return Err(single_error(e)),
+                Err(_) => {}
+                Ok(_) => note_version(&mut versions, version_of(item.text)),
             }
             results.push(outcome);
         }
@@ -1121,13 +1162,16 @@ impl TransitBackend {
                     Value::Object(o)
                 })
                 .collect();
-            Ok(Some(resp_data(vec![("batch_results", Value::Array(out))])))
+            Ok(Some(with_key_versions(
+                resp_data(vec![("batch_results", Value::Array(out))]),
+                versions,
+            )))
         } else {
             match results.pop() {
-                Some(Ok((ct, v))) => Ok(Some(resp_data(vec![
-                    ("ciphertext", ct.into()),
-                    ("key_version", v.into()),
-                ]))),
+                Some(Ok((ct, v))) => Ok(Some(with_key_versions(
+                    resp_data(vec![("ciphertext", ct.into()), ("key_version", v.into())]),
+                    versions,
+                ))),
                 Some(Err(e)) => Err(single_error(&e)),
                 None => Err(CoreError::Internal("no result".into())),
             }
@@ -1294,6 +1338,11 @@ impl TransitBackend {
             })
             .collect();
         count("hmac", results.len());
+        let versions = if results.iter().any(|r| r.is_ok()) {
+            vec![u64::try_from(ver).unwrap_or_default()]
+        } else {
+            Vec::new()
+        };
         if batch.is_some() {
             let out: Vec<Value> = results
                 .into_iter()
@@ -1308,10 +1357,16 @@ impl TransitBackend {
                     Value::Object(o)
                 })
                 .collect();
-            return Ok(Some(resp_data(vec![("batch_results", Value::Array(out))])));
+            return Ok(Some(with_key_versions(
+                resp_data(vec![("batch_results", Value::Array(out))]),
+                versions,
+            )));
         }
         match results.into_iter().next() {
-            Some(Ok(mac)) => Ok(Some(resp_data(vec![("hmac", mac.into())]))),
+            Some(Ok(mac)) => Ok(Some(with_key_versions(
+                resp_data(vec![("hmac", mac.into())]),
+                versions,
+            ))),
             Some(Err(e)) => Err(bad(e)),
             None => Err(CoreError::Internal("no result".into())),
         }
@@ -1380,6 +1435,10 @@ impl TransitBackend {
             })
             .collect();
         count("sign", results.len());
+        let mut versions = Vec::new();
+        for s in results.iter().flatten() {
+            note_version(&mut versions, u64::try_from(s.version).ok());
+        }
         if batch.is_some() {
             let out: Vec<Value> = results
                 .into_iter()
@@ -1403,7 +1462,10 @@ impl TransitBackend {
                     Value::Object(o)
                 })
                 .collect();
-            return Ok(Some(resp_data(vec![("batch_results", Value::Array(out))])));
+            return Ok(Some(with_key_versions(
+                resp_data(vec![("batch_results", Value::Array(out))]),
+                versions,
+            )));
         }
         match results.into_iter().next() {
             Some(Ok(s)) => {
@@ -1414,7 +1476,7 @@ impl TransitBackend {
                 if let Some(pk) = s.public_key {
                     pairs.push(("public_key", B64.encode(pk).into()));
                 }
-                Ok(Some(resp_data(pairs)))
+                Ok(Some(with_key_versions(resp_data(pairs), versions)))
             }
             Some(Err(e)) => Err(bad(e)),
             None => Err(CoreError::Internal("no result".into())),
@@ -1553,6 +1615,12 @@ impl TransitBackend {
                 .collect()
         };
         count("verify", results.len());
+        let mut versions = Vec::new();
+        for (r, (_, proof, _, _)) in results.iter().zip(&items) {
+            if r.is_ok() {
+                note_version(&mut versions, proof.and_then(version_of));
+            }
+        }
         if batch.is_some() {
             let out: Vec<Value> = results
                 .into_iter()
@@ -1576,10 +1644,16 @@ impl TransitBackend {
                     Value::Object(o)
                 })
                 .collect();
-            return Ok(Some(resp_data(vec![("batch_results", Value::Array(out))])));
+            return Ok(Some(with_key_versions(
+                resp_data(vec![("batch_results", Value::Array(out))]),
+                versions,
+            )));
         }
         match results.into_iter().next() {
-            Some(Ok(valid)) => Ok(Some(resp_data(vec![("valid", valid.into())]))),
+            Some(Ok(valid)) => Ok(Some(with_key_versions(
+                resp_data(vec![("valid", valid.into())]),
+                versions,
+            ))),
             Some(Err(e)) => Err(bad(e)),
             None => Err(CoreError::Internal("no result".into())),
         }

@@ -24,6 +24,8 @@ struct Out {
     data: Map<String, Value>,
     warnings: Vec<String>,
     error: String,
+    /// What the audit event records (`response.key_versions`).
+    key_versions: Vec<u64>,
 }
 
 impl Harness {
@@ -63,6 +65,7 @@ impl Harness {
                 data: resp.data.unwrap_or_default(),
                 warnings: resp.warnings,
                 error: String::new(),
+                key_versions: resp.key_versions,
             },
             Ok(None) => Out {
                 status: if matches!(op, Op::Read | Op::List) {
@@ -73,12 +76,14 @@ impl Harness {
                 data: Map::new(),
                 warnings: vec![],
                 error: String::new(),
+                key_versions: vec![],
             },
             Err(e) => Out {
                 status: e.status(),
                 data: Map::new(),
                 warnings: vec![],
                 error: e.to_string(),
+                key_versions: vec![],
             },
         }
     }
@@ -892,4 +897,119 @@ async fn rewrap_batch_moves_every_item_to_the_latest_version() {
         let back = h.decrypt("bulk", r["ciphertext"].as_str().unwrap()).await;
         assert_eq!(back.data["plaintext"], B64.encode([i as u8; 7]));
     }
+}
+
+#[tokio::test]
+async fn responses_name_the_key_versions_used_for_the_audit_log_only() {
+    let h = Harness::new().await;
+    let v1 = h.encrypt("kek", b"one").await;
+    h.ok(Op::Update, "keys/kek/rotate", json!({})).await;
+    h.ok(Op::Update, "keys/kek/rotate", json!({})).await;
+    let v3 = h.encrypt("kek", b"three").await;
+
+    // Single decrypts: the ciphertext's version, not in the client's data.
+    let out = h.decrypt("kek", &v1).await;
+    assert_eq!((out.status, out.key_versions.as_slice()), (200, &[1][..]));
+    assert!(!out.data.contains_key("key_versions"));
+    assert_eq!(h.decrypt("kek", &v3).await.key_versions, vec![3]);
+    // A failed decrypt used no key.
+    let out = h
+        .decrypt("kek", "vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        .await;
+    assert_eq!(out.status, 400);
+    assert!(out.key_versions.is_empty());
+
+    // A batch: every distinct version of the items that decrypted, sorted;
+    // a bad item adds nothing.
+    let batch = json!({"batch_input": [
+        {"ciphertext": v3}, {"ciphertext": v1}, {"ciphertext": v3},
+        {"ciphertext": "vault:v2:AAAA"},
+    ]});
+    let out = h.call(Op::Update, "decrypt/kek", batch.clone()).await;
+    assert_eq!(out.key_versions, vec![1, 3]);
+    let out = h.call(Op::Update, "rewrap/kek", batch).await;
+    assert_eq!(out.key_versions, vec![1, 3]);
+    let out = h
+        .call(Op::Update, "rewrap/kek", json!({"ciphertext": v1}))
+        .await;
+    assert_eq!(
+        out.key_versions,
+        vec![1],
+        "rewrap records the input version"
+    );
+
+    // Encrypt and datakey are encrypt-side: nothing recorded.
+    let out = h
+        .call(Op::Update, "encrypt/kek", json!({"plaintext": "AA=="}))
+        .await;
+    assert!(out.key_versions.is_empty());
+    let out = h.call(Op::Update, "datakey/plaintext/kek", json!({})).await;
+    assert!(out.key_versions.is_empty());
+
+    // hmac: the version used; verify: the version the HMAC names.
+    let input = B64.encode(b"msg");
+    let out = h
+        .call(
+            Op::Update,
+            "hmac/kek",
+            json!({"input": input, "key_version": 2}),
+        )
+        .await;
+    assert_eq!(out.key_versions, vec![2]);
+    let mac = out.data["hmac"].as_str().unwrap().to_string();
+    let out = h
+        .call(
+            Op::Update,
+            "verify/kek",
+            json!({"input": input, "hmac": mac}),
+        )
+        .await;
+    assert_eq!(
+        (out.data["valid"].clone(), out.key_versions),
+        (json!(true), vec![2])
+    );
+
+    // sign/verify with a signing key.
+    h.ok(Op::Update, "keys/sig", json!({"type": "ed25519"}))
+        .await;
+    h.ok(Op::Update, "keys/sig/rotate", json!({})).await;
+    let out = h
+        .call(
+            Op::Update,
+            "sign/sig",
+            json!({"batch_input": [{"input": input}, {"input": input}]}),
+        )
+        .await;
+    assert_eq!(out.key_versions, vec![2]);
+    let out = h
+        .call(
+            Op::Update,
+            "sign/sig",
+            json!({"input": input, "key_version": 1}),
+        )
+        .await;
+    assert_eq!(out.key_versions, vec![1]);
+    let sig = out.data["signature"].as_str().unwrap().to_string();
+    let out = h
+        .call(
+            Op::Update,
+            "verify/sig",
+            json!({"input": input, "signature": sig}),
+        )
+        .await;
+    assert_eq!(out.key_versions, vec![1]);
+}
+
+#[test]
+fn version_of_reads_the_prefix_as_decrypt_does() {
+    assert_eq!(version_of("vault:v7:abc"), Some(7));
+    assert_eq!(version_of("vault:v0:abc"), Some(1));
+    assert_eq!(version_of("vault:v-1:abc"), None);
+    assert_eq!(version_of("vault:vx:abc"), None);
+    assert_eq!(version_of("v1:abc"), None);
+    let mut v = Vec::new();
+    for x in [Some(3), Some(1), Some(3), None] {
+        note_version(&mut v, x);
+    }
+    assert_eq!(v, vec![3, 1]);
 }
