@@ -13,7 +13,10 @@
 //! configs naming a file (an existing file, or a path with an extension such
 //! as `/var/log/vault_audit.log`), its parent is the directory and its stem
 //! the segment prefix (`/var/log/vault_audit-<seq>.log`); see
-//! [`LogDir::from_file_path`].
+//! [`LogDir::from_file_path`]. Either way the configured name is the live
+//! log: `audit.log` in the directory, or the named file itself, is a hard
+//! link to the active segment (see [`crate::log::segment`]), so `tail -F` on
+//! it shows every event as it is written, across rolls.
 //!
 //! Options (Vault's plus the log's): `file_path` (alias `path`), `mode`
 //! (octal permissions of segment files, `0` leaves them alone), `format`
@@ -24,7 +27,8 @@
 //! (unset: keep every segment).
 //!
 //! `reopen` (SIGHUP, `custos audit rotate`) seals the active segment and
-//! starts a new one: nothing is renamed, nothing is lost. [`FileDevice::shutdown`]
+//! starts a new one, which the live name then shows: no segment is renamed,
+//! nothing is lost. [`FileDevice::shutdown`]
 //! commits what is queued and stops the writer.
 
 use std::collections::BTreeMap;

@@ -11,7 +11,7 @@
 //! **The live name.** Besides its own name, the active segment is a hard
 //! link at [`LogDir::live_path`] (`audit.log`, or the file `file_path`
 //! names), replaced atomically (link under a temporary name, `rename` over
-//! the live name) by [`publish_live`] whenever a new segment becomes
+//! the live name) by `publish_live` whenever a new segment becomes
 //! active. So `tail -F audit.log` follows the log as it is written and
 //! across rolls (GNU tail sees the rename through inotify and reads the new
 //! segment from its start), and `less`/`jq` on the configured path show
@@ -110,7 +110,7 @@ impl LogDir {
     ///   directory, its name without the extension the prefix
     ///   (`/var/log/vault_audit-<seq>.log`), and the path itself the live
     ///   name. A regular file already there that is not a link to a segment
-    ///   is moved aside by [`publish_live`], never overwritten.
+    ///   is moved aside when the log opens, never overwritten.
     pub fn from_file_path(path: &Path) -> LogDir {
         let names_dir = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let file_like = !names_dir
