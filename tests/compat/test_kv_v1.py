@@ -250,6 +250,14 @@ def test_tune_upgrades_v1_to_v2_keeping_data(target: Target, v1_mount: str) -> N
     assert kv2.list_secrets(path="", mount_point=v1_mount)["data"]["keys"] == ["a", "dir/"]
     md = kv2.read_secret_metadata(path="a", mount_point=v1_mount)["data"]
     assert (md["current_version"], md["oldest_version"]) == (1, 1)
+    # Scripts still using the v1 path get Vault's hint, not the data.
+    for method, command in (("GET", "get"), ("POST", "put"), ("DELETE", "delete"), ("LIST", "list")):
+        r = target.http(method, f"{v1_mount}/a", json_body={"x": "3"} if method == "POST" else None)
+        assert r.status_code == 404, f"{method}: {r.text}"
+        assert r.json()["data"] is None
+        (warning,) = r.json()["warnings"]
+        assert warning.startswith("Invalid path for a versioned K/V secrets engine."), warning
+        assert f"'bao kv {command}'" in warning, warning
     # New writes are versioned after the upgrade.
     w = kv2.create_or_update_secret(path="a", secret={"x": "2"}, mount_point=v1_mount)
     assert w["data"]["version"] == 2

@@ -65,8 +65,20 @@ const R_DELETE: usize = 4;
 const R_UNDELETE: usize = 5;
 const R_DESTROY: usize = 6;
 const R_SUBKEYS: usize = 7;
+const R_INVALID: usize = 8;
 
-static PATHS: [PathSpec; 8] = [
+/// First segments of the paths a v2 mount serves; anything else is a KV v1
+/// style path, which Vault answers with a hint.
+const V2_PREFIXES: &[&str] = &[
+    "data/",
+    "metadata/",
+    "delete/",
+    "undelete/",
+    "destroy/",
+    "subkeys/",
+];
+
+static PATHS: [PathSpec; 9] = [
     PathSpec {
         pattern: "config",
         operations: &[Op::Read, Op::Update],
@@ -144,6 +156,16 @@ static PATHS: [PathSpec; 8] = [
         ],
         existence_check: false,
         help: "Read the structure of a secret entry with the values removed.",
+    },
+    // Everything else: a KV v1 style path (`<mount>/app/db`) used on a v2
+    // mount, e.g. by a script written before the mount was upgraded. Vault
+    // answers 404 with a warning naming the `kv` command to use.
+    PathSpec {
+        pattern: "(?P<path>.*)",
+        operations: &[Op::Read, Op::Update, Op::Patch, Op::Delete, Op::List],
+        fields: &[],
+        existence_check: false,
+        help: "Not a versioned K/V path: see data/ and metadata/.",
     },
 ];
 
@@ -404,6 +426,28 @@ fn unsupported_path(ctx: &Ctx<'_>) -> CoreError {
     ))
 }
 
+/// The answer to a path outside the v2 layout. A path the v2 table does
+/// serve, only not with this operation (`LIST data/x`, `DELETE config`),
+/// is a 405 as before; any other is Vault's 404 with a hint and no data.
+fn invalid_path(ctx: &Ctx<'_>, op: Op) -> Result<Response> {
+    let rel = ctx.req.relative_path.as_str();
+    if rel == "config" || V2_PREFIXES.iter().any(|p| rel.starts_with(p)) {
+        return Err(CoreError::UnsupportedOperation);
+    }
+    let command = match op {
+        Op::Read => "get",
+        Op::Create | Op::Update => "put",
+        Op::Patch => "patch",
+        Op::Delete => "delete",
+        Op::List => "list",
+    };
+    let mut r = Response::default().with_warning(format!(
+        "Invalid path for a versioned K/V secrets engine. See the API docs for the appropriate API endpoints to use. If using the OpenBao CLI, use 'bao kv {command}' for this operation."
+    ));
+    r.status = Some(404);
+    Ok(r)
+}
+
 /// A 404 with Vault's empty `{"errors":[]}` body.
 fn not_found() -> CoreError {
     CoreError::NotFound(String::new())
@@ -442,6 +486,7 @@ impl Backend for KvBackend {
             (R_UNDELETE, Op::Create | Op::Update) => self.versions_undelete(&ctx).await,
             (R_DESTROY, Op::Create | Op::Update) => self.versions_destroy(&ctx).await,
             (R_SUBKEYS, Op::Read) => self.subkeys_read(&ctx).await,
+            (R_INVALID, op) => Ok(Some(invalid_path(&ctx, op)?)),
             _ => Err(CoreError::UnsupportedOperation),
         }
     }
@@ -2123,5 +2168,42 @@ mod tests {
             .data(Operation::Read, "data/a", json!({"version": 1}))
             .await;
         assert_eq!(old["data"], json!({"x": "1"}));
+    }
+
+    #[tokio::test]
+    async fn v1_style_paths_get_vaults_hint() {
+        let h = Harness::new().await;
+        for (op, path, command) in [
+            (Operation::Read, "app/db", "get"),
+            (Operation::Update, "app/db", "put"),
+            (Operation::Delete, "app/db", "delete"),
+            (Operation::List, "", "list"),
+            (Operation::List, "app/", "list"),
+        ] {
+            let r = h.ok(op, path, json!({"a": "b"})).await.expect("a response");
+            assert_eq!(r.status, Some(404), "{op:?} {path}");
+            assert!(r.data.is_none());
+            assert!(
+                r.warnings[0].contains(&format!("use 'bao kv {command}'")),
+                "{:?}",
+                r.warnings
+            );
+        }
+        // Nothing was written by the PUT.
+        assert!(
+            h.ok(Operation::List, "metadata/", json!({}))
+                .await
+                .is_none()
+        );
+        // Paths of the v2 layout with the wrong operation stay 405.
+        for (op, path) in [
+            (Operation::List, "data/x"),
+            (Operation::List, "data/"),
+            (Operation::Delete, "config"),
+            (Operation::Update, "subkeys/x"),
+        ] {
+            let e = h.err(op, path, json!({})).await;
+            assert_eq!(e.status(), 405, "{op:?} {path}");
+        }
     }
 }
