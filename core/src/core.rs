@@ -328,7 +328,9 @@ impl Core {
             root_view.get_json(MOUNTS_PATH).await?.unwrap_or_default();
         // A table written before the built-in mounts were listed gets them
         // now, once (their UUIDs must stay put: storage is keyed by them).
-        if ensure_builtin_mounts(&mut entries) {
+        // Only the active node writes; a standby serves them from memory
+        // until the active node's table reaches it.
+        if ensure_builtin_mounts(&mut entries) && self.is_active() {
             root_view.put_json(MOUNTS_PATH, &entries).await?;
         }
         entries.extend(
