@@ -75,6 +75,20 @@ pub async fn run_once(engine: &Engine, job: &JobConfig) -> (u8, String) {
                 );
             }
             Tick::Idle => {
+                // Another rotator finished the run this one was waiting on.
+                let started_at = crate::engine::now() - started.elapsed().as_secs() as i64;
+                if let Ok(l) = engine.store.load(&job.name).await
+                    && let Some(last) = l.state.last_run
+                    && last.finished_at >= started_at
+                {
+                    return (
+                        EXIT_DONE,
+                        format!(
+                            "job {:?}: run {} done by another rotator: version {} promoted",
+                            job.name, last.id, last.new_version
+                        ),
+                    );
+                }
                 return (
                     EXIT_FAILED,
                     format!("job {:?}: no run to resume and none started", job.name),

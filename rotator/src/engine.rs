@@ -89,6 +89,24 @@ impl RunError {
     }
 }
 
+/// Crash tests: `CUSTOS_ROTATOR_FAILPOINT=<step>:claimed` or
+/// `<step>:effect` makes the process kill itself with SIGKILL right after
+/// claiming that step, or right after its effect and before the state
+/// records it — the two places where a crash tests idempotency. Unset in
+/// production; read once.
+fn failpoint(step: Step, phase: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("CUSTOS_ROTATOR_FAILPOINT").ok());
+    if point.as_deref() == Some(&format!("{}:{phase}", step.as_str())) {
+        eprintln!("failpoint {}:{phase}: killing this process", step.as_str());
+        // SAFETY: kill(2) on our own pid; SIGKILL ends the process at once,
+        // as `kill -9` would.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -264,6 +282,7 @@ impl Engine {
         if !self.save(s, step).await? {
             return Ok(None);
         }
+        failpoint(step, "claimed");
         let t0 = Instant::now();
         let result = match (&s.job.kind, step) {
             (JobKind::ApiKey { .. }, Step::Create) => self.api_create(s, &mut run).await,
@@ -281,7 +300,10 @@ impl Engine {
         metrics::histogram!(m::STEP_SECONDS, "job" => s.job.name.clone(), "step" => step.as_str())
             .record(t0.elapsed().as_secs_f64());
         let next = match result {
-            Ok(next) => next,
+            Ok(next) => {
+                failpoint(step, "effect");
+                next
+            }
             Err(e) => {
                 metrics::counter!(m::STEP_ERRORS, "job" => s.job.name.clone(), "step" => step.as_str())
                     .increment(1);

@@ -9,4 +9,5 @@ mod cli;
 mod crash;
 mod harness;
 mod http_api;
+mod rotator;
 mod tls;
