@@ -51,12 +51,19 @@ telemetry {
 }
 
 # The durable local audit log: the source of truth. A request fails unless
-# its event is on disk here.
+# its event is on disk here. `tail -F /var/lib/custos/audit/audit.log`
+# follows it as it is written (audit.log is always the active segment).
 audit "file" "file" {
   description = "local audit log"
   options {
     file_path = "/var/lib/custos/audit"
     log_raw   = "false"
+    # The defaults; see the README's file device table.
+    # segment_size     = "64MiB"
+    # segment_duration = "1h"
+    # min_free_bytes   = "256MiB"  # disk guard: below it requests and sys/health answer 503
+    # retention_max_age   = "90days"  # unset: keep every segment
+    # retention_max_bytes = "50GiB"   # unset: keep every segment
   }
 }
 
