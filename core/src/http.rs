@@ -84,11 +84,13 @@ fn json_response(status: u16, value: &Value) -> axum::response::Response {
 /// Paths whose `data` Vault also copies to the top level of the body, for
 /// clients written against the old raw responses.
 fn legacy_top_level(path: &str, op: Operation) -> bool {
-    op == Operation::Read
+    let read = op == Operation::Read
         && (matches!(path, "sys/mounts" | "sys/auth" | "sys/audit" | "sys/policy")
             || path.starts_with("sys/mounts/")
             || path.starts_with("sys/auth/")
-            || path.starts_with("sys/policy/"))
+            || path.starts_with("sys/policy/"));
+    // OpenBao also copies a mount move's `migration_id` to the top level.
+    read || (path == "sys/remount" && matches!(op, Operation::Update | Operation::Create))
 }
 
 fn render(req_id: &str, path: &str, op: Operation, resp: Response) -> axum::response::Response {

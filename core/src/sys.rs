@@ -350,6 +350,11 @@ pub fn mount_json(e: &MountEntry) -> Value {
     if !e.config.passthrough_request_headers.is_empty() {
         config["passthrough_request_headers"] = json!(e.config.passthrough_request_headers);
     }
+    if e.is_auth() {
+        // Auth methods issue service tokens unless tuned otherwise (no
+        // batch tokens yet), and OpenBao says so.
+        config["token_type"] = json!("default-service");
+    }
     let mut v = json!({
         "accessor": e.accessor,
         "config": config,
@@ -397,6 +402,9 @@ fn tune_json(e: &MountEntry, core: &Core) -> Value {
     }
     if !e.config.passthrough_request_headers.is_empty() {
         v["passthrough_request_headers"] = json!(e.config.passthrough_request_headers);
+    }
+    if e.is_auth() {
+        v["token_type"] = json!("default-service");
     }
     v
 }

@@ -58,6 +58,8 @@ def test_internal_ui_mounts_lists_builtin_mounts(target: Target) -> None:
     r = target.http("GET", "sys/internal/ui/mounts")
     assert r.status_code == 200, r.text
     secret = r.json()["data"]["secret"]
+    token = r.json()["data"]["auth"]["token/"]
+    assert (token["type"], token["config"]["token_type"]) == ("token", "default-service")
     for path in BUILTIN:
         _check_builtin(path, secret[path], f"internal/ui/mounts secret {path}")
     # The mount owning a path: the built-in mount, with its path.
@@ -188,6 +190,8 @@ def test_remount_moves_a_mount_with_its_data(target: Target) -> None:
         body = r.json()
         migration = body["data"]["migration_id"]
         assert isinstance(migration, str) and migration
+        # OpenBao copies it to the top level too (legacy sys response).
+        assert body["migration_id"] == migration
         assert len(body["warnings"]) == 1 and body["warnings"][0].startswith("Mount move has been queued.")
         deadline = time.monotonic() + 15
         while True:
