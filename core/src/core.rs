@@ -582,6 +582,12 @@ impl Core {
             }
         });
         let mut handles = vec![handle];
+        // Mounts' periodic functions (transit auto-rotation), active node only.
+        handles.push(crate::periodic::start(
+            self.me.clone(),
+            crate::periodic::PERIODIC_EVERY,
+            u.stop.subscribe(),
+        ));
         handles.extend(self.start_audit_followers(u));
         if let Ok(mut w) = u.workers.lock() {
             w.extend(handles);

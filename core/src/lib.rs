@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod logical;
 pub mod metrics;
+pub mod periodic;
 pub mod policy;
 pub mod router;
 pub mod seal;

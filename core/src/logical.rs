@@ -575,6 +575,16 @@ pub trait Backend: Send + Sync {
     async fn initialize(&self, _storage: &StorageView) -> Result<()> {
         Ok(())
     }
+
+    /// Periodic housekeeping (Vault's `PeriodicFunc`), e.g. transit's
+    /// automatic key rotation: called by the core's periodic worker
+    /// ([`crate::periodic`]) about once a minute, on the active node only,
+    /// while unsealed. `mount` is the mount path (for metrics and logs) and
+    /// `now_ns` the current time in unix nanoseconds, passed in so tests can
+    /// move the clock. Nothing by default.
+    async fn periodic(&self, _mount: &str, _storage: &StorageView, _now_ns: i64) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,8 @@ custos_audit::declare_metrics! {
         "Always 1; the label names the seal type (shamir).";
     TRANSIT_OPERATIONS = "custos_transit_operations_total", Counter, ["operation"],
         "Transit engine operations performed, by operation (encrypt, decrypt, rewrap, datakey, sign, verify, hmac, hash, random, key management); each batch item counts once.";
+    TRANSIT_AUTO_ROTATIONS = "custos_transit_auto_rotations_total", Counter, ["mount", "outcome"],
+        "Transit keys rotated automatically because their auto_rotate_period elapsed, by mount point and outcome (rotated; failed: the rotation could not be stored and is retried at the next check, about a minute later).";
     OTLP_SPANS_EXPORTED = "custos_otlp_spans_exported_total", Counter, [],
         "Request spans the OTLP/HTTP trace exporter delivered (2xx from the collector).";
     OTLP_SPANS_DROPPED = "custos_otlp_spans_dropped_total", Counter, ["reason"],
@@ -118,6 +120,10 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
         "Kafka or Elasticsearch audit device mount path (operator-chosen, a handful)",
     ),
     ("source", "audit query source: `local`, `elasticsearch`"),
+    (
+        "outcome",
+        "a fixed set per metric: transit automatic rotations `rotated`, `failed`",
+    ),
     (
         "kind",
         "high-sensitivity operation kind (fixed list in the metric's help)",

@@ -16,6 +16,15 @@
 //! then replaces or drops the cached entry; a generation counter keeps a
 //! reader that loaded from storage before the change from caching stale data.
 //!
+//! Automatic rotation: a key whose `auto_rotate_period` (0, or at least an
+//! hour, validated as OpenBao does) has elapsed since its latest version was
+//! created is rotated by [`TransitBackend::rotate_due_keys`], which the
+//! core's periodic worker calls through [`Backend::periodic`] about once a
+//! minute on the active node while unsealed (Vault checks hourly; a minute
+//! of listing cached keys costs nothing and rotates closer to the due time).
+//! Each automatic rotation is counted in
+//! `custos_transit_auto_rotations_total{mount, outcome}`.
+//!
 //! Audit: decrypt, rewrap, verify, sign and hmac put the key versions they
 //! used into [`Response::key_versions`] (distinct, ascending; for decrypt,
 //! rewrap and verify the `vault:vN:` versions of the inputs that succeeded),
@@ -531,6 +540,40 @@ fn resp_data(pairs: Vec<(&str, Value)>) -> Response {
     Response::data(m)
 }
 
+/// `auto_rotate_period` validated as OpenBao does: absent → `None`;
+/// negative or too large for Go's `time.Duration` → the field conversion
+/// error; otherwise 0 (disabled) or at least an hour.
+fn auto_rotate_period(fields: &FieldData) -> Result<Option<i64>> {
+    const FIELD_ERR: &str =
+        "Field validation failed: error converting input for field \"auto_rotate_period\"";
+    let Some(v) = fields.duration_secs("auto_rotate_period") else {
+        return Ok(None);
+    };
+    if v < 0 {
+        return Err(bad(format!(
+            "{FIELD_ERR}: cannot provide negative value '{v}'"
+        )));
+    }
+    if v.checked_mul(1_000_000_000).is_none() {
+        return Err(bad(format!("{FIELD_ERR}: time: invalid duration \"{v}s\"")));
+    }
+    if v != 0 && v < 3600 {
+        return Err(bad(
+            "auto rotate period must be 0 to disable or at least an hour",
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// What one automatic rotation check of a mount did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AutoRotation {
+    /// Keys rotated, by name.
+    pub rotated: Vec<String>,
+    /// Keys whose rotation failed (retried at the next check), by name.
+    pub failed: Vec<String>,
+}
+
 fn hash_alg_or_default(fields: &FieldData, names: &[&str]) -> String {
     if let Some(a) = fields.capture("urlalgorithm").filter(|s| !s.is_empty()) {
         return a.to_string();
@@ -637,12 +680,7 @@ impl TransitBackend {
         let f = ctx.fields;
         let derived = f.bool("derived").unwrap_or(false);
         let convergent = f.bool("convergent_encryption").unwrap_or(false);
-        let auto_rotate_period = f.duration_secs("auto_rotate_period").unwrap_or(0);
-        if auto_rotate_period != 0 && auto_rotate_period < 3600 {
-            return Err(bad(
-                "auto rotate period must be 0 to disable or at least an hour",
-            ));
-        }
+        let auto_rotate_period = auto_rotate_period(f)?.unwrap_or(0);
         if !derived && convergent {
             return Err(bad(
                 "convergent encryption requires derivation to be enabled",
@@ -774,16 +812,11 @@ impl TransitBackend {
             p.allow_plaintext_backup = true;
             persist = true;
         }
-        if let Some(v) = f.duration_secs("auto_rotate_period") {
-            if v != 0 && v < 3600 {
-                return Err(bad(
-                    "auto rotate period must be 0 to disable or at least an hour",
-                ));
-            }
-            if v != p.auto_rotate_period {
-                p.auto_rotate_period = v;
-                persist = true;
-            }
+        if let Some(v) = auto_rotate_period(f)?
+            && v != p.auto_rotate_period
+        {
+            p.auto_rotate_period = v;
+            persist = true;
         }
         let p = if persist {
             if p.min_available_version > p.min_encryption_version {
@@ -819,6 +852,67 @@ impl TransitBackend {
         let p = self.store(ctx.storage, p).await?;
         count("rotate", 1);
         Ok(Some(Response::data(p.describe(None)?)))
+    }
+
+    /// Rotate every key of the mount whose `auto_rotate_period` has elapsed
+    /// since its latest version was created, as of `now_ns` (unix
+    /// nanoseconds, passed in so tests can move the clock). Each due key is
+    /// checked again under the write lock, so a rotation that happened
+    /// meanwhile (by hand, or by another check) is not repeated. A key that
+    /// cannot be read or stored is reported in `failed` and tried again at
+    /// the next check; the others go on. `mount` labels the metric and logs.
+    pub async fn rotate_due_keys(
+        &self,
+        mount: &str,
+        storage: &StorageView,
+        now_ns: i64,
+    ) -> Result<AutoRotation> {
+        let mut out = AutoRotation::default();
+        for name in storage.list(POLICY_PREFIX).await? {
+            let due = match self.policy(storage, &name).await {
+                Ok(p) => p.is_some_and(|p| p.auto_rotate_due(now_ns)),
+                Err(e) => {
+                    tracing::warn!(mount, key = %name, error = %e, "transit auto-rotation: cannot read the key");
+                    metrics::counter!(m::TRANSIT_AUTO_ROTATIONS, "mount" => mount.to_owned(), "outcome" => "failed")
+                        .increment(1);
+                    out.failed.push(name);
+                    continue;
+                }
+            };
+            if !due {
+                continue;
+            }
+            let rotated = async {
+                let _w = self.writes.lock().await;
+                let Some(current) = self.policy(storage, &name).await? else {
+                    return Ok(false);
+                };
+                if !current.auto_rotate_due(now_ns) {
+                    return Ok(false);
+                }
+                let mut p = (*current).clone();
+                p.rotate_at(now_ns)?;
+                self.store(storage, p).await?;
+                Ok::<_, CoreError>(true)
+            }
+            .await;
+            match rotated {
+                Ok(true) => {
+                    tracing::info!(mount, key = %name, "transit key rotated automatically (auto_rotate_period elapsed)");
+                    metrics::counter!(m::TRANSIT_AUTO_ROTATIONS, "mount" => mount.to_owned(), "outcome" => "rotated")
+                        .increment(1);
+                    out.rotated.push(name);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(mount, key = %name, error = %e, "transit auto-rotation failed; retrying at the next check");
+                    metrics::counter!(m::TRANSIT_AUTO_ROTATIONS, "mount" => mount.to_owned(), "outcome" => "failed")
+                        .increment(1);
+                    out.failed.push(name);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn trim_key(&self, ctx: &Ctx<'_>) -> Result<Option<Response>> {
@@ -1703,6 +1797,13 @@ impl Backend for TransitBackend {
             (R_CONFIG_KEYS, _) => self.write_config_keys(&ctx).await,
             _ => Err(CoreError::UnsupportedOperation),
         }
+    }
+
+    /// Vault's periodic function for transit: automatic key rotation.
+    async fn periodic(&self, mount: &str, storage: &StorageView, now_ns: i64) -> Result<()> {
+        self.rotate_due_keys(mount, storage, now_ns)
+            .await
+            .map(|_| ())
     }
 
     fn is_pure(&self, route: usize, req: &crate::logical::Request) -> bool {

@@ -669,13 +669,33 @@ impl KeyPolicy {
         Ok(p)
     }
 
+    /// Is an automatic rotation due at `now_ns` (unix nanoseconds)? Vault's
+    /// rule: `auto_rotate_period` is set and `now` is after the latest
+    /// version's creation time plus the period.
+    pub fn auto_rotate_due(&self, now_ns: i64) -> bool {
+        if self.auto_rotate_period <= 0 {
+            return false;
+        }
+        let Some(latest) = self.keys.get(&self.latest_version) else {
+            return false;
+        };
+        let period_ns = self.auto_rotate_period.saturating_mul(1_000_000_000);
+        now_ns > latest.created_ns.saturating_add(period_ns)
+    }
+
     /// Add a new version and make it the latest.
     pub fn rotate(&mut self) -> Result<(), OpError> {
+        self.rotate_at(now_ns())
+    }
+
+    /// [`Self::rotate`], the new version created at `created_ns` (unix
+    /// nanoseconds): automatic rotation passes the time it checked against.
+    pub fn rotate_at(&mut self, created_ns: i64) -> Result<(), OpError> {
         let hmac_key = SecretBytes::random(32);
         let mut version = KeyVersion {
             key: SecretBytes::default(),
             hmac_key,
-            created_ns: now_ns(),
+            created_ns,
             public_key: String::new(),
             convergent_version: if self.convergent_encryption {
                 CONVERGENT_VERSION

@@ -1013,3 +1013,67 @@ fn version_of_reads_the_prefix_as_decrypt_does() {
     }
     assert_eq!(v, vec![3, 1]);
 }
+
+#[tokio::test]
+async fn auto_rotate_period_is_validated_as_openbao_does() {
+    let h = Harness::new().await;
+    let min = "auto rotate period must be 0 to disable or at least an hour";
+    for bad in [json!("1s"), json!("59m"), json!(3599), json!(1)] {
+        h.err("keys/k", json!({"auto_rotate_period": bad}), 400, min)
+            .await;
+    }
+    h.err(
+        "keys/k",
+        json!({"auto_rotate_period": -5}),
+        400,
+        "cannot provide negative value '-5'",
+    )
+    .await;
+    h.err(
+        "keys/k",
+        json!({"auto_rotate_period": "1000000000h"}),
+        400,
+        "invalid duration",
+    )
+    .await;
+    // Nothing was created by the refused requests.
+    assert_eq!(h.call(Op::Read, "keys/k", json!({})).await.status, 404);
+    for (given, secs) in [
+        (json!(0), 0),
+        (json!("1h"), 3600),
+        (json!(3600), 3600),
+        (json!("1h30m"), 5400),
+        (json!("8760h"), 31_536_000),
+    ] {
+        let name = format!("keys/ok{secs}");
+        let d = h
+            .ok(Op::Update, &name, json!({"auto_rotate_period": given}))
+            .await;
+        assert_eq!(d["auto_rotate_period"], json!(secs));
+    }
+    // The same rules on config; a refused change leaves the key as it was.
+    h.err(
+        "keys/ok3600/config",
+        json!({"auto_rotate_period": "30m"}),
+        400,
+        min,
+    )
+    .await;
+    h.err(
+        "keys/ok3600/config",
+        json!({"auto_rotate_period": -3600}),
+        400,
+        "cannot provide negative value",
+    )
+    .await;
+    let d = h.ok(Op::Read, "keys/ok3600", json!({})).await;
+    assert_eq!(d["auto_rotate_period"], json!(3600));
+    let d = h
+        .ok(
+            Op::Update,
+            "keys/ok3600/config",
+            json!({"auto_rotate_period": "2h"}),
+        )
+        .await;
+    assert_eq!(d["auto_rotate_period"], json!(7200));
+}
