@@ -9,5 +9,6 @@ mod cli;
 mod crash;
 mod harness;
 mod http_api;
+mod kv_v1;
 mod rotator;
 mod tls;
