@@ -44,7 +44,7 @@ pub async fn run_once(engine: &Engine, job: &JobConfig) -> (u8, String) {
         let t = match r {
             Ok(t) => t,
             Err(e) => {
-                metrics::counter!(m::RUNS, "job" => job.name.clone(), "outcome" => "failed")
+                metrics::counter!(m::RUNS, "rotation_job" => job.name.clone(), "outcome" => "failed")
                     .increment(1);
                 return (EXIT_FAILED, format!("failed: {e}"));
             }
@@ -134,7 +134,7 @@ async fn tick_job(engine: &Engine, job: &JobConfig, lock: &Mutex<()>, start: boo
         }
         Ok(Tick::Idle) => {}
         Err(e) => {
-            metrics::counter!(m::RUNS, "job" => job.name.clone(), "outcome" => "failed")
+            metrics::counter!(m::RUNS, "rotation_job" => job.name.clone(), "outcome" => "failed")
                 .increment(1);
             tracing::error!("{e}");
         }
@@ -159,6 +159,18 @@ pub async fn serve(
             .map_err(|e| format!("telemetry prometheus_listen {addr}: {e}"))?;
         tracing::info!("metrics on http://{addr}/metrics");
         tokio::spawn(serve_metrics(listener, handle));
+    }
+    // Every job's counters exist from the start (at 0), so rate() and the
+    // alerts see a series before the first outcome.
+    for job in &cfg.jobs {
+        for outcome in ["done", "held", "failed"] {
+            metrics::counter!(m::RUNS, "rotation_job" => job.name.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        for step in ["create", "promote", "verify", "retire"] {
+            metrics::counter!(m::STEP_ERRORS, "rotation_job" => job.name.clone(), "step" => step)
+                .increment(0);
+        }
     }
     let locks: HashMap<String, Arc<Mutex<()>>> = cfg
         .jobs

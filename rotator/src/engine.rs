@@ -210,7 +210,7 @@ impl Engine {
                 Step::Verify => {
                     let t0 = Instant::now();
                     let r = self.verify(&mut s, run).await;
-                    metrics::histogram!(m::STEP_SECONDS, "job" => job.name.clone(), "step" => "verify")
+                    metrics::histogram!(m::STEP_SECONDS, "rotation_job" => job.name.clone(), "step" => "verify")
                         .record(t0.elapsed().as_secs_f64());
                     match r? {
                         Some(tick) => return Ok(tick),
@@ -297,7 +297,7 @@ impl Engine {
                 Cause::Invalid(format!("step {} has no action", other.as_str())),
             )),
         };
-        metrics::histogram!(m::STEP_SECONDS, "job" => s.job.name.clone(), "step" => step.as_str())
+        metrics::histogram!(m::STEP_SECONDS, "rotation_job" => s.job.name.clone(), "step" => step.as_str())
             .record(t0.elapsed().as_secs_f64());
         let next = match result {
             Ok(next) => {
@@ -305,7 +305,7 @@ impl Engine {
                 next
             }
             Err(e) => {
-                metrics::counter!(m::STEP_ERRORS, "job" => s.job.name.clone(), "step" => step.as_str())
+                metrics::counter!(m::STEP_ERRORS, "rotation_job" => s.job.name.clone(), "step" => step.as_str())
                     .increment(1);
                 // Release the claim and leave the reason for `status`
                 // (best effort: the error is what matters).
@@ -348,8 +348,9 @@ impl Engine {
         if !self.save(s, Step::Done).await? {
             return Ok(None);
         }
-        metrics::counter!(m::RUNS, "job" => s.job.name.clone(), "outcome" => "done").increment(1);
-        metrics::gauge!(m::LAST_SUCCESS, "job" => s.job.name.clone()).set(t as f64);
+        metrics::counter!(m::RUNS, "rotation_job" => s.job.name.clone(), "outcome" => "done")
+            .increment(1);
+        metrics::gauge!(m::LAST_SUCCESS, "rotation_job" => s.job.name.clone()).set(t as f64);
         tracing::info!(job = %s.job.name, run = %run.id, "run done");
         Ok(Some(Tick::Done(summary)))
     }
@@ -814,7 +815,8 @@ impl Engine {
             .map(|(n, _)| n.clone())
             .chain(undeclared.iter().map(|u| format!("{u} (undeclared)")))
             .collect();
-        metrics::gauge!(m::CONSUMERS_PENDING, "job" => job.name.clone()).set(pending.len() as f64);
+        metrics::gauge!(m::CONSUMERS_PENDING, "rotation_job" => job.name.clone())
+            .set(pending.len() as f64);
         for (n, p) in &consumers {
             let known = run.consumers.get(n).is_some_and(|old| !old.seen);
             if !p.seen && !p.moved && !known {
@@ -830,7 +832,7 @@ impl Engine {
         } else if !pending.is_empty() && deadline_over {
             if run.held_since.is_none() {
                 run.held_since = Some(t);
-                metrics::counter!(m::RUNS, "job" => job.name.clone(), "outcome" => "held")
+                metrics::counter!(m::RUNS, "rotation_job" => job.name.clone(), "outcome" => "held")
                     .increment(1);
                 tracing::warn!(job = %job.name, run = %run.id, pending = ?pending, "deadline passed: holding the old credential");
             }

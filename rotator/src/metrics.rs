@@ -1,8 +1,8 @@
 //! The rotator's metrics catalogue: every metric `custos rotator serve`
 //! exposes (on `telemetry { prometheus_listen }` at `/metrics`) is declared
-//! here once, with kind, help and labels. The `job` label is a job name from
-//! the config file (operator-chosen, few); `outcome` and `step` are fixed
-//! sets. The dashboards/alerts check in custos-core reads this file's
+//! here once, with kind, help and labels. The `rotation_job` label is a job
+//! name from the config file (operator-chosen, few; not `job`, which
+//! Prometheus sets to the scrape job); `outcome` and `step` are fixed sets. The dashboards/alerts check in custos-core reads this file's
 //! declarations too (the rotator does not link custos-core).
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -33,23 +33,23 @@ macro_rules! declare_metrics {
 }
 
 declare_metrics! {
-    LAST_SUCCESS = "custos_rotator_last_success_timestamp_seconds", Gauge, ["job"],
+    LAST_SUCCESS = "custos_rotator_last_success_timestamp_seconds", Gauge, ["rotation_job"],
         "Unix time of the job's last run that reached done (absent until one has).";
-    RUNS = "custos_rotator_runs_total", Counter, ["job", "outcome"],
+    RUNS = "custos_rotator_runs_total", Counter, ["rotation_job", "outcome"],
         "Runs that ended or paused, by outcome: done, held (deadline passed with consumers not moved), failed.";
-    STEP_SECONDS = "custos_rotator_step_duration_seconds", Histogram, ["job", "step"],
+    STEP_SECONDS = "custos_rotator_step_duration_seconds", Histogram, ["rotation_job", "step"],
         "Time one step of a run took (create, promote, verify, retire).";
-    STEP_ERRORS = "custos_rotator_step_errors_total", Counter, ["job", "step"],
+    STEP_ERRORS = "custos_rotator_step_errors_total", Counter, ["rotation_job", "step"],
         "Errors while performing a step (each retry counts).";
-    CONSUMERS_PENDING = "custos_rotator_consumers_pending", Gauge, ["job"],
+    CONSUMERS_PENDING = "custos_rotator_consumers_pending", Gauge, ["rotation_job"],
         "Consumers the current run waits for (not yet moved to the new credential).";
-    RUN_HELD = "custos_rotator_run_held", Gauge, ["job"],
+    RUN_HELD = "custos_rotator_run_held", Gauge, ["rotation_job"],
         "1 while the job's run is held: its deadline passed and a consumer still uses the old credential.";
-    RUN_ACTIVE = "custos_rotator_run_active", Gauge, ["job"],
+    RUN_ACTIVE = "custos_rotator_run_active", Gauge, ["rotation_job"],
         "1 while the job has an unfinished run.";
-    NEXT_RUN = "custos_rotator_next_run_timestamp_seconds", Gauge, ["job"],
+    NEXT_RUN = "custos_rotator_next_run_timestamp_seconds", Gauge, ["rotation_job"],
         "Unix time of the job's next scheduled run.";
-    SCHEDULE_PERIOD = "custos_rotator_schedule_period_seconds", Gauge, ["job"],
+    SCHEDULE_PERIOD = "custos_rotator_schedule_period_seconds", Gauge, ["rotation_job"],
         "The job's schedule period (longest gap between consecutive firings).";
 }
 

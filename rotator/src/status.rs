@@ -139,16 +139,16 @@ pub fn export_gauges(job: &JobConfig, st: &JobState) {
     let name = job.name.clone();
     let now = chrono::Utc::now();
     if let Some(t) = st.last_success {
-        metrics::gauge!(m::LAST_SUCCESS, "job" => name.clone()).set(t as f64);
+        metrics::gauge!(m::LAST_SUCCESS, "rotation_job" => name.clone()).set(t as f64);
     }
     if let Some(n) = job.schedule.next_after(now) {
-        metrics::gauge!(m::NEXT_RUN, "job" => name.clone()).set(n.timestamp() as f64);
+        metrics::gauge!(m::NEXT_RUN, "rotation_job" => name.clone()).set(n.timestamp() as f64);
     }
-    metrics::gauge!(m::SCHEDULE_PERIOD, "job" => name.clone())
+    metrics::gauge!(m::SCHEDULE_PERIOD, "rotation_job" => name.clone())
         .set(job.schedule.period(now).as_secs_f64());
     let held = st.run.as_ref().is_some_and(|r| r.held_since.is_some());
-    metrics::gauge!(m::RUN_HELD, "job" => name.clone()).set(if held { 1.0 } else { 0.0 });
-    metrics::gauge!(m::RUN_ACTIVE, "job" => name.clone()).set(if st.run.is_some() {
+    metrics::gauge!(m::RUN_HELD, "rotation_job" => name.clone()).set(if held { 1.0 } else { 0.0 });
+    metrics::gauge!(m::RUN_ACTIVE, "rotation_job" => name.clone()).set(if st.run.is_some() {
         1.0
     } else {
         0.0
@@ -159,5 +159,5 @@ pub fn export_gauges(job: &JobConfig, st: &JobState) {
         .filter(|r| r.step == crate::state::Step::Verify)
         .map(|r| r.consumers.values().filter(|p| !p.moved).count() + r.undeclared.len())
         .unwrap_or(0);
-    metrics::gauge!(m::CONSUMERS_PENDING, "job" => name).set(pending as f64);
+    metrics::gauge!(m::CONSUMERS_PENDING, "rotation_job" => name).set(pending as f64);
 }

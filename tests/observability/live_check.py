@@ -62,7 +62,10 @@ ALLOW_EMPTY = {
 }
 # Alerts whose expression is expected to be true on the healthy node after
 # the generated traffic (the traffic uses the root token and writes a policy).
-EXPECT_FIRING = {"CustosSensitiveOperation": "the traffic uses the root token and writes a policy"}
+EXPECT_FIRING = {
+    "CustosSensitiveOperation": "the traffic uses the root token and writes a policy",
+    "RotationHeld": "the check's rotation job declares a consumer that never reads, so its run is held",
+}
 
 DECLARED_RE = re.compile(r'=\s*"(custos_[a-z0-9_]+)"\s*,\s*(Counter|Gauge|Histogram)')
 METRIC_RE = re.compile(r"\b(custos[a-z0-9_:]*|up)\b(?=\s*[{\[)]|\s*$|\s+(?:==|!=|<|>|and|or|unless|\*|/|\+|-))")
@@ -115,7 +118,7 @@ def health_agrees(addr: str, sealed: bool) -> str | None:
 
 def declared_metrics() -> set[str]:
     names: set[str] = set()
-    for f in ("core/src/metrics.rs", "audit-stream/src/metrics.rs"):
+    for f in ("core/src/metrics.rs", "audit-stream/src/metrics.rs", "rotator/src/metrics.rs"):
         for name, kind in DECLARED_RE.findall((REPO / f).read_text()):
             names.add(name)
             if kind == "Histogram":
@@ -254,6 +257,50 @@ class Traffic(threading.Thread):
             time.sleep(0.1)
 
 
+ROTATOR_HCL = """
+server {{
+  address = "{addr}"
+}}
+claim_ttl      = "2s"
+check_interval = "1s"
+telemetry {{
+  prometheus_listen = "127.0.0.1:{port}"
+}}
+job "live-check-key" {{
+  kind          = "api_key"
+  schedule      = "@hourly"
+  secret        = "secret/live-check/api-key"
+  provider "random" {{
+    bytes = 32
+  }}
+  consumers     = ["never-reads"]
+  grace         = "1s"
+  deadline      = "2s"
+  poll_interval = "500ms"
+}}
+"""
+
+
+def start_held_rotation(custos_bin: str, addr: str, port: int, tmp: Path, procs: list) -> Path:
+    """`custos rotator serve` with one job whose run is held: a first run
+    writes the key (exit 0), a second promotes a new one and, as the declared
+    consumer never reads it, is held at its deadline (exit 3). The daemon
+    re-checks the held run and exports custos_rotator_* for Prometheus."""
+    cfg = tmp / "rotator.hcl"
+    cfg.write_text(ROTATOR_HCL.format(addr=addr, port=port))
+    env = {**os.environ, "VAULT_ADDR": addr, "VAULT_TOKEN": "root", "CUSTOS_LOG": "warn"}
+    run = [custos_bin, "rotator", "run", "live-check-key", "--config", str(cfg)]
+    for want in (0, 3):
+        r = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if r.returncode != want:
+            raise SystemExit(f"custos rotator run: exit {r.returncode}, expected {want}\n{r.stdout}{r.stderr}")
+    rlog = tmp / "rotator.log"
+    procs.append(subprocess.Popen([custos_bin, "rotator", "serve", "--config", str(cfg)], env=env,
+                                  stdout=rlog.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp))
+    log("rotator: job live-check-key held (exit 3); serving metrics on 127.0.0.1:%d" % port)
+    return rlog
+
+
 def start(cmd: list[str], logf: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=logf.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
 
@@ -304,6 +351,9 @@ def main() -> int:
         unseal_key = wait_for(lambda: re.search(r"Unseal Key: (\S+)", clog.read_text()).group(1), 10,
                               "the unseal key in the dev server's output")
 
+        rport = free_port()
+        rlog = start_held_rotation(args.custos_bin, addr, rport, tmp, procs)
+
         rules = sorted(str(p) for p in (REPO / "alerts").glob("*.yml") if not p.name.endswith(".test.yml"))
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
@@ -311,6 +361,9 @@ def main() -> int:
             "scrape_configs": [{
                 "job_name": "custos", "metrics_path": "/v1/sys/metrics", "params": {"format": ["prometheus"]},
                 "static_configs": [{"targets": [f"127.0.0.1:{cport}"], "labels": {"cluster": "live-check"}}],
+            }, {
+                "job_name": "custos-rotator",
+                "static_configs": [{"targets": [f"127.0.0.1:{rport}"], "labels": {"cluster": "live-check"}}],
             }],
         }))
         plog = tmp / "prometheus.log"
@@ -318,7 +371,9 @@ def main() -> int:
                             f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{pport}"],
                            plog, tmp))
         prom = Prom(prom_url)
-        wait_for(lambda: prom.query('up{job="custos"} == 1'), 60, "prometheus to scrape custos", procs[1], plog)
+        wait_for(lambda: prom.query('up{job="custos"} == 1'), 60, "prometheus to scrape custos", procs[-1], plog)
+        wait_for(lambda: prom.query('up{job="custos-rotator"} == 1'), 60, "prometheus to scrape the rotator",
+                 procs[-1], plog)
         log(f"custos {addr}, prometheus {prom_url} (scratch dir {tmp})")
 
         traffic = Traffic(addr)
