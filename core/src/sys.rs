@@ -664,10 +664,10 @@ impl Backend for SystemBackend {
                 let u = core.unsealed()?;
                 let path = f.capture("path").unwrap_or_default();
                 let Some((m, _)) = u.router.route(path) else {
-                    return Err(CoreError::Forbidden(
-                        "preflight capability check returned 403, please ensure client's policies grant access to path"
-                            .into(),
-                    ));
+                    let asked = format!("{}/", path.trim_end_matches('/'));
+                    return Err(CoreError::Forbidden(format!(
+                        "preflight capability check returned 403, please ensure client's policies grant access to path {asked:?}"
+                    )));
                 };
                 let mut v = mount_json(&m.entry);
                 v["path"] = json!(m.entry.path);

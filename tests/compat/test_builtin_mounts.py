@@ -219,3 +219,17 @@ def test_remount_moves_a_mount_with_its_data(target: Target) -> None:
     finally:
         c.sys.disable_secrets_engine(path=src)
         c.sys.disable_secrets_engine(path=dst)
+
+
+def test_internal_ui_mounts_unknown_path(target: Target) -> None:
+    # What the CLI's version detection sees for a path no mount owns.
+    name = uniq("nomount")
+    for asked in (name, f"{name}/a/b"):
+        assert_error(
+            target.http("GET", f"sys/internal/ui/mounts/{asked}"),
+            403,
+            f"ui mount of {asked}",
+            f'please ensure client\'s policies grant access to path "{asked}/"',
+        )
+    r = target.bao("kv", "get", f"{name}/x")
+    assert r.rc == 2, r
