@@ -386,16 +386,18 @@ impl<'a> Parser<'a> {
                     }
                     "telemetry" => cfg.prometheus_listen = self.telemetry(b)?,
                     "job" => {
-                        let job = self.job(b)?;
-                        if !names.insert(job.name.clone()) {
+                        if let [label] = b.labels()
+                            && !names.insert(label.as_str().to_owned())
+                        {
                             return Err(self.err(
                                 At {
-                                    block: Some(("job", Some(&job.name))),
+                                    block: Some(("job", Some(label.as_str()))),
                                     key: "",
                                 },
                                 "declared more than once",
                             ));
                         }
+                        let job = self.job(b)?;
                         cfg.jobs.push(job);
                     }
                     other => {
