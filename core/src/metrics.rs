@@ -673,7 +673,10 @@ mod tests {
     fn rotator_catalogue_is_read() {
         let r = rotator_declared();
         assert!(r.iter().any(|(n, h)| n == "custos_rotator_run_held" && !h));
-        assert!(r.iter().any(|(n, h)| n == "custos_rotator_step_duration_seconds" && *h));
+        assert!(
+            r.iter()
+                .any(|(n, h)| n == "custos_rotator_step_duration_seconds" && *h)
+        );
     }
 
     fn unknown_names(exprs: &[(String, String)], known: &HashSet<String>) -> Vec<String> {

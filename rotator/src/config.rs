@@ -1034,6 +1034,30 @@ job "orders-kek" {
         assert!(e.contains("transit_key"), "{e}");
     }
 
+    /// The reference configuration in docs/rotation.md parses.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/rotation.md"))
+                .unwrap();
+        let block = doc
+            .split("```hcl\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        let c = parse("docs/rotation.md", block, &no_env).unwrap();
+        assert_eq!(c.jobs.len(), 2);
+        assert_eq!(c.prometheus_listen.as_deref(), Some("0.0.0.0:9102"));
+        assert_eq!(c.jobs[0].schedule.tz, chrono_tz::Europe::Berlin);
+        assert!(matches!(
+            &c.jobs[0].kind,
+            JobKind::ApiKey {
+                provider: ProviderConfig::Http { .. },
+                ..
+            }
+        ));
+    }
+
     #[test]
     fn env_supplies_the_address() {
         let env = |k: &str| (k == "VAULT_ADDR").then(|| "http://10.0.0.1:8200".to_string());
