@@ -550,9 +550,12 @@ impl Backend for SystemBackend {
                 let path = if auth { format!("auth/{rel}") } else { rel };
                 let u = core.unsealed()?;
                 let Some(m) = u.router.get(&path) else {
-                    return Err(CoreError::bad_request(format!(
-                        "cannot fetch mount config: no mount at {path}"
-                    )));
+                    // OpenBao's words, which differ for a read and a write.
+                    return Err(CoreError::bad_request(if op == Op::Read {
+                        format!("cannot fetch sysview for path {path:?}")
+                    } else {
+                        format!("tune of path {path:?} failed: no mount entry found")
+                    }));
                 };
                 if op == Op::Read {
                     return Ok(Some(Response::data(obj(tune_json(&m.entry, &core)))));

@@ -233,3 +233,16 @@ def test_internal_ui_mounts_unknown_path(target: Target) -> None:
         )
     r = target.bao("kv", "get", f"{name}/x")
     assert r.rc == 2, r
+
+
+def test_tune_of_a_missing_mount(target: Target) -> None:
+    name = uniq("nomount")
+    assert_error(
+        target.http("GET", f"sys/mounts/{name}/tune"), 400, "read tune", f'cannot fetch sysview for path "{name}/"'
+    )
+    assert_error(
+        target.http("POST", f"sys/mounts/{name}/tune", json_body={"description": "x"}),
+        400,
+        "write tune",
+        f'tune of path "{name}/" failed: no mount entry found',
+    )
