@@ -418,7 +418,7 @@ pub fn request_event(req: &Request, entry: &TokenEntry, denied: Option<&str>) ->
         .map(|t| t.expose())
         .unwrap_or_default();
     let mut ev = AuditEvent::request(Some(auth_of(entry, raw)), request_of(req, entry, raw));
-    if let Some(t) = crate::tracing_otlp::trace_id_of(req) {
+    if let Some(t) = crate::traces::trace_id_of(req) {
         ev = ev.with_trace_id(t);
     }
     match denied {
@@ -467,7 +467,7 @@ pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Respons
         resp,
         error,
     );
-    match crate::tracing_otlp::trace_id_of(req) {
+    match crate::traces::trace_id_of(req) {
         Some(t) => ev.with_trace_id(t),
         None => ev,
     }

@@ -322,35 +322,41 @@ impl Barrier {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Self::check_key(key)?;
-        // Fail fast when sealed, before touching storage.
-        self.ring()?;
-        match self.physical.get(key).await? {
-            None => Ok(None),
-            Some(sealed) => {
-                let plain = self.decrypt(key, &sealed)?;
-                Ok(Some(plain.to_vec()))
+        crate::traces::in_span("barrier.get", &[], async {
+            Self::check_key(key)?;
+            // Fail fast when sealed, before touching storage.
+            self.ring()?;
+            match self.physical.get(key).await? {
+                None => Ok(None),
+                Some(sealed) => {
+                    let plain = self.decrypt(key, &sealed)?;
+                    Ok(Some(plain.to_vec()))
+                }
             }
-        }
+        })
+        .await
     }
 
     pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<()> {
-        let mut sealed_ops = Vec::with_capacity(ops.len());
-        for op in ops {
-            Self::check_key(op.key())?;
-            sealed_ops.push(match op {
-                BatchOp::Put { key, mut value } => {
-                    let sealed = self.encrypt(&key, &value)?;
-                    value.zeroize();
-                    BatchOp::Put { key, value: sealed }
-                }
-                BatchOp::Delete { key } => {
-                    self.ring()?;
-                    BatchOp::Delete { key }
-                }
-            });
-        }
-        self.physical.batch(sealed_ops).await
+        crate::traces::in_span("barrier.batch", &[], async {
+            let mut sealed_ops = Vec::with_capacity(ops.len());
+            for op in ops {
+                Self::check_key(op.key())?;
+                sealed_ops.push(match op {
+                    BatchOp::Put { key, mut value } => {
+                        let sealed = self.encrypt(&key, &value)?;
+                        value.zeroize();
+                        BatchOp::Put { key, value: sealed }
+                    }
+                    BatchOp::Delete { key } => {
+                        self.ring()?;
+                        BatchOp::Delete { key }
+                    }
+                });
+            }
+            self.physical.batch(sealed_ops).await
+        })
+        .await
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -43,7 +43,8 @@
 //!   prometheus_retention_time = "24h"
 //!   disable_hostname = true
 //!   unauthenticated_metrics_access = false  # default for listeners that do not set it
-//!   otlp_endpoint = "http://127.0.0.1:4318"  # OTLP/HTTP collector; request spans to /v1/traces
+//!   otlp_endpoint = "http://127.0.0.1:4318"  # OTLP http/protobuf collector; spans to /v1/traces
+//!                                            # (else OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; see crate::traces)
 //! }
 //!
 //! audit "file" "file" {              # type, path
@@ -251,8 +252,10 @@ pub struct TelemetryConfig {
     pub disable_hostname: bool,
     /// Default for listeners whose own `telemetry` block does not set it.
     pub unauthenticated_metrics_access: bool,
-    /// OTLP/HTTP collector base URL (`http://collector:4318`); request spans
-    /// are POSTed to `<endpoint>/v1/traces`. No tracing when `None`.
+    /// OTLP/HTTP collector base URL (`http://collector:4318`); spans are
+    /// POSTed (http/protobuf) to `<endpoint>/v1/traces`. When `None`, the
+    /// `OTEL_EXPORTER_OTLP_*` variables decide (see `crate::traces`), and
+    /// without them there is no tracing.
     pub otlp_endpoint: Option<String>,
 }
 

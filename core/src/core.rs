@@ -37,6 +37,7 @@ use crate::seal::{SealConfig, ShamirSeal};
 use crate::storage::raft::RaftStorage;
 use crate::storage::{PhysicalStore, StorageView};
 use crate::token::{TokenBackend, TokenEntry, TokenStore};
+use crate::traces::in_span;
 
 /// Where the mount tables live (through the barrier).
 const MOUNTS_PATH: &str = "core/mounts";
@@ -675,23 +676,28 @@ impl Core {
 
     /// Run one authenticated request through the pipeline.
     pub async fn handle(&self, mut req: Request) -> Result<Response> {
-        // One OpenTelemetry span per request (crate::tracing_otlp): mount,
-        // operation and status only; its trace id reaches the audit events
-        // through the request's `traceparent`.
-        let Some(span) = crate::tracing_otlp::RequestSpan::start(&mut req) else {
+        // One OpenTelemetry span per request (crate::traces), with the
+        // stages below as its children when sampled: mount, operation and
+        // status only; its trace id reaches the audit events through the
+        // request's `traceparent`.
+        let Some(span) = crate::traces::RequestSpan::start(&mut req) else {
             return self.handle_request(req).await;
         };
-        let mount = self
-            .unsealed()
-            .ok()
-            .and_then(|u| u.router.route(&req.path).map(|(m, _)| m.entry.path.clone()))
-            .unwrap_or_default();
-        let result = self.handle_request(req).await;
+        let mount = if span.is_recording() {
+            self.unsealed()
+                .ok()
+                .and_then(|u| u.router.route(&req.path).map(|(m, _)| m.entry.path.clone()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let (operation, request_id) = (req.operation.as_str(), req.id.clone());
+        let result = span.run(self.handle_request(req)).await;
         let status = match &result {
             Ok(r) => r.status.unwrap_or(200),
             Err(e) => e.status(),
         };
-        span.finish(&mount, status);
+        span.finish(&mount, operation, &request_id, status);
         result
     }
 
@@ -701,9 +707,7 @@ impl Core {
             Some(t) if !t.is_empty() => t.clone(),
             _ => return Err(permission_denied()),
         };
-        let entry = u
-            .tokens
-            .lookup(token.expose())
+        let entry = in_span("token.lookup", &[], u.tokens.lookup(token.expose()))
             .await?
             .ok_or_else(permission_denied)?;
         let entry = Arc::new(entry);
@@ -723,13 +727,16 @@ impl Core {
         if req.operation == Operation::Update
             && let Some(Ok(r)) = &resolved
             && r.spec.existence_check
-            && !r.exists(&req).await?
+            && !in_span("engine.exists", &[], r.exists(&req)).await?
         {
             req.operation = Operation::Create;
         }
 
-        let acl = u.policies.acl_for(&entry.policies).await?;
-        let decision = acl.check_request(&req.path, req.operation, &req.data);
+        let decision = in_span("acl", &[], async {
+            let acl = u.policies.acl_for(&entry.policies).await?;
+            Ok::<_, CoreError>(acl.check_request(&req.path, req.operation, &req.data))
+        })
+        .await?;
         let sudo_needed = requires_sudo(&req.path, req.operation);
         req.has_sudo = decision.sudo;
         let denied = if crate::sys::acl_exempt(&req.path) {
@@ -754,7 +761,13 @@ impl Core {
         if pipelined {
             pending_request = Some(request_event);
         } else {
-            if let Err(e) = u.audit.log_request(request_event).await {
+            let logged = in_span(
+                "audit.write",
+                &[("custos.audit.events", "request")],
+                u.audit.log_request(request_event),
+            )
+            .await;
+            if let Err(e) = logged {
                 m::counter_inc(m::AUDIT_LOG_REQUEST_FAILURE, &[]);
                 return Err(audit_failure(&e, "request"));
             }
@@ -774,7 +787,8 @@ impl Core {
                     None => Err(permission_denied()),
                     Some(updated) => {
                         req.auth = Some(Arc::new(updated));
-                        r.call(&req).await
+                        let mount_type = [("custos.mount_type", req.mount_type.as_str())];
+                        in_span("engine", &mount_type, r.call(&req)).await
                     }
                 },
             }
@@ -794,8 +808,16 @@ impl Core {
 
         let response_event = audit::response_event(&req, &entry, &result);
         let logged = match pending_request {
-            Some(request_event) => u.audit.log_pair(request_event, response_event).await,
-            None => u.audit.log_response(response_event).await,
+            Some(request_event) => {
+                let events = [("custos.audit.events", "request+response")];
+                let pair = u.audit.log_pair(request_event, response_event);
+                in_span("audit.write", &events, pair).await
+            }
+            None => {
+                let events = [("custos.audit.events", "response")];
+                let response = u.audit.log_response(response_event);
+                in_span("audit.write", &events, response).await
+            }
         };
         if let Err(e) = logged {
             m::counter_inc(m::AUDIT_LOG_RESPONSE_FAILURE, &[]);

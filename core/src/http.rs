@@ -370,11 +370,11 @@ async fn handle_request(
     req.remote_addr = remote;
     // W3C trace context: Core::handle continues the caller's trace.
     if let Some(tp) = headers
-        .get(crate::tracing_otlp::TRACEPARENT)
+        .get(crate::traces::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
     {
         req.headers
-            .insert(crate::tracing_otlp::TRACEPARENT.into(), tp.to_string());
+            .insert(crate::traces::TRACEPARENT.into(), tp.to_string());
     }
     let req_id = req.id.clone();
     let result = st.core.handle(req).await;

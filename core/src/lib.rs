@@ -26,4 +26,4 @@ pub mod server;
 pub mod storage;
 pub mod sys;
 pub mod token;
-pub mod tracing_otlp;
+pub mod traces;

@@ -77,9 +77,9 @@ custos_audit::declare_metrics! {
     TRANSIT_AUTO_ROTATIONS = "custos_transit_auto_rotations_total", Counter, ["mount", "outcome"],
         "Transit keys rotated automatically because their auto_rotate_period elapsed, by mount point and outcome (rotated; failed: the rotation could not be stored and is retried at the next check, about a minute later).";
     OTLP_SPANS_EXPORTED = "custos_otlp_spans_exported_total", Counter, [],
-        "Request spans the OTLP/HTTP trace exporter delivered (2xx from the collector).";
+        "Spans (request and stage spans) the OTLP trace exporter delivered to the collector.";
     OTLP_SPANS_DROPPED = "custos_otlp_spans_dropped_total", Counter, ["reason"],
-        "Request spans the OTLP/HTTP trace exporter dropped, by reason (queue_full, export_failed).";
+        "Spans the OTLP trace exporter dropped, by reason (queue_full: the export queue was full; export_failed: the collector refused or could not be reached).";
 }
 
 /// Every metric Custos emits: the core's catalogue followed by the audit

@@ -53,6 +53,8 @@ pub struct RunningServer {
     pub addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// This server installed the trace exporter (and stops it).
+    traces: bool,
 }
 
 impl RunningServer {
@@ -64,6 +66,9 @@ impl RunningServer {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         self.core.shutdown().await;
+        if self.traces {
+            crate::traces::shutdown().await;
+        }
     }
 }
 
@@ -130,9 +135,9 @@ pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
 pub async fn serve(cfg: &ServerConfig, core: Arc<Core>) -> Result<RunningServer, ServerError> {
     let metrics = crate::metrics::install();
     crate::metrics::set_prefix(&cfg.telemetry.metrics_prefix);
-    if let Some(ep) = &cfg.telemetry.otlp_endpoint {
-        crate::tracing_otlp::install(ep);
-    }
+    // Request traces: `telemetry { otlp_endpoint }` or the OTEL_* variables.
+    let traces = crate::traces::install(cfg.telemetry.otlp_endpoint.as_deref())
+        .map_err(|e| startup(format!("telemetry: {e}")))?;
     let (stop, _) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
@@ -147,6 +152,7 @@ pub async fn serve(cfg: &ServerConfig, core: Arc<Core>) -> Result<RunningServer,
         addrs,
         stop,
         tasks,
+        traces,
     })
 }
 

@@ -1,32 +1,68 @@
-//! End-to-end check of request tracing: a dev server exports its request
-//! spans over OTLP/HTTP to an in-test receiver (axum on 127.0.0.1:0); the
-//! spans carry mount, operation and status but never the token or a secret
-//! value, and the audit events of the traced request carry the same trace id.
+//! End-to-end check of request tracing: a dev server exports its spans
+//! through the OpenTelemetry SDK as OTLP http/protobuf to a real receiver in
+//! the test (axum on 127.0.0.1:0 decoding `ExportTraceServiceRequest` with
+//! the `opentelemetry-proto` types). A KV write's span tree shows every stage
+//! in order, each child inside its parent's time range; the spans carry
+//! mount, operation and status but never the token, a secret value or the
+//! request path; a caller's `traceparent` is continued; and the audit events
+//! of a traced request carry its trace id.
 //!
-//! Its own test binary because the OTLP exporter is process-global state.
+//! Its own test binary because the trace pipeline is process-global state.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
 use axum::{Router, routing::post};
 use custos_core::server::{DevOptions, start_dev};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
 use serde_json::{Value, json};
 
 const SECRET_VALUE: &str = "hunter2-very-secret-value";
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+/// What the receiver got: the raw bodies and their decoded requests.
+#[derive(Default)]
+struct Received {
+    bodies: Vec<Vec<u8>>,
+    requests: Vec<ExportTraceServiceRequest>,
+}
+
+/// An OTLP/HTTP receiver: protobuf only, as a collector's `otlphttp`
+/// receiver would accept it.
+async fn receiver() -> (String, Arc<Mutex<Received>>) {
+    let got: Arc<Mutex<Received>> = Arc::default();
     let sink = got.clone();
     let app = Router::new().route(
         "/v1/traces",
-        post(move |body: String| {
+        post(move |headers: HeaderMap, body: Bytes| {
             let sink = sink.clone();
             async move {
-                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                sink.lock().unwrap().push(v);
-                "{}"
+                let ct = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if ct != "application/x-protobuf" {
+                    return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
+                }
+                let Ok(req) = ExportTraceServiceRequest::decode(body.clone()) else {
+                    return (StatusCode::BAD_REQUEST, Vec::new());
+                };
+                let mut got = sink.lock().unwrap();
+                got.bodies.push(body.to_vec());
+                got.requests.push(req);
+                (
+                    StatusCode::OK,
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
             }
         }),
     );
@@ -38,16 +74,63 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     (format!("http://{addr}"), got)
 }
 
-fn spans(bodies: &[Value]) -> Vec<Value> {
+/// One exported span, flattened.
+#[derive(Debug, Clone)]
+struct Span {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    start: u64,
+    end: u64,
+    attrs: BTreeMap<String, String>,
+}
+
+fn value_string(kv: &KeyValue) -> String {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn spans(got: &Received) -> Vec<Span> {
     let mut out = Vec::new();
-    for b in bodies {
-        for rs in b["resourceSpans"].as_array().into_iter().flatten() {
-            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                out.extend(ss["spans"].as_array().into_iter().flatten().cloned());
+    for req in &got.requests {
+        for rs in &req.resource_spans {
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push(Span {
+                        name: s.name.clone(),
+                        trace_id: hex::encode(&s.trace_id),
+                        span_id: hex::encode(&s.span_id),
+                        parent: hex::encode(&s.parent_span_id),
+                        start: s.start_time_unix_nano,
+                        end: s.end_time_unix_nano,
+                        attrs: s
+                            .attributes
+                            .iter()
+                            .map(|kv| (kv.key.clone(), value_string(kv)))
+                            .collect(),
+                    });
+                }
             }
         }
     }
     out
+}
+
+fn service_names(got: &Received) -> Vec<String> {
+    got.requests
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .filter_map(|rs| rs.resource.as_ref())
+        .flat_map(|r| &r.attributes)
+        .filter(|kv| kv.key == "service.name")
+        .map(value_string)
+        .collect()
 }
 
 /// Every JSON audit event in the local audit log directory's segments
@@ -74,12 +157,64 @@ fn audit_events(dir: &std::path::Path) -> Vec<Value> {
     out
 }
 
-fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-    span["attributes"]
-        .as_array()?
+/// The children of `parent`, by start time.
+fn children<'a>(all: &'a [Span], parent: &Span) -> Vec<&'a Span> {
+    let mut c: Vec<&Span> = all
         .iter()
-        .find(|a| a["key"] == key)
-        .map(|a| &a["value"])
+        .filter(|s| s.trace_id == parent.trace_id && s.parent == parent.span_id)
+        .collect();
+    c.sort_by_key(|s| (s.start, s.end));
+    c
+}
+
+/// Every child lies inside its parent's time range, and the children (which
+/// run one after another) take no longer together than the parent.
+fn check_nesting(all: &[Span], parent: &Span) {
+    let kids = children(all, parent);
+    let mut sum = 0;
+    for k in &kids {
+        assert!(
+            parent.start <= k.start && k.end <= parent.end && k.start <= k.end,
+            "{} [{}, {}] not inside {} [{}, {}]",
+            k.name,
+            k.start,
+            k.end,
+            parent.name,
+            parent.start,
+            parent.end
+        );
+        sum += k.end - k.start;
+        check_nesting(all, k);
+    }
+    assert!(
+        sum <= parent.end - parent.start,
+        "children of {} last {sum} ns, longer than it",
+        parent.name
+    );
+}
+
+/// The one child of `parent` named `name` (or the first, by start time).
+fn child<'a>(all: &'a [Span], parent: &Span, name: &str) -> &'a Span {
+    children(all, parent)
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| {
+            let names: Vec<_> = children(all, parent).iter().map(|s| &s.name).collect();
+            panic!("no {name} under {}: {names:?}", parent.name)
+        })
+}
+
+fn tree(all: &[Span], root: &Span, depth: usize) -> String {
+    let mut out = format!(
+        "{}{} ({} µs)\n",
+        "  ".repeat(depth),
+        root.name,
+        (root.end - root.start) / 1000
+    );
+    for c in children(all, root) {
+        out.push_str(&tree(all, c, depth + 1));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +227,7 @@ async fn request_spans_reach_the_collector_and_the_audit_log() {
     })
     .await
     .unwrap();
-    custos_core::tracing_otlp::install(&endpoint);
+    assert!(custos_core::traces::install(Some(&endpoint)).unwrap());
     let base = format!("http://{}/v1", server.addrs[0]);
     let token = dev.root_token.clone();
     let http = reqwest::Client::new();
@@ -124,50 +259,142 @@ async fn request_spans_reach_the_collector_and_the_audit_log() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    // Spans are batched (200 ms); wait for the traced read and the 404.
+    // Batches leave on the SDK's schedule; flush, then wait for the roots.
+    custos_core::traces::flush().await;
     let mut all = Vec::new();
     for _ in 0..100 {
         all = spans(&got.lock().unwrap());
-        let has_read = all.iter().any(|s| s["traceId"] == CALLER_TRACE);
-        let has_404 = all
+        let roots = all
             .iter()
-            .any(|s| attr(s, "http.response.status_code") == Some(&json!({"intValue": "404"})));
-        if has_read && has_404 {
+            .filter(|s| s.attrs.contains_key("custos.operation"));
+        if roots.count() >= 3 {
             break;
         }
+        custos_core::traces::flush().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let read = all
+    let root_of = |op: &[&str], status: &str| {
+        all.iter()
+            .find(|s| {
+                s.attrs
+                    .get("custos.operation")
+                    .is_some_and(|o| op.contains(&o.as_str()))
+                    && s.attrs.get("http.response.status_code").map(String::as_str) == Some(status)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {op:?} span with status {status}: {all:#?}"))
+    };
+
+    // The traced read continued the caller's trace.
+    let read = root_of(&["read"], "200");
+    assert_eq!(read.trace_id, CALLER_TRACE);
+    assert_eq!(read.parent, CALLER_SPAN);
+    assert_ne!(read.span_id, CALLER_SPAN);
+    assert_eq!(read.name, "custos read");
+    assert_eq!(read.attrs["custos.mount"], "secret/");
+    // The 404 got a span of its own, in a new trace.
+    let missing = root_of(&["read"], "404");
+    assert_ne!(missing.trace_id, CALLER_TRACE);
+    assert!(missing.parent.is_empty() || missing.parent == "0000000000000000");
+
+    // The KV write's tree: each stage in order under the request span, each
+    // child inside its parent's time range, durations that add up.
+    let write = root_of(&["create", "update"], "200");
+    let shown = tree(&all, &write, 0);
+    check_nesting(&all, &write);
+    let stages: Vec<&str> = children(&all, &write)
         .iter()
-        .find(|s| s["traceId"] == CALLER_TRACE)
-        .unwrap_or_else(|| panic!("no span continued the caller's trace: {all:#?}"));
-    assert_eq!(read["parentSpanId"], CALLER_SPAN);
-    assert_ne!(read["spanId"], CALLER_SPAN);
+        .map(|s| s.name.as_str())
+        .filter(|n| *n != "engine.exists")
+        .collect();
     assert_eq!(
-        attr(read, "custos.mount"),
-        Some(&json!({"stringValue": "secret/"}))
+        stages,
+        [
+            "token.lookup",
+            "acl",
+            "audit.write",
+            "engine",
+            "audit.write"
+        ],
+        "{shown}"
     );
+    let kids = children(&all, &write);
+    for pair in kids.windows(2) {
+        assert!(
+            pair[0].end <= pair[1].start,
+            "{} overlaps {}:\n{shown}",
+            pair[0].name,
+            pair[1].name
+        );
+    }
+    let audits: Vec<&&Span> = kids.iter().filter(|s| s.name == "audit.write").collect();
+    assert_eq!(audits[0].attrs["custos.audit.events"], "request", "{shown}");
     assert_eq!(
-        attr(read, "custos.operation"),
-        Some(&json!({"stringValue": "read"}))
+        audits[1].attrs["custos.audit.events"], "response",
+        "{shown}"
     );
+    for a in audits {
+        child(&all, a, "audit.sync_wait");
+    }
+    let engine = child(&all, &write, "engine");
+    assert_eq!(engine.attrs["custos.mount_type"], "kv", "{shown}");
+    let batch = child(&all, engine, "barrier.batch");
+    let raft = child(&all, batch, "raft.write");
+    let append = child(&all, raft, "raft.append");
+    let apply = child(&all, raft, "raft.apply");
+    assert!(append.end <= apply.start, "append after apply:\n{shown}");
+    eprintln!("KV write span tree:\n{shown}");
+
+    // The pipelined read: one audit write for its request and response.
+    let read_stages: Vec<&str> = children(&all, &read)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
     assert_eq!(
-        attr(read, "http.response.status_code"),
-        Some(&json!({"intValue": "200"}))
+        read_stages,
+        ["token.lookup", "acl", "engine", "audit.write"],
+        "{}",
+        tree(&all, &read, 0)
     );
-    // The write and the 404 got spans of their own, in new traces.
-    assert!(all.len() >= 3, "{all:#?}");
-    assert!(all.iter().any(|s| attr(s, "custos.operation")
-        == Some(&json!({"stringValue": "create"}))
-        || attr(s, "custos.operation") == Some(&json!({"stringValue": "update"}))));
-    // Never a token or a secret value in anything exported.
-    let exported = serde_json::to_string(&*got.lock().unwrap()).unwrap();
-    assert!(!exported.contains(&token), "token exported");
-    assert!(!exported.contains(SECRET_VALUE), "secret exported");
+    check_nesting(&all, &read);
+
+    let services = service_names(&got.lock().unwrap());
     assert!(
-        !exported.contains("secret/data/app"),
-        "request path exported"
+        !services.is_empty() && services.iter().all(|s| s == "custos"),
+        "{services:?}"
     );
+
+    // Never a token, a secret value or the request path in anything exported.
+    {
+        let got = got.lock().unwrap();
+        let exported: Vec<u8> = got.bodies.concat();
+        let contains = |needle: &str| {
+            exported
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        };
+        assert!(!contains(&token), "token exported");
+        assert!(!contains(SECRET_VALUE), "secret exported");
+        assert!(!contains("secret/data/app"), "request path exported");
+        assert!(!contains("data/app"), "request path exported");
+    }
+
+    // The exporter counts what it delivered.
+    let metrics = http
+        .get(format!("{base}/sys/metrics?format=prometheus"))
+        .header("X-Vault-Token", &token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("custos_otlp_spans_exported_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no exported-spans counter:\n{metrics}"));
+    assert!(exported >= all.len() as f64, "{exported} < {}", all.len());
 
     // The audit events of the traced read carry the caller's trace id, and
     // every audited request the trace id of an exported span.
@@ -191,7 +418,10 @@ async fn request_spans_reach_the_collector_and_the_audit_log() {
     for e in &read_events {
         assert_eq!(e["trace_id"], CALLER_TRACE, "{e:#}");
     }
-    let trace_ids: Vec<&str> = all.iter().filter_map(|s| s["traceId"].as_str()).collect();
+    // (The metrics request above was traced too.)
+    custos_core::traces::flush().await;
+    let all = spans(&got.lock().unwrap());
+    let trace_ids: Vec<&str> = all.iter().map(|s| s.trace_id.as_str()).collect();
     for e in &events {
         let t = e["trace_id"].as_str().unwrap_or_default();
         assert!(
@@ -199,6 +429,6 @@ async fn request_spans_reach_the_collector_and_the_audit_log() {
             "audit trace id {t:?} not exported: {e:#}"
         );
     }
-    custos_core::tracing_otlp::uninstall();
+    custos_core::traces::shutdown().await;
     server.shutdown().await;
 }

@@ -347,7 +347,7 @@ impl AuditLog {
         })
         .await
         .map_err(|_| AuditError::Closed)?;
-        wait.await.map_err(|_| AuditError::Closed)?
+        sync_wait(wait).await.map_err(|_| AuditError::Closed)?
     }
 
     /// Append several records so that one group commit covers them all:
@@ -366,7 +366,7 @@ impl AuditLog {
         tx.send(Command::Append { payloads, done })
             .await
             .map_err(|_| AuditError::Closed)?;
-        let first = wait.await.map_err(|_| AuditError::Closed)??;
+        let first = sync_wait(wait).await.map_err(|_| AuditError::Closed)??;
         Ok((first..first + n).collect())
     }
 
@@ -512,4 +512,21 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Await the writer's answer (sent once the records are fsynced) inside an
+/// `audit.sync_wait` span when the calling request is traced: a sampled
+/// OpenTelemetry span is current (the server attaches one to a sampled
+/// request's future and installs the global tracer provider). Otherwise —
+/// always, when tracing is off — just await it.
+async fn sync_wait<T>(wait: impl std::future::Future<Output = T>) -> T {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+    if !opentelemetry::Context::map_current(|cx| cx.span().span_context().is_sampled()) {
+        return wait.await;
+    }
+    let tracer = opentelemetry::global::tracer("custos");
+    let mut span = tracer.start_with_context("audit.sync_wait", &opentelemetry::Context::current());
+    let out = wait.await;
+    span.end();
+    out
 }

@@ -819,12 +819,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<_> = entries.into_iter().collect();
         let store = self.clone();
         let started = Instant::now();
+        let traced = crate::traces::enabled().then(|| {
+            let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+            (indexes, std::time::SystemTime::now())
+        });
         let res = blocking(move || store.append_blocking(entries)).await;
         metrics::histogram_record(
             metrics::RAFT_APPEND_SECONDS,
             &[],
             started.elapsed().as_secs_f64(),
         );
+        if let Some((indexes, at)) = traced {
+            let stage = crate::traces::RaftStage::Append;
+            crate::traces::raft_io(stage, indexes, at, std::time::SystemTime::now());
+        }
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

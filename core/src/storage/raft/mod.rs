@@ -369,6 +369,8 @@ struct PendingWrite {
     ops: Vec<BatchOp>,
     bytes: usize,
     done: oneshot::Sender<Result<()>>,
+    /// The caller's `raft.write` span when its request is traced.
+    trace: Option<opentelemetry::Context>,
 }
 
 /// At most this many callers' batches share one Raft entry…
@@ -425,9 +427,11 @@ async fn group_writer(raft: CustosRaft, mut rx: mpsc::Receiver<PendingWrite>) {
 async fn commit_group(raft: CustosRaft, group: Vec<PendingWrite>) {
     let mut ops = Vec::with_capacity(group.iter().map(|w| w.ops.len()).sum());
     let mut waiters = Vec::with_capacity(group.len());
+    let mut traced = Vec::new();
     for w in group {
         ops.extend(w.ops);
         waiters.push(w.done);
+        traced.extend(w.trace);
     }
     metrics::histogram_record(metrics::RAFT_WRITE_GROUP, &[], waiters.len() as f64);
     let started = Instant::now();
@@ -437,6 +441,9 @@ async fn commit_group(raft: CustosRaft, group: Vec<PendingWrite>) {
         &[],
         started.elapsed().as_secs_f64(),
     );
+    if let (Ok(written), false) = (&res, traced.is_empty()) {
+        crate::traces::raft_io_spans(written.log_id.index, &traced);
+    }
     let res = res.map(|_| ()).map_err(write_error_to_core);
     for done in waiters {
         let _ = done.send(match &res {
@@ -795,11 +802,24 @@ impl PhysicalStore for RaftStorage {
             .sum();
         let (done, wait) = oneshot::channel();
         let closed = || CoreError::Unavailable("storage is shutting down".into());
-        self.write_tx
-            .send(PendingWrite { ops, bytes, done })
-            .await
-            .map_err(|_| closed())?;
-        wait.await.map_err(|_| closed())?
+        // Traced: this write's `raft.write` span, with the group's log
+        // append and apply as its children (see `commit_group`).
+        let trace = crate::traces::child("raft.write");
+        let pending = PendingWrite {
+            ops,
+            bytes,
+            done,
+            trace: trace.clone(),
+        };
+        let res = match self.write_tx.send(pending).await {
+            Ok(()) => wait.await.map_err(|_| closed()).and_then(|r| r),
+            Err(_) => Err(closed()),
+        };
+        if let Some(cx) = trace {
+            use opentelemetry::trace::TraceContextExt as _;
+            cx.span().end();
+        }
+        res
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -407,12 +407,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if durable {
             self.unsynced.store(0, Ordering::Relaxed);
         }
+        let traced = crate::traces::enabled().then(|| {
+            let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+            (indexes, std::time::SystemTime::now())
+        });
         let res = blocking(move || apply_entries(&db, entries, durable)).await;
         metrics::histogram_record(
             metrics::RAFT_APPLY_SECONDS,
             &[],
             started.elapsed().as_secs_f64(),
         );
+        if let Some((indexes, at)) = traced {
+            let stage = crate::traces::RaftStage::Apply;
+            crate::traces::raft_io(stage, indexes, at, std::time::SystemTime::now());
+        }
         res.map_err(sm_write_err)
     }
 

@@ -1,0 +1,759 @@
+//! OpenTelemetry request traces through the `opentelemetry` SDK, exported as
+//! OTLP http/protobuf by `opentelemetry-otlp`.
+//!
+//! **Where spans come from.** [`RequestSpan::start`] is called by
+//! `Core::handle` for every API request: it continues the caller's trace
+//! when the request carries a valid W3C `traceparent` header (put into
+//! `Request::headers` by the HTTP layer), or starts a new one, and rewrites
+//! that header to the request span's own context so `audit.rs` writes the
+//! trace id ([`trace_id_of`]) into the request's audit events. While a
+//! sampled request runs, its context is current (attached to the request's
+//! future), and each stage opens a child of whatever span is current with
+//! [`in_span`]: `token.lookup`, `acl`, `audit.write` (with the audit log's
+//! own `audit.sync_wait` inside, in `custos-audit`), `engine`, `barrier.*`,
+//! `raft.write`. Raft's log append and state-machine apply run in openraft's
+//! tasks, for a whole group of writes at once: the storage records their
+//! times per log index ([`raft_io`]) and the group writer turns them into
+//! `raft.append` / `raft.apply` children of every traced write in the group
+//! ([`raft_io_spans`]). Spans carry the mount, operation, status, request
+//! id and mount type — never a path, a token, or request or response data.
+//!
+//! **Where they go.** [`install`] builds the pipeline from the
+//! `telemetry { otlp_endpoint = "..." }` HCL setting or the standard
+//! environment: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is),
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/traces` appended),
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` / `..._TRACES_PROTOCOL` (only
+//! `http/protobuf`, the default), `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME` (default `custos`),
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` (default
+//! `parentbased_always_on`), `OTEL_BSP_*`; `OTEL_SDK_DISABLED=true` or
+//! `OTEL_TRACES_EXPORTER=none` turn it off. The HCL setting wins over the
+//! endpoint variables, as programmatic configuration does in the SDK.
+//! Finished spans go to the SDK's batch processor: a bounded queue
+//! ([`QUEUE_SIZE_DEFAULT`], `OTEL_BSP_MAX_QUEUE_SIZE`) drained by its own
+//! thread, which POSTs batches with reqwest's blocking client, so a slow
+//! collector never slows a request; a span that finds the queue full is
+//! dropped and counted (`custos_otlp_spans_dropped_total{reason="queue_full"}`),
+//! as is a batch the collector refused (`export_failed`). [`shutdown`]
+//! exports what is queued.
+//!
+//! **Off by default.** With no endpoint configured nothing is installed:
+//! every instrumentation point costs one relaxed atomic load, no SDK span
+//! is created and no trace id is invented (a caller's valid `traceparent`
+//! still reaches the audit events). Unsampled requests get an SDK span
+//! context (for the audit trace id) but no context is attached and no child
+//! span is created.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+    TraceState, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
+
+use crate::logical::Request;
+use crate::metrics as m;
+
+/// The request header carrying the W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// Finished spans waiting for export when `OTEL_BSP_MAX_QUEUE_SIZE` is unset
+/// (the SDK's default); more are dropped (`reason="queue_full"`).
+pub const QUEUE_SIZE_DEFAULT: usize = 2048;
+/// The instrumentation scope and default `service.name`.
+pub const SERVICE: &str = "custos";
+/// How long [`shutdown`] waits for the last export.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why tracing could not be set up; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{var}={value:?} is not supported: Custos exports OTLP over http/protobuf only")]
+    Protocol { var: &'static str, value: String },
+    #[error("OTEL_TRACES_EXPORTER={0:?} is not supported: use otlp or none")]
+    Exporter(String),
+    #[error("{var}={value:?}: {reason}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("OTLP trace exporter for {endpoint}: {reason}")]
+    Build { endpoint: String, reason: String },
+}
+
+/// A W3C trace context (`traceparent`): 16-byte trace id, 8-byte span id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Parse a `traceparent` header value (`00-<32 hex>-<16 hex>-<2 hex>`).
+    /// All-zero ids, version `ff` and malformed values are rejected.
+    pub fn parse(header: &str) -> Option<TraceContext> {
+        let parts: Vec<&str> = header.trim().split('-').collect();
+        if parts.len() < 4 {
+            return None;
+        }
+        let (version, tid, sid, flags) = (parts[0], parts[1], parts[2], parts[3]);
+        // Version 00 has exactly four fields; later versions may add more.
+        if version.len() != 2 || version.eq_ignore_ascii_case("ff") {
+            return None;
+        }
+        if version == "00" && parts.len() != 4 {
+            return None;
+        }
+        let lower = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !(lower(version) && lower(tid) && lower(sid) && lower(flags)) || flags.len() != 2 {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        hex::decode_to_slice(tid, &mut trace_id).ok()?;
+        hex::decode_to_slice(sid, &mut span_id).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    /// The `traceparent` header value of this context.
+    pub fn header(&self) -> String {
+        format!(
+            "00-{}-{}-{}",
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+
+    fn of(sc: &SpanContext) -> TraceContext {
+        TraceContext {
+            trace_id: sc.trace_id().to_bytes(),
+            span_id: sc.span_id().to_bytes(),
+            sampled: sc.is_sampled(),
+        }
+    }
+
+    /// This context as the remote parent of a new span.
+    fn remote_parent(&self) -> Context {
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            flags,
+            true,
+            TraceState::default(),
+        ))
+    }
+}
+
+/// The trace id (32 lowercase hex digits) of a request `Core::handle` has
+/// started a span for, or whose caller sent a trace context.
+pub fn trace_id_of(req: &Request) -> Option<String> {
+    req.headers
+        .get(TRACEPARENT)
+        .and_then(|h| TraceContext::parse(h))
+        .map(|c| c.trace_id_hex())
+}
+
+/// The installed pipeline.
+struct Pipeline {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+}
+
+/// Set together with [`PIPELINE`]; read on every instrumentation point.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static PIPELINE: RwLock<Option<Pipeline>> = RwLock::new(None);
+
+/// Whether a trace exporter is installed.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+fn tracer() -> Option<SdkTracer> {
+    PIPELINE
+        .read()
+        .ok()
+        .and_then(|g| g.as_ref().map(|p| p.tracer.clone()))
+}
+
+/// The export settings resolved from the HCL setting and the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportPlan {
+    /// The full URL spans are POSTed to (`.../v1/traces`).
+    pub endpoint: String,
+    /// Finished spans that may wait for export.
+    pub queue_size: usize,
+}
+
+/// `http://collector:4318` → `http://collector:4318/v1/traces`; a URL
+/// already ending in `/v1/traces` is kept.
+fn traces_url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+/// Resolve where (and whether) to export, from `otlp_endpoint` (HCL) and
+/// the environment `env`. `Ok(None)`: tracing stays off.
+pub fn plan(
+    otlp_endpoint: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<ExportPlan>, TraceError> {
+    let var = |k: &str| {
+        env(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    match var("OTEL_TRACES_EXPORTER") {
+        Some(e) if e.eq_ignore_ascii_case("none") => return Ok(None),
+        Some(e) if !e.eq_ignore_ascii_case("otlp") => return Err(TraceError::Exporter(e)),
+        _ => {}
+    }
+    let endpoint = match otlp_endpoint.filter(|e| !e.is_empty()) {
+        Some(e) => traces_url(e),
+        None => match (
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(e), _) => e,
+            (None, Some(e)) => traces_url(&e),
+            (None, None) => return Ok(None),
+        },
+    };
+    for v in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(p) = var(v) {
+            if p != "http/protobuf" {
+                return Err(TraceError::Protocol { var: v, value: p });
+            }
+            break;
+        }
+    }
+    let queue_size = match var("OTEL_BSP_MAX_QUEUE_SIZE") {
+        None => QUEUE_SIZE_DEFAULT,
+        Some(q) => match q.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(TraceError::Invalid {
+                    var: "OTEL_BSP_MAX_QUEUE_SIZE",
+                    value: q,
+                    reason: "must be a positive integer".into(),
+                });
+            }
+        },
+    };
+    Ok(Some(ExportPlan {
+        endpoint,
+        queue_size,
+    }))
+}
+
+/// The resource: `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` as the
+/// SDK reads them, with `service.name` defaulting to `custos`.
+fn resource() -> Resource {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+            v.split(',')
+                .any(|kv| kv.split('=').next().map(str::trim) == Some("service.name"))
+        });
+    let builder = Resource::builder();
+    if named {
+        builder.build()
+    } else {
+        builder.with_service_name(SERVICE).build()
+    }
+}
+
+/// Set up the pipeline from `otlp_endpoint` (HCL) and the environment (see
+/// the module docs), replacing any earlier one. `Ok(false)`: tracing is off.
+/// Call from within a Tokio runtime or not; export runs on its own thread.
+pub fn install(otlp_endpoint: Option<&str>) -> Result<bool, TraceError> {
+    let Some(plan) = plan(otlp_endpoint, |k| std::env::var(k).ok())? else {
+        return Ok(false);
+    };
+    let build_err = |reason: String| TraceError::Build {
+        endpoint: plan.endpoint.clone(),
+        reason,
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(plan.endpoint.clone())
+        .build()
+        .map_err(|e| build_err(e.to_string()))?;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let batch = BatchSpanProcessor::builder(CountingExporter {
+        inner: exporter,
+        queued: queued.clone(),
+    })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            .with_max_queue_size(plan.queue_size)
+            .build(),
+    )
+    .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(BoundedProcessor {
+            inner: batch,
+            queued,
+            capacity: plan.queue_size,
+        })
+        .with_resource(resource())
+        .build();
+    let tracer = provider.tracer(SERVICE);
+    // `custos-audit` opens its `audit.sync_wait` spans through the global
+    // provider (it does not depend on this crate).
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let old = PIPELINE.write().ok().and_then(|mut g| {
+        let old = g.take();
+        *g = Some(Pipeline { provider, tracer });
+        old
+    });
+    ENABLED.store(true, Ordering::Relaxed);
+    if let Some(old) = old {
+        stop_provider(old.provider);
+    }
+    tracing::info!(endpoint = %plan.endpoint, "exporting request traces over OTLP http/protobuf");
+    Ok(true)
+}
+
+/// Shut `provider` down (exporting what it holds) on a thread of its own:
+/// the SDK blocks until its batch thread is done.
+fn stop_provider(provider: SdkTracerProvider) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        if let Err(e) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+            tracing::warn!(error = %e, "OTLP trace exporter: shutdown");
+        }
+    })
+}
+
+/// Export every finished span now (tests, and before a planned stop).
+pub async fn flush() {
+    let provider = PIPELINE
+        .read()
+        .ok()
+        .and_then(|g| g.as_ref().map(|p| p.provider.clone()));
+    if let Some(p) = provider {
+        let _ = tokio::task::spawn_blocking(move || p.force_flush()).await;
+    }
+}
+
+/// Stop tracing: no new spans; what is queued is exported (bounded by a
+/// timeout) before this returns.
+pub async fn shutdown() {
+    ENABLED.store(false, Ordering::Relaxed);
+    let old = PIPELINE.write().ok().and_then(|mut g| g.take());
+    if let Some(old) = old {
+        drop(old.tracer);
+        let handle = stop_provider(old.provider);
+        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    }
+}
+
+/// The OTLP exporter, counting what it delivers and what the collector
+/// refused, and releasing queue slots ([`BoundedProcessor`]).
+#[derive(Debug)]
+struct CountingExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    queued: Arc<AtomicUsize>,
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => ::metrics::counter!(m::OTLP_SPANS_EXPORTED).increment(n as u64),
+            Err(e) => {
+                tracing::warn!(error = %e, spans = n, "OTLP trace export failed");
+                ::metrics::counter!(m::OTLP_SPANS_DROPPED, "reason" => "export_failed")
+                    .increment(n as u64);
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The SDK's batch processor behind a slot count of the same capacity as
+/// its queue: a span that finds every slot taken is dropped here and
+/// counted, where the SDK would drop it silently. Slots are released when
+/// the batch thread hands spans to the exporter, so the SDK's own queue
+/// never overflows.
+#[derive(Debug)]
+struct BoundedProcessor {
+    inner: BatchSpanProcessor,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl SpanProcessor for BoundedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            m::counter_inc(m::OTLP_SPANS_DROPPED, &[("reason", "queue_full".into())]);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The root span of one API request (see the module docs).
+pub struct RequestSpan {
+    /// The request's context with its span.
+    cx: Context,
+}
+
+impl RequestSpan {
+    /// Start the span for `req` when tracing is on, continuing the caller's
+    /// `traceparent`, and set the request's `traceparent` to it. `None` when
+    /// tracing is off: the request keeps a valid caller `traceparent` (its
+    /// trace id reaches the audit events) and loses an invalid one.
+    pub fn start(req: &mut Request) -> Option<RequestSpan> {
+        let incoming = req
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|h| TraceContext::parse(h));
+        if incoming.is_none() {
+            req.headers.remove(TRACEPARENT);
+        }
+        if !enabled() {
+            return None;
+        }
+        let tracer = tracer()?;
+        let parent = incoming.map_or_else(Context::new, |c| c.remote_parent());
+        let span = tracer
+            .span_builder(format!("custos {}", req.operation.as_str()))
+            .with_kind(SpanKind::Server)
+            .start_with_context(&tracer, &parent);
+        let sc = span.span_context();
+        if sc.is_valid() {
+            req.headers
+                .insert(TRACEPARENT.into(), TraceContext::of(sc).header());
+        }
+        Some(RequestSpan {
+            cx: parent.with_span(span),
+        })
+    }
+
+    /// Whether this request is sampled (its stages get spans).
+    pub fn is_recording(&self) -> bool {
+        self.cx.span().is_recording()
+    }
+
+    /// Run `fut` (the request's pipeline) with this span current, so its
+    /// stages nest under it; unsampled requests run it as is.
+    pub async fn run<F: Future>(&self, fut: F) -> F::Output {
+        if self.is_recording() {
+            fut.with_context(self.cx.clone()).await
+        } else {
+            fut.await
+        }
+    }
+
+    /// End the span with the request's mount point, operation, id and HTTP
+    /// status.
+    pub fn finish(self, mount: &str, operation: &'static str, request_id: &str, status: u16) {
+        let span = self.cx.span();
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("custos.mount", mount.to_string()),
+                KeyValue::new("custos.operation", operation),
+                KeyValue::new("custos.request_id", request_id.to_string()),
+                KeyValue::new("http.response.status_code", i64::from(status)),
+            ]);
+            // The OTel HTTP server convention: 5xx are errors, 4xx the caller's.
+            if status >= 500 {
+                span.set_status(Status::error(""));
+            }
+        }
+        span.end();
+    }
+}
+
+/// A child of the current span named `name`, as a context to make current,
+/// when the current span is sampled; `None` (nothing created) otherwise.
+pub fn child(name: &'static str) -> Option<Context> {
+    if !enabled() {
+        return None;
+    }
+    if !Context::map_current(|cx| cx.span().span_context().is_sampled()) {
+        return None;
+    }
+    let tracer = tracer()?;
+    let parent = Context::current();
+    let span = tracer.start_with_context(name, &parent);
+    Some(parent.with_span(span))
+}
+
+/// Run `fut` inside a child span `name` of the current span (see [`child`]);
+/// `attrs` are bounded values (mount type, operation), never paths or data.
+pub async fn in_span<F: Future>(
+    name: &'static str,
+    attrs: &[(&'static str, &str)],
+    fut: F,
+) -> F::Output {
+    match child(name) {
+        None => fut.await,
+        Some(cx) => {
+            for (k, v) in attrs {
+                cx.span().set_attribute(KeyValue::new(*k, v.to_string()));
+            }
+            let out = fut.with_context(cx.clone()).await;
+            cx.span().end();
+            out
+        }
+    }
+}
+
+/// A stage of Raft I/O that [`raft_io`] times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftStage {
+    /// The log append and its fsync.
+    Append,
+    /// The state machine apply.
+    Apply,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct RaftTimes {
+    append: Option<(SystemTime, SystemTime)>,
+    apply: Option<(SystemTime, SystemTime)>,
+}
+
+/// Times recorded per log index while tracing is on, taken by the group
+/// writer; bounded (entries nobody takes, such as membership entries, are
+/// forgotten oldest first).
+static RAFT_TIMES: Mutex<BTreeMap<u64, RaftTimes>> = Mutex::new(BTreeMap::new());
+const RAFT_TIMES_MAX: usize = 1024;
+
+/// Record that `stage` ran from `start` to `end` for the entries `indexes`
+/// (only while tracing is on).
+pub fn raft_io(
+    stage: RaftStage,
+    indexes: impl IntoIterator<Item = u64>,
+    start: SystemTime,
+    end: SystemTime,
+) {
+    if !enabled() {
+        return;
+    }
+    let Ok(mut times) = RAFT_TIMES.lock() else {
+        return;
+    };
+    for i in indexes {
+        let t = times.entry(i).or_default();
+        match stage {
+            RaftStage::Append => t.append = Some((start, end)),
+            RaftStage::Apply => t.apply = Some((start, end)),
+        }
+    }
+    while times.len() > RAFT_TIMES_MAX {
+        times.pop_first();
+    }
+}
+
+/// Add `raft.append` and `raft.apply` spans for log entry `index` (recorded
+/// by [`raft_io`]) under each of `parents` (the `raft.write` spans of the
+/// traced writes the entry carried).
+pub fn raft_io_spans(index: u64, parents: &[Context]) {
+    let times = RAFT_TIMES
+        .lock()
+        .ok()
+        .and_then(|mut t| t.remove(&index))
+        .unwrap_or_default();
+    let Some(tracer) = tracer() else {
+        return;
+    };
+    for parent in parents {
+        for (name, t) in [("raft.append", times.append), ("raft.apply", times.apply)] {
+            if let Some((start, end)) = t {
+                let mut span = tracer
+                    .span_builder(name)
+                    .with_start_time(start)
+                    .start_with_context(&tracer, parent);
+                span.end_with_timestamp(end);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logical::Operation;
+
+    #[test]
+    fn traceparent_parse_and_format() {
+        let h = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let c = TraceContext::parse(h).unwrap();
+        assert_eq!(c.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(c.sampled);
+        assert_eq!(c.header(), h);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn without_an_exporter_the_callers_trace_id_is_kept_and_no_span_made() {
+        let mut req = Request::new(Operation::Read, "secret/data/x");
+        let h = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        req.headers.insert(TRACEPARENT.into(), h.into());
+        assert!(RequestSpan::start(&mut req).is_none());
+        assert_eq!(
+            trace_id_of(&req).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let mut bad = Request::new(Operation::Read, "secret/data/x");
+        bad.headers.insert(TRACEPARENT.into(), "garbage".into());
+        assert!(RequestSpan::start(&mut bad).is_none());
+        assert_eq!(trace_id_of(&bad), None);
+        assert!(child("engine").is_none());
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn plan_reads_the_hcl_setting_and_the_otel_variables() {
+        assert_eq!(plan(None, env(&[])).unwrap(), None);
+        let p = plan(Some("http://c:4318/"), env(&[])).unwrap().unwrap();
+        assert_eq!(p.endpoint, "http://c:4318/v1/traces");
+        assert_eq!(p.queue_size, QUEUE_SIZE_DEFAULT);
+        let p = plan(
+            None,
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://e:4318")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.endpoint, "http://e:4318/v1/traces");
+        // The per-signal variable is used as is and wins over the general one.
+        let both = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://e:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9999/custom"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+        ];
+        let p = plan(None, env(&both)).unwrap().unwrap();
+        assert_eq!(p.endpoint, "http://t:9999/custom");
+        assert_eq!(p.queue_size, 64);
+        // The HCL setting wins over the variables.
+        let p = plan(Some("http://h:4318/v1/traces"), env(&both))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.endpoint, "http://h:4318/v1/traces");
+        let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://e:4318");
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            assert_eq!(plan(None, env(&[ep, off])).unwrap(), None);
+        }
+        assert!(
+            plan(
+                None,
+                env(&[ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
+            )
+            .unwrap()
+            .is_some()
+        );
+        let e = plan(None, env(&[ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).unwrap_err();
+        assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
+        let e = plan(
+            None,
+            env(&[
+                ep,
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("TRACES_PROTOCOL"), "{e}");
+        assert!(plan(None, env(&[ep, ("OTEL_TRACES_EXPORTER", "zipkin")])).is_err());
+        assert!(plan(None, env(&[ep, ("OTEL_BSP_MAX_QUEUE_SIZE", "0")])).is_err());
+    }
+}
