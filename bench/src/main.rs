@@ -18,6 +18,7 @@
 mod audit_modes;
 mod client;
 mod durability;
+mod kek;
 mod load;
 mod plot;
 mod report;
@@ -65,6 +66,24 @@ enum Cmd {
     Run(RunArgs),
     /// Start Custos and OpenBao and compare them workload by workload.
     Compare(Box<CompareArgs>),
+    /// KEK rotation at scale with the real rotator: seal --deks envelope
+    /// records in a fresh Custos, rotate, check every record (a scale run,
+    /// not a test; the rewrap call side by side is `compare --workloads
+    /// transit-rewrap-batch100`).
+    KekRotation {
+        /// The custos binary (default: target/release/custos).
+        #[arg(long)]
+        custos_bin: Option<PathBuf>,
+        /// Wrapped-DEK records to seal, rewrap and check.
+        #[arg(long, default_value_t = 100_000)]
+        deks: usize,
+        /// Where the server's data goes (replaced).
+        #[arg(long, default_value = "target/bench/kek")]
+        dir: PathBuf,
+        /// Write the JSON report here too.
+        #[arg(long, default_value = "target/bench/kek-rotation.json")]
+        output: PathBuf,
+    },
     /// Draw the scaling-curve PNG from a JSON report.
     Plot {
         #[arg(long, default_value = "target/bench/latest.json")]
@@ -230,6 +249,24 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Run(a) => run_one(a).await,
             Cmd::Compare(a) => compare(*a).await,
+            Cmd::KekRotation {
+                custos_bin,
+                deks,
+                dir,
+                output,
+            } => {
+                let bin =
+                    custos_bin.unwrap_or_else(|| workspace_root().join("target/release/custos"));
+                let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
+                let report = kek::run(&bin, deks, &dir).await?;
+                let text = serde_json::to_string_pretty(&report)?;
+                if let Some(parent) = output.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&output, &text)?;
+                println!("{text}");
+                Ok(true)
+            }
             Cmd::Plot { input, output } => {
                 let r: Report = serde_json::from_slice(
                     &std::fs::read(&input)

@@ -33,6 +33,7 @@ pub enum Workload {
     TransitEncrypt,
     TransitDecrypt,
     TransitEncryptBatch100,
+    TransitRewrapBatch100,
     TokenCreateLookup,
     TokenLookup,
     KvRead1Mib,
@@ -68,6 +69,11 @@ const NAMES: &[(Workload, &str, &str)] = &[
         Workload::TransitEncryptBatch100,
         "transit-encrypt-batch100",
         "POST transit/encrypt/bench with batch_input of 100 x 32 B (rps = requests)",
+    ),
+    (
+        Workload::TransitRewrapBatch100,
+        "transit-rewrap-batch100",
+        "POST transit/rewrap/bench-kek with batch_input of 100 v1 ciphertexts of 32 B DEKs, key at v2: the rotator's KEK rewrap call (rps = requests; DEKs/s = 100 x rps)",
     ),
     (
         Workload::TokenCreateLookup,
@@ -108,7 +114,10 @@ impl Workload {
     pub fn needs_transit(self) -> bool {
         matches!(
             self,
-            Workload::TransitEncrypt | Workload::TransitDecrypt | Workload::TransitEncryptBatch100
+            Workload::TransitEncrypt
+                | Workload::TransitDecrypt
+                | Workload::TransitEncryptBatch100
+                | Workload::TransitRewrapBatch100
         )
     }
 }
@@ -161,6 +170,8 @@ pub struct Fixture {
     write_body: Bytes,
     encrypt_body: Bytes,
     batch_body: Bytes,
+    /// `batch_input` of 100 ciphertexts under `bench-kek` v1 (the key is at v2).
+    rewrap_body: Option<Bytes>,
     create_body: Bytes,
     /// Time and rate of the KV pre-population, per batch.
     pub populate_log: Vec<PopulateStat>,
@@ -204,6 +215,7 @@ impl Fixture {
             write_body: kv_body(&random_text(&mut rng, 64)),
             encrypt_body: Bytes::from(json!({ "plaintext": pt }).to_string()),
             batch_body: Bytes::from(json!({ "batch_input": batch }).to_string()),
+            rewrap_body: None,
             create_body: Bytes::from(json!({ "policies": ["default"], "ttl": "1h" }).to_string()),
             populate_log: Vec::new(),
         }
@@ -221,7 +233,43 @@ impl Fixture {
             Workload::TransitEncrypt
             | Workload::TransitDecrypt
             | Workload::TransitEncryptBatch100 => self.ensure_transit(c).await,
+            Workload::TransitRewrapBatch100 => self.ensure_rewrap(c).await,
         }
+    }
+
+    /// A KEK `bench-kek` with 100 DEK-sized ciphertexts under its v1, then
+    /// rotated to v2: every rewrap call decrypts under v1 and encrypts under
+    /// v2, as the rotator's KEK rewrap does.
+    async fn ensure_rewrap(&mut self, c: &VaultClient) -> Result<()> {
+        if let Some(why) = &self.transit_missing {
+            bail!("transit unavailable: {why}");
+        }
+        if self.rewrap_body.is_some() {
+            return Ok(());
+        }
+        c.post_json("transit/keys/bench-kek", &json!({ "type": "aes256-gcm96" }))
+            .await?;
+        let v = c
+            .post_json(
+                "transit/encrypt/bench-kek",
+                &serde_json::from_slice(&self.batch_body)?,
+            )
+            .await?;
+        let items: Vec<serde_json::Value> = v["data"]["batch_results"]
+            .as_array()
+            .ok_or_else(|| anyhow!("transit/encrypt batch: no data.batch_results in reply"))?
+            .iter()
+            .map(|r| {
+                r["ciphertext"]
+                    .as_str()
+                    .map(|ct| json!({ "ciphertext": ct }))
+                    .ok_or_else(|| anyhow!("transit/encrypt batch: an item has no ciphertext"))
+            })
+            .collect::<Result<_>>()?;
+        c.post_json("transit/keys/bench-kek/rotate", &json!({}))
+            .await?;
+        self.rewrap_body = Some(Bytes::from(json!({ "batch_input": items }).to_string()));
+        Ok(())
     }
 
     /// Pre-populate read keys `kv_keys..n` with `conc` parallel writers.
@@ -427,6 +475,20 @@ pub async fn op(
                 "transit encrypt batch",
                 c.post("transit/encrypt/bench", fx.batch_body.clone()).await
             );
+            Ok(1)
+        }
+        Workload::TransitRewrapBatch100 => {
+            let body = fx
+                .rewrap_body
+                .clone()
+                .ok_or("transit rewrap: fixture not prepared")?;
+            let r = check!(
+                "transit rewrap batch",
+                c.post("transit/rewrap/bench-kek", body).await
+            );
+            if !r.body.windows(10).any(|w| w == b"\"vault:v2:") {
+                return Err("transit rewrap batch: no v2 ciphertext in reply".into());
+            }
             Ok(1)
         }
         Workload::TransitDecrypt => {

@@ -183,6 +183,8 @@ pub enum JobKind {
         /// The data field of a DEK record holding the wrapped DEK.
         dek_field: String,
         batch_size: usize,
+        /// Parallel record reads and writes while rewrapping.
+        concurrency: usize,
     },
 }
 
@@ -512,6 +514,7 @@ impl<'a> Parser<'a> {
         let mut dek_prefix = None;
         let mut dek_field = None;
         let mut batch_size = None;
+        let mut concurrency = None;
         let mut consumers = None;
         let mut grace = Duration::from_secs(600);
         let mut deadline = Duration::from_secs(24 * 3600);
@@ -572,6 +575,13 @@ impl<'a> Parser<'a> {
                     }
                     batch_size = Some(n as usize);
                 }
+                "concurrency" => {
+                    let n = self.integer(at, e)?;
+                    if !(1..=256).contains(&n) {
+                        return Err(self.err(at, "must be between 1 and 256"));
+                    }
+                    concurrency = Some(n as usize);
+                }
                 "consumers" => {
                     let list = self.strings(at, e)?;
                     let mut uniq = BTreeSet::new();
@@ -605,7 +615,7 @@ impl<'a> Parser<'a> {
                     return Err(self.err(
                         at,
                         format!(
-                            "unknown key {other:?} (expected kind, schedule, timezone, secret, field, provider, transit_key, dek_prefix, dek_field, batch_size, consumers, grace, deadline, on_stuck or poll_interval)"
+                            "unknown key {other:?} (expected kind, schedule, timezone, secret, field, provider, transit_key, dek_prefix, dek_field, batch_size, concurrency, consumers, grace, deadline, on_stuck or poll_interval)"
                         ),
                     ));
                 }
@@ -662,6 +672,7 @@ impl<'a> Parser<'a> {
                 only("dek_prefix", dek_prefix.is_some(), "api_key")?;
                 only("dek_field", dek_field.is_some(), "api_key")?;
                 only("batch_size", batch_size.is_some(), "api_key")?;
+                only("concurrency", concurrency.is_some(), "api_key")?;
                 JobKind::ApiKey {
                     secret: secret.ok_or_else(|| missing("secret"))?,
                     provider: provider.ok_or_else(|| missing("provider"))?,
@@ -679,6 +690,7 @@ impl<'a> Parser<'a> {
                     dek_prefix: dek_prefix.ok_or_else(|| missing("dek_prefix"))?,
                     dek_field: dek_field.unwrap_or_else(|| "wrapped_dek".into()),
                     batch_size: batch_size.unwrap_or(custos_envelope::BATCH_SIZE),
+                    concurrency: concurrency.unwrap_or(32),
                 }
             }
             other => {

@@ -34,6 +34,7 @@ pub const EXIT_HELD: u8 = 3;
 /// One run of `job` now. Returns the exit code and the line to print.
 pub async fn run_once(engine: &Engine, job: &JobConfig) -> (u8, String) {
     let started = Instant::now();
+    let started_unix = crate::engine::now();
     // Waiting in verify ends by itself at the deadline (the run is then
     // held); this bound only stops waiting on another process's claim.
     let limit = job.deadline + engine.claim_ttl * 2 + Duration::from_secs(60);
@@ -75,11 +76,11 @@ pub async fn run_once(engine: &Engine, job: &JobConfig) -> (u8, String) {
                 );
             }
             Tick::Idle => {
-                // Another rotator finished the run this one was waiting on.
-                let started_at = crate::engine::now() - started.elapsed().as_secs() as i64;
+                // Another rotator finished the run this one was waiting on
+                // (both times are whole seconds: compare the floors).
                 if let Ok(l) = engine.store.load(&job.name).await
                     && let Some(last) = l.state.last_run
-                    && last.finished_at >= started_at
+                    && last.finished_at >= started_unix
                 {
                     return (
                         EXIT_DONE,
@@ -152,13 +153,14 @@ pub async fn serve(
     engine: Arc<Engine>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    let mut exporter = None;
     if let Some(addr) = &cfg.prometheus_listen {
         let handle = m::install()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("telemetry prometheus_listen {addr}: {e}"))?;
         tracing::info!("metrics on http://{addr}/metrics");
-        tokio::spawn(serve_metrics(listener, handle));
+        exporter = Some(tokio::spawn(serve_metrics(listener, handle)));
     }
     // Every job's counters exist from the start (at 0), so rate() and the
     // alerts see a series before the first outcome.
@@ -222,6 +224,10 @@ pub async fn serve(
     // until it expires).
     for lock in locks.values() {
         let _ = tokio::time::timeout(Duration::from_secs(30), lock.lock()).await;
+    }
+    if let Some(task) = exporter {
+        task.abort();
+        let _ = task.await;
     }
     Ok(())
 }

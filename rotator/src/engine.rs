@@ -543,7 +543,7 @@ impl Engine {
 
     // ------------------------------------------------------------ kek
 
-    fn kek_parts(job: &JobConfig) -> Option<(&str, &str, &KvPath, &str, usize)> {
+    fn kek_parts(job: &JobConfig) -> Option<(&str, &str, &KvPath, &str, usize, usize)> {
         match &job.kind {
             JobKind::Kek {
                 transit_mount,
@@ -551,14 +551,22 @@ impl Engine {
                 dek_prefix,
                 dek_field,
                 batch_size,
-            } => Some((transit_mount, key, dek_prefix, dek_field, *batch_size)),
+                concurrency,
+            } => Some((
+                transit_mount,
+                key,
+                dek_prefix,
+                dek_field,
+                *batch_size,
+                *concurrency,
+            )),
             JobKind::ApiKey { .. } => None,
         }
     }
 
     async fn kek_create(&self, s: &mut Session<'_>, run: &mut Run) -> Result<Step, RunError> {
         let job = s.job;
-        let Some((mount, key, _, _, _)) = Self::kek_parts(job) else {
+        let Some((mount, key, ..)) = Self::kek_parts(job) else {
             return Err(self.err(job, Step::Create, Cause::Invalid("not a kek job".into())));
         };
         let read = || async {
@@ -606,7 +614,7 @@ impl Engine {
 
     async fn kek_promote(&self, s: &mut Session<'_>, run: &mut Run) -> Result<Step, RunError> {
         let job = s.job;
-        let Some((mount, key, prefix, field, batch)) = Self::kek_parts(job) else {
+        let Some((mount, key, prefix, field, batch, parallel)) = Self::kek_parts(job) else {
             return Err(self.err(job, Step::Promote, Cause::Invalid("not a kek job".into())));
         };
         let new = run.new_version.unwrap_or(0);
@@ -621,7 +629,7 @@ impl Engine {
         let mut done = 0u64;
         for chunk in names.chunks(batch) {
             let moved = self
-                .rewrap_chunk(job, &transit, key, prefix, field, new, chunk)
+                .rewrap_chunk(job, &transit, (key, prefix, field, parallel), new, chunk)
                 .await?;
             done += moved;
             run.rewrapped = done;
@@ -634,18 +642,14 @@ impl Engine {
     /// Rewrap the records `names` whose wrapped DEK is older than `new`;
     /// each is written back with check-and-set, and re-read and redone when
     /// an application wrote it meanwhile. Returns how many moved.
-    #[allow(clippy::too_many_arguments)]
     async fn rewrap_chunk(
         &self,
         job: &JobConfig,
         transit: &custos_envelope::TransitClient,
-        key: &str,
-        prefix: &KvPath,
-        field: &str,
+        (key, prefix, field, parallel): (&str, &KvPath, &str, usize),
         new: u64,
         names: &[String],
     ) -> Result<u64, RunError> {
-        const PARALLEL: usize = 16;
         let err = |e: ApiError| self.err(job, Step::Promote, e);
         let mut pending: Vec<String> = names.to_vec();
         let mut moved = 0u64;
@@ -659,7 +663,7 @@ impl Engine {
                     let p = prefix.child(&n);
                     self.api.kv_read(&p, None).await.map(|r| (n, p, r))
                 })
-                .buffer_unordered(PARALLEL)
+                .buffer_unordered(parallel)
                 .collect()
                 .await;
             let mut stale = Vec::new();
@@ -705,7 +709,7 @@ impl Engine {
                         Err(e) => Err(Cause::Api(e)),
                     }
                 })
-                .buffer_unordered(PARALLEL)
+                .buffer_unordered(parallel)
                 .collect()
                 .await;
             pending.clear();
@@ -735,7 +739,7 @@ impl Engine {
 
     async fn kek_retire(&self, s: &mut Session<'_>, run: &mut Run) -> Result<Step, RunError> {
         let job = s.job;
-        let Some((mount, key, _, _, _)) = Self::kek_parts(job) else {
+        let Some((mount, key, ..)) = Self::kek_parts(job) else {
             return Err(self.err(job, Step::Retire, Cause::Invalid("not a kek job".into())));
         };
         let new = run.new_version.unwrap_or(0);

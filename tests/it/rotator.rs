@@ -921,3 +921,69 @@ job "v1" {
         text(&o)
     );
 }
+
+#[test]
+fn a_server_sealed_mid_run_is_waited_out_and_nothing_is_retired_early() {
+    let s = dev_server();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = "secret/payments/sealed-key";
+    let cfg = write_config(
+        dir.path(),
+        &s,
+        &format!(
+            r#"
+job "sealed" {{
+  kind      = "api_key"
+  schedule  = "@daily"
+  secret    = "{path}"
+  provider "random" {{}}
+  consumers = ["payments-svc"]
+  grace     = "1s"
+  deadline  = "60s"
+  poll_interval = "500ms"
+}}
+"#
+        ),
+    );
+    let rt = rotator_token(&s, &cfg, dir.path());
+    let o = rotator(&s, &rt, &["run", "sealed"], &cfg, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let svc = token_with_policy(&s, "payments-svc", CONSUMER_POLICY, dir.path());
+
+    // The second run promotes version 2 and waits for payments-svc.
+    let child = Command::new(BIN)
+        .args([
+            "rotator",
+            "run",
+            "sealed",
+            "--config",
+            cfg.to_str().expect("utf8"),
+        ])
+        .env("VAULT_ADDR", format!("http://{}", s.addr))
+        .env("VAULT_TOKEN", &rt)
+        .env("CUSTOS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rotator");
+    eventually(30, "version 2 to be promoted", || {
+        kv_versions(&s, path)["current_version"] == 2
+    });
+    // Sealed while the run waits: its checks fail and are retried.
+    let (st, v) = call(
+        reqwest::Method::PUT,
+        &s.url("sys/seal"),
+        &s.root_token,
+        None,
+    );
+    assert!((200..300).contains(&st), "seal: {st} {v}");
+    std::thread::sleep(Duration::from_secs(3));
+    block(crate::harness::unseal(&s));
+    assert!(client_read(&s, &svc, path).is_some());
+    let o = child.wait_with_output().expect("rotator");
+    assert!(o.status.success(), "{}", text(&o));
+    let meta = kv_versions(&s, path);
+    assert_eq!(meta["current_version"], 2, "{meta}");
+    assert_eq!(meta["versions"]["1"]["destroyed"], true, "{meta}");
+}
