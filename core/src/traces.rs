@@ -387,6 +387,9 @@ pub async fn shutdown() {
     let old = PIPELINE.write().ok().and_then(|mut g| g.take());
     if let Some(old) = old {
         drop(old.tracer);
+        opentelemetry::global::set_tracer_provider(
+            opentelemetry::trace::noop::NoopTracerProvider::new(),
+        );
         let handle = stop_provider(old.provider);
         let _ = tokio::task::spawn_blocking(move || handle.join()).await;
     }
@@ -625,13 +628,17 @@ pub fn raft_io(
 
 /// Add `raft.append` and `raft.apply` spans for log entry `index` (recorded
 /// by [`raft_io`]) under each of `parents` (the `raft.write` spans of the
-/// traced writes the entry carried).
+/// traced writes the entry carried), and forget its times (also when no
+/// write in it was traced).
 pub fn raft_io_spans(index: u64, parents: &[Context]) {
     let times = RAFT_TIMES
         .lock()
         .ok()
         .and_then(|mut t| t.remove(&index))
         .unwrap_or_default();
+    if parents.is_empty() {
+        return;
+    }
     let Some(tracer) = tracer() else {
         return;
     };

@@ -441,7 +441,7 @@ async fn commit_group(raft: CustosRaft, group: Vec<PendingWrite>) {
         &[],
         started.elapsed().as_secs_f64(),
     );
-    if let (Ok(written), false) = (&res, traced.is_empty()) {
+    if let (Ok(written), true) = (&res, crate::traces::enabled()) {
         crate::traces::raft_io_spans(written.log_id.index, &traced);
     }
     let res = res.map(|_| ()).map_err(write_error_to_core);
