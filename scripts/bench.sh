@@ -13,6 +13,12 @@
 #                                             mode (off = no audit device, file = file device,
 #                                             sinks = file + kafka + elasticsearch devices) beside
 #                                             OpenBao with its file device; audit cost and rps vs OpenBao
+#   scripts/bench.sh --trace-modes off,1.0,0.01
+#                                             what request tracing costs Custos (issue 21): one Custos
+#                                             per mode (off = no OTEL_* variables; a ratio = OTLP export
+#                                             to a sink in the load generator, sampler
+#                                             parentbased_traceidratio at that ratio), kv-read by
+#                                             default, no OpenBao; target/bench/trace-modes.json
 #   scripts/bench.sh --help                   every flag
 #
 # Output: a table on stdout, target/bench/latest.json (key `audit_modes` with

@@ -24,6 +24,7 @@ mod plot;
 mod report;
 mod servers;
 mod sysinfo;
+mod trace_modes;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -231,6 +232,14 @@ struct CompareArgs {
     /// for the sinks to ship their backlog before the next server runs.
     #[arg(long, default_value_t = 60.0)]
     sink_drain_timeout: f64,
+    /// Compare Custos's request tracing instead: one Custos per mode (off:
+    /// no OTEL_* variables; a ratio such as 1.0 or 0.01: OTLP export to a
+    /// sink in this process, sampler parentbased_traceidratio with that
+    /// ratio), same run, default workload kv-read; no OpenBao. Reports rps,
+    /// p50/p99, cost = 1 - rps(mode)/rps(off), spans exported and dropped
+    /// (trace-modes.json beside --out). E.g. --trace-modes off,1.0,0.01
+    #[arg(long, value_delimiter = ',', value_name = "MODES")]
+    trace_modes: Vec<trace_modes::TraceMode>,
 }
 
 fn main() -> ExitCode {
@@ -551,6 +560,9 @@ fn binaries(a: &CompareArgs) -> Result<(PathBuf, PathBuf)> {
 async fn compare(a: CompareArgs) -> Result<bool> {
     if !a.audit_modes.is_empty() {
         return audit_modes::compare(a).await;
+    }
+    if !a.trace_modes.is_empty() {
+        return trace_modes::compare(a).await;
     }
     let root = workspace_root();
     let (custos_bin, bao_bin) = binaries(&a)?;

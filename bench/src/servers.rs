@@ -410,6 +410,32 @@ pub async fn start_as(
     parent: &Path,
     audit: &AuditSetup,
 ) -> Result<Server> {
+    start_with_env(kind, label, bin, parent, audit, &[]).await
+}
+
+/// The OpenTelemetry variables a server started here never inherits from
+/// the shell, so a run measures only what its mode sets.
+const OTEL_VARS: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED",
+];
+
+/// [`start_as`] with extra environment variables for the server process
+/// (`compare --trace-modes` sets the OTEL_* ones).
+pub async fn start_with_env(
+    kind: Kind,
+    label: &str,
+    bin: &Path,
+    parent: &Path,
+    audit: &AuditSetup,
+    env: &[(&str, String)],
+) -> Result<Server> {
     let audit = match kind {
         Kind::Custos => audit.clone(),
         Kind::OpenBao => AuditSetup::File,
@@ -446,9 +472,13 @@ pub async fn start_as(
         Kind::Custos => cmd.arg("--config").arg(&cfg),
         Kind::OpenBao => cmd.arg(format!("-config={}", cfg.display())),
     };
-    for v in ["VAULT_ADDR", "VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN"] {
+    for v in ["VAULT_ADDR", "VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN"]
+        .iter()
+        .chain(OTEL_VARS)
+    {
         cmd.env_remove(v);
     }
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     let child = cmd
         .current_dir(&dir)
         .stdin(Stdio::null())
