@@ -414,6 +414,47 @@ impl VaultClient {
         Ok((status, Some(v)))
     }
 
+    /// Send one request whose body (`body`) or answer is a stream, not
+    /// JSON (Raft snapshots): no overall timeout, since the transfer takes
+    /// as long as the data. Error statuses come back as [`ClientError::Api`];
+    /// otherwise the response, its body unread.
+    pub async fn send_stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url_for(path);
+        let transport = |e: reqwest::Error| ClientError::Transport {
+            method: method.to_string(),
+            url: url.clone(),
+            message: error_chain(&e),
+        };
+        let mut rb = self
+            .http
+            .request(method.clone(), &url)
+            .timeout(Duration::from_secs(365 * 24 * 3600))
+            .header("X-Vault-Request", "true");
+        if let Some(t) = &self.token {
+            rb = rb.header("X-Vault-Token", t.expose());
+        }
+        if let Some(body) = body {
+            rb = rb.body(body);
+        }
+        let resp = rb.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let bytes = resp.bytes().await.map_err(transport)?;
+            return Err(ClientError::Api(ApiError::from_body(
+                method.as_str(),
+                &url,
+                status,
+                &bytes,
+            )));
+        }
+        Ok(resp)
+    }
+
     /// `Logical().Read`: GET; a bare 404 is `Ok(None)`.
     pub async fn read(&self, path: &str) -> Result<Option<Value>, ClientError> {
         self.read_with(path, &[]).await

@@ -273,6 +273,39 @@ impl Core {
         Ok(())
     }
 
+    /// Replace the stored state (a Raft snapshot restore, see
+    /// `crate::raft_snapshot`): with the state lock held, the unsealed
+    /// subsystems are torn down, `apply` runs, and the barrier is reopened
+    /// with the root key in hand. Returns whether the node is unsealed
+    /// afterwards: a snapshot of another cluster holds a keyring this root key
+    /// cannot open, so the node stays sealed until that cluster's unseal keys
+    /// are given, as Vault seals after such a restore. If `apply` fails, the
+    /// state is unchanged and the node reopens on it.
+    pub async fn replace_state<F>(&self, apply: F) -> Result<bool>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        let root_key = self.unsealed()?.root_key.clone();
+        let _g = self.state_lock.lock().await;
+        let taken = self.unsealed.write().ok().and_then(|mut s| s.take());
+        self.barrier.seal();
+        if let Some(u) = taken {
+            self.teardown(u).await;
+        }
+        let applied = apply.await;
+        self.seal.reset();
+        let reopened = self.unseal_locked(root_key).await;
+        self.publish_seal_metrics();
+        match (applied, reopened) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(())) => Ok(true),
+            (Ok(()), Err(e)) => {
+                tracing::info!(error = %e, "restored state does not open with this root key; sealed");
+                Ok(false)
+            }
+        }
+    }
+
     /// `sys/rotate`: a new barrier key term.
     pub async fn rotate_barrier(&self) -> Result<crate::barrier::KeyStatus> {
         let u = self.unsealed()?;

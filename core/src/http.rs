@@ -313,6 +313,14 @@ async fn handle_request(
         return metrics_endpoint(&st, &headers, &query).await;
     }
 
+    // Raft snapshots stream their bodies both ways (crate::raft_snapshot).
+    if crate::raft_snapshot::is_snapshot_path(&path) {
+        let token = token_of(&headers);
+        let resp = crate::raft_snapshot::serve(&st.core, &method, &path, token, remote, body).await;
+        record(&path, op, resp.status().as_u16(), started);
+        return resp;
+    }
+
     let bytes = match read_body(body, st.max_request_size).await {
         Ok(b) => b,
         Err(e) => return core_error(&e),

@@ -20,6 +20,7 @@ pub mod logical;
 pub mod metrics;
 pub mod periodic;
 pub mod policy;
+pub mod raft_snapshot;
 pub mod router;
 pub mod seal;
 pub mod server;

@@ -1207,6 +1207,8 @@ const SUDO_EXACT: &[&str] = &[
     "sys/leases",
     "sys/seal",
     "sys/step-down",
+    "sys/storage/raft/snapshot",
+    "sys/storage/raft/snapshot-force",
     "auth/token/revoke-orphan",
 ];
 

@@ -14,6 +14,7 @@ pub mod audit_query;
 pub mod kv;
 pub mod operator;
 pub mod policy;
+pub mod raft;
 pub mod rotator;
 pub mod secrets;
 pub mod server;

@@ -1,4 +1,5 @@
-//! `custos operator ...`: init, unseal, seal, rotate and key-status.
+//! `custos operator ...`: init, unseal, seal, rotate and key-status (and
+//! `raft snapshot`, in [`super::raft`]).
 //!
 //! Each subcommand is one call to the `sys/` API (`sys/init`, `sys/unseal`,
 //! `sys/seal`, `sys/rotate`, `sys/key-status`) and prints what `vault
@@ -24,6 +25,9 @@ pub enum OperatorCmd {
     Rotate,
     /// Show information about the active barrier encryption key
     KeyStatus,
+    /// Raft storage: snapshots
+    #[command(subcommand)]
+    Raft(super::raft::RaftCmd),
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +57,7 @@ pub async fn run(ctx: &Ctx, cmd: OperatorCmd) -> CmdResult {
     match cmd {
         OperatorCmd::Init(a) => init(ctx, a).await,
         OperatorCmd::Unseal(a) => unseal(ctx, a).await,
+        OperatorCmd::Raft(c) => super::raft::run(ctx, c).await,
         OperatorCmd::Seal => {
             ctx.client
                 .write("sys/seal", &json!({}))

@@ -10,5 +10,6 @@ mod crash;
 mod harness;
 mod http_api;
 mod kv_v1;
+mod raft_snapshot;
 mod rotator;
 mod tls;

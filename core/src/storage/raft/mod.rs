@@ -53,11 +53,14 @@
 //! each copies the whole state — and on demand by
 //! [`RaftStorage::snapshot_bytes`] for the snapshot agent; they are
 //! the state machine's contents, i.e. barrier ciphertext, restorable only with
-//! the original unseal keys. The network is [`SingleNodeNetwork`]: this issue
+//! the original unseal keys. A DR restore ([`restore`]) replaces the whole
+//! key space through ordinary Raft entries: pairs staged in chunks, then
+//! swapped in by one commit entry. The network is [`SingleNodeNetwork`]: this issue
 //! runs one-node clusters; inter-node RPCs come with the HA issue.
 
 mod log_store;
 mod network;
+pub mod restore;
 mod snapshot;
 mod state_machine;
 #[cfg(test)]
@@ -134,6 +137,16 @@ pub enum Command {
     /// Replace the whole key space by these pairs (restore of a snapshot,
     /// replicated like any write so every node and the log agree).
     Restore(Vec<(String, Vec<u8>)>),
+    /// Begin staging the streamed restore with this id: what an unfinished
+    /// earlier restore staged is dropped (see [`restore`]).
+    RestoreBegin(String),
+    /// Stage these pairs for the restore with this id (live data untouched).
+    RestoreChunk(String, Vec<(String, Vec<u8>)>),
+    /// Replace the whole key space by the pairs staged for this id, in one
+    /// transaction; refused (nothing changes) unless exactly this many are staged.
+    RestoreCommit(String, u64),
+    /// Drop everything staged.
+    RestoreAbort,
 }
 
 impl fmt::Debug for Command {
@@ -152,6 +165,12 @@ impl fmt::Debug for Command {
                 l.finish()
             }
             Command::Restore(pairs) => write!(f, "Restore({} pairs)", pairs.len()),
+            Command::RestoreBegin(id) => write!(f, "RestoreBegin({id})"),
+            Command::RestoreChunk(id, pairs) => {
+                write!(f, "RestoreChunk({id}, {} pairs)", pairs.len())
+            }
+            Command::RestoreCommit(id, n) => write!(f, "RestoreCommit({id}, {n} pairs)"),
+            Command::RestoreAbort => write!(f, "RestoreAbort"),
         }
     }
 }
@@ -164,6 +183,14 @@ enum CommandWire {
     Batch(Vec<PairWire>),
     #[serde(rename = "restore")]
     Restore(Vec<PairWire>),
+    #[serde(rename = "restore_begin")]
+    RestoreBegin { id: String },
+    #[serde(rename = "restore_chunk")]
+    RestoreChunk { id: String, pairs: Vec<PairWire> },
+    #[serde(rename = "restore_commit")]
+    RestoreCommit { id: String, count: u64 },
+    #[serde(rename = "restore_abort")]
+    RestoreAbort,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -175,6 +202,17 @@ struct PairWire {
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
+}
+
+fn pairs_wire(pairs: Vec<(String, Vec<u8>)>) -> Vec<PairWire> {
+    use base64::Engine;
+    pairs
+        .into_iter()
+        .map(|(k, v)| PairWire {
+            k,
+            v: Some(b64().encode(v)),
+        })
+        .collect()
 }
 
 impl From<Command> for CommandWire {
@@ -192,15 +230,14 @@ impl From<Command> for CommandWire {
                     })
                     .collect(),
             ),
-            Command::Restore(pairs) => CommandWire::Restore(
-                pairs
-                    .into_iter()
-                    .map(|(k, v)| PairWire {
-                        k,
-                        v: Some(b64().encode(v)),
-                    })
-                    .collect(),
-            ),
+            Command::Restore(pairs) => CommandWire::Restore(pairs_wire(pairs)),
+            Command::RestoreBegin(id) => CommandWire::RestoreBegin { id },
+            Command::RestoreChunk(id, pairs) => CommandWire::RestoreChunk {
+                id,
+                pairs: pairs_wire(pairs),
+            },
+            Command::RestoreCommit(id, count) => CommandWire::RestoreCommit { id, count },
+            Command::RestoreAbort => CommandWire::RestoreAbort,
         }
     }
 }
@@ -227,16 +264,28 @@ impl TryFrom<CommandWire> for Command {
                 })
                 .collect::<std::result::Result<_, String>>()
                 .map(Command::Batch),
-            CommandWire::Restore(pairs) => pairs
-                .into_iter()
-                .map(|p| match p.v {
-                    Some(v) => Ok((p.k.clone(), decode(&p.k, &v)?)),
-                    None => Err(format!("restore pair {} has no value", p.k)),
-                })
-                .collect::<std::result::Result<_, String>>()
-                .map(Command::Restore),
+            CommandWire::Restore(pairs) => pairs_from_wire(pairs, decode).map(Command::Restore),
+            CommandWire::RestoreBegin { id } => Ok(Command::RestoreBegin(id)),
+            CommandWire::RestoreChunk { id, pairs } => {
+                pairs_from_wire(pairs, decode).map(|p| Command::RestoreChunk(id, p))
+            }
+            CommandWire::RestoreCommit { id, count } => Ok(Command::RestoreCommit(id, count)),
+            CommandWire::RestoreAbort => Ok(Command::RestoreAbort),
         }
     }
+}
+
+fn pairs_from_wire(
+    pairs: Vec<PairWire>,
+    decode: impl Fn(&str, &str) -> std::result::Result<Vec<u8>, String>,
+) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    pairs
+        .into_iter()
+        .map(|p| match p.v {
+            Some(v) => Ok((p.k.clone(), decode(&p.k, &v)?)),
+            None => Err(format!("restore pair {} has no value", p.k)),
+        })
+        .collect()
 }
 
 /// What applying one entry did: the `R` of [`TypeConfig`].
@@ -244,6 +293,10 @@ impl TryFrom<CommandWire> for Command {
 pub struct CommandResponse {
     /// Operations (or restored pairs) applied; 0 for blank and membership entries.
     pub applied: usize,
+    /// Why the entry changed nothing (a restore commit whose staged pairs
+    /// were not all there); `None` when it applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Errors of the redb stores, before they become openraft's `StorageError`

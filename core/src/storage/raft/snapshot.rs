@@ -33,7 +33,7 @@ use super::state_machine::Meta;
 pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
 
 const MAGIC: &[u8; 8] = b"CUSTOSNP";
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// Upper bound of the JSON header (membership and ids: a few hundred bytes).
 const MAX_HEADER: usize = 1 << 20;
 /// Write buffer of a snapshot being built.
@@ -105,7 +105,7 @@ fn write_err(e: io::Error) -> StoreError {
 }
 
 /// Read the header: meta and pair count.
-fn read_header(r: &mut impl Read) -> Result<(Meta, u64), StoreError> {
+pub(crate) fn read_header(r: &mut impl Read) -> Result<(Meta, u64), StoreError> {
     let truncated = |e: io::Error| match e.kind() {
         io::ErrorKind::UnexpectedEof => StoreError::Format("snapshot is truncated".into()),
         _ => StoreError::SnapshotFile(format!("reading a snapshot: {e}")),
@@ -211,6 +211,11 @@ impl SnapshotFile {
             dir: dir.to_path_buf(),
             lock: Mutex::new(()),
         })
+    }
+
+    /// The data directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn current_path(&self) -> PathBuf {

@@ -16,7 +16,8 @@
 //! redb reclaims the pages of non-durable commits only at a durable one.
 //!
 //! Tables: `kv` (key → value bytes; the values are already sealed by the
-//! barrier) and `sm_meta` (`last_applied`, `last_membership`, JSON).
+//! barrier, and a streamed restore stages its pairs here under a reserved
+//! prefix until its commit swaps them in, see [`restore`](super::restore)) and `sm_meta` (`last_applied`, `last_membership`, JSON).
 //! [`RaftStorage`](super::RaftStorage) reads `kv` directly (`get`, `list`)
 //! through redb read transactions, which never block the writer.
 //!
@@ -40,6 +41,7 @@ use redb::{
     TableError,
 };
 
+use super::restore::STAGE_PREFIX;
 use super::snapshot::{SnapshotFile, SnapshotWriter, decode_snapshot};
 use super::{Command, CommandResponse, StoreError, TypeConfig, blocking};
 use crate::metrics;
@@ -192,6 +194,10 @@ pub(crate) fn keys_with_prefix(db: &Database, prefix: &str) -> Result<Vec<String
         if !k.starts_with(prefix) {
             break;
         }
+        // Pairs staged by a restore in progress are nobody's data.
+        if k.starts_with(STAGE_PREFIX) && !prefix.starts_with(STAGE_PREFIX) {
+            continue;
+        }
         out.push(k.to_string());
     }
     Ok(out)
@@ -211,7 +217,7 @@ fn apply_command(kv: &mut Table<&str, &[u8]>, cmd: Command) -> Result<CommandRes
                     }
                 }
             }
-            Ok(CommandResponse { applied: n })
+            Ok(applied(n))
         }
         Command::Restore(pairs) => {
             kv.retain(|_, _| false)?;
@@ -219,9 +225,78 @@ fn apply_command(kv: &mut Table<&str, &[u8]>, cmd: Command) -> Result<CommandRes
             for (key, value) in pairs {
                 kv.insert(key.as_str(), value.as_slice())?;
             }
-            Ok(CommandResponse { applied: n })
+            Ok(applied(n))
         }
+        Command::RestoreBegin(_) | Command::RestoreAbort => {
+            kv.retain_in(STAGE_PREFIX.., |k, _| !k.starts_with(STAGE_PREFIX))?;
+            Ok(applied(0))
+        }
+        Command::RestoreChunk(id, pairs) => {
+            let n = pairs.len();
+            for (key, value) in pairs {
+                kv.insert(staged_key(&id, &key).as_str(), value.as_slice())?;
+            }
+            Ok(applied(n))
+        }
+        Command::RestoreCommit(id, count) => commit_restore(kv, &id, count),
     }
+}
+
+fn applied(n: usize) -> CommandResponse {
+    CommandResponse {
+        applied: n,
+        refused: None,
+    }
+}
+
+/// Swap the pairs staged for restore `id` in as the whole key space, in the
+/// caller's (one) write transaction: live keys and other restores' leftovers
+/// go, each staged key moves to its own name. Refused, changing nothing,
+/// unless exactly `count` pairs are staged.
+fn commit_restore(
+    kv: &mut Table<&str, &[u8]>,
+    id: &str,
+    count: u64,
+) -> Result<CommandResponse, StoreError> {
+    let prefix = staged_key(id, "");
+    let mut staged = 0u64;
+    for item in kv.range(prefix.as_str()..)? {
+        let (k, _) = item?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        staged += 1;
+    }
+    if staged != count {
+        return Ok(CommandResponse {
+            applied: 0,
+            refused: Some(format!(
+                "restore {id}: {staged} pairs staged, {count} expected"
+            )),
+        });
+    }
+    kv.retain(|k, _| k.starts_with(&prefix))?;
+    // Staged keys sort first ("\0..."), restored names after them, so the
+    // first key is the next staged one until none is left.
+    loop {
+        let popped = kv
+            .pop_first()?
+            .map(|(k, v)| (k.value().to_string(), v.value().to_vec()));
+        let Some((k, v)) = popped else {
+            break;
+        };
+        let Some(name) = k.strip_prefix(&prefix) else {
+            kv.insert(k.as_str(), v.as_slice())?;
+            break;
+        };
+        kv.insert(name, v.as_slice())?;
+    }
+    Ok(applied(count as usize))
+}
+
+/// The name a pair of restore `id` is staged under in `kv`.
+fn staged_key(id: &str, key: &str) -> String {
+    format!("{STAGE_PREFIX}{id}/{key}")
 }
 
 fn apply_entries(

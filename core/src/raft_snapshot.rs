@@ -1,0 +1,756 @@
+//! `sys/storage/raft/snapshot` and `snapshot-force`: Vault-compatible Raft
+//! snapshots, streamed both ways.
+//!
+//! `GET sys/storage/raft/snapshot` has Raft build a snapshot of everything
+//! applied ([`RaftStorage::open_snapshot`]) and streams it out as Vault's
+//! archive, a gzip'd tar of:
+//!
+//! | file | content |
+//! |---|---|
+//! | `meta.json` | Vault's snapshot meta (`Version`, `ID`, `Index`, `Term`, `Size`) plus `CustosStateVersion` |
+//! | `state.bin` | the state machine's pairs in the Raft snapshot format (`CUSTOSNP`, a `u32` format version, see `storage::raft::snapshot`); values are barrier ciphertext, as stored |
+//! | `SHA256SUMS` | `sha256  name` lines for `meta.json` and `state.bin` |
+//! | `SHA256SUMS.sealed` | the same lines sealed by the barrier (AES-256-GCM under the active keyring term) |
+//!
+//! The archive is produced on a blocking thread into a bounded channel that
+//! is the response body, so memory stays flat whatever the data's size; a
+//! failure mid-stream aborts the response, and without its last file the
+//! real CLI reports the snapshot incomplete.
+//!
+//! `POST sys/storage/raft/snapshot` (a snapshot of this cluster) and
+//! `POST sys/storage/raft/snapshot-force` (of any cluster) read the upload
+//! as it arrives: `state.bin` is spooled to a file in the data directory
+//! (removed afterwards, or at the next start after a crash) and hashed on the
+//! way, the small files are kept (8 KiB at most each, as Vault). Before
+//! anything is written, in this order, each failure a 400 naming the check:
+//! the archive reads to its end (gzip CRC included: a truncated or corrupted
+//! upload fails here); it holds exactly the four files; the sealed sums open
+//! with this barrier's keyring (skipped by `snapshot-force`, which is how a
+//! snapshot from another cluster is told apart, as in Vault); both sum files
+//! match; `meta.json` decodes and its state version is not newer than
+//! [`STATE_VERSION`]; `state.bin` parses completely and holds a seal config
+//! and keyring. Then the pairs are staged and swapped in through Raft (see
+//! `storage::raft::restore`), with the unsealed subsystems torn down
+//! ([`Core::replace_state`]); afterwards the node reopens with its root key
+//! if the restored keyring opens with it (a snapshot of this cluster), else
+//! it stays sealed and the source cluster's unseal keys unseal it.
+//!
+//! Both paths need `sudo` (root-protected in Vault), a sealed node answers
+//! 503, and requests and responses are audited like any other (this module
+//! runs the pipeline's token, ACL and audit steps itself because its bodies
+//! are streams, not JSON).
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::audit;
+use crate::barrier::Barrier;
+use crate::core::{Core, Unsealed};
+use crate::error::{CoreError, Result};
+use crate::logical::{Operation, Request, Response, Secret};
+use crate::storage::raft::RaftStorage;
+use crate::token::TokenEntry;
+
+/// Save (GET) and restore from this cluster (POST).
+pub const SNAPSHOT_PATH: &str = "sys/storage/raft/snapshot";
+/// Restore from any cluster (POST).
+pub const SNAPSHOT_FORCE_PATH: &str = "sys/storage/raft/snapshot-force";
+/// The newest `state.bin` format this server reads and the one it writes.
+pub const STATE_VERSION: u32 = 1;
+
+const META_FILE: &str = "meta.json";
+const STATE_FILE: &str = "state.bin";
+const SUMS_FILE: &str = "SHA256SUMS";
+const SEALED_SUMS_FILE: &str = "SHA256SUMS.sealed";
+/// The barrier key the sealed sums are bound to (associated data only;
+/// nothing is stored there).
+const SUMS_AAD: &str = "core/raft/snapshot/SHA256SUMS";
+/// Largest `meta.json` and sum files read, as Vault.
+const SMALL_FILE_MAX: u64 = 8192;
+/// Bytes per chunk of the streamed archive, and chunks in flight.
+const STREAM_CHUNK: usize = 256 * 1024;
+const STREAM_DEPTH: usize = 8;
+/// How much of a refused upload is read and dropped so the client sees the
+/// answer rather than a reset connection.
+const DRAIN_MAX: usize = 64 * 1024 * 1024;
+
+/// One restore at a time: a second would drop the first one's staged pairs.
+static RESTORE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether `path` (without `/v1/`) is served here.
+pub fn is_snapshot_path(path: &str) -> bool {
+    path == SNAPSHOT_PATH || path == SNAPSHOT_FORCE_PATH
+}
+
+/// Vault's `meta.json` (hashicorp/raft's `SnapshotMeta`) with the version
+/// of what `state.bin` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct ArchiveMeta {
+    #[serde(rename = "Version")]
+    version: u32,
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Index")]
+    index: u64,
+    #[serde(rename = "Term")]
+    term: u64,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "CustosStateVersion", default)]
+    state_version: Option<u32>,
+    #[serde(rename = "CustosPairs", default)]
+    pairs: u64,
+}
+
+/// A caller who passed the token, ACL (with sudo) and request-audit steps.
+struct Grant {
+    unsealed: Arc<Unsealed>,
+    entry: Arc<TokenEntry>,
+    req: Request,
+}
+
+fn audit_error(e: &custos_audit::AuditError, what: &str) -> CoreError {
+    if e.is_disk_full() {
+        CoreError::Unavailable(
+            "audit log storage is full: requests are refused until space is freed".into(),
+        )
+    } else {
+        tracing::error!(error = %e, "audit: no device recorded the {what}; refusing it");
+        CoreError::Audit(format!("no audit device recorded the {what}"))
+    }
+}
+
+/// The pipeline's steps before the backend (see `Core::handle`).
+async fn authorize(
+    core: &Core,
+    op: Operation,
+    path: &str,
+    token: Option<Secret>,
+    remote: Option<std::net::SocketAddr>,
+) -> Result<Grant> {
+    let unsealed = core.unsealed()?;
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(CoreError::PermissionDenied)?;
+    let entry = Arc::new(
+        unsealed
+            .tokens
+            .lookup(token.expose())
+            .await?
+            .ok_or(CoreError::PermissionDenied)?,
+    );
+    let mut req = Request::new(op, path);
+    req.client_token = Some(token);
+    req.remote_addr = remote;
+    req.auth = Some(entry.clone());
+    if let Some((mounted, rel)) = unsealed.router.route(path) {
+        req.mount_point = mounted.entry.path.clone();
+        req.mount_type = mounted.entry.mount_type.clone();
+        req.relative_path = rel;
+    }
+    let acl = unsealed.policies.acl_for(&entry.policies).await?;
+    let decision = acl.check_request(path, op, &req.data);
+    req.has_sudo = decision.sudo;
+    let denied = !decision.allowed || !decision.sudo;
+    let event = audit::request_event(&req, &entry, denied.then_some("permission denied"));
+    unsealed
+        .audit
+        .log_request(event)
+        .await
+        .map_err(|e| audit_error(&e, "request"))?;
+    let grant = Grant {
+        unsealed,
+        entry,
+        req,
+    };
+    if denied {
+        return refuse(&grant, CoreError::PermissionDenied).await;
+    }
+    match grant.unsealed.tokens.use_token(&grant.entry).await? {
+        Some(_) => Ok(grant),
+        None => refuse(&grant, CoreError::PermissionDenied).await,
+    }
+}
+
+/// Audit the response (fail closed).
+async fn finish(grant: &Grant, result: &Result<Response>) -> Result<()> {
+    let event = audit::response_event(&grant.req, &grant.entry, result);
+    grant
+        .unsealed
+        .audit
+        .log_response(event)
+        .await
+        .map_err(|e| audit_error(&e, "response"))
+}
+
+fn error_response(e: &CoreError) -> axum::response::Response {
+    let body = serde_json::to_vec(&serde_json::json!({ "errors": e.messages() }))
+        .unwrap_or_else(|_| b"{\"errors\":[]}".to_vec());
+    let mut resp = axum::response::Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Serve one request to [`SNAPSHOT_PATH`] or [`SNAPSHOT_FORCE_PATH`].
+pub async fn serve(
+    core: &Arc<Core>,
+    method: &Method,
+    path: &str,
+    token: Option<Secret>,
+    remote: Option<std::net::SocketAddr>,
+    body: Body,
+) -> axum::response::Response {
+    let result = match (method, path) {
+        (&Method::GET, SNAPSHOT_PATH) => save(core, token, remote).await,
+        (&Method::POST | &Method::PUT, SNAPSHOT_PATH) => {
+            restore(core, path, token, remote, body, false).await
+        }
+        (&Method::POST | &Method::PUT, SNAPSHOT_FORCE_PATH) => {
+            restore(core, path, token, remote, body, true).await
+        }
+        _ => {
+            drain(body).await;
+            Err(CoreError::UnsupportedOperation)
+        }
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+fn raft_of(core: &Core) -> Result<Arc<RaftStorage>> {
+    core.raft()
+        .cloned()
+        .ok_or_else(|| CoreError::bad_request("raft storage is not in use"))
+}
+
+// ---------------------------------------------------------------------------
+// Save
+// ---------------------------------------------------------------------------
+
+async fn save(
+    core: &Arc<Core>,
+    token: Option<Secret>,
+    remote: Option<std::net::SocketAddr>,
+) -> Result<axum::response::Response> {
+    let grant = authorize(core, Operation::Read, SNAPSHOT_PATH, token, remote).await?;
+    let opened = match raft_of(core) {
+        Ok(raft) => raft.open_snapshot().await,
+        Err(e) => Err(e),
+    };
+    let (info, file) = match opened {
+        Ok(o) => o,
+        Err(e) => return refuse(&grant, e).await,
+    };
+    finish(&grant, &Ok(Response::default())).await?;
+    let meta = ArchiveMeta {
+        version: 1,
+        id: info.snapshot_id.clone(),
+        index: info.last_log_index,
+        term: info.last_log_term,
+        size: info.size,
+        state_version: Some(STATE_VERSION),
+        pairs: info.key_count,
+    };
+    let barrier = core.barrier.clone();
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(STREAM_DEPTH);
+    let writer_tx = tx.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let out = ChannelWriter::new(writer_tx);
+        if let Err(e) = write_archive(out, &meta, file, &barrier) {
+            tracing::warn!(error = %e, "raft snapshot stream aborted");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let mut resp = axum::response::Response::new(Body::from_stream(archive_stream(rx, task)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    Ok(resp)
+}
+
+/// Audit a failure as the response, then return it.
+async fn refuse<T>(grant: &Grant, e: CoreError) -> Result<T> {
+    let result: Result<Response> = Err(e);
+    finish(grant, &result).await?;
+    match result {
+        Err(e) => Err(e),
+        Ok(_) => Err(CoreError::internal("refusal without an error")),
+    }
+}
+
+/// The response body: chunks from the writer thread, then its join (a
+/// panic there aborts the body rather than ending it cleanly).
+fn archive_stream(
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    task: JoinHandle<()>,
+) -> impl futures::Stream<Item = io::Result<Bytes>> {
+    futures::stream::unfold((rx, Some(task)), |(mut rx, task)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, task))),
+            None => {
+                let task = task?;
+                match task.await {
+                    Ok(()) => None,
+                    Err(e) => Some((Err(io::Error::other(e.to_string())), (rx, None))),
+                }
+            }
+        }
+    })
+}
+
+/// A `Write` into the bounded channel of the response body.
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: BytesMut,
+}
+
+impl ChannelWriter {
+    fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+        ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(STREAM_CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= STREAM_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// A `Read` that hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn tar_header(name: &str, size: u64) -> io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name)?;
+    h.set_size(size);
+    h.set_mode(0o600);
+    h.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+    );
+    h.set_cksum();
+    Ok(h)
+}
+
+fn sums_text(meta: &[u8; 32], state: &[u8; 32]) -> String {
+    format!(
+        "{}  {META_FILE}\n{}  {STATE_FILE}\n",
+        hex::encode(meta),
+        hex::encode(state)
+    )
+}
+
+/// Write the archive (see the module docs) to `out`.
+fn write_archive(
+    out: ChannelWriter,
+    meta: &ArchiveMeta,
+    state: std::fs::File,
+    barrier: &Barrier,
+) -> io::Result<()> {
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    meta_json.push(b'\n');
+    let meta_sum: [u8; 32] = Sha256::digest(&meta_json).into();
+    tar.append(
+        &tar_header(META_FILE, meta_json.len() as u64)?,
+        &meta_json[..],
+    )?;
+    let mut reader = HashingReader {
+        inner: io::BufReader::with_capacity(STREAM_CHUNK, state).take(meta.size),
+        hash: Sha256::new(),
+    };
+    tar.append(&tar_header(STATE_FILE, meta.size)?, &mut reader)?;
+    let state_sum: [u8; 32] = reader.hash.finalize().into();
+    let sums = sums_text(&meta_sum, &state_sum);
+    tar.append(&tar_header(SUMS_FILE, sums.len() as u64)?, sums.as_bytes())?;
+    let sealed = barrier
+        .encrypt(SUMS_AAD, sums.as_bytes())
+        .map_err(|e| io::Error::other(format!("sealing the snapshot sums: {e}")))?;
+    tar.append(
+        &tar_header(SEALED_SUMS_FILE, sealed.len() as u64)?,
+        &sealed[..],
+    )?;
+    let gz = tar.into_inner()?;
+    let mut out = gz.finish()?;
+    out.flush()
+}
+
+// ---------------------------------------------------------------------------
+// Restore
+// ---------------------------------------------------------------------------
+
+/// What the upload held, once read to its end.
+struct Upload {
+    meta: Vec<u8>,
+    meta_sum: [u8; 32],
+    state_sum: [u8; 32],
+    state_seen: bool,
+    sums: Option<Vec<u8>>,
+    sealed: Option<Vec<u8>>,
+}
+
+/// A `Read` over the request body's chunks, sent by the async side.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Removes the spooled `state.bin` however the restore ends.
+struct Spool(PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn read_small(entry: &mut impl Read, name: &str) -> std::result::Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    entry
+        .take(SMALL_FILE_MAX + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("failed to read {name} from the snapshot: {e}"))?;
+    if buf.len() as u64 > SMALL_FILE_MAX {
+        return Err(format!(
+            "{name} in the snapshot is larger than {SMALL_FILE_MAX} bytes"
+        ));
+    }
+    Ok(buf)
+}
+
+/// Read the whole archive from `input`, spooling `state.bin` to `spool`.
+/// Errors are the 400 messages.
+fn read_archive(input: impl Read, spool: &Path) -> std::result::Result<Upload, String> {
+    let unreadable = |e: io::Error| {
+        format!("failed to read the snapshot archive (truncated, or not a gzip'd tar): {e}")
+    };
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+    let mut up = Upload {
+        meta: Vec::new(),
+        meta_sum: [0; 32],
+        state_sum: [0; 32],
+        state_seen: false,
+        sums: None,
+        sealed: None,
+    };
+    let mut meta_seen = false;
+    for entry in archive.entries().map_err(unreadable)? {
+        let mut entry = entry.map_err(unreadable)?;
+        let name = entry
+            .path()
+            .map_err(unreadable)?
+            .to_string_lossy()
+            .into_owned();
+        match name.as_str() {
+            META_FILE => {
+                up.meta = read_small(&mut entry, META_FILE)?;
+                up.meta_sum = Sha256::digest(&up.meta).into();
+                meta_seen = true;
+            }
+            STATE_FILE => {
+                let file =
+                    std::fs::File::create(spool).map_err(|e| format!("spooling state.bin: {e}"))?;
+                let mut out = io::BufWriter::with_capacity(STREAM_CHUNK, file);
+                let mut reader = HashingReader {
+                    inner: &mut entry,
+                    hash: Sha256::new(),
+                };
+                io::copy(&mut reader, &mut out).map_err(unreadable)?;
+                up.state_sum = reader.hash.finalize().into();
+                out.flush()
+                    .map_err(|e| format!("spooling state.bin: {e}"))?;
+                up.state_seen = true;
+            }
+            SUMS_FILE => up.sums = Some(read_small(&mut entry, SUMS_FILE)?),
+            SEALED_SUMS_FILE => up.sealed = Some(read_small(&mut entry, SEALED_SUMS_FILE)?),
+            other => return Err(format!("unexpected file {other:?} in snapshot")),
+        }
+    }
+    // The tar ends before the gzip stream does: read that to its end too,
+    // which checks the gzip CRC and length (truncation, corruption).
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(unreadable)?;
+    if !meta_seen {
+        return Err(format!("snapshot archive has no {META_FILE}"));
+    }
+    if !up.state_seen {
+        return Err(format!("snapshot archive has no {STATE_FILE}"));
+    }
+    Ok(up)
+}
+
+/// Check `SHA256SUMS` text against the two files' hashes.
+fn verify_sums(text: &[u8], up: &Upload) -> std::result::Result<(), String> {
+    let text = std::str::from_utf8(text)
+        .map_err(|_| "failed checking integrity of snapshot: sums are not text".to_string())?;
+    let (mut meta_ok, mut state_ok) = (false, false);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (sum, file) = line
+            .split_once("  ")
+            .ok_or_else(|| format!("failed checking integrity of snapshot: bad line {line:?}"))?;
+        let expected = match file {
+            META_FILE => &up.meta_sum,
+            STATE_FILE => &up.state_sum,
+            other => {
+                return Err(format!(
+                    "failed checking integrity of snapshot: list has a hash for unknown {other:?}"
+                ));
+            }
+        };
+        if !sum.eq_ignore_ascii_case(&hex::encode(expected)) {
+            return Err(format!(
+                "failed checking integrity of snapshot: hash check failed for {file:?}"
+            ));
+        }
+        match file {
+            META_FILE => meta_ok = true,
+            _ => state_ok = true,
+        }
+    }
+    for (ok, file) in [(meta_ok, META_FILE), (state_ok, STATE_FILE)] {
+        if !ok {
+            return Err(format!(
+                "failed checking integrity of snapshot: list missing hash for {file:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Feed the request body to the archive reader on a blocking thread.
+async fn receive(body: Body, spool: PathBuf) -> std::result::Result<Upload, String> {
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
+    let reader = tokio::task::spawn_blocking(move || {
+        let input = ChannelReader {
+            rx,
+            current: Bytes::new(),
+        };
+        read_archive(input, &spool)
+    });
+    let mut body = body;
+    let mut body_error = None;
+    let mut drained = 0usize;
+    let mut feeding = true;
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            Err(e) => {
+                body_error = Some(format!("failed to read the request body: {e}"));
+                break;
+            }
+        };
+        if feeding {
+            if tx.send(data).await.is_err() {
+                // The reader stopped (refused the archive): read and drop the
+                // rest, so the client sees the answer.
+                feeding = false;
+            }
+        } else {
+            drained += data.len();
+            if drained > DRAIN_MAX {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let read = reader
+        .await
+        .map_err(|e| format!("reading the snapshot failed: {e}"))?;
+    match (read, body_error) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(e)) => Err(e),
+        (Ok(up), None) => Ok(up),
+    }
+}
+
+async fn drain(mut body: Body) {
+    let mut n = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        n += frame.data_ref().map(Bytes::len).unwrap_or_default();
+        if n > DRAIN_MAX {
+            break;
+        }
+    }
+}
+
+async fn restore(
+    core: &Arc<Core>,
+    path: &str,
+    token: Option<Secret>,
+    remote: Option<std::net::SocketAddr>,
+    body: Body,
+    force: bool,
+) -> Result<axum::response::Response> {
+    let grant = match authorize(core, Operation::Update, path, token, remote).await {
+        Ok(g) => g,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
+    let result = restore_checked(core, &grant, body, force).await;
+    match result {
+        Ok(()) => {
+            let mut r = axum::response::Response::new(Body::empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Everything after authorization; the response is audited before the
+/// state is swapped (the audit devices are torn down with it, as Vault
+/// answers before it applies).
+async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: bool) -> Result<()> {
+    let checked = async {
+        let raft = match raft_of(core) {
+            Ok(r) => r,
+            Err(e) => {
+                drain(body).await;
+                return Err(e);
+            }
+        };
+        let _one = RESTORE.lock().await;
+        let spool = Spool(raft.data_dir().join(format!(
+            "{}.restore-{}.tmp",
+            crate::storage::raft::SNAPSHOT_FILE,
+            uuid::Uuid::new_v4().simple()
+        )));
+        let up = receive(body, spool.0.clone())
+            .await
+            .map_err(CoreError::BadRequest)?;
+        let sums = up
+            .sums
+            .as_deref()
+            .ok_or_else(|| CoreError::BadRequest(format!("snapshot archive has no {SUMS_FILE}")))?;
+        let sealed = up.sealed.as_deref().ok_or_else(|| {
+            CoreError::BadRequest(format!("snapshot archive has no {SEALED_SUMS_FILE}"))
+        })?;
+        if !force {
+            let opened = core.barrier.decrypt(SUMS_AAD, sealed).map_err(|_| {
+                CoreError::bad_request(
+                    "could not verify hash file, possibly the snapshot is using a different set \
+                     of unseal keys; use the snapshot-force API to bypass this check",
+                )
+            })?;
+            verify_sums(&opened, &up).map_err(CoreError::BadRequest)?;
+        }
+        verify_sums(sums, &up).map_err(CoreError::BadRequest)?;
+        let meta: ArchiveMeta = serde_json::from_slice(&up.meta).map_err(|e| {
+            CoreError::BadRequest(format!("failed to decode snapshot metadata: {e}"))
+        })?;
+        match meta.state_version {
+            None => {
+                return Err(CoreError::bad_request(
+                    "snapshot was not taken by Custos: meta.json has no CustosStateVersion",
+                ));
+            }
+            Some(v) if v > STATE_VERSION => {
+                return Err(CoreError::BadRequest(format!(
+                    "snapshot state version {v} is newer than this server supports \
+                     ({STATE_VERSION})"
+                )));
+            }
+            Some(_) => {}
+        }
+        let info = raft.check_state_file(&spool.0).await?;
+        let staged = raft.stage_restore(&spool.0, info).await?;
+        drop(spool);
+        Ok((raft, staged))
+    }
+    .await;
+    let (raft, staged) = match checked {
+        Ok(s) => s,
+        Err(e) => return refuse(grant, e).await,
+    };
+    let ok = Ok(Response {
+        status: Some(204),
+        ..Default::default()
+    });
+    if let Err(e) = finish(grant, &ok).await {
+        if let Err(abort) = raft.abort_restore().await {
+            tracing::warn!(error = %abort, "dropping an unaudited restore's staged pairs");
+        }
+        return Err(e);
+    }
+    let snapshot_id = staged.info.snapshot_id.clone();
+    let commit = {
+        let raft = raft.clone();
+        async move { raft.commit_restore(staged).await.map(|_| ()) }
+    };
+    let unsealed = core.replace_state(commit).await?;
+    tracing::info!(
+        snapshot_id = %snapshot_id,
+        force,
+        unsealed,
+        "raft snapshot restored{}",
+        if unsealed { "" } else { "; sealed until the source cluster's unseal keys are given" }
+    );
+    Ok(())
+}

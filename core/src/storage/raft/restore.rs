@@ -1,0 +1,299 @@
+//! Whole-state export and streamed restore, both through Raft.
+//!
+//! **Export.** [`RaftStorage::open_snapshot`] has openraft build a snapshot
+//! of everything applied (the same file followers would be sent, see
+//! [`snapshot`](super::snapshot)) and hands back the open file, which the
+//! caller streams out; nothing is read into memory.
+//!
+//! **Restore.** A restore replaces the whole key space, and in a cluster
+//! every node must do it at the same point of the log. openraft's own
+//! snapshot installation cannot serve here: it runs only on followers and
+//! ignores a snapshot older than what is committed, and a DR snapshot is
+//! older by design. So a restore is a sequence of ordinary Raft entries,
+//! replicated and replayed like any write:
+//!
+//! 1. `RestoreBegin(id)` drops whatever an unfinished earlier restore staged;
+//! 2. `RestoreChunk(id, pairs)` entries (about [`CHUNK_BYTES`] each) stage
+//!    the pairs in the state machine's `kv` table under
+//!    [`STAGE_PREFIX`]`<id>/` — a prefix no live key has, skipped by every
+//!    listing — so live data is untouched, memory holds one chunk, and the
+//!    staged pairs travel in Raft snapshots like any other key (a follower
+//!    that catches up by snapshot mid-restore has them too);
+//! 3. `RestoreCommit(id, count)` swaps them in, in one redb write
+//!    transaction: every live key goes and each staged pair moves to its own
+//!    name. It is refused, changing nothing, unless exactly `count` pairs are
+//!    staged.
+//!
+//! A crash (kill -9) anywhere leaves the old state or the new one: before
+//! the commit entry is in the log the live keys were never touched (staged
+//! leftovers are dropped by the next restore's begin), and the commit is one
+//! transaction, replayed from the log after a crash if its apply was not yet
+//! durable. The input is checked completely ([`RaftStorage::check_state_file`])
+//! before the first entry is proposed.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+
+use super::snapshot::read_header;
+use super::state_machine::{self, Meta};
+use super::{
+    Command, RaftStorage, SNAPSHOT_WAIT, SnapshotInfo, StoreError, blocking, fatal_to_core,
+    snapshot_info,
+};
+use crate::error::{CoreError, Result};
+
+/// Prefix of pairs staged by a restore in progress (`\0` sorts before every
+/// live key, none of which starts with it).
+pub const STAGE_PREFIX: &str = "\u{0}restore/";
+/// A restore chunk holds about this many bytes of pairs…
+const CHUNK_BYTES: usize = 1 << 20;
+/// …and at most this many pairs.
+const CHUNK_PAIRS: usize = 4096;
+/// Keys a restored state must hold, or no unseal key could ever open it.
+const REQUIRED_KEYS: &[&str] = &["core/seal/config", "core/seal/keyring"];
+
+/// A restore whose pairs are staged, waiting for [`RaftStorage::commit_restore`].
+#[derive(Debug)]
+pub struct StagedRestore {
+    id: String,
+    count: u64,
+    /// What the restored snapshot is.
+    pub info: SnapshotInfo,
+}
+
+fn bad(msg: impl std::fmt::Display) -> StoreError {
+    StoreError::Format(format!("state.bin: {msg}"))
+}
+
+/// Reads a state file (the snapshot format of [`snapshot`](super::snapshot))
+/// one pair at a time, every length checked against what is left of the file
+/// before anything is allocated.
+struct PairReader {
+    r: BufReader<File>,
+    /// Bytes of the file not read yet.
+    left: u64,
+    /// Pairs the header announced and not read yet.
+    pairs_left: u64,
+}
+
+impl PairReader {
+    fn open(path: &Path) -> std::result::Result<(Meta, u64, PairReader), StoreError> {
+        let file = File::open(path).map_err(|e| bad(format!("opening: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| bad(format!("reading: {e}")))?
+            .len();
+        let mut r = BufReader::with_capacity(1 << 20, file);
+        let (meta, count) = read_header(&mut r).map_err(|e| bad(e.to_string()))?;
+        let pos = r
+            .stream_position()
+            .map_err(|e| bad(format!("reading: {e}")))?;
+        let reader = PairReader {
+            r,
+            left: len.saturating_sub(pos),
+            pairs_left: count,
+        };
+        Ok((meta, count, reader))
+    }
+
+    fn take(&mut self, n: u64) -> std::result::Result<Vec<u8>, StoreError> {
+        if n > self.left {
+            return Err(bad("truncated (a length runs past the end)"));
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.r
+            .read_exact(&mut buf)
+            .map_err(|e| bad(format!("reading: {e}")))?;
+        self.left -= n;
+        Ok(buf)
+    }
+
+    fn len(&mut self) -> std::result::Result<u64, StoreError> {
+        let b = self.take(4)?;
+        Ok(u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+    }
+
+    fn next_pair(&mut self) -> std::result::Result<Option<(String, Vec<u8>)>, StoreError> {
+        if self.pairs_left == 0 {
+            return if self.left == 0 {
+                Ok(None)
+            } else {
+                Err(bad("trailing bytes after the last pair"))
+            };
+        }
+        let klen = self.len()?;
+        let key = String::from_utf8(self.take(klen)?).map_err(|_| bad("a key is not UTF-8"))?;
+        let vlen = self.len()?;
+        let value = self.take(vlen)?;
+        self.pairs_left -= 1;
+        Ok(Some((key, value)))
+    }
+}
+
+/// Read the whole state file: format, every length, the keys a node needs.
+fn check_state(path: &Path) -> std::result::Result<(Meta, u64), StoreError> {
+    let (meta, count, mut reader) = PairReader::open(path)?;
+    let mut found = vec![false; REQUIRED_KEYS.len()];
+    while let Some((key, _)) = reader.next_pair()? {
+        if let Some(i) = REQUIRED_KEYS.iter().position(|k| *k == key) {
+            found[i] = true;
+        }
+    }
+    if let Some(i) = found.iter().position(|f| !f) {
+        return Err(bad(format!(
+            "holds no {} (not an initialized Custos state)",
+            REQUIRED_KEYS[i]
+        )));
+    }
+    Ok((meta, count))
+}
+
+impl RaftStorage {
+    /// The data directory (where a restore spools its upload).
+    pub fn data_dir(&self) -> PathBuf {
+        self.snapshots.dir().to_path_buf()
+    }
+
+    /// Build a snapshot of everything applied so far and open it: what it
+    /// is, and the file at its first byte (its size is the file's).
+    pub async fn open_snapshot(&self) -> Result<(SnapshotInfo, File)> {
+        // Everything acknowledged is applied: the state machine's applied
+        // index (metrics may trail it) is the floor for the snapshot.
+        let target = state_machine::last_applied(&self.state)?.map(|l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(fatal_to_core)?;
+        self.raft
+            .wait(Some(SNAPSHOT_WAIT))
+            .metrics(|m| m.snapshot.map(|s| s.index) >= target, "snapshot built")
+            .await
+            .map_err(|e| CoreError::Storage(format!("snapshot: {e}")))?;
+        let snapshots = self.snapshots.clone();
+        let (meta, mut file) = blocking(move || snapshots.open_current())
+            .await?
+            .ok_or_else(|| CoreError::Storage("no snapshot available".to_string()))?;
+        let (file, count, size) = blocking(move || {
+            let count = read_header(&mut file)?.1;
+            file.rewind()
+                .map_err(|e| StoreError::SnapshotFile(format!("rewinding: {e}")))?;
+            let size = file
+                .metadata()
+                .map_err(|e| StoreError::SnapshotFile(format!("reading: {e}")))?
+                .len();
+            Ok((file, count, size))
+        })
+        .await?;
+        Ok((snapshot_info(&meta, count, size as usize), file))
+    }
+
+    /// Check a state file completely without touching anything; a damaged
+    /// one is a 400 naming what is wrong.
+    pub async fn check_state_file(&self, path: &Path) -> Result<SnapshotInfo> {
+        let p = path.to_path_buf();
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or_default();
+        let (meta, count) = blocking(move || check_state(&p))
+            .await
+            .map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        Ok(snapshot_info(&meta, count, size as usize))
+    }
+
+    /// Stage the pairs of the state file at `path` (checked by
+    /// [`Self::check_state_file`]) through Raft; live data is untouched
+    /// until [`Self::commit_restore`]. On failure the staged pairs are dropped.
+    pub async fn stage_restore(&self, path: &Path, info: SnapshotInfo) -> Result<StagedRestore> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.propose(Command::RestoreBegin(id.clone())).await?;
+        match self.stage_chunks(&id, path).await {
+            Ok(count) => Ok(StagedRestore { id, count, info }),
+            Err(e) => {
+                if let Err(abort) = self.abort_restore().await {
+                    tracing::warn!(error = %abort, "dropping a failed restore's staged pairs");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn stage_chunks(&self, id: &str, path: &Path) -> Result<u64> {
+        let (tx, mut rx) =
+            mpsc::channel::<std::result::Result<Vec<(String, Vec<u8>)>, StoreError>>(2);
+        let p = path.to_path_buf();
+        let reader = tokio::task::spawn_blocking(move || {
+            let read = (|| {
+                let (_, _, mut reader) = PairReader::open(&p)?;
+                let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+                while let Some((key, value)) = reader.next_pair()? {
+                    // Leftovers of a restore staged when that snapshot was
+                    // taken are nobody's data.
+                    if key.starts_with(STAGE_PREFIX) {
+                        continue;
+                    }
+                    bytes += key.len() + value.len();
+                    chunk.push((key, value));
+                    if bytes >= CHUNK_BYTES || chunk.len() >= CHUNK_PAIRS {
+                        if tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                            return Ok(());
+                        }
+                        bytes = 0;
+                    }
+                }
+                if !chunk.is_empty() {
+                    let _ = tx.blocking_send(Ok(chunk));
+                }
+                Ok(())
+            })();
+            if let Err(e) = read {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let mut count = 0u64;
+        let mut result = Ok(());
+        while let Some(chunk) = rx.recv().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    result = Err(CoreError::BadRequest(e.to_string()));
+                    break;
+                }
+            };
+            count += chunk.len() as u64;
+            if let Err(e) = self
+                .propose(Command::RestoreChunk(id.to_string(), chunk))
+                .await
+            {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let _ = reader.await;
+        result.map(|()| count)
+    }
+
+    /// Swap the staged pairs in as the whole key space (one Raft entry,
+    /// one transaction).
+    pub async fn commit_restore(&self, staged: StagedRestore) -> Result<SnapshotInfo> {
+        let resp = self
+            .propose(Command::RestoreCommit(staged.id.clone(), staged.count))
+            .await?;
+        if let Some(why) = resp.refused {
+            return Err(CoreError::Storage(format!("restore refused: {why}")));
+        }
+        tracing::info!(
+            snapshot_id = %staged.info.snapshot_id,
+            keys = staged.count,
+            "snapshot restored"
+        );
+        Ok(staged.info)
+    }
+
+    /// Drop every staged pair (a restore that will not be committed).
+    pub async fn abort_restore(&self) -> Result<()> {
+        self.propose(Command::RestoreAbort).await.map(|_| ())
+    }
+}
