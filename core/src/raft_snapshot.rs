@@ -682,9 +682,11 @@ async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: boo
             crate::storage::raft::SNAPSHOT_FILE,
             uuid::Uuid::new_v4().simple()
         )));
+        let started = std::time::Instant::now();
         let up = receive(body, spool.0.clone())
             .await
             .map_err(CoreError::BadRequest)?;
+        let received = started.elapsed();
         let sums = up
             .sums
             .as_deref()
@@ -720,12 +722,14 @@ async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: boo
             Some(_) => {}
         }
         let info = raft.check_state_file(&spool.0).await?;
+        let checked = started.elapsed();
         let staged = raft.stage_restore(&spool.0, info).await?;
         drop(spool);
-        Ok((raft, staged))
+        let times = (received, checked, started.elapsed(), started);
+        Ok((raft, staged, times))
     }
     .await;
-    let (raft, staged) = match checked {
+    let (raft, staged, (received, checked, staged_at, started)) = match checked {
         Ok(s) => s,
         Err(e) => return refuse(grant, e).await,
     };
@@ -749,6 +753,10 @@ async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: boo
         snapshot_id = %snapshot_id,
         force,
         unsealed,
+        received_ms = received.as_millis() as u64,
+        checked_ms = checked.as_millis() as u64,
+        staged_ms = staged_at.as_millis() as u64,
+        done_ms = started.elapsed().as_millis() as u64,
         "raft snapshot restored{}",
         if unsealed { "" } else { "; sealed until the source cluster's unseal keys are given" }
     );

@@ -634,7 +634,8 @@ impl RaftStorage {
         // the leader `open` just waited for.
         let mut leader = self.leader_rx.clone();
         let _ = tokio::time::timeout(LEADER_WAIT, leader.wait_for(|l| *l == Some(node_id))).await;
-        Ok(())
+        // A restore a crash interrupted before its commit left pairs staged.
+        self.drop_stale_restore().await
     }
 
     /// Stop Raft and wait (bounded) until its tasks released the databases, so

@@ -26,7 +26,7 @@
 //!
 //! A crash (kill -9) anywhere leaves the old state or the new one: before
 //! the commit entry is in the log the live keys were never touched (staged
-//! leftovers are dropped by the next restore's begin), and the commit is one
+//! leftovers are dropped when the node next opens), and the commit is one
 //! transaction, replayed from the log after a crash if its apply was not yet
 //! durable. The input is checked completely ([`RaftStorage::check_state_file`])
 //! before the first entry is proposed.
@@ -295,5 +295,16 @@ impl RaftStorage {
     /// Drop every staged pair (a restore that will not be committed).
     pub async fn abort_restore(&self) -> Result<()> {
         self.propose(Command::RestoreAbort).await.map(|_| ())
+    }
+
+    /// At open, before anyone can start a restore: drop what a restore
+    /// interrupted before its commit (kill -9) left staged.
+    pub(super) async fn drop_stale_restore(&self) -> Result<()> {
+        let db = self.state.clone();
+        if blocking(move || state_machine::any_staged(&db)).await? {
+            tracing::info!("dropping the pairs an interrupted restore staged");
+            self.abort_restore().await?;
+        }
+        Ok(())
     }
 }

@@ -182,6 +182,14 @@ pub(crate) fn get(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreErro
     Ok(kv.get(key)?.map(|v| v.value().to_vec()))
 }
 
+/// Whether a restore has pairs staged (see [`restore`](super::restore)).
+pub(crate) fn any_staged(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read()?;
+    let kv = txn.open_table(KV)?;
+    let first = kv.range(STAGE_PREFIX..)?.next().transpose()?;
+    Ok(first.is_some_and(|(k, _)| k.value().starts_with(STAGE_PREFIX)))
+}
+
 /// Every key starting with `prefix`, in order: a range scan from `prefix`
 /// that stops at the first key outside it.
 pub(crate) fn keys_with_prefix(db: &Database, prefix: &str) -> Result<Vec<String>, StoreError> {

@@ -631,6 +631,10 @@ async fn streamed_restore_stages_then_swaps_in_one_entry() -> Result<()> {
     let dst = open(&dst_dir).await;
     assert_eq!(dst.get("logical/m/a").await?, Some(b"old".to_vec()));
     assert_eq!(dst.get("stale/key").await?, Some(b"x".to_vec()));
+    assert!(
+        !state_machine::any_staged(&dst.state)?,
+        "the interrupted restore's pairs are dropped at open"
+    );
 
     // A commit that does not find every pair staged changes nothing.
     let refused = dst
