@@ -284,23 +284,38 @@ fn commit_restore(
         });
     }
     kv.retain(|k, _| k.starts_with(&prefix))?;
-    // Staged keys sort first ("\0..."), restored names after them, so the
-    // first key is the next staged one until none is left.
+    // Move the staged pairs to their own names, a bounded batch at a time
+    // (read from the staged range, then written: redb does not allow both
+    // at once on one table).
     loop {
-        let popped = kv
-            .pop_first()?
-            .map(|(k, v)| (k.value().to_string(), v.value().to_vec()));
-        let Some((k, v)) = popped else {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for item in kv.range(prefix.as_str()..)? {
+            let (k, v) = item?;
+            let Some(name) = k.value().strip_prefix(&prefix) else {
+                break;
+            };
+            bytes += k.value().len() + v.value().len();
+            batch.push((name.to_string(), v.value().to_vec()));
+            if batch.len() >= COMMIT_BATCH_PAIRS || bytes >= COMMIT_BATCH_BYTES {
+                break;
+            }
+        }
+        if batch.is_empty() {
             break;
-        };
-        let Some(name) = k.strip_prefix(&prefix) else {
-            kv.insert(k.as_str(), v.as_slice())?;
-            break;
-        };
-        kv.insert(name, v.as_slice())?;
+        }
+        for (name, value) in batch {
+            kv.remove(staged_key(id, &name).as_str())?;
+            kv.insert(name.as_str(), value.as_slice())?;
+        }
     }
     Ok(applied(count as usize))
 }
+
+/// A restore commit moves staged pairs in batches of at most this many…
+const COMMIT_BATCH_PAIRS: usize = 4096;
+/// …and about this many bytes.
+const COMMIT_BATCH_BYTES: usize = 4 << 20;
 
 /// The name a pair of restore `id` is staged under in `kv`.
 fn staged_key(id: &str, key: &str) -> String {
