@@ -668,6 +668,8 @@ async fn restore(
 /// state is swapped (the audit devices are torn down with it, as Vault
 /// answers before it applies).
 async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: bool) -> Result<()> {
+    // Held until the swap: another restore's begin would drop these pairs.
+    let _one = RESTORE.lock().await;
     let checked = async {
         let raft = match raft_of(core) {
             Ok(r) => r,
@@ -676,7 +678,6 @@ async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: boo
                 return Err(e);
             }
         };
-        let _one = RESTORE.lock().await;
         let spool = Spool(raft.data_dir().join(format!(
             "{}.restore-{}.tmp",
             crate::storage::raft::SNAPSHOT_FILE,
@@ -748,7 +749,15 @@ async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: boo
         let raft = raft.clone();
         async move { raft.commit_restore(staged).await.map(|_| ()) }
     };
-    let unsealed = core.replace_state(commit).await?;
+    let unsealed = match core.replace_state(commit).await {
+        Ok(u) => u,
+        Err(e) => {
+            if let Err(abort) = raft.abort_restore().await {
+                tracing::warn!(error = %abort, "dropping a failed restore's staged pairs");
+            }
+            return Err(e);
+        }
+    };
     tracing::info!(
         snapshot_id = %snapshot_id,
         force,
