@@ -441,7 +441,7 @@ fn a_consumer_that_never_moves_holds_retirement_until_it_reads() {
             &issuer.url,
             "\"payments-svc\", \"billing-worker\", \"reports-cron\"",
             "2s",
-            "10s",
+            "15s",
         ),
     );
     let rt = rotator_token(&s, &cfg, dir.path());
@@ -456,7 +456,8 @@ fn a_consumer_that_never_moves_holds_retirement_until_it_reads() {
         .iter()
         .map(|n| token_with_policy(&s, n, CONSUMER_POLICY, dir.path()))
         .collect();
-    // reports-cron reads once (the old key) and then not again.
+    // payments-svc reads every second, billing-worker every 5 s, reports-cron
+    // once (the old key) and then not again.
     assert_eq!(
         client_read(&s, &tokens[2], path).as_deref(),
         Some(old_key.as_str())
@@ -473,7 +474,7 @@ fn a_consumer_that_never_moves_holds_retirement_until_it_reads() {
         tokens[1].clone(),
         path,
         &issuer.url,
-        Duration::from_secs(3),
+        Duration::from_secs(5),
     );
 
     // Held: reports-cron never moves; exit 3, the old key still works.
