@@ -414,10 +414,8 @@ impl<'a> Parser<'a> {
                 },
             }
         }
-        if cfg.server.token_file.is_none() && env("VAULT_TOKEN").is_none_or(|t| t.is_empty()) {
-            // Not an error for `policy` (which talks to no server); checked
-            // where a token is needed.
-        }
+        // A missing token is not an error here (`policy` talks to no
+        // server); `Api::from_settings` refuses it where one is needed.
         Ok(cfg)
     }
 

@@ -32,7 +32,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::api::{Api, ApiError};
-use crate::config::{JobConfig, JobKind, KvPath};
+use crate::config::{JobConfig, JobKind, KvPath, ProviderConfig};
 use crate::metrics as m;
 use crate::provider::{Provider, ProviderError};
 use crate::state::{
@@ -284,10 +284,31 @@ impl Engine {
         }
         failpoint(step, "claimed");
         let t0 = Instant::now();
-        let result = match (&s.job.kind, step) {
-            (JobKind::ApiKey { .. }, Step::Create) => self.api_create(s, &mut run).await,
-            (JobKind::ApiKey { .. }, Step::Promote) => self.api_promote(s, &mut run).await,
-            (JobKind::ApiKey { .. }, Step::Retire) => self.api_retire(s, &mut run).await,
+        let job = s.job;
+        let result = match (&job.kind, step) {
+            (
+                JobKind::ApiKey {
+                    secret, provider, ..
+                },
+                Step::Create,
+            ) => self.api_create(job, secret, provider, &mut run).await,
+            (
+                JobKind::ApiKey {
+                    secret,
+                    provider,
+                    field,
+                },
+                Step::Promote,
+            ) => {
+                self.api_promote(job, (secret, field), provider, &mut run)
+                    .await
+            }
+            (
+                JobKind::ApiKey {
+                    secret, provider, ..
+                },
+                Step::Retire,
+            ) => self.api_retire(job, secret, provider, &mut run).await,
             (JobKind::Kek { .. }, Step::Create) => self.kek_create(s, &mut run).await,
             (JobKind::Kek { .. }, Step::Promote) => self.kek_promote(s, &mut run).await,
             (JobKind::Kek { .. }, Step::Retire) => self.kek_retire(s, &mut run).await,
@@ -324,10 +345,9 @@ impl Engine {
             return self.finish(s, run).await;
         }
         s.state.run = Some(run);
-        if !self.save(s, step).await? {
-            // Our claim expired and someone else moved on; their state wins.
-            return Ok(None);
-        }
+        // Whether this write wins or our claim expired and someone else moved
+        // on (their state wins), the caller reads again.
+        self.save(s, step).await?;
         Ok(None)
     }
 
@@ -350,27 +370,19 @@ impl Engine {
         }
         metrics::counter!(m::RUNS, "rotation_job" => s.job.name.clone(), "outcome" => "done")
             .increment(1);
-        metrics::gauge!(m::LAST_SUCCESS, "rotation_job" => s.job.name.clone()).set(t as f64);
         tracing::info!(job = %s.job.name, run = %run.id, "run done");
         Ok(Some(Tick::Done(summary)))
     }
 
     // ------------------------------------------------------------ api_key
 
-    fn api_parts<'j>(&self, job: &'j JobConfig) -> (&'j KvPath, &'j str) {
-        match &job.kind {
-            JobKind::ApiKey { secret, field, .. } => (secret, field),
-            JobKind::Kek { dek_prefix, .. } => (dek_prefix, ""),
-        }
-    }
-
-    fn provider(&self, job: &JobConfig, step: Step) -> Result<Provider, RunError> {
-        match &job.kind {
-            JobKind::ApiKey { provider, .. } => {
-                Provider::from_config(provider).map_err(|e| self.err(job, step, e))
-            }
-            JobKind::Kek { .. } => Err(self.err(job, step, Cause::Invalid("no provider".into()))),
-        }
+    fn provider(
+        &self,
+        job: &JobConfig,
+        step: Step,
+        config: &ProviderConfig,
+    ) -> Result<Provider, RunError> {
+        Provider::from_config(config).map_err(|e| self.err(job, step, e))
     }
 
     /// The secret's mount must be KV version 2.
@@ -401,9 +413,13 @@ impl Engine {
         }
     }
 
-    async fn api_create(&self, s: &mut Session<'_>, run: &mut Run) -> Result<Step, RunError> {
-        let job = s.job;
-        let (secret, _) = self.api_parts(job);
+    async fn api_create(
+        &self,
+        job: &JobConfig,
+        secret: &KvPath,
+        provider: &ProviderConfig,
+        run: &mut Run,
+    ) -> Result<Step, RunError> {
         self.check_kv2(job, Step::Create, secret).await?;
         // The previous credential: the secret's current version (the
         // promote step is the only thing that moves it, and it comes after).
@@ -427,7 +443,7 @@ impl Engine {
         } else {
             None
         };
-        let provider = self.provider(job, Step::Create)?;
+        let provider = self.provider(job, Step::Create, provider)?;
         let cred = provider
             .create(&job.name, &run.id)
             .await
@@ -440,10 +456,14 @@ impl Engine {
         Ok(Step::Promote)
     }
 
-    async fn api_promote(&self, s: &mut Session<'_>, run: &mut Run) -> Result<Step, RunError> {
-        let job = s.job;
-        let (secret, field) = self.api_parts(job);
-        let provider = self.provider(job, Step::Promote)?;
+    async fn api_promote(
+        &self,
+        job: &JobConfig,
+        (secret, field): (&KvPath, &str),
+        provider: &ProviderConfig,
+        run: &mut Run,
+    ) -> Result<Step, RunError> {
+        let provider = self.provider(job, Step::Promote, provider)?;
         // The provider's create is idempotent per run id: this returns the
         // key made in `create` (an `http` issuer hands back the same one).
         let cred = provider
@@ -522,10 +542,14 @@ impl Engine {
         Ok(Step::Verify)
     }
 
-    async fn api_retire(&self, s: &mut Session<'_>, run: &mut Run) -> Result<Step, RunError> {
-        let job = s.job;
-        let (secret, _) = self.api_parts(job);
-        let provider = self.provider(job, Step::Retire)?;
+    async fn api_retire(
+        &self,
+        job: &JobConfig,
+        secret: &KvPath,
+        provider: &ProviderConfig,
+        run: &mut Run,
+    ) -> Result<Step, RunError> {
+        let provider = self.provider(job, Step::Retire, provider)?;
         if let Some(id) = &run.previous_key_id {
             provider
                 .revoke(id)
@@ -775,15 +799,17 @@ impl Engine {
                     ])
                     .await
                     .map_err(err)?;
-                let ever = self
-                    .api
-                    .audit_query(&[("path", secret.data()), ("limit", "100000".into())])
-                    .await
-                    .map_err(err)?;
-                (
-                    api_key_progress(&job.consumers, &moved, &ever, new),
-                    Vec::new(),
-                )
+                let mut progress = api_key_progress(&job.consumers, &moved, &Value::Null, new);
+                // Who has not moved: when did it last read, has it ever?
+                if progress.values().any(|p| !p.moved) {
+                    let ever = self
+                        .api
+                        .audit_query(&[("path", secret.data()), ("limit", "100000".into())])
+                        .await
+                        .map_err(err)?;
+                    progress = api_key_progress(&job.consumers, &moved, &ever, new);
+                }
+                (progress, Vec::new())
             }
             JobKind::Kek {
                 transit_mount, key, ..
@@ -819,8 +845,6 @@ impl Engine {
             .map(|(n, _)| n.clone())
             .chain(undeclared.iter().map(|u| format!("{u} (undeclared)")))
             .collect();
-        metrics::gauge!(m::CONSUMERS_PENDING, "rotation_job" => job.name.clone())
-            .set(pending.len() as f64);
         for (n, p) in &consumers {
             let known = run.consumers.get(n).is_some_and(|old| !old.seen);
             if !p.seen && !p.moved && !known {

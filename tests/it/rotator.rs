@@ -203,16 +203,38 @@ fn cli(s: &Server, token: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn cli_at(addr: &str, token: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env("VAULT_ADDR", format!("http://{addr}"))
-        .env("VAULT_TOKEN", token)
-        .env("CUSTOS_LOG", "warn")
-        .stdin(Stdio::null());
+    let mut c = custos_cmd(addr, token);
+    c.args(args);
     for (k, v) in env {
         c.env(k, v);
     }
     c.output().expect("run custos")
+}
+
+/// The custos binary against `addr` with `token`, quiet, no stdin; not run.
+fn custos_cmd(addr: &str, token: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("VAULT_ADDR", format!("http://{addr}"))
+        .env("VAULT_TOKEN", token)
+        .env("CUSTOS_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+/// `custos rotator ARGS --config CFG` against `s`, not run.
+fn rotator_cmd(s: &Server, token: &str, args: &[&str], cfg: &Path) -> Command {
+    let mut c = custos_cmd(&s.addr, token);
+    c.arg("rotator").args(args).arg("--config").arg(cfg);
+    c
+}
+
+/// `custos rotator run JOB` started in the background, output captured.
+fn spawn_rotator_run(s: &Server, token: &str, job: &str, cfg: &Path) -> std::process::Child {
+    rotator_cmd(s, token, &["run", job], cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rotator")
 }
 
 fn text(o: &Output) -> String {
@@ -269,10 +291,9 @@ fn rotator_token(s: &Server, cfg: &Path, dir: &Path) -> String {
 }
 
 fn rotator(s: &Server, token: &str, args: &[&str], cfg: &Path, env: &[(&str, &str)]) -> Output {
-    let mut a: Vec<&str> = vec!["rotator"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["--config", cfg.to_str().expect("utf8")]);
-    cli(s, token, &a, env)
+    let mut c = rotator_cmd(s, token, args, cfg);
+    c.envs(env.iter().copied());
+    c.output().expect("run custos rotator")
 }
 
 fn status_json(s: &Server, token: &str, cfg: &Path, job: &str) -> Value {
@@ -519,12 +540,8 @@ fn a_consumer_that_never_moves_holds_retirement_until_it_reads() {
         "telemetry {{\n  prometheus_listen = \"127.0.0.1:{port}\"\n}}\n"
     ));
     std::fs::write(&cfg, text_cfg).expect("cfg");
-    let mut daemon = Command::new(BIN)
-        .args(["rotator", "serve", "--config", cfg.to_str().expect("utf8")])
-        .env("VAULT_ADDR", format!("http://{}", s.addr))
-        .env("VAULT_TOKEN", &rt)
+    let mut daemon = rotator_cmd(&s, &rt, &["serve"], &cfg)
         .env("CUSTOS_LOG", "info")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -638,25 +655,10 @@ fn kill_9_at_every_step_completes_each_run_exactly_once() {
         Duration::from_millis(300),
     );
     let (creates0, revokes0, _) = issuer.stats();
-    let spawn = || {
-        Command::new(BIN)
-            .args([
-                "rotator",
-                "run",
-                "crash",
-                "--config",
-                cfg.to_str().expect("utf8"),
-            ])
-            .env("VAULT_ADDR", format!("http://{}", s.addr))
-            .env("VAULT_TOKEN", &rt)
-            .env("CUSTOS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rotator")
-    };
-    let (a, b) = (spawn(), spawn());
+    let (a, b) = (
+        spawn_rotator_run(&s, &rt, "crash", &cfg),
+        spawn_rotator_run(&s, &rt, "crash", &cfg),
+    );
     let (a, b) = (
         a.wait_with_output().expect("a"),
         b.wait_with_output().expect("b"),
@@ -952,22 +954,7 @@ job "sealed" {{
     let svc = token_with_policy(&s, "payments-svc", CONSUMER_POLICY, dir.path());
 
     // The second run promotes version 2 and waits for payments-svc.
-    let child = Command::new(BIN)
-        .args([
-            "rotator",
-            "run",
-            "sealed",
-            "--config",
-            cfg.to_str().expect("utf8"),
-        ])
-        .env("VAULT_ADDR", format!("http://{}", s.addr))
-        .env("VAULT_TOKEN", &rt)
-        .env("CUSTOS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rotator");
+    let child = spawn_rotator_run(&s, &rt, "sealed", &cfg);
     eventually(30, "version 2 to be promoted", || {
         kv_versions(&s, path)["current_version"] == 2
     });
