@@ -726,9 +726,9 @@ impl RaftStorage {
         res.map(|r| r.data).map_err(write_error_to_core)
     }
 
-    /// Build a snapshot of everything applied so far and return its bytes (the
-    /// format is described in `state_machine`) with what the DR manifest needs.
-    pub async fn snapshot_bytes(&self) -> Result<(Vec<u8>, SnapshotInfo)> {
+    /// Build a Raft snapshot covering everything applied so far and wait
+    /// until it is the current one.
+    pub(crate) async fn build_current_snapshot(&self) -> Result<()> {
         // Everything acknowledged is applied to the state machine: take its
         // applied index (metrics may trail it) as the floor for the snapshot.
         let target = state_machine::last_applied(&self.state)?.map(|l| l.index);
@@ -742,6 +742,13 @@ impl RaftStorage {
             .metrics(|m| m.snapshot.map(|s| s.index) >= target, "snapshot built")
             .await
             .map_err(|e| CoreError::Storage(format!("snapshot: {e}")))?;
+        Ok(())
+    }
+
+    /// Build a snapshot of everything applied so far and return its bytes (the
+    /// format is described in `state_machine`) with what the DR manifest needs.
+    pub async fn snapshot_bytes(&self) -> Result<(Vec<u8>, SnapshotInfo)> {
+        self.build_current_snapshot().await?;
         let snapshots = self.snapshots.clone();
         let (meta, data) = blocking(move || snapshots.read_current())
             .await?

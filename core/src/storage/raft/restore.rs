@@ -39,10 +39,7 @@ use tokio::sync::mpsc;
 
 use super::snapshot::read_header;
 use super::state_machine::{self, Meta};
-use super::{
-    Command, RaftStorage, SNAPSHOT_WAIT, SnapshotInfo, StoreError, blocking, fatal_to_core,
-    snapshot_info,
-};
+use super::{Command, RaftStorage, SnapshotInfo, StoreError, blocking, snapshot_info};
 use crate::error::{CoreError, Result};
 
 /// Prefix of pairs staged by a restore in progress (`\0` sorts before every
@@ -160,19 +157,7 @@ impl RaftStorage {
     /// Build a snapshot of everything applied so far and open it: what it
     /// is, and the file at its first byte (its size is the file's).
     pub async fn open_snapshot(&self) -> Result<(SnapshotInfo, File)> {
-        // Everything acknowledged is applied: the state machine's applied
-        // index (metrics may trail it) is the floor for the snapshot.
-        let target = state_machine::last_applied(&self.state)?.map(|l| l.index);
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(fatal_to_core)?;
-        self.raft
-            .wait(Some(SNAPSHOT_WAIT))
-            .metrics(|m| m.snapshot.map(|s| s.index) >= target, "snapshot built")
-            .await
-            .map_err(|e| CoreError::Storage(format!("snapshot: {e}")))?;
+        self.build_current_snapshot().await?;
         let snapshots = self.snapshots.clone();
         let (meta, mut file) = blocking(move || snapshots.open_current())
             .await?
