@@ -12,7 +12,6 @@
 //! report under `audit_modes`; the `workloads` key keeps its meaning (Custos
 //! with the file device vs OpenBao), `servers` lists every server started.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -24,7 +23,7 @@ use crate::report::{
 use crate::servers::{
     self, AuditMode, AuditSetup, BENCH_INDEX, BENCH_TOPIC, Kind, Server, SinkAddrs, SinkBacklog,
 };
-use crate::workload::{Fixture, Workload};
+use crate::workload::Workload;
 use crate::{
     CompareArgs, Target, alternate, binaries, error_failures, prepare, sysinfo, workspace_root,
 };
@@ -170,16 +169,8 @@ pub(crate) async fn compare(a: CompareArgs) -> Result<bool> {
             server.dir.display()
         );
         println!("    durability: {}", server.durability);
-        let client = server.client(a.load.concurrency)?;
-        let fixture = Arc::new(Fixture::new(server.transit_missing.clone()));
         let drain = (server.audit == AuditMode::Sinks && *kind == Kind::Custos).then_some(drain);
-        targets.push(Target {
-            server,
-            fixture,
-            client,
-            drain,
-            sink_samples: Vec::new(),
-        });
+        targets.push(Target::new(server, a.load.concurrency, drain)?);
     }
 
     let mut failures = Vec::new();

@@ -378,6 +378,18 @@ struct Target {
 }
 
 impl Target {
+    /// `server` with an empty fixture and a client of `pool` connections;
+    /// `drain` as the field says.
+    fn new(server: Server, pool: usize, drain: Option<Duration>) -> Result<Target> {
+        Ok(Target {
+            client: server.client(pool)?,
+            fixture: Arc::new(Fixture::new(server.transit_missing.clone())),
+            server,
+            drain,
+            sink_samples: Vec::new(),
+        })
+    }
+
     /// What the report says about this server.
     fn info(&self, rss_after_workloads_bytes: Option<u64>) -> ServerInfo {
         ServerInfo {
@@ -601,15 +613,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
             server.dir.display()
         );
         println!("    durability: {}", kind.durability());
-        let client = server.client(pool)?;
-        let fixture = Arc::new(Fixture::new(server.transit_missing.clone()));
-        targets.push(Target {
-            server,
-            fixture,
-            client,
-            drain: None,
-            sink_samples: Vec::new(),
-        });
+        targets.push(Target::new(server, pool, None)?);
     }
 
     let mut failures = Vec::new();

@@ -31,7 +31,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::load::RunStats;
 use crate::servers::{self, AuditSetup, Kind};
-use crate::workload::{Fixture, Workload};
+use crate::workload::Workload;
 use crate::{
     CompareArgs, SETTLE_AFTER_PREPARE, Target, alternate, binaries, error_failures, prepare,
     settle, sysinfo, workspace_root,
@@ -244,15 +244,7 @@ pub async fn compare(a: CompareArgs) -> Result<bool> {
                 shown.join(" ")
             }
         );
-        let client = server.client(a.load.concurrency)?;
-        let fixture = Arc::new(Fixture::new(server.transit_missing.clone()));
-        targets.push(Target {
-            server,
-            fixture,
-            client,
-            drain: None,
-            sink_samples: Vec::new(),
-        });
+        targets.push(Target::new(server, a.load.concurrency, None)?);
     }
 
     let mut failures = Vec::new();
