@@ -1,0 +1,1 @@
+//! custos-dr integration tests (one binary). Filled in by the next commits.
