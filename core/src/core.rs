@@ -97,6 +97,9 @@ pub struct Core {
     state_lock: Mutex<()>,
     me: Weak<Core>,
     started: Instant,
+    /// The automated snapshot agent the binary registered, if any
+    /// ([`crate::snapshot_auto`]).
+    snapshot_agent: std::sync::OnceLock<Arc<dyn crate::snapshot_auto::SnapshotAgent>>,
 }
 
 /// The error a client sees when audit could not record its request: 503 when
@@ -135,7 +138,22 @@ impl Core {
             state_lock: Mutex::new(()),
             me: me.clone(),
             started: Instant::now(),
+            snapshot_agent: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Register the automated snapshot agent (once; a second call is
+    /// refused with the agent it tried to register).
+    pub fn set_snapshot_agent(
+        &self,
+        agent: Arc<dyn crate::snapshot_auto::SnapshotAgent>,
+    ) -> std::result::Result<(), Arc<dyn crate::snapshot_auto::SnapshotAgent>> {
+        self.snapshot_agent.set(agent)
+    }
+
+    /// The registered automated snapshot agent.
+    pub fn snapshot_agent(&self) -> Option<&dyn crate::snapshot_auto::SnapshotAgent> {
+        self.snapshot_agent.get().map(|a| a.as_ref())
     }
 
     pub fn raft(&self) -> Option<&Arc<RaftStorage>> {
@@ -692,6 +710,11 @@ impl Core {
 
     /// Stop background work and flush audit; called at server shutdown.
     pub async fn shutdown(&self) {
+        // The snapshot agent first: it finishes or abandons its upload
+        // while storage is still open.
+        if let Some(agent) = self.snapshot_agent.get() {
+            agent.shutdown().await;
+        }
         let taken = self.unsealed.write().ok().and_then(|mut s| s.take());
         if let Some(u) = taken {
             self.teardown(u).await;

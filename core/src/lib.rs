@@ -24,6 +24,8 @@ pub mod raft_snapshot;
 pub mod router;
 pub mod seal;
 pub mod server;
+pub mod snapshot_auto;
+pub mod state_digest;
 pub mod storage;
 pub mod sys;
 pub mod token;

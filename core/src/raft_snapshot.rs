@@ -58,7 +58,8 @@ use crate::barrier::Barrier;
 use crate::core::{Core, Unsealed};
 use crate::error::{CoreError, Result};
 use crate::logical::{Operation, Request, Response, Secret};
-use crate::storage::raft::RaftStorage;
+use crate::state_digest::StateDigest;
+use crate::storage::raft::{RaftStorage, SnapshotInfo};
 use crate::token::TokenEntry;
 
 /// Save (GET) and restore from this cluster (POST).
@@ -255,6 +256,22 @@ async fn save(
         Err(e) => return refuse(&grant, e).await,
     };
     finish(&grant, &Ok(Response::default())).await?;
+    let mut resp = axum::response::Response::new(Body::from_stream(archive_of(core, &info, file)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    Ok(resp)
+}
+
+/// The archive of the opened snapshot `file` (what `info` describes), made
+/// on a blocking thread into a bounded channel: the stream a save answers
+/// with and an automated snapshot uploads.
+fn archive_of(
+    core: &Core,
+    info: &SnapshotInfo,
+    file: std::fs::File,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
     let meta = ArchiveMeta {
         version: 1,
         id: info.snapshot_id.clone(),
@@ -274,12 +291,40 @@ async fn save(
             let _ = tx.blocking_send(Err(e));
         }
     });
-    let mut resp = axum::response::Response::new(Body::from_stream(archive_stream(rx, task)));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/gzip"),
+    archive_stream(rx, task)
+}
+
+/// A snapshot being taken in-process (the automated snapshot agent): what
+/// it is, the archive as `GET sys/storage/raft/snapshot` streams it, and
+/// the digest of the same state ([`crate::state_digest`]), computed on
+/// another thread while the archive streams.
+pub struct SnapshotExport {
+    pub info: SnapshotInfo,
+    pub archive: std::pin::Pin<Box<dyn futures::Stream<Item = io::Result<Bytes>> + Send>>,
+    pub digest: JoinHandle<Result<StateDigest>>,
+}
+
+/// Take a snapshot of everything applied, for an in-process caller: no
+/// token, ACL or audit (the caller is the server itself, on a schedule its
+/// operators configured through the audited `snapshot-auto` API). The node
+/// must be unsealed.
+pub async fn export(core: &Arc<Core>) -> Result<SnapshotExport> {
+    core.unsealed()?;
+    let raft = raft_of(core)?;
+    let (info, file) = raft.open_snapshot().await?;
+    let for_digest = Arc::new(
+        file.try_clone()
+            .map_err(|e| CoreError::Storage(format!("opening the snapshot twice: {e}")))?,
     );
-    Ok(resp)
+    let barrier = core.barrier.clone();
+    let digest =
+        tokio::task::spawn_blocking(move || crate::state_digest::digest_file(for_digest, &barrier));
+    let archive = Box::pin(archive_of(core, &info, file));
+    Ok(SnapshotExport {
+        info,
+        archive,
+        digest,
+    })
 }
 
 /// Audit a failure as the response, then return it.
@@ -653,9 +698,9 @@ async fn restore(
             return Err(e);
         }
     };
-    let result = restore_checked(core, &grant, body, force).await;
+    let result = restore_checked(core, Some(&grant), body, force).await;
     match result {
-        Ok(()) => {
+        Ok(_) => {
             let mut r = axum::response::Response::new(Body::empty());
             *r.status_mut() = StatusCode::NO_CONTENT;
             Ok(r)
@@ -667,7 +712,12 @@ async fn restore(
 /// Everything after authorization; the response is audited before the
 /// state is swapped (the audit devices are torn down with it, as Vault
 /// answers before it applies).
-async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: bool) -> Result<()> {
+async fn restore_checked(
+    core: &Arc<Core>,
+    grant: Option<&Grant>,
+    body: Body,
+    force: bool,
+) -> Result<bool> {
     // Held until the swap: another restore's begin would drop these pairs.
     let _one = RESTORE.lock().await;
     let checked = async {
@@ -732,13 +782,13 @@ async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: boo
     .await;
     let (raft, staged, (received, checked, staged_at, started)) = match checked {
         Ok(s) => s,
-        Err(e) => return refuse(grant, e).await,
+        Err(e) => return refuse_if(grant, e).await,
     };
     let ok = Ok(Response {
         status: Some(204),
         ..Default::default()
     });
-    if let Err(e) = finish(grant, &ok).await {
+    if let Err(e) = finish_if(grant, &ok).await {
         if let Err(abort) = raft.abort_restore().await {
             tracing::warn!(error = %abort, "dropping an unaudited restore's staged pairs");
         }
@@ -769,5 +819,34 @@ async fn restore_checked(core: &Arc<Core>, grant: &Grant, body: Body, force: boo
         "raft snapshot restored{}",
         if unsealed { "" } else { "; sealed until the source cluster's unseal keys are given" }
     );
-    Ok(())
+    Ok(unsealed)
+}
+
+/// Restore a Vault-format snapshot archive read from `archive` into this
+/// node, in-process (a restore drill's fresh node): the same checks and
+/// swap as `POST sys/storage/raft/snapshot[-force]`, without a token or an
+/// audit entry. Returns whether the node is unsealed afterwards (a snapshot
+/// of another cluster leaves it sealed until that cluster's keys are given).
+pub async fn restore_archive<S>(core: &Arc<Core>, archive: S, force: bool) -> Result<bool>
+where
+    S: futures::Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
+    core.unsealed()?;
+    restore_checked(core, None, Body::from_stream(archive), force).await
+}
+
+/// [`finish`] for a caller that has a grant; nothing to audit otherwise.
+async fn finish_if(grant: Option<&Grant>, result: &Result<Response>) -> Result<()> {
+    match grant {
+        Some(g) => finish(g, result).await,
+        None => Ok(()),
+    }
+}
+
+/// [`refuse`] for a caller that may have no grant.
+async fn refuse_if<T>(grant: Option<&Grant>, e: CoreError) -> Result<T> {
+    match grant {
+        Some(g) => refuse(g, e).await,
+        None => Err(e),
+    }
 }

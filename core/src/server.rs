@@ -158,7 +158,33 @@ pub async fn serve(cfg: &ServerConfig, core: Arc<Core>) -> Result<RunningServer,
 
 /// Open storage, build the core and bind every listener.
 pub async fn start(cfg: &ServerConfig) -> Result<RunningServer, ServerError> {
+    start_with(cfg, &CoreHooks::default()).await
+}
+
+/// What the `custos` binary adds to a core it starts, before it listens:
+/// parts that live in crates core does not depend on (the automated
+/// snapshot agent of `custos-dr`).
+#[derive(Clone, Default)]
+pub struct CoreHooks {
+    /// Called once with the opened core, before the listeners bind.
+    pub on_open: Option<Arc<dyn Fn(&Arc<Core>) + Send + Sync>>,
+}
+
+impl CoreHooks {
+    fn opened(&self, core: &Arc<Core>) {
+        if let Some(f) = &self.on_open {
+            f(core);
+        }
+    }
+}
+
+/// [`start`], with the binary's hooks.
+pub async fn start_with(
+    cfg: &ServerConfig,
+    hooks: &CoreHooks,
+) -> Result<RunningServer, ServerError> {
     let core = open_core(cfg).await?;
+    hooks.opened(&core);
     serve(cfg, core).await
 }
 
@@ -351,11 +377,12 @@ pub async fn run(
     config: ServerConfig,
     config_file: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    hooks: &CoreHooks,
 ) -> Result<(), ServerError> {
     config
         .validate(config_file)
         .map_err(|e| ServerError::Config(e.to_string()))?;
-    let server = start(&config).await?;
+    let server = start_with(&config, hooks).await?;
     let sealed_note = if server.core.is_initialized().await.unwrap_or(false) {
         "sealed; unseal with `custos operator unseal`"
     } else {
@@ -376,8 +403,9 @@ pub async fn run(
 pub async fn run_dev(
     opts: DevOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    hooks: &CoreHooks,
 ) -> Result<(), ServerError> {
-    let (server, dev) = start_dev(&opts).await?;
+    let (server, dev) = start_dev_with(&opts, hooks).await?;
     let addr = server.addrs.first().copied().unwrap_or(opts.listen);
     println!(
         "==> Custos server configuration:\n\n\
@@ -419,6 +447,21 @@ pub struct DevHandle {
 /// Start a dev server and return it with its keys (used by `run_dev` and by
 /// tests that want a ready server on port 0).
 pub async fn start_dev(opts: &DevOptions) -> Result<(RunningServer, DevHandle), ServerError> {
+    start_dev_with(opts, &CoreHooks::default()).await
+}
+
+/// Automated snapshots a dev server takes when the binary runs an agent:
+/// its name, and where they go (inside the dev data directory).
+pub const DEV_SNAPSHOT_CONFIG: &str = "dev-local";
+const DEV_SNAPSHOT_DIR: &str = "snapshots";
+
+/// [`start_dev`], with the binary's hooks. With a snapshot agent, the dev
+/// server gets an automated snapshot configuration [`DEV_SNAPSHOT_CONFIG`]:
+/// every 6 hours to `<data dir>/snapshots`, keeping 4.
+pub async fn start_dev_with(
+    opts: &DevOptions,
+    hooks: &CoreHooks,
+) -> Result<(RunningServer, DevHandle), ServerError> {
     let (tmp, data_dir) = match &opts.data_dir {
         Some(d) => (None, d.clone()),
         None => {
@@ -434,6 +477,7 @@ pub async fn start_dev(opts: &DevOptions) -> Result<(RunningServer, DevHandle), 
     // Initialize, unseal and mount before listening, so the first request a
     // client makes already sees the dev server complete.
     let core = open_core(&cfg).await?;
+    hooks.opened(&core);
     if core.is_initialized().await.map_err(startup)? {
         return Err(startup(format!(
             "dev data dir {} is already initialized: dev mode needs a fresh directory (use `server --config` to reuse data)",
@@ -464,6 +508,21 @@ pub async fn start_dev(opts: &DevOptions) -> Result<(RunningServer, DevHandle), 
     let mut secret = MountEntry::new("secret/", "kv", "key/value secret storage");
     secret.options.insert("version".into(), "2".into());
     core.mount(secret).await.map_err(startup)?;
+    if core.snapshot_agent().is_some() {
+        let dir = data_dir.join(DEV_SNAPSHOT_DIR);
+        let config = serde_json::json!({
+            "storage_type": "local",
+            "path_prefix": dir.display().to_string(),
+            "interval": 6 * 3600,
+            "retain": 4,
+            "local_max_space": 0,
+        });
+        if let serde_json::Value::Object(m) = config {
+            crate::snapshot_auto::write(&core, DEV_SNAPSHOT_CONFIG, &m)
+                .await
+                .map_err(startup)?;
+        }
+    }
     let server = serve(&cfg, core).await?;
     use base64::Engine;
     let unseal_key = base64::engine::general_purpose::STANDARD.encode(key.as_slice());

@@ -108,6 +108,9 @@ const R_AUDIT_QUERY: usize = 24;
 const R_AUDIT_ROTATE: usize = 25;
 const R_REMOUNT: usize = 26;
 const R_REMOUNT_STATUS: usize = 27;
+const R_SNAPSHOT_AUTO_LIST: usize = 28;
+const R_SNAPSHOT_AUTO_CONFIG: usize = 29;
+const R_SNAPSHOT_AUTO_STATUS: usize = 30;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -321,6 +324,60 @@ static PATHS: &[PathSpec] = &[
         existence_check: false,
         help: "The outcome of a mount move.",
     },
+    PathSpec {
+        pattern: "storage/raft/snapshot-auto/config/?",
+        operations: &[Op::List],
+        fields: &[],
+        existence_check: false,
+        help: "List the automated snapshot configurations.",
+    },
+    PathSpec {
+        pattern: "storage/raft/snapshot-auto/config/(?P<name>.+)",
+        operations: &[Op::Read, Op::Create, Op::Update, Op::Delete],
+        fields: SNAPSHOT_AUTO_FIELDS,
+        existence_check: false,
+        help: "An automated snapshot configuration: when (interval or cron schedule), where (local directory or S3, plus an optional copy_to_* second S3 destination), how many to keep. Needs sudo.",
+    },
+    PathSpec {
+        pattern: "storage/raft/snapshot-auto/status/(?P<name>.+)",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "The state of an automated snapshot configuration: its last snapshot, error and next start.",
+    },
+];
+
+/// `snapshot-auto/config/:name`'s fields (see [`crate::snapshot_auto`]);
+/// their meaning belongs to the snapshot agent.
+const SNAPSHOT_AUTO_FIELDS: &[F] = &[
+    F::new("interval", K::Duration),
+    F::new("schedule", K::String),
+    F::new("timezone", K::String),
+    F::new("retain", K::Int),
+    F::new("path_prefix", K::String),
+    F::new("file_prefix", K::String),
+    F::new("storage_type", K::String),
+    F::new("local_max_space", K::Int),
+    F::new("aws_s3_bucket", K::String),
+    F::new("aws_s3_region", K::String),
+    F::new("aws_s3_endpoint", K::String),
+    F::new("aws_s3_disable_tls", K::Bool),
+    F::new("aws_s3_force_path_style", K::Bool),
+    F::new("aws_s3_enable_kms", K::Bool),
+    F::new("aws_s3_kms_key", K::String),
+    F::new("aws_s3_server_side_encryption", K::Bool),
+    F::new("aws_access_key_id", K::String),
+    F::new("aws_secret_access_key", K::String),
+    F::new("aws_session_token", K::String),
+    F::new("copy_to_path_prefix", K::String),
+    F::new("copy_to_aws_s3_bucket", K::String),
+    F::new("copy_to_aws_s3_region", K::String),
+    F::new("copy_to_aws_s3_endpoint", K::String),
+    F::new("copy_to_aws_s3_disable_tls", K::Bool),
+    F::new("copy_to_aws_s3_force_path_style", K::Bool),
+    F::new("copy_to_aws_s3_server_side_encryption", K::Bool),
+    F::new("copy_to_aws_access_key_id", K::String),
+    F::new("copy_to_aws_secret_access_key", K::String),
 ];
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -644,6 +701,35 @@ impl Backend for SystemBackend {
                         },
                     })))
                 }))
+            }
+            R_SNAPSHOT_AUTO_LIST => {
+                let names = crate::snapshot_auto::list(&core).await?;
+                if names.is_empty() {
+                    return Ok(None);
+                }
+                Response::list(names)
+            }
+            R_SNAPSHOT_AUTO_CONFIG => {
+                let name = f.capture("name").unwrap_or_default();
+                match op {
+                    Op::Read => Ok(crate::snapshot_auto::read(&core, name)
+                        .await?
+                        .map(Response::data)),
+                    Op::Delete => {
+                        crate::snapshot_auto::delete(&core, name).await?;
+                        Ok(None)
+                    }
+                    _ => {
+                        crate::snapshot_auto::write(&core, name, f.raw()).await?;
+                        Ok(None)
+                    }
+                }
+            }
+            R_SNAPSHOT_AUTO_STATUS => {
+                let name = f.capture("name").unwrap_or_default();
+                Ok(crate::snapshot_auto::status(&core, name)
+                    .await?
+                    .map(Response::data))
             }
             R_UI_MOUNTS => {
                 let u = core.unsealed()?;

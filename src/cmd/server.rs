@@ -170,7 +170,13 @@ pub async fn run(a: ServerArgs) -> CmdResult {
             a.log_format,
         )?;
         let shutdown = shutdown_signal()?;
-        return match custos_core::server::run_dev(opts, shutdown).await {
+        return match custos_core::server::run_dev(
+            opts,
+            shutdown,
+            &custos_core::server::CoreHooks::default(),
+        )
+        .await
+        {
             Ok(()) => Ok(EXIT_OK),
             Err(e) => Err(Failure::local(format!("Error running dev server: {e}"))),
         };
@@ -205,7 +211,14 @@ pub async fn run(a: ServerArgs) -> CmdResult {
     )?;
     let shutdown = shutdown_signal()?;
     let name = path.display().to_string();
-    match custos_core::server::run(config, &name, shutdown).await {
+    match custos_core::server::run(
+        config,
+        &name,
+        shutdown,
+        &custos_core::server::CoreHooks::default(),
+    )
+    .await
+    {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => Err(Failure::local(format!("Error running server: {e}"))),
     }

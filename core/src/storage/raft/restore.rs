@@ -68,26 +68,39 @@ fn bad(msg: impl std::fmt::Display) -> StoreError {
 /// Reads a state file (the snapshot format of [`snapshot`](super::snapshot))
 /// one pair at a time, every length checked against what is left of the file
 /// before anything is allocated.
-struct PairReader {
-    r: BufReader<File>,
+pub(crate) struct PairReader<R: Read = File> {
+    r: BufReader<R>,
     /// Bytes of the file not read yet.
     left: u64,
     /// Pairs the header announced and not read yet.
     pairs_left: u64,
 }
 
-impl PairReader {
+impl PairReader<File> {
     fn open(path: &Path) -> std::result::Result<(Meta, u64, PairReader), StoreError> {
         let file = File::open(path).map_err(|e| bad(format!("opening: {e}")))?;
         let len = file
             .metadata()
             .map_err(|e| bad(format!("reading: {e}")))?
             .len();
-        let mut r = BufReader::with_capacity(1 << 20, file);
-        let (meta, count) = read_header(&mut r).map_err(|e| bad(e.to_string()))?;
-        let pos = r
-            .stream_position()
-            .map_err(|e| bad(format!("reading: {e}")))?;
+        Self::new(file, len)
+    }
+}
+
+impl<R: Read> PairReader<R> {
+    /// Read the header of a state file of `len` bytes from `input` at its
+    /// first byte: what it is, how many pairs follow, and the reader of them.
+    pub(crate) fn new(
+        input: R,
+        len: u64,
+    ) -> std::result::Result<(Meta, u64, PairReader<R>), StoreError> {
+        let mut r = BufReader::with_capacity(1 << 20, input);
+        let mut counted = Counted {
+            inner: &mut r,
+            read: 0,
+        };
+        let (meta, count) = read_header(&mut counted).map_err(|e| bad(e.to_string()))?;
+        let pos = counted.read;
         let reader = PairReader {
             r,
             left: len.saturating_sub(pos),
@@ -113,7 +126,10 @@ impl PairReader {
         Ok(u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
     }
 
-    fn next_pair(&mut self) -> std::result::Result<Option<(String, Vec<u8>)>, StoreError> {
+    /// The next pair in key order, `None` after the last one.
+    pub(crate) fn next_pair(
+        &mut self,
+    ) -> std::result::Result<Option<(String, Vec<u8>)>, StoreError> {
         if self.pairs_left == 0 {
             return if self.left == 0 {
                 Ok(None)
@@ -127,6 +143,20 @@ impl PairReader {
         let value = self.take(vlen)?;
         self.pairs_left -= 1;
         Ok(Some((key, value)))
+    }
+}
+
+/// Counts the bytes read through it (the header's length).
+struct Counted<'a, R: Read> {
+    inner: &'a mut R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
     }
 }
 
