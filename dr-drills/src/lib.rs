@@ -15,6 +15,7 @@ pub mod copy;
 pub mod destination;
 pub mod error;
 pub mod layout;
+pub mod manifest;
 pub mod retention;
 pub mod secret;
 

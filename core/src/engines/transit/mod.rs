@@ -38,6 +38,7 @@
 //! a `hmac` key without `key_size`, a derived key type that cannot derive,
 //! a signing version out of range) is a 400 here: bad input is never a 500.
 
+pub mod canary;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ use crate::storage::StorageView;
 use policy::decode_b64;
 pub use policy::{HashAlg, KeyPolicy, KeyType, Marshaling, NewKey, OpError};
 
-const POLICY_PREFIX: &str = "policy/";
+pub(crate) const POLICY_PREFIX: &str = "policy/";
 const CONFIG_KEYS: &str = "config/keys";
 /// Largest `random` request, as Vault (128 KiB).
 const MAX_RANDOM_BYTES: i64 = 128 * 1024;
