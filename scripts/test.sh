@@ -15,6 +15,8 @@
 # Exports for tests: CUSTOS_TEST_OPENBAO_ADDR / _TOKEN / _BIN (Rust tests),
 # CUSTOS_TEST_KAFKA (tansu) / CUSTOS_TEST_TANSU_BIN, CUSTOS_TEST_ES
 # (osmem-server, the Elasticsearch API stand-in) / CUSTOS_TEST_OSMEM_BIN,
+# CUSTOS_TEST_S3* and CUSTOS_TEST_S3_COPY_* (two Garage instances) /
+# CUSTOS_TEST_GARAGE_BIN,
 # COMPAT_OPENBAO_ADDR, COMPAT_CUSTOS_ADDR, COMPAT_OPENBAO_BIN,
 # COMPAT_CUSTOS_BIN, COMPAT_BAO_CLI (pytest tests/compat).
 set -euo pipefail
@@ -98,6 +100,7 @@ step "python deps" ensure_python_env
 step "rdkafka build deps" ensure_rdkafka_build_deps
 step "tansu" ensure_tansu
 step "osmem-server" ensure_osmem
+step "garage" ensure_garage
 export COMPAT_BAO_CLI="$BAO_BIN" COMPAT_OPENBAO_BIN="$BAO_BIN"
 log "    python: $PYTHON; bao: $("$BAO_BIN" version | head -n 1)"
 
@@ -124,6 +127,9 @@ export COMPAT_OPENBAO_ADDR="$OPENBAO_ADDR"
 # they are always installed and started, so those tests never skip.
 step "start kafka" start_tansu "$RUN_DIR"
 step "start elasticsearch stand-in" start_osmem "$RUN_DIR"
+# Two Garage instances (two "regions") for the snapshot destination tests
+# in dr-drills.
+step "start garage" start_garage "$RUN_DIR"
 
 # ------------------------------------------------------------------ Rust tests
 if [[ $compat_only -eq 0 ]]; then

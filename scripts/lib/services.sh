@@ -135,6 +135,15 @@ ensure_tansu() {
   export TANSU_BIN
 }
 
+# ensure_garage: Garage 2.5 (a production S3 server, written in Rust), built
+# once into ~/.cargo/bin with SQLite metadata and bundled C libraries (~7 min
+# cold on 2 cores); sets GARAGE_BIN.
+ensure_garage() {
+  ensure_cargo_tool garage garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite
+  GARAGE_BIN=$(command -v garage)
+  export GARAGE_BIN
+}
+
 # ensure_osmem: osmem-server, the in-memory OpenSearch-compatible server we
 # use as the Elasticsearch API stand-in, pip-installed into $PYTHON's
 # environment (after ensure_python_env); sets OSMEM_BIN.
@@ -277,6 +286,84 @@ start_osmem() {
   export CUSTOS_TEST_ES="http://127.0.0.1:$port" CUSTOS_TEST_OSMEM_BIN="$OSMEM_BIN"
 }
 
+# _start_garage_instance NAME DIR REGION BUCKET: one single-node Garage
+# (SQLite metadata, replication_factor 1) with its data in DIR, S3 API on a
+# free port answering as region REGION, the layout applied, BUCKET created
+# and a fresh key (imported, so no output parsing) owning it. Sets
+# GARAGE_S3_ENDPOINT, GARAGE_ACCESS_KEY, GARAGE_SECRET_KEY.
+_start_garage_instance() {
+  local name=$1 dir=$2 region=$3 bucket=$4 port rpc_secret node_id i
+  port=$(free_port_pair) # S3 API on port, RPC on port+1
+  rpc_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  GARAGE_ACCESS_KEY=$(python3 -c 'import secrets; print("GK" + secrets.token_hex(12))')
+  GARAGE_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  rm -rf "$dir" # the layout below is version 1: start from an empty node
+  mkdir -p "$dir/meta" "$dir/data"
+  cat >"$dir/garage.toml" <<EOF
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((port + 1))"
+rpc_public_addr = "127.0.0.1:$((port + 1))"
+rpc_secret = "$rpc_secret"
+
+[s3_api]
+s3_region = "$region"
+api_bind_addr = "127.0.0.1:$port"
+root_domain = ".s3.garage.localhost"
+EOF
+  info "starting Garage $name (S3 region $region) on 127.0.0.1:$port"
+  _start_service "$name" "$dir" env RUST_LOG=garage=warn "$GARAGE_BIN" -c "$dir/garage.toml" server
+  wait_tcp "$name" 127.0.0.1 "$port" "$LAST_SERVICE_PID" "$dir/server.log" 60
+  local g=("$GARAGE_BIN" -c "$dir/garage.toml")
+  # The CLI talks to the node over RPC; wait until it answers.
+  for i in $(seq 1 50); do
+    "${g[@]}" status >"$dir/setup.log" 2>&1 && break
+    [[ $i -eq 50 ]] && die "Garage $name: 'garage status' never succeeded (see $dir/setup.log, $dir/server.log)"
+    sleep 0.2
+  done
+  node_id=$("${g[@]}" node id -q 2>>"$dir/setup.log") ||
+    die "Garage $name: 'garage node id' failed (see $dir/setup.log)"
+  node_id=${node_id%%@*}
+  {
+    "${g[@]}" layout assign -z dc1 -c 1G "$node_id" &&
+      "${g[@]}" layout apply --version 1 &&
+      "${g[@]}" bucket create "$bucket" &&
+      "${g[@]}" key import --yes -n custos-test "$GARAGE_ACCESS_KEY" "$GARAGE_SECRET_KEY" &&
+      "${g[@]}" bucket allow --read --write --owner "$bucket" --key "$GARAGE_ACCESS_KEY"
+  } >>"$dir/setup.log" 2>&1 || die "Garage $name: layout/bucket/key setup failed (see $dir/setup.log)"
+  GARAGE_S3_ENDPOINT="http://127.0.0.1:$port"
+}
+
+# start_garage RUN_DIR: two single-node Garage instances standing for two
+# regions: garage-a (bucket custos-snapshots, the primary snapshot
+# destination) and garage-b (bucket custos-snapshots-copy, the cross-region
+# copy), each with its own key, data under RUN_DIR/garage. Exports
+# CUSTOS_TEST_S3 (A's endpoint), CUSTOS_TEST_S3_REGION / _BUCKET /
+# _ACCESS_KEY / _SECRET_KEY, CUSTOS_TEST_S3_COPY_ENDPOINT / _COPY_REGION /
+# _COPY_BUCKET / _COPY_ACCESS_KEY / _COPY_SECRET_KEY, and
+# CUSTOS_TEST_GARAGE_BIN (for tests that start their own instance to stop
+# it). Does nothing when this shell's instances are already running.
+start_garage() {
+  local dir=$1/garage
+  # shellcheck disable=SC2086 # two pids, split on purpose
+  if [[ -n "${_GARAGE_PIDS:-}" ]] && kill -0 $_GARAGE_PIDS 2>/dev/null; then
+    return 0
+  fi
+  _start_garage_instance garage-a "$dir/a" garage-a custos-snapshots
+  _GARAGE_PIDS=$LAST_SERVICE_PID
+  export CUSTOS_TEST_S3="$GARAGE_S3_ENDPOINT" CUSTOS_TEST_S3_REGION=garage-a \
+    CUSTOS_TEST_S3_BUCKET=custos-snapshots \
+    CUSTOS_TEST_S3_ACCESS_KEY="$GARAGE_ACCESS_KEY" CUSTOS_TEST_S3_SECRET_KEY="$GARAGE_SECRET_KEY"
+  _start_garage_instance garage-b "$dir/b" garage-b custos-snapshots-copy
+  _GARAGE_PIDS="$_GARAGE_PIDS $LAST_SERVICE_PID"
+  export CUSTOS_TEST_S3_COPY_ENDPOINT="$GARAGE_S3_ENDPOINT" CUSTOS_TEST_S3_COPY_REGION=garage-b \
+    CUSTOS_TEST_S3_COPY_BUCKET=custos-snapshots-copy \
+    CUSTOS_TEST_S3_COPY_ACCESS_KEY="$GARAGE_ACCESS_KEY" CUSTOS_TEST_S3_COPY_SECRET_KEY="$GARAGE_SECRET_KEY"
+  export CUSTOS_TEST_GARAGE_BIN="$GARAGE_BIN"
+}
+
 # stop_services: stop every server this shell started (SIGTERM, then
 # SIGKILL after 10s). Safe to call more than once.
 stop_services() {
@@ -296,4 +383,5 @@ stop_services() {
   done
   SERVICE_PIDS=()
   SERVICE_NAMES=()
+  _GARAGE_PIDS=""
 }
