@@ -13,14 +13,15 @@ use crate::{
     destination::Destination,
     error::DestinationError,
     layout::{Catalog, manifest_key},
+    manifest::MAX_MANIFEST_BYTES,
 };
+use bytes::Bytes;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 
-/// The largest manifest read (they are a few KiB).
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-
-/// The manifest fields a copy checks; the rest is copied as is.
+/// The manifest fields a copy checks ([`crate::manifest::Manifest`] has
+/// them); the rest is copied as is, so a copy never refuses a manifest
+/// version newer than its own.
 #[derive(Debug, Deserialize)]
 struct ManifestChecksum {
     sha256: String,
@@ -53,6 +54,24 @@ fn parse_manifest(key: &str, raw: &[u8]) -> Result<ManifestChecksum, Destination
         });
     }
     Ok(m)
+}
+
+/// The manifest for the copy: its `snapshot_key` names the copy's key when
+/// that differs; every other byte is the source's.
+fn retarget(raw: Bytes, source_key: &str, target_key: &str) -> Bytes {
+    if source_key == target_key {
+        return raw;
+    }
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&raw) else {
+        return raw;
+    };
+    if !m.get("snapshot_key").is_some_and(|v| v.is_string()) {
+        return raw;
+    }
+    m.insert("snapshot_key".into(), target_key.into());
+    let mut out = serde_json::to_vec_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
 }
 
 /// Copies the good snapshot `source_key` (its manifest must exist) to
@@ -91,7 +110,10 @@ pub async fn copy_snapshot(
             actual: format!("sha256 {} ({} bytes)", uploaded.sha256, uploaded.bytes),
         });
     }
-    target.put_small(&manifest_key(target_key), raw).await?;
+    let manifest = retarget(raw, source_key, target_key);
+    target
+        .put_small(&manifest_key(target_key), manifest)
+        .await?;
     Ok(CopyReport {
         source_key: source_key.to_string(),
         target_key: target_key.to_string(),
@@ -145,6 +167,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.bytes, Some(5));
+        let raw = Bytes::from(r#"{"snapshot_key":"p/a.snap","sha256":"x","raft_index":7}"#);
+        assert_eq!(retarget(raw.clone(), "p/a.snap", "p/a.snap"), raw);
+        let moved: serde_json::Value =
+            serde_json::from_slice(&retarget(raw, "p/a.snap", "q/a.snap")).unwrap();
+        assert_eq!(moved["snapshot_key"], "q/a.snap");
+        assert_eq!(moved["raft_index"], 7);
         for bad in [r#"{"bytes":5}"#, r#"{"sha256":"abc"}"#, "not json"] {
             match parse_manifest("k", bad.as_bytes()) {
                 Err(DestinationError::Manifest { key, .. }) => assert_eq!(key, "k"),

@@ -375,19 +375,28 @@ impl S3Destination {
         .map_err(|e| self.classify("PutObject", Some(key), e))
     }
 
-    /// Uploads the parts of an open multipart upload: `first` (already read)
-    /// and the rest of `body`. Returns the parts for CompleteMultipartUpload.
+    /// Uploads the parts of an open multipart upload: what `buf` holds
+    /// (already read) and the rest of `body`, cut into parts of exactly
+    /// `part_size` bytes but the last. Returns the parts for
+    /// CompleteMultipartUpload.
     async fn upload_parts(
         &self,
         key: &str,
         upload_id: &str,
-        first: Bytes,
+        mut buf: BytesMut,
+        mut ended: bool,
         mut body: ByteStream,
         tally: &mut Tally,
     ) -> Result<Vec<CompletedPart>, DestinationError> {
         let mut parts = Vec::new();
-        let mut part = Some(first);
-        while let Some(data) = part.take() {
+        loop {
+            if !ended && buf.len() < self.part_size {
+                ended = fill_part(key, &mut body, &mut buf, self.part_size, tally).await?;
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let data = take_part(&mut buf, self.part_size);
             let number = parts.len() as u32 + 1;
             if number > MAX_PARTS {
                 return Err(DestinationError::Config {
@@ -417,11 +426,6 @@ impl S3Destination {
                     .set_e_tag(out.e_tag().map(str::to_string))
                     .build(),
             );
-            let mut buf = BytesMut::with_capacity(self.part_size);
-            fill_part(key, &mut body, &mut buf, self.part_size, tally).await?;
-            if !buf.is_empty() {
-                part = Some(buf.freeze());
-            }
         }
         Ok(parts)
     }
@@ -465,7 +469,7 @@ impl S3Destination {
             SdkError::DispatchFailure(_) => DestinationError::Unreachable {
                 endpoint,
                 operation,
-                detail: DisplayErrorContext(&err).to_string(),
+                detail: error_chain(&err),
             },
             SdkError::TimeoutError(_) => DestinationError::Timeout {
                 endpoint,
@@ -486,7 +490,7 @@ impl S3Destination {
                         endpoint,
                         bucket,
                         operation,
-                        code,
+                        code: with_message(code, &message),
                     },
                     "NoSuchKey" | "NoSuchUpload" => match key {
                         Some(k) => self.not_found(k),
@@ -503,11 +507,14 @@ impl S3Destination {
                         endpoint,
                         bucket,
                         operation,
-                        code: if code.is_empty() {
-                            "HTTP 403".into()
-                        } else {
-                            code
-                        },
+                        code: with_message(
+                            if code.is_empty() {
+                                "HTTP 403".into()
+                            } else {
+                                code
+                            },
+                            &message,
+                        ),
                     },
                     _ if status == 404 && key.is_none() => {
                         DestinationError::NoSuchBucket { endpoint, bucket }
@@ -543,15 +550,37 @@ impl S3Destination {
     }
 }
 
+/// `code: message` (S3 messages hold no credentials; they say which check
+/// failed, e.g. an unknown key or a bad signature).
+fn with_message(code: String, message: &str) -> String {
+    if message.is_empty() {
+        code
+    } else {
+        format!("{code}: {message}")
+    }
+}
+
+/// Takes the first `part_size` bytes of `buf` (all of it when shorter) as
+/// one part; what is left over (less than the last chunk read) stays in a
+/// fresh buffer for the next part.
+fn take_part(buf: &mut BytesMut, part_size: usize) -> Bytes {
+    let mut next = BytesMut::with_capacity(part_size);
+    if buf.len() > part_size {
+        next.extend_from_slice(&buf[part_size..]);
+        buf.truncate(part_size);
+    }
+    std::mem::replace(buf, next).freeze()
+}
+
 /// Reads from `body` into `buf` until it holds at least `part_size` bytes or
-/// the stream ends.
+/// the stream ends; returns whether it ended.
 async fn fill_part(
     key: &str,
     body: &mut ByteStream,
     buf: &mut BytesMut,
     part_size: usize,
     tally: &mut Tally,
-) -> Result<(), DestinationError> {
+) -> Result<bool, DestinationError> {
     while buf.len() < part_size {
         match body.next().await {
             Some(Ok(chunk)) => {
@@ -564,10 +593,10 @@ async fn fill_part(
                     source,
                 });
             }
-            None => break,
+            None => return Ok(true),
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn sdk_stream(key: String, body: SdkByteStream) -> ByteStream {
@@ -594,17 +623,15 @@ impl Destination for S3Destination {
         format!("s3://{} at {}", self.bucket, self.endpoint)
     }
 
-    async fn upload(
-        &self,
-        key: &str,
-        mut body: ByteStream,
-    ) -> Result<UploadResult, DestinationError> {
+    async fn upload(&self, key: &str, body: ByteStream) -> Result<UploadResult, DestinationError> {
         validate_key(key)?;
+        // Parts are read until the stream ends, then once more: fuse it.
+        let mut body: ByteStream = body.fuse().boxed();
         let started = Instant::now();
         let mut tally = Tally::default();
         let mut first = BytesMut::with_capacity(self.part_size);
-        fill_part(key, &mut body, &mut first, self.part_size, &mut tally).await?;
-        if first.len() < self.part_size {
+        let ended = fill_part(key, &mut body, &mut first, self.part_size, &mut tally).await?;
+        if ended && first.len() <= self.part_size {
             // The whole object fits in one part: one PutObject.
             self.put_object(key, first.freeze()).await?;
             let (bytes, sha256) = tally.finish();
@@ -637,7 +664,7 @@ impl Destination for S3Destination {
         };
         let result = async {
             let parts = self
-                .upload_parts(key, &upload_id, first.freeze(), body, &mut tally)
+                .upload_parts(key, &upload_id, first, ended, body, &mut tally)
                 .await?;
             let count = parts.len() as u32;
             self.client
@@ -880,6 +907,16 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn parts_are_cut_exactly() {
+        let mut buf = BytesMut::from(&b"abcdefg"[..]);
+        assert_eq!(&take_part(&mut buf, 3)[..], b"abc");
+        assert_eq!(&buf[..], b"defg");
+        assert_eq!(&take_part(&mut buf, 3)[..], b"def");
+        assert_eq!(&take_part(&mut buf, 3)[..], b"g");
+        assert!(buf.is_empty());
     }
 
     #[test]
