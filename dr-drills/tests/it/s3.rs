@@ -4,7 +4,8 @@
 //! operator meets (wrong credentials, missing bucket, endpoint down).
 
 use crate::support::{
-    MIB, S3Env, data_sha256, data_stream, drain, manifest_json, s3_env, unique_prefix,
+    MIB, PrivateGarage, S3Env, data_sha256, data_stream, drain, manifest_json, s3_env,
+    unique_prefix,
 };
 use custos_dr::{
     Destination, DestinationError, ErrorKind, S3Config, S3Destination, SecretString,
@@ -476,4 +477,86 @@ async fn unreachable_endpoint_is_named() {
         let secret = env.primary.aws_secret_access_key.as_ref().unwrap().expose();
         assert!(!msg.contains(secret), "secret in message: {msg}");
     }
+}
+
+#[tokio::test]
+async fn stopped_garage_is_unreachable() {
+    let Some(mut garage) = PrivateGarage::start("stopped_garage_is_unreachable").await else {
+        return;
+    };
+    let d = S3Destination::with_tuning(&garage.config, quick())
+        .await
+        .unwrap();
+    let up = d
+        .upload("s/before.snap", data_stream(1, 9 * MIB))
+        .await
+        .expect("upload while up");
+    assert_eq!(up.parts, 2);
+    garage.stop();
+    let endpoint = garage.config.aws_s3_endpoint.clone().unwrap();
+    for err in [
+        d.upload("s/during.snap", data_stream(2, 10))
+            .await
+            .unwrap_err(),
+        d.list("s/").await.unwrap_err(),
+        d.head("s/before.snap").await.unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        eprintln!("{msg}");
+        assert_eq!(err.kind(), ErrorKind::Unreachable, "{msg}");
+        assert!(msg.contains(&endpoint), "{msg}");
+    }
+}
+
+/// Kilobytes of a `/proc/self/status` field (VmRSS, VmHWM).
+fn proc_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Not a test: a measurement (run alone, `--ignored --nocapture`, so no other
+/// test shares the process): upload and download of
+/// `CUSTOS_DR_MEASURE_MIB` (default 256) MiB, with the process's peak RSS
+/// growth, showing memory does not grow with the object.
+#[tokio::test]
+#[ignore = "measurement; run alone with --ignored --nocapture"]
+async fn measure_upload_memory_and_time() {
+    let Some(env) = s3_env("measure_upload_memory_and_time") else {
+        return;
+    };
+    let mib: u64 = std::env::var("CUSTOS_DR_MEASURE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let d = primary(&env).await;
+    let prefix = unique_prefix("measure");
+    let key = format!("{prefix}big.snap");
+    // Reset the peak-RSS counter (Linux: "5" to clear_refs).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let base = proc_kib("VmRSS");
+    let started = Instant::now();
+    let up = d.upload(&key, data_stream(77, mib * MIB)).await.unwrap();
+    let up_time = started.elapsed();
+    let up_peak = proc_kib("VmHWM");
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let started = Instant::now();
+    let (n, sha) = drain(d.download(&key).await.unwrap()).await;
+    let down_time = started.elapsed();
+    let down_peak = proc_kib("VmHWM");
+    assert_eq!((n, sha), (up.bytes, up.sha256));
+    eprintln!(
+        "{mib} MiB: upload {up_time:?} ({} parts, {:.0} MiB/s), peak RSS +{} MiB; \
+         download {down_time:?} ({:.0} MiB/s), peak RSS +{} MiB (base {} MiB)",
+        up.parts,
+        mib as f64 / up_time.as_secs_f64(),
+        up_peak.saturating_sub(base) / 1024,
+        mib as f64 / down_time.as_secs_f64(),
+        down_peak.saturating_sub(base) / 1024,
+        base / 1024,
+    );
+    d.delete(&key).await.unwrap();
 }

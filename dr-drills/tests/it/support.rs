@@ -153,3 +153,152 @@ pub fn s3_env(test: &str) -> Option<S3Env> {
     );
     Some(S3Env { primary, copy })
 }
+
+/// A Garage of a test's own (from `CUSTOS_TEST_GARAGE_BIN`), for tests that
+/// stop the server. Killed on drop.
+pub struct PrivateGarage {
+    child: Option<std::process::Child>,
+    config_path: std::path::PathBuf,
+    bin: String,
+    pub config: S3Config,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port_pair() -> u16 {
+    for _ in 0..200 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = a.local_addr().expect("addr").port();
+        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
+impl PrivateGarage {
+    fn garage(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .expect("run garage");
+        assert!(
+            out.status.success(),
+            "garage {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a single-node Garage with one bucket and key, as
+    /// scripts/lib/services.sh does; `None` when CUSTOS_TEST_GARAGE_BIN is
+    /// unset outside CI.
+    pub async fn start(test: &str) -> Option<Self> {
+        let bin = match std::env::var("CUSTOS_TEST_GARAGE_BIN") {
+            Ok(b) if !b.is_empty() => b,
+            _ if is_ci() => panic!("{test}: CUSTOS_TEST_GARAGE_BIN is not set (CI=true)"),
+            _ => {
+                eprintln!("skipping {test}: CUSTOS_TEST_GARAGE_BIN is not set");
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port_pair();
+        let config_path = dir.path().join("garage.toml");
+        let d = dir.path().display();
+        std::fs::write(
+            &config_path,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
+                 [s3_api]\ns3_region = \"garage-private\"\napi_bind_addr = \"127.0.0.1:{port}\"\n\
+                 root_domain = \".s3.garage.localhost\"\n",
+                rpc = port + 1,
+                secret = "ab".repeat(32),
+            ),
+        )
+        .expect("write garage config");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+        let child = std::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("server")
+            .env("RUST_LOG", "garage=warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start garage");
+        let key_id = format!("GK{}", "1d".repeat(12));
+        let secret = "5e".repeat(32);
+        let g = PrivateGarage {
+            child: Some(child),
+            config_path,
+            bin,
+            config: S3Config {
+                aws_s3_bucket: "custos-private".into(),
+                aws_s3_region: "garage-private".into(),
+                aws_s3_endpoint: Some(format!("http://127.0.0.1:{port}")),
+                aws_s3_force_path_style: true,
+                aws_access_key_id: Some(key_id.clone()),
+                aws_secret_access_key: Some(SecretString::new(secret.clone())),
+                ..Default::default()
+            },
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let ok = std::process::Command::new(&g.bin)
+                .arg("-c")
+                .arg(&g.config_path)
+                .arg("status")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private Garage did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let node = g.garage(&["node", "id", "-q"]);
+        let node = node
+            .trim()
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        g.garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        g.garage(&["layout", "apply", "--version", "1"]);
+        g.garage(&["bucket", "create", "custos-private"]);
+        g.garage(&["key", "import", "--yes", "-n", "private", &key_id, &secret]);
+        g.garage(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            "custos-private",
+            "--key",
+            &key_id,
+        ]);
+        Some(g)
+    }
+
+    /// Kills the server (as an outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateGarage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
