@@ -167,8 +167,11 @@ pub async fn start(cfg: &ServerConfig) -> Result<RunningServer, ServerError> {
 #[derive(Clone, Default)]
 pub struct CoreHooks {
     /// Called once with the opened core, before the listeners bind.
-    pub on_open: Option<Arc<dyn Fn(&Arc<Core>) + Send + Sync>>,
+    pub on_open: Option<CoreOpened>,
 }
+
+/// A [`CoreHooks::on_open`] callback.
+pub type CoreOpened = Arc<dyn Fn(&Arc<Core>) + Send + Sync>;
 
 impl CoreHooks {
     fn opened(&self, core: &Arc<Core>) {

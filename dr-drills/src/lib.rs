@@ -11,8 +11,10 @@
 //! Errors are typed ([`DestinationError`]) and carry a bounded
 //! [`ErrorKind`] for metric labels; no error message ever holds a secret.
 
+pub mod agent;
 pub mod copy;
 pub mod destination;
+pub mod drill;
 pub mod error;
 pub mod layout;
 pub mod manifest;

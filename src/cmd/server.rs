@@ -160,6 +160,19 @@ pub fn dev_options(
     })
 }
 
+/// What the binary adds to the server core: the automated snapshot agent
+/// (`custos-dr`), which runs Vault Enterprise's `snapshot-auto`
+/// configurations on the active node.
+pub fn core_hooks() -> custos_core::server::CoreHooks {
+    custos_core::server::CoreHooks {
+        on_open: Some(std::sync::Arc::new(|core| {
+            if custos_dr::agent::attach(core).is_none() {
+                tracing::warn!("a snapshot agent was already attached to this core");
+            }
+        })),
+    }
+}
+
 /// Run `custos server`; blocks until shutdown.
 pub async fn run(a: ServerArgs) -> CmdResult {
     let env_log = env_nonempty("CUSTOS_LOG");
@@ -170,13 +183,7 @@ pub async fn run(a: ServerArgs) -> CmdResult {
             a.log_format,
         )?;
         let shutdown = shutdown_signal()?;
-        return match custos_core::server::run_dev(
-            opts,
-            shutdown,
-            &custos_core::server::CoreHooks::default(),
-        )
-        .await
-        {
+        return match custos_core::server::run_dev(opts, shutdown, &core_hooks()).await {
             Ok(()) => Ok(EXIT_OK),
             Err(e) => Err(Failure::local(format!("Error running dev server: {e}"))),
         };
@@ -211,14 +218,7 @@ pub async fn run(a: ServerArgs) -> CmdResult {
     )?;
     let shutdown = shutdown_signal()?;
     let name = path.display().to_string();
-    match custos_core::server::run(
-        config,
-        &name,
-        shutdown,
-        &custos_core::server::CoreHooks::default(),
-    )
-    .await
-    {
+    match custos_core::server::run(config, &name, shutdown, &core_hooks()).await {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => Err(Failure::local(format!("Error running server: {e}"))),
     }
