@@ -318,9 +318,9 @@ EOF
   wait_tcp "$name" 127.0.0.1 "$port" "$LAST_SERVICE_PID" "$dir/server.log" 60
   local g=("$GARAGE_BIN" -c "$dir/garage.toml")
   # The CLI talks to the node over RPC; wait until it answers.
-  for i in $(seq 1 50); do
+  for i in $(seq 1 150); do
     "${g[@]}" status >"$dir/setup.log" 2>&1 && break
-    [[ $i -eq 50 ]] && die "Garage $name: 'garage status' never succeeded (see $dir/setup.log, $dir/server.log)"
+    [[ $i -eq 150 ]] && die "Garage $name: 'garage status' never succeeded (see $dir/setup.log, $dir/server.log)"
     sleep 0.2
   done
   node_id=$("${g[@]}" node id -q 2>>"$dir/setup.log") ||
