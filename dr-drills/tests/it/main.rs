@@ -5,6 +5,8 @@
 //! `CUSTOS_TEST_S3*` variables; without them those tests skip with a printed
 //! reason, except under `CI=true`, where a missing variable fails the test.
 
+mod drill;
+mod fixture;
 mod local;
 mod s3;
 mod support;
