@@ -103,6 +103,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::rotator::RotatorCmd,
     },
+    /// Restore drills: restore the newest snapshot into a fresh node, verify
+    /// every secret against its manifest and measure the RTO
+    Drill {
+        #[command(subcommand)]
+        cmd: cmd::drill::DrillCmd,
+    },
 }
 
 /// Rewrite Vault-style single-dash long flags (`-format=json`, `-cas=0`,
@@ -180,6 +186,10 @@ fn dispatch(cli: Cli) -> CmdResult {
         // for the scheduler.
         return runtime(true)?.block_on(cmd::rotator::run(cmd, format));
     }
+    if let Command::Drill { cmd } = command {
+        // Its own config (drill.hcl) and an in-process node: no client.
+        return runtime(true)?.block_on(cmd::drill::run(cmd));
+    }
     let flags = ConnectionFlags {
         address: global.address,
         ca_cert: global.ca_cert,
@@ -205,7 +215,7 @@ fn dispatch(cli: Cli) -> CmdResult {
             Command::Policy { cmd } => cmd::policy::run(&ctx, cmd).await,
             Command::Secrets { cmd } => cmd::secrets::run(&ctx, cmd).await,
             Command::Audit { cmd } => cmd::audit::run(&ctx, cmd).await,
-            Command::Rotator { .. } => Ok(EXIT_OK),
+            Command::Rotator { .. } | Command::Drill { .. } => Ok(EXIT_OK),
         }
     })
 }
@@ -356,6 +366,25 @@ mod tests {
         ok(&["rotator", "status", "-config=rotator.hcl", "-format=json"]);
         ok(&["rotator", "serve", "--config", "rotator.hcl"]);
         ok(&["rotator", "policy", "-config", "rotator.hcl"]);
+        ok(&["drill", "run", "--config", "drill.hcl"]);
+        ok(&["drill", "serve", "-config=drill.hcl"]);
+    }
+
+    #[test]
+    fn drill_commands_parse() {
+        match parse(&["drill", "run", "-config=/etc/custos/drill.hcl"]).command {
+            Command::Drill {
+                cmd: cmd::drill::DrillCmd::Run(c),
+            } => assert_eq!(c.config, PathBuf::from("/etc/custos/drill.hcl")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["drill", "serve", "--config", "d.hcl"]).command,
+            Command::Drill {
+                cmd: cmd::drill::DrillCmd::Serve(_)
+            }
+        ));
+        assert!(Cli::try_parse_from(["custos", "drill", "run"]).is_err());
     }
 
     fn parse(args: &[&str]) -> Cli {

@@ -7,6 +7,7 @@ mod audit_query;
 mod audit_sinks;
 mod cli;
 mod crash;
+mod drill;
 mod harness;
 mod http_api;
 mod kv_v1;
