@@ -178,6 +178,12 @@ impl AutoSnapshots {
             Err(_) => None,
         };
         let next = cfg.next_after(newest, Utc::now());
+        if let Some(t) = newest {
+            // After a restart the age of the newest snapshot is known again
+            // at once, so SnapshotTooOld needs no fresh success to judge.
+            ::metrics::gauge!(metrics::LAST_SUCCESS, "config" => name.to_string(), "destination" => "primary")
+                .set(unix(t));
+        }
         self.state(name, |s| {
             s.seen = Some(cfg.clone());
             s.next = Some(next);
