@@ -366,3 +366,53 @@ async fn a_snapshot_without_a_manifest_is_never_picked() {
         "{detail}"
     );
 }
+
+/// Not a test: ships a snapshot of `CUSTOS_DRILL_MEASURE_SECRETS` (default
+/// 100,000) one-version KV v2 secrets to `$CUSTOS_DRILL_MEASURE_DIR/snapshots`
+/// with the unseal key in `keys.txt` beside it, for measuring a drill with
+/// the release binary under `/usr/bin/time -v`:
+///
+/// ```text
+/// CUSTOS_DRILL_MEASURE_DIR=/tmp/drill-100k cargo test -p custos-dr --test it \
+///   measure_fixture -- --ignored --nocapture
+/// /usr/bin/time -v target/release/custos drill run --config /tmp/drill-100k/drill.hcl
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement fixture, run by hand"]
+async fn measure_fixture() {
+    let Ok(out) = std::env::var("CUSTOS_DRILL_MEASURE_DIR") else {
+        eprintln!("skipping: CUSTOS_DRILL_MEASURE_DIR is not set");
+        return;
+    };
+    let n: usize = std::env::var("CUSTOS_DRILL_MEASURE_SECRETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let out = Path::new(&out);
+    let source = SourceCluster::start(0).await;
+    let t = std::time::Instant::now();
+    source.put_many("secret/data/bulk", n).await;
+    eprintln!("wrote {n} secrets in {:.1}s", t.elapsed().as_secs_f64());
+    let snaps = out.join("snapshots");
+    let dest = LocalDestination::open(&snaps).unwrap();
+    let t = std::time::Instant::now();
+    let (key, m) = source.ship(&dest, "").await;
+    eprintln!(
+        "shipped {key}: {} bytes in {:.1}s",
+        m.bytes,
+        t.elapsed().as_secs_f64()
+    );
+    let keys = source.keys_file(out);
+    source.stop().await;
+    std::fs::write(
+        out.join("drill.hcl"),
+        format!(
+            "source {{\n  storage_type = \"local\"\n  path_prefix = \"{}\"\n}}\nunseal {{ key_shares_file = \"{}\" }}\nreport_dir = \"{}\"\nwork_dir = \"{}\"\n",
+            snaps.display(),
+            keys.display(),
+            out.join("reports").display(),
+            out.join("work").display()
+        ),
+    )
+    .unwrap();
+}

@@ -175,6 +175,22 @@ impl SourceCluster {
         (key, manifest)
     }
 
+    /// Write `n` one-version KV v2 secrets `<base>/s<i>`, 64 at a time.
+    pub async fn put_many(&self, base: &str, n: usize) {
+        use futures::StreamExt;
+        futures::stream::iter(0..n)
+            .map(|i| async move {
+                self.put(
+                    &format!("{base}/s{i:07}"),
+                    json!({"data": {"value": format!("value-{i}"), "owner": "bulk"}}),
+                )
+                .await;
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
     /// Write one KV v2 secret (a later change between two snapshots).
     pub async fn put_test_secret(&self, path: &str, value: &str) {
         self.put(path, json!({"data": {"v": value}})).await;
