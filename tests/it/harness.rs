@@ -53,8 +53,14 @@ impl Drop for Server {
 /// Spawn `custos` with `args`, capture output, and wait until a line
 /// matching `ready` appears. Returns the child and the shared output.
 pub fn spawn(args: &[&str], ready: &str) -> (Child, Arc<Mutex<String>>) {
+    spawn_env(args, ready, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_env(args: &[&str], ready: &str, env: &[(&str, &str)]) -> (Child, Arc<Mutex<String>>) {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("CUSTOS_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -181,9 +187,15 @@ pub fn config_server(dir: &Path) -> Server {
 
 /// Start `custos server --config CFG` for the data in `dir`.
 pub fn start_with_config(dir: &Path, cfg: &Path) -> Server {
-    let (child, output) = spawn(
+    start_with_config_env(dir, cfg, &[])
+}
+
+/// [`start_with_config`] with extra environment variables.
+pub fn start_with_config_env(dir: &Path, cfg: &Path, env: &[(&str, &str)]) -> Server {
+    let (child, output) = spawn_env(
         &["server", "--config", cfg.to_str().expect("utf8")],
         "Listener:",
+        env,
     );
     std::thread::sleep(Duration::from_millis(50));
     let out = output.lock().map(|s| s.clone()).unwrap_or_default();

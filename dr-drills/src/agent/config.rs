@@ -22,9 +22,9 @@ use crate::layout::DEFAULT_FILE_PREFIX;
 use crate::secret::SecretString;
 use crate::{LocalDestination, S3Config, S3Destination};
 
-/// Shortest `interval` accepted (Vault has none; a snapshot a minute is
-/// already more than any restore needs).
-pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+/// Shortest `interval` accepted (Vault has none; a snapshot every ten
+/// seconds is already far more than any recovery point needs).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where snapshots go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

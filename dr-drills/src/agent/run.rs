@@ -59,6 +59,16 @@ fn dest_fail(config: &str, destination: &str, what: &str, e: DestinationError) -
     fail(config, destination, kind, format!("{what}: {e}"))
 }
 
+/// `CUSTOS_DR_FAILPOINT=<step>`: the process dies at once (SIGABRT, as
+/// abrupt as kill -9) at that step — how the tests prove that a snapshot
+/// whose manifest was never written never counts.
+fn failpoint(step: &str) {
+    if std::env::var("CUSTOS_DR_FAILPOINT").is_ok_and(|v| v == step) {
+        tracing::error!(step, "CUSTOS_DR_FAILPOINT: aborting the process");
+        std::process::abort();
+    }
+}
+
 /// Take, ship and record one snapshot of `core` for configuration `name`.
 /// `Err` is the message `status` shows (no secret in it).
 pub(super) async fn snapshot(
@@ -140,6 +150,7 @@ pub(super) async fn snapshot(
             ));
         }
     }
+    failpoint("after-upload");
     let now = Utc::now();
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
