@@ -13,4 +13,5 @@ mod http_api;
 mod kv_v1;
 mod raft_snapshot;
 mod rotator;
+mod snapshot_auto;
 mod tls;
