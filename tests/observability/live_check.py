@@ -2,7 +2,8 @@
 """Live check of dashboards/ and alerts/ against a real server and a real
 Prometheus (issue 7).
 
-Starts a Custos dev server and a Prometheus (1s scrape and rule evaluation)
+Starts a Custos dev server, `custos rotator serve` with a held run, `custos
+drill serve` restoring the dev server's own automated snapshots, and a Prometheus (1s scrape and rule evaluation)
 scraping `/v1/sys/metrics?format=prometheus` with alerts/*.rules.yml loaded,
 generates traffic (KV writes and reads, token create, policy write, a denied
 request), then runs every PromQL expression of every dashboard panel, every
@@ -59,6 +60,8 @@ ALLOW_EMPTY = {
     "custos_audit_log_response_failure_total": "failure counters are created on the first failure; none on a healthy node",
     "custos_audit_device_failure_total": "failure counters are created on the first failure; none on a healthy node",
     "custos_raft_snapshot_build_duration_seconds": "a Raft snapshot is built after 10,000 entries and 30 s at the earliest; the check's short-lived node builds none",
+    "custos_snapshot_copy_behind_seconds": "the dev server's automated snapshots have no copy_to destination",
+    "custos_snapshot_failures_total": "failure counters are created on the first failure; none on a healthy node",
 }
 # Alerts whose expression is expected to be true on the healthy node after
 # the generated traffic (the traffic uses the root token and writes a policy).
@@ -118,7 +121,8 @@ def health_agrees(addr: str, sealed: bool) -> str | None:
 
 def declared_metrics() -> set[str]:
     names: set[str] = set()
-    for f in ("core/src/metrics.rs", "audit-stream/src/metrics.rs", "rotator/src/metrics.rs"):
+    for f in ("core/src/metrics.rs", "audit-stream/src/metrics.rs", "rotator/src/metrics.rs",
+              "dr-drills/src/agent/metrics.rs", "dr-drills/src/drill/metrics.rs"):
         for name, kind in DECLARED_RE.findall((REPO / f).read_text()):
             names.add(name)
             if kind == "Histogram":
@@ -301,6 +305,39 @@ def start_held_rotation(custos_bin: str, addr: str, port: int, tmp: Path, procs:
     return rlog
 
 
+DRILL_HCL = """
+source {{
+  storage_type = "local"
+  path_prefix  = "{snapshots}"
+}}
+unseal {{ key_shares_file = "{keys}" }}
+rto_target     = "15m"
+schedule       = "*/5 * * * * *"
+report_dir     = "{reports}"
+work_dir       = "{work}"
+listen_address = "127.0.0.1:{port}"
+"""
+
+
+def start_drills(custos_bin: str, data_dir: Path, unseal_key: str, port: int, tmp: Path, procs: list) -> Path:
+    """`custos drill serve` restoring the dev server's own automated snapshots
+    (`dev-local`, in `<data dir>/snapshots`) every 5 seconds into fresh
+    nodes, exporting custos_drill_* for Prometheus."""
+    keys = tmp / "unseal-keys"
+    keys.write_text(unseal_key + "\n")
+    for d in ("drill-reports", "drill-work"):
+        (tmp / d).mkdir(exist_ok=True)
+    cfg = tmp / "drill.hcl"
+    cfg.write_text(DRILL_HCL.format(snapshots=data_dir / "snapshots", keys=keys, reports=tmp / "drill-reports",
+                                    work=tmp / "drill-work", port=port))
+    dlog = tmp / "drill.log"
+    procs.append(subprocess.Popen([custos_bin, "drill", "serve", "--config", str(cfg)],
+                                  env={**os.environ, "CUSTOS_LOG": "warn"}, stdout=dlog.open("w"),
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp))
+    log("drills: restoring the dev server's snapshots every 5s; metrics on 127.0.0.1:%d" % port)
+    return dlog
+
+
 def start(cmd: list[str], logf: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=logf.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
 
@@ -344,8 +381,10 @@ def main() -> int:
         cport, pport = free_port(), free_port()
         addr, prom_url = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
         clog = tmp / "custos.log"
+        data_dir = tmp / "dev-data"
         procs.append(start([args.custos_bin, "server", "--dev", "--dev-root-token-id", "root",
-                            "--dev-listen-address", f"127.0.0.1:{cport}"], clog, tmp))
+                            "--dev-listen-address", f"127.0.0.1:{cport}", "--dev-data-dir", str(data_dir)],
+                           clog, tmp))
         wait_for(lambda: http("GET", f"{addr}/v1/sys/seal-status")[1].get("sealed") is False, 60,
                  "custos to be unsealed", procs[0], clog)
         unseal_key = wait_for(lambda: re.search(r"Unseal Key: (\S+)", clog.read_text()).group(1), 10,
@@ -353,6 +392,12 @@ def main() -> int:
 
         rport = free_port()
         rlog = start_held_rotation(args.custos_bin, addr, rport, tmp, procs)
+        # The dev server's first automated snapshot (with its manifest) is
+        # written at start; drills restore it.
+        wait_for(lambda: list((data_dir / "snapshots").glob("*.manifest.json")), 60,
+                 "the dev server's first automated snapshot", procs[0], clog)
+        dport = free_port()
+        dlog = start_drills(args.custos_bin, data_dir, unseal_key, dport, tmp, procs)
 
         rules = sorted(str(p) for p in (REPO / "alerts").glob("*.yml") if not p.name.endswith(".test.yml"))
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
@@ -364,6 +409,9 @@ def main() -> int:
             }, {
                 "job_name": "custos-rotator",
                 "static_configs": [{"targets": [f"127.0.0.1:{rport}"], "labels": {"cluster": "live-check"}}],
+            }, {
+                "job_name": "custos-drill",
+                "static_configs": [{"targets": [f"127.0.0.1:{dport}"], "labels": {"cluster": "live-check"}}],
             }],
         }))
         plog = tmp / "prometheus.log"
@@ -374,6 +422,8 @@ def main() -> int:
         wait_for(lambda: prom.query('up{job="custos"} == 1'), 60, "prometheus to scrape custos", procs[-1], plog)
         wait_for(lambda: prom.query('up{job="custos-rotator"} == 1'), 60, "prometheus to scrape the rotator",
                  procs[-1], plog)
+        wait_for(lambda: prom.query('custos_drill_last_result{job="custos-drill"} == 1'), 90,
+                 "a passing drill scraped from `custos drill serve`", procs[-1], plog)
         log(f"custos {addr}, prometheus {prom_url} (scratch dir {tmp})")
 
         traffic = Traffic(addr)
