@@ -19,6 +19,12 @@
 #                                             to a sink in the load generator, sampler
 #                                             parentbased_traceidratio at that ratio), kv-read by
 #                                             default, no OpenBao; target/bench/trace-modes.json
+#   scripts/bench.sh --snapshot 100000        Raft snapshots (issue 18): load N KV v2 secrets into
+#                                             Custos and OpenBao (Raft, file audit), time save, size,
+#                                             restore -force until readable into a fresh server, RSS
+#                                             growth, and a Custos restore drill of the same data;
+#                                             target/bench/snapshot.json (runs `custos-bench snapshot
+#                                             --secrets N`; further flags go to it, e.g. --no-drill)
 #   scripts/bench.sh --help                   every flag
 #
 # Output: a table on stdout, target/bench/latest.json (key `audit_modes` with
@@ -79,6 +85,13 @@ fi
 
 info "cargo build --release -p custos -p custos-bench"
 cargo build --release -p custos -p custos-bench
+
+# Snapshot mode: its own subcommand; no sink services.
+if [[ ${1:-} == --snapshot || ${1:-} == --snapshot=* ]]; then
+  if [[ $1 == --snapshot=* ]]; then n=${1#*=}; shift; else n=${2:-}; shift 2 || true; fi
+  [[ $n =~ ^[0-9]+$ ]] || die "--snapshot needs a number of secrets, e.g. --snapshot 100000"
+  exec target/release/custos-bench snapshot --custos-bin target/release/custos --secrets "$n" "$@"
+fi
 
 # Sinks mode: which services does the run need us to start?
 audit_modes="" kafka_given=${CUSTOS_BENCH_KAFKA:-} es_given=${CUSTOS_BENCH_ES:-}

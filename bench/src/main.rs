@@ -11,6 +11,8 @@
 //!   audit mode (no device; file device; file + Kafka + Elasticsearch sinks)
 //!   beside OpenBao with its file device, and reports what audit costs
 //!   Custos (`audit_modes.rs`).
+//! * `snapshot --secrets N` measures Raft snapshot save and restore on
+//!   both servers and a Custos restore drill (`snapshot.rs`).
 //! * `plot` redraws the PNG from a JSON report.
 //!
 //! A run whose error rate exceeds 0.1% makes the command exit non-zero.
@@ -23,6 +25,7 @@ mod load;
 mod plot;
 mod report;
 mod servers;
+mod snapshot;
 mod sysinfo;
 mod trace_modes;
 mod workload;
@@ -85,6 +88,10 @@ enum Cmd {
         #[arg(long, default_value = "target/bench/kek-rotation.json")]
         output: PathBuf,
     },
+    /// Raft snapshot save and restore-until-readable side by side with
+    /// OpenBao at --secrets KV v2 secrets, plus a Custos restore drill
+    /// (issue 18's goals; a measurement, not a test).
+    Snapshot(snapshot::SnapshotArgs),
     /// Draw the scaling-curve PNG from a JSON report.
     Plot {
         #[arg(long, default_value = "target/bench/latest.json")]
@@ -276,6 +283,7 @@ fn main() -> ExitCode {
                 println!("{text}");
                 Ok(true)
             }
+            Cmd::Snapshot(a) => snapshot::run(a).await,
             Cmd::Plot { input, output } => {
                 let r: Report = serde_json::from_slice(
                     &std::fs::read(&input)

@@ -228,6 +228,9 @@ pub struct Server {
     pub durability: String,
     pub addr: String,
     pub token: String,
+    /// The one unseal key share from `sys/init` (base64), for `snapshot`'s
+    /// restore into another server, which needs the source's key.
+    pub unseal_key: String,
     pub pid: u32,
     pub version: String,
     pub dir: PathBuf,
@@ -497,6 +500,7 @@ pub async fn start_with_env(
         durability,
         addr: format!("http://127.0.0.1:{port}"),
         token: String::new(),
+        unseal_key: String::new(),
         pid: child.id(),
         version,
         dir,
@@ -559,6 +563,7 @@ async fn bootstrap(s: &mut Server) -> Result<()> {
         .ok_or_else(|| anyhow!("sys/init: no root_token in reply"))?
         .to_string();
     anon.post_json("sys/unseal", &json!({ "key": key })).await?;
+    s.unseal_key = key;
     let a = anon.clone();
     wait_until(s, "active and unsealed (sys/health 200)", || {
         let a = a.clone();
