@@ -86,21 +86,8 @@ pub async fn run(cmd: DrillCmd) -> CmdResult {
         }
         DrillCmd::Serve(c) => {
             let cfg = load(&c)?;
-            let shutdown = async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(_) => {
-                            let _ = tokio::signal::ctrl_c().await;
-                            return;
-                        }
-                    };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            };
+            // SIGINT or SIGTERM stops it, as it stops the server.
+            let shutdown = super::server::shutdown_signal()?;
             drill::serve(cfg, shutdown, publish)
                 .await
                 .map_err(Failure::local)?;

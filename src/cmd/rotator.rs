@@ -139,21 +139,8 @@ pub async fn run(cmd: RotatorCmd, format: Format) -> CmdResult {
                 )));
             }
             let engine = std::sync::Arc::new(engine(&cfg)?);
-            let shutdown = async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(_) => {
-                            let _ = tokio::signal::ctrl_c().await;
-                            return;
-                        }
-                    };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            };
+            // SIGINT or SIGTERM stops it, as it stops the server.
+            let shutdown = super::server::shutdown_signal()?;
             daemon::serve(cfg, engine, shutdown)
                 .await
                 .map_err(Failure::local)?;
