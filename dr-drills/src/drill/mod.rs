@@ -320,6 +320,7 @@ async fn drill(
     }
 
     // unseal
+    let swept_before = verify::tokens_swept();
     let t = Instant::now();
     let unsealed = node.unseal(&shares).await;
     report.phase_seconds.unseal = Some(t.elapsed().as_secs_f64());
@@ -338,7 +339,7 @@ async fn drill(
 
     // verify
     let t = Instant::now();
-    let verified = verify::verify(&node.core, &manifest).await;
+    let verified = verify::verify(&node.core, &manifest, swept_before).await;
     report.phase_seconds.verify = Some(t.elapsed().as_secs_f64());
     report.secrets_verified = verified.secrets;
     report.versions_verified = verified.versions;

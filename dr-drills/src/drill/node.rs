@@ -24,11 +24,14 @@ use base64::Engine;
 use bytes::Bytes;
 use custos_core::config::ServerConfig;
 use custos_core::core::Core;
+use custos_core::error::CoreError;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
 const READ_CHUNK: usize = 256 << 10;
+/// How long a fresh node may take to elect itself.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The source cluster's unseal key shares.
 pub struct KeyShares(Vec<Zeroizing<Vec<u8>>>);
@@ -143,11 +146,18 @@ impl DrillNode {
             .map_err(|e| format!("opening the drill node: {e}"))?;
         let node = DrillNode { core, dir };
         let init = async {
-            let (keys, _root) = node
-                .core
-                .initialize(1, 1)
-                .await
-                .map_err(|e| format!("initializing the drill node: {e}"))?;
+            // A one-node Raft elects itself within moments of opening;
+            // until then a write answers "no leader".
+            let deadline = std::time::Instant::now() + LEADER_WAIT;
+            let (keys, _root) = loop {
+                match node.core.initialize(1, 1).await {
+                    Ok(k) => break k,
+                    Err(CoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(format!("initializing the drill node: {e}")),
+                }
+            };
             let key = keys.into_iter().next().ok_or("init returned no key")?;
             node.core
                 .submit_unseal_share(&key)

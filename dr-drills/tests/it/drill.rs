@@ -367,6 +367,30 @@ async fn a_snapshot_without_a_manifest_is_never_picked() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expired_since_the_snapshot_does_not_fail_the_drill() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = SourceCluster::start(0).await;
+    source.create_token("2s").await;
+    let snaps = dir.path().join("snapshots");
+    let dest = LocalDestination::open(&snaps).unwrap();
+    let (_, manifest) = source.ship(&dest, "").await;
+    let cfg = local_config(dir.path(), &snaps, &source.keys_file(dir.path()), "");
+    source.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    let done = drill::run(&cfg).await;
+    let r = &done.report;
+    assert_eq!(r.result, Outcome::Passed, "{}", r.summary());
+    let tokens = r.checks.iter().find(|c| c.name == "token_store").unwrap();
+    assert!(
+        tokens
+            .detail
+            .contains(&format!("of the manifest's {}", manifest.state.tokens)),
+        "{tokens:?}"
+    );
+}
+
 /// Not a test: ships a snapshot of `CUSTOS_DRILL_MEASURE_SECRETS` (default
 /// 100,000) one-version KV v2 secrets to `$CUSTOS_DRILL_MEASURE_DIR/snapshots`
 /// with the unseal key in `keys.txt` beside it, for measuring a drill with

@@ -191,6 +191,15 @@ impl SourceCluster {
             .await;
     }
 
+    /// Create a token with `ttl`.
+    pub async fn create_token(&self, ttl: &str) {
+        self.put(
+            "auth/token/create",
+            json!({"policies": ["default"], "ttl": ttl}),
+        )
+        .await;
+    }
+
     /// Write one KV v2 secret (a later change between two snapshots).
     pub async fn put_test_secret(&self, path: &str, value: &str) {
         self.put(path, json!({"data": {"v": value}})).await;
