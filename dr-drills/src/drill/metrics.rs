@@ -15,19 +15,7 @@
 
 use std::path::Path;
 
-use custos_core::metrics::{Kind, MetricDef};
-
-macro_rules! declare_metrics {
-    ($($ident:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
-        $(pub const $ident: &str = $name;)*
-        /// Every metric declared in this module, in declaration order.
-        pub const CATALOGUE: &[MetricDef] = &[
-            $(MetricDef { name: $name, kind: Kind::$kind, help: $help, labels: &[$($label),*] },)*
-        ];
-    };
-}
-
-declare_metrics! {
+custos_audit::declare_metrics! {
     LAST_RUN = "custos_drill_last_run_timestamp_seconds", Gauge, [],
         "Unix time the last restore drill finished (passed or failed).";
     LAST_SUCCESS = "custos_drill_last_success_timestamp_seconds", Gauge, [],
@@ -55,13 +43,7 @@ pub const RESULTS: [&str; 2] = ["passed", "failed"];
 /// texts; both `runs_total` series start at 0 so a rate never lacks one.
 pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
     let handle = custos_core::metrics::install();
-    for m in CATALOGUE {
-        match m.kind {
-            Kind::Counter => metrics::describe_counter!(m.name, m.help),
-            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
-            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help),
-        }
-    }
+    custos_audit::metrics::describe(CATALOGUE);
     for r in RESULTS {
         metrics::counter!(RUNS, "result" => r).increment(0);
     }
@@ -167,7 +149,7 @@ mod tests {
         );
         for m in CATALOGUE {
             assert_eq!(
-                m.kind == Kind::Counter,
+                m.kind == custos_audit::metrics::Kind::Counter,
                 m.name.ends_with("_total"),
                 "{}",
                 m.name
