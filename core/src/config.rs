@@ -27,6 +27,9 @@
 //! storage "raft" {                   # exactly one; only "raft"
 //!   path    = "/var/lib/custos/raft" # required
 //!   node_id = "node1"                # required; see ServerConfig::raft_node_id_u64
+//!   retry_join {                     # any number: join a cluster through these
+//!     leader_api_addr = "http://127.0.0.1:8200"
+//!   }
 //! }
 //!
 //! listener "tcp" {                   # one or more
@@ -102,7 +105,8 @@ const TOP_KEYS: &[&str] = &[
     "telemetry",
     "audit",
 ];
-const RAFT_KEYS: &[&str] = &["path", "node_id"];
+const RAFT_KEYS: &[&str] = &["path", "node_id", "retry_join"];
+const RETRY_JOIN_KEYS: &[&str] = &["leader_api_addr"];
 const LISTENER_KEYS: &[&str] = &[
     "address",
     "tls_disable",
@@ -207,6 +211,16 @@ pub struct StorageConfig {
     /// This node's name in the cluster (a string, as in Vault); see
     /// [`ServerConfig::raft_node_id_u64`] for the numeric Raft id.
     pub node_id: String,
+    /// `retry_join { leader_api_addr }` blocks: a node with any joins the
+    /// cluster through them instead of starting a cluster of its own.
+    pub retry_join: Vec<RetryJoin>,
+}
+
+/// One `retry_join { ... }` block of `storage "raft"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryJoin {
+    /// The API address of a node of the cluster to join.
+    pub leader_api_addr: String,
 }
 
 /// One `listener "tcp" { ... }` block.
@@ -456,6 +470,7 @@ impl ServerConfig {
             storage: StorageConfig {
                 path: data_dir.join("raft"),
                 node_id: DEV_NODE_ID.to_string(),
+                retry_join: Vec::new(),
             },
             listeners: vec![ListenerConfig {
                 address: listen.to_string(),
@@ -481,6 +496,57 @@ impl ServerConfig {
     /// (see [`raft_node_id_from_name`]).
     pub fn raft_node_id_u64(&self) -> u64 {
         raft_node_id_from_name(&self.storage.node_id)
+    }
+
+    /// Is this node configured for a multi-node cluster (`cluster_addr` set
+    /// or `retry_join` blocks)? Only then does it listen for Raft RPCs.
+    pub fn is_clustered(&self) -> bool {
+        !self.dev && (self.cluster_addr.is_some() || !self.storage.retry_join.is_empty())
+    }
+
+    /// The address the cluster listener binds, and the advertised
+    /// `cluster_addr`: as configured, else Vault's default of the first
+    /// listener's port + 1 (on the host of `api_addr` when advertised).
+    pub fn cluster_addresses(&self) -> Option<(String, String)> {
+        let listener = self.listeners.first()?;
+        let (host, port) = listener.address.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let default_port = if port == 0 { 0 } else { port.checked_add(1)? };
+        let scheme = if listener.tls_disable {
+            "http"
+        } else {
+            "https"
+        };
+        match &self.cluster_addr {
+            Some(url) => {
+                let authority = url
+                    .split_once("://")
+                    .map(|(_, r)| r)
+                    .unwrap_or(url)
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                let bind = match authority.parse::<SocketAddr>() {
+                    Ok(a) => a.to_string(),
+                    Err(_) => {
+                        let p = authority.rsplit_once(':').map(|(_, p)| p).unwrap_or("8201");
+                        format!("{host}:{p}")
+                    }
+                };
+                Some((bind, url.trim_end_matches('/').to_string()))
+            }
+            None => {
+                let bind = format!("{host}:{default_port}");
+                let api_host = self
+                    .api_addr
+                    .as_deref()
+                    .and_then(|u| u.split_once("://"))
+                    .and_then(|(_, r)| r.split('/').next())
+                    .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+                    .unwrap_or_else(|| host.to_string());
+                Some((bind, format!("{scheme}://{api_host}:{default_port}")))
+            }
+        }
     }
 
     /// Cross-field and environment checks: required values present, addresses
@@ -1104,9 +1170,39 @@ fn parse_storage(top: &Section<'_>) -> Result<StorageConfig, ConfigError> {
             ));
         }
     };
+    let mut retry_join = Vec::new();
+    for (i, b) in sec
+        .blocks("retry_join", "retry_join { leader_api_addr = \"...\" }")?
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("{}.retry_join[{i}]", sec.name);
+        if !b.labels().is_empty() {
+            return Err(sec.invalid(
+                "retry_join",
+                "takes no labels (write `retry_join { ... }`)".into(),
+            ));
+        }
+        let rj = Section::from_body(top.file, name, b.body());
+        rj.check_keys(RETRY_JOIN_KEYS)?;
+        let addr = rj
+            .string("leader_api_addr")?
+            .filter(|a| !a.trim().is_empty())
+            .ok_or_else(|| {
+                rj.invalid(
+                    "leader_api_addr",
+                    "is required (the API address of a node of the cluster)".into(),
+                )
+            })?;
+        check_url(&addr).map_err(|m| rj.invalid("leader_api_addr", m))?;
+        retry_join.push(RetryJoin {
+            leader_api_addr: addr,
+        });
+    }
     Ok(StorageConfig {
         path: PathBuf::from(path),
         node_id,
+        retry_join,
     })
 }
 
@@ -1326,6 +1422,7 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
             storage: StorageConfig {
                 path: "/var/lib/custos/raft".into(),
                 node_id: "node1".into(),
+                retry_join: Vec::new(),
             },
             listeners: vec![ListenerConfig {
                 address: "127.0.0.1:8200".into(),
@@ -1451,9 +1548,10 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
 
     #[test]
     fn unknown_keys_in_storage_and_audit_blocks() {
-        let e = err(&minimal("").replace("node_id = \"n1\"", "node_id = \"n1\"\n  retry_join = 1"));
+        let e =
+            err(&minimal("").replace("node_id = \"n1\"", "node_id = \"n1\"\n  retry_joins = 1"));
         assert!(
-            e.contains("unknown key \"retry_join\" in storage \"raft\""),
+            e.contains("unknown key \"retry_joins\" in storage \"raft\""),
             "{e}"
         );
         let e = err(&minimal(

@@ -86,6 +86,13 @@ pub struct Unsealed {
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
+impl Unsealed {
+    /// The root key, for the cluster join challenge (`crate::cluster`).
+    pub(crate) fn root_key(&self) -> &[u8] {
+        &self.root_key
+    }
+}
+
 pub struct Core {
     pub opts: CoreOptions,
     physical: Arc<dyn PhysicalStore>,
@@ -100,6 +107,8 @@ pub struct Core {
     /// The automated snapshot agent the binary registered, if any
     /// ([`crate::snapshot_auto`]).
     snapshot_agent: std::sync::OnceLock<Arc<dyn crate::snapshot_auto::SnapshotAgent>>,
+    /// Joining and membership of a multi-node cluster ([`crate::cluster`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// The error a client sees when audit could not record its request: 503 when
@@ -139,6 +148,7 @@ impl Core {
             me: me.clone(),
             started: Instant::now(),
             snapshot_agent: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -154,6 +164,19 @@ impl Core {
     /// The registered automated snapshot agent.
     pub fn snapshot_agent(&self) -> Option<&dyn crate::snapshot_auto::SnapshotAgent> {
         self.snapshot_agent.get().map(|a| a.as_ref())
+    }
+
+    /// Register the cluster membership service (once).
+    pub fn set_cluster(
+        &self,
+        cluster: Arc<crate::cluster::Cluster>,
+    ) -> std::result::Result<(), Arc<crate::cluster::Cluster>> {
+        self.cluster.set(cluster)
+    }
+
+    /// The cluster membership service, when this node is configured for one.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     pub fn raft(&self) -> Option<&Arc<RaftStorage>> {
@@ -710,6 +733,9 @@ impl Core {
 
     /// Stop background work and flush audit; called at server shutdown.
     pub async fn shutdown(&self) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.shutdown().await;
+        }
         // The snapshot agent first: it finishes or abandons its upload
         // while storage is still open.
         if let Some(agent) = self.snapshot_agent.get() {

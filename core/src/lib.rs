@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod background;
 pub mod barrier;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod engines;

@@ -189,61 +189,102 @@ impl ShamirSeal {
             .config(physical)
             .await?
             .ok_or(CoreError::NotInitialized)?;
+        let Some(collected) = self.collect(&config, share)? else {
+            return Ok(None);
+        };
+        let wrapped = wrapped_root_key(physical)
+            .await?
+            .ok_or_else(|| CoreError::Storage("root key missing from storage".into()))?;
+        recover_root_key(&config, &collected, &wrapped).map(Some)
+    }
+
+    /// [`Self::submit_share`] against a seal configuration and wrapped root
+    /// key that are not in local storage yet: those of the cluster a node is
+    /// joining (`crate::cluster`), so it proves it holds the unseal keys.
+    pub fn submit_share_with(
+        &self,
+        config: &SealConfig,
+        wrapped: &[u8],
+        share: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        match self.collect(config, share)? {
+            None => Ok(None),
+            Some(collected) => recover_root_key(config, &collected, wrapped).map(Some),
+        }
+    }
+
+    /// Record one share; the shares once the threshold is met.
+    fn collect(
+        &self,
+        config: &SealConfig,
+        share: &[u8],
+    ) -> Result<Option<Vec<Zeroizing<Vec<u8>>>>> {
         let expected_len = if config.secret_shares == 1 { 32 } else { 33 };
         if share.len() != expected_len {
             return Err(CoreError::bad_request(
                 "'key' must be a valid hex or base64 string of an unseal key share",
             ));
         }
-        let collected: Vec<Zeroizing<Vec<u8>>> = {
-            let mut p = self
-                .progress
-                .lock()
-                .map_err(|_| CoreError::internal("seal lock poisoned"))?;
-            if p.shares.iter().any(|s| s.as_slice() == share) {
-                // Vault ignores a duplicate key (progress unchanged).
-                return Ok(None);
-            }
-            if p.shares.is_empty() {
-                p.nonce = uuid::Uuid::new_v4().to_string();
-            }
-            p.shares.push(Zeroizing::new(share.to_vec()));
-            if p.shares.len() < config.secret_threshold as usize {
-                return Ok(None);
-            }
-            let out = std::mem::take(&mut p.shares);
-            p.nonce.clear();
-            out
-        };
-        let unseal_key = if config.secret_shares == 1 {
-            collected[0].clone()
-        } else {
-            let mut parsed = Vec::with_capacity(collected.len());
-            for s in &collected {
-                parsed.push(
-                    Share::try_from(s.as_slice())
-                        .map_err(|_| CoreError::bad_request("invalid unseal key share"))?,
-                );
-            }
-            Zeroizing::new(
-                Sharks(config.secret_threshold)
-                    .recover(parsed.iter())
-                    .map_err(|e| {
-                        CoreError::bad_request(format!("failed to recover unseal key: {e}"))
-                    })?,
-            )
-        };
-        let wrapped = physical
-            .get(ROOT_KEY_PATH)
-            .await?
-            .ok_or_else(|| CoreError::Storage("root key missing from storage".into()))?;
-        match open_with_key(&unseal_key, ROOT_KEY_PATH.as_bytes(), &wrapped) {
-            Ok(root) => Ok(Some(root)),
-            Err(_) => Err(CoreError::bad_request(
-                "Error unsealing: failed to decrypt keys from storage: the unseal key shares do not match",
-            )),
+        let mut p = self
+            .progress
+            .lock()
+            .map_err(|_| CoreError::internal("seal lock poisoned"))?;
+        if p.shares.iter().any(|s| s.as_slice() == share) {
+            // Vault ignores a duplicate key (progress unchanged).
+            return Ok(None);
         }
+        if p.shares.is_empty() {
+            p.nonce = uuid::Uuid::new_v4().to_string();
+        }
+        p.shares.push(Zeroizing::new(share.to_vec()));
+        if p.shares.len() < config.secret_threshold as usize {
+            return Ok(None);
+        }
+        let out = std::mem::take(&mut p.shares);
+        p.nonce.clear();
+        Ok(Some(out))
     }
+}
+
+/// The root key as stored: sealed under the unseal key. Not a secret by
+/// itself (it opens only with the unseal key); a joining node receives it
+/// from the leader to check its unseal key shares before it has any data.
+pub async fn wrapped_root_key(physical: &dyn PhysicalStore) -> Result<Option<Vec<u8>>> {
+    physical.get(ROOT_KEY_PATH).await
+}
+
+/// Combine shares into the unseal key and open the wrapped root key with it.
+fn recover_root_key(
+    config: &SealConfig,
+    collected: &[Zeroizing<Vec<u8>>],
+    wrapped: &[u8],
+) -> Result<Zeroizing<Vec<u8>>> {
+    let unseal_key = if config.secret_shares == 1 {
+        collected
+            .first()
+            .cloned()
+            .ok_or_else(|| CoreError::bad_request("no unseal key share"))?
+    } else {
+        let mut parsed = Vec::with_capacity(collected.len());
+        for s in collected {
+            parsed.push(
+                Share::try_from(s.as_slice())
+                    .map_err(|_| CoreError::bad_request("invalid unseal key share"))?,
+            );
+        }
+        Zeroizing::new(
+            Sharks(config.secret_threshold)
+                .recover(parsed.iter())
+                .map_err(|e| {
+                    CoreError::bad_request(format!("failed to recover unseal key: {e}"))
+                })?,
+        )
+    };
+    open_with_key(&unseal_key, ROOT_KEY_PATH.as_bytes(), wrapped).map_err(|_| {
+        CoreError::bad_request(
+            "Error unsealing: failed to decrypt keys from storage: the unseal key shares do not match",
+        )
+    })
 }
 
 #[cfg(test)]

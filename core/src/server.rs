@@ -106,13 +106,45 @@ pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
             cfg.storage.path.display()
         ))
     })?;
-    let raft = RaftStorage::open(
-        &cfg.storage.path,
-        cfg.raft_node_id_u64(),
-        opts.api_addr.clone(),
-    )
-    .await
-    .map_err(|e| {
+    let mut opts = opts;
+    let cluster = match cfg.cluster_addresses().filter(|_| cfg.is_clustered()) {
+        Some((_, advertised)) => {
+            opts.cluster_addr = advertised.clone();
+            Some(crate::cluster::ClusterOptions {
+                node_name: cfg.storage.node_id.clone(),
+                api_addr: opts.api_addr.clone(),
+                cluster_addr: advertised,
+                retry_join: cfg
+                    .storage
+                    .retry_join
+                    .iter()
+                    .map(|r| r.leader_api_addr.clone())
+                    .collect(),
+            })
+        }
+        None => None,
+    };
+    let opened = match &cluster {
+        // A node with retry_join waits to be added; any other starts its own.
+        Some(c) => {
+            let node = crate::storage::raft::CustosNode {
+                addr: c.api_addr.clone(),
+                cluster_addr: c.cluster_addr.clone(),
+                name: c.node_name.clone(),
+            };
+            let bootstrap = c.retry_join.is_empty();
+            RaftStorage::open_with(&cfg.storage.path, cfg.raft_node_id_u64(), node, bootstrap).await
+        }
+        None => {
+            RaftStorage::open(
+                &cfg.storage.path,
+                cfg.raft_node_id_u64(),
+                opts.api_addr.clone(),
+            )
+            .await
+        }
+    };
+    let raft = opened.map_err(|e| {
         startup(format!(
             "storage \"raft\" at {}: {e}",
             cfg.storage.path.display()
@@ -120,6 +152,9 @@ pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
     })?;
     let physical: Arc<dyn crate::storage::PhysicalStore> = raft.clone();
     let core = Core::new(opts, physical, Some(raft));
+    if let Some(c) = cluster {
+        crate::cluster::Cluster::register(&core, c).map_err(startup)?;
+    }
     let initialized = core.is_initialized().await.map_err(startup)?;
     crate::metrics::gauge_set(
         crate::metrics::CORE_INITIALIZED,
@@ -146,6 +181,12 @@ pub async fn serve(cfg: &ServerConfig, core: Arc<Core>) -> Result<RunningServer,
             bind_listener(l, core.clone(), metrics.clone(), stop.subscribe()).await?;
         addrs.push(addr);
         tasks.push(task);
+    }
+    if let (Some(cluster), Some(raft), Some((bind, _))) =
+        (core.cluster(), core.raft(), cfg.cluster_addresses())
+    {
+        tasks.push(bind_cluster_listener(&bind, raft, stop.subscribe()).await?);
+        cluster.start().await.map_err(startup)?;
     }
     Ok(RunningServer {
         core,
@@ -189,6 +230,29 @@ pub async fn start_with(
     let core = open_core(cfg).await?;
     hooks.opened(&core);
     serve(cfg, core).await
+}
+
+/// The cluster listener: Raft RPCs from the other nodes
+/// (`storage::raft::network`). Plain HTTP for now.
+async fn bind_cluster_listener(
+    bind: &str,
+    raft: &RaftStorage,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let tcp = TcpListener::bind(bind)
+        .await
+        .map_err(|e| startup(format!("cluster_addr: cannot bind {bind}: {e}")))?;
+    let addr = tcp.local_addr().map_err(startup)?;
+    let app = crate::storage::raft::network::cluster_router(raft.raft().clone());
+    tracing::info!(%addr, "cluster listener (Raft RPCs, plain HTTP)");
+    Ok(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "cluster listener failed");
+        }
+    }))
 }
 
 async fn bind_listener(

@@ -111,6 +111,8 @@ const R_REMOUNT_STATUS: usize = 27;
 const R_SNAPSHOT_AUTO_LIST: usize = 28;
 const R_SNAPSHOT_AUTO_CONFIG: usize = 29;
 const R_SNAPSHOT_AUTO_STATUS: usize = 30;
+const R_RAFT_CONFIGURATION: usize = 31;
+const R_RAFT_REMOVE_PEER: usize = 32;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -345,6 +347,20 @@ static PATHS: &[PathSpec] = &[
         existence_check: false,
         help: "The state of an automated snapshot configuration: its last snapshot, error and next start.",
     },
+    PathSpec {
+        pattern: "storage/raft/configuration",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "The Raft cluster's servers: node_id, address, leader, voter.",
+    },
+    PathSpec {
+        pattern: "storage/raft/remove-peer",
+        operations: &[Op::Update],
+        fields: &[F::required("server_id", K::String)],
+        existence_check: false,
+        help: "Remove a server from the Raft cluster (on the active node).",
+    },
 ];
 
 /// `snapshot-auto/config/:name`'s fields (see [`crate::snapshot_auto`]);
@@ -380,7 +396,7 @@ const SNAPSHOT_AUTO_FIELDS: &[F] = &[
     F::new("copy_to_aws_secret_access_key", K::String),
 ];
 
-fn obj(v: Value) -> Map<String, Value> {
+pub(crate) fn obj(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
         _ => Map::new(),
@@ -725,6 +741,20 @@ impl Backend for SystemBackend {
                     }
                 }
             }
+            R_RAFT_CONFIGURATION => {
+                let raft = core
+                    .raft()
+                    .ok_or_else(|| CoreError::bad_request("this server has no Raft storage"))?;
+                Ok(Some(Response::data(crate::cluster::configuration(raft))))
+            }
+            R_RAFT_REMOVE_PEER => {
+                let raft = core
+                    .raft()
+                    .ok_or_else(|| CoreError::bad_request("this server has no Raft storage"))?;
+                let server_id = f.str("server_id").unwrap_or_default();
+                crate::cluster::remove_peer(raft, server_id).await?;
+                Ok(None)
+            }
             R_SNAPSHOT_AUTO_STATUS => {
                 let name = f.capture("name").unwrap_or_default();
                 Ok(crate::snapshot_auto::status(&core, name)
@@ -1048,12 +1078,22 @@ fn leader_json(core: &Core) -> Map<String, Value> {
             )
         })
         .unwrap_or((0, 0));
+    // The active node's addresses from the Raft membership; this node's own
+    // when the membership does not say (one-node clusters from before).
+    let leader_address = core
+        .raft()
+        .and_then(|r| crate::cluster::leader_api_addr(r))
+        .unwrap_or_else(|| core.opts.api_addr.clone());
+    let leader_cluster_address = core
+        .raft()
+        .and_then(|r| crate::cluster::leader_cluster_addr(r))
+        .unwrap_or_else(|| core.opts.cluster_addr.clone());
     obj(json!({
         "ha_enabled": core.raft().is_some(),
         "is_self": core.is_active(),
         "active_time": "0001-01-01T00:00:00Z",
-        "leader_address": core.opts.api_addr,
-        "leader_cluster_address": core.opts.cluster_addr,
+        "leader_address": leader_address,
+        "leader_cluster_address": leader_cluster_address,
         "performance_standby": false,
         "performance_standby_last_remote_wal": 0,
         "raft_committed_index": committed,
@@ -1080,7 +1120,11 @@ fn sha2_hex(b: &[u8]) -> String {
 }
 
 async fn seal_status(core: &Core) -> Result<Map<String, Value>> {
-    let cfg = core.seal_config().await?;
+    let mut cfg = core.seal_config().await?;
+    if cfg.is_none() {
+        // A node waiting to join reports the cluster's seal (crate::cluster).
+        cfg = core.cluster().and_then(|c| c.joining_seal());
+    }
     let (progress, nonce) = core.seal.progress();
     let sealed = core.is_sealed();
     let mut v = json!({
@@ -1187,6 +1231,19 @@ fn decode_key(s: &str) -> Result<Vec<u8>> {
         .map_err(|_| CoreError::bad_request("'key' must be a valid hex or base64 string"))
 }
 
+/// Joining a cluster, unauthenticated as in Vault (see `crate::cluster`).
+const RAFT_JOIN: &str = "sys/storage/raft/join";
+const RAFT_CHALLENGE: &str = "sys/storage/raft/bootstrap/challenge";
+const RAFT_ANSWER: &str = "sys/storage/raft/bootstrap/answer";
+
+fn cluster_of(core: &Core) -> Result<&Arc<crate::cluster::Cluster>> {
+    core.cluster().ok_or_else(|| {
+        CoreError::bad_request(
+            "this server is not configured for a cluster: set cluster_addr or storage \"raft\" { retry_join { ... } }",
+        )
+    })
+}
+
 /// The endpoints Vault serves without a token (and while sealed). Returns
 /// `None` when `path` is not one of them.
 pub async fn unauthenticated(
@@ -1205,6 +1262,20 @@ pub async fn unauthenticated(
             ("sys/init", Op::Update) => init(core, data).await,
             ("sys/unseal", Op::Update) => unseal(core, data).await,
             ("sys/leader", Op::Read) => Ok(Response::raw(leader_json(core))),
+            (RAFT_JOIN, Op::Update) => {
+                let addr = data
+                    .get("leader_api_addr")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| CoreError::bad_request("leader_api_addr is required"))?;
+                Ok(Response::raw(cluster_of(core)?.join(addr).await?))
+            }
+            (RAFT_CHALLENGE, Op::Update) => {
+                let id = data.get("server_id").and_then(Value::as_str).unwrap_or("");
+                Ok(Response::raw(cluster_of(core)?.challenge(id).await?))
+            }
+            (RAFT_ANSWER, Op::Update) => Ok(Response::raw(cluster_of(core)?.answer(data).await?)),
+            (RAFT_JOIN | RAFT_CHALLENGE | RAFT_ANSWER, _) => Err(CoreError::UnsupportedOperation),
             // Sealing a sealed server is a no-op, as in Vault.
             ("sys/seal", Op::Update) => Ok(Response {
                 status: Some(204),
@@ -1220,7 +1291,14 @@ pub async fn unauthenticated(
     if !sealed_seal
         && !matches!(
             path,
-            "sys/health" | "sys/seal-status" | "sys/init" | "sys/unseal" | "sys/leader"
+            "sys/health"
+                | "sys/seal-status"
+                | "sys/init"
+                | "sys/unseal"
+                | "sys/leader"
+                | RAFT_JOIN
+                | RAFT_CHALLENGE
+                | RAFT_ANSWER
         )
     {
         return None;
@@ -1276,7 +1354,11 @@ async fn init(core: &Core, data: &Map<String, Value>) -> Result<Response> {
 }
 
 async fn unseal(core: &Core, data: &Map<String, Value>) -> Result<Response> {
-    if !core.is_initialized().await? {
+    let joining = match core.cluster() {
+        Some(c) if c.joining_seal().is_some() && !core.is_initialized().await? => Some(c),
+        _ => None,
+    };
+    if joining.is_none() && !core.is_initialized().await? {
         return Err(CoreError::bad_request("Vault is not initialized"));
     }
     if matches!(data.get("reset"), Some(Value::Bool(true)))
@@ -1295,7 +1377,12 @@ async fn unseal(core: &Core, data: &Map<String, Value>) -> Result<Response> {
         Some(_) => return Err(CoreError::bad_request("'key' must be a string")),
     };
     let bytes = decode_key(&key)?;
-    core.submit_unseal_share(&bytes).await?;
+    match joining {
+        Some(cluster) => cluster.submit_join_share(&bytes)?,
+        None => {
+            core.submit_unseal_share(&bytes).await?;
+        }
+    }
     Ok(Response::raw(seal_status(core).await?))
 }
 

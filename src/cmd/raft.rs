@@ -1,3 +1,7 @@
+//! `custos operator raft list-peers|join|remove-peer`: the cluster's
+//! membership through `sys/storage/raft/configuration`, `join` and
+//! `remove-peer`, printed as `vault operator raft` prints them.
+//!
 //! `custos operator raft snapshot save|restore`: Raft snapshots through
 //! `sys/storage/raft/snapshot` (and `snapshot-force`), streamed to and from
 //! a file as `vault operator raft snapshot` does.
@@ -22,6 +26,26 @@ pub enum RaftCmd {
     /// Save and restore snapshots of the Raft storage
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// List the servers of the Raft cluster
+    ListPeers,
+    /// Join this (uninitialized) server to the cluster at LEADER_API_ADDR
+    Join(JoinArgs),
+    /// Remove a server from the Raft cluster
+    RemovePeer(RemovePeerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The API address of a node of the cluster, e.g. http://127.0.0.1:8200
+    #[arg(value_name = "LEADER_API_ADDR")]
+    pub leader_api_addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemovePeerArgs {
+    /// The node_id of the server to remove
+    #[arg(value_name = "SERVER_ID")]
+    pub server_id: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +78,74 @@ pub async fn run(ctx: &Ctx, cmd: RaftCmd) -> CmdResult {
     match cmd {
         RaftCmd::Snapshot(SnapshotCmd::Save(a)) => save(ctx, &a.file).await,
         RaftCmd::Snapshot(SnapshotCmd::Restore(a)) => restore(ctx, &a.file, a.force).await,
+        RaftCmd::ListPeers => list_peers(ctx).await,
+        RaftCmd::Join(a) => {
+            let body = serde_json::json!({"leader_api_addr": a.leader_api_addr});
+            let resp = ctx
+                .client
+                .write("sys/storage/raft/join", &body)
+                .await
+                .map_err(|e| Failure::api("Error joining the node to the Raft cluster", &e))?
+                .unwrap_or(serde_json::Value::Null);
+            match ctx.format {
+                crate::output::Format::Json => super::out(&crate::output::json_pretty(&resp)),
+                crate::output::Format::Table => super::out(&crate::output::columns(&[
+                    vec!["Key".into(), "Value".into()],
+                    vec!["Joined".into(), resp["joined"].to_string()],
+                ])),
+            }
+            Ok(EXIT_OK)
+        }
+        RaftCmd::RemovePeer(a) => {
+            let body = serde_json::json!({"server_id": a.server_id});
+            ctx.client
+                .write("sys/storage/raft/remove-peer", &body)
+                .await
+                .map_err(|e| Failure::api("Error removing the peer from the Raft cluster", &e))?;
+            super::out("Peer removed successfully!");
+            Ok(EXIT_OK)
+        }
     }
+}
+
+async fn list_peers(ctx: &Ctx) -> CmdResult {
+    let resp = ctx
+        .client
+        .read("sys/storage/raft/configuration")
+        .await
+        .map_err(|e| Failure::api("Error reading the raft cluster configuration", &e))?
+        .unwrap_or(serde_json::Value::Null);
+    if let crate::output::Format::Json = ctx.format {
+        super::out(&crate::output::json_pretty(&resp));
+        return Ok(EXIT_OK);
+    }
+    let mut rows = vec![vec![
+        "Node".to_string(),
+        "Address".to_string(),
+        "State".to_string(),
+        "Voter".to_string(),
+    ]];
+    let config = if resp["data"].is_object() {
+        &resp["data"]["config"]
+    } else {
+        &resp["config"]
+    };
+    let servers = config["servers"].as_array().cloned().unwrap_or_default();
+    for s in servers {
+        let state = if s["leader"].as_bool() == Some(true) {
+            "leader"
+        } else {
+            "follower"
+        };
+        rows.push(vec![
+            s["node_id"].as_str().unwrap_or_default().to_string(),
+            s["address"].as_str().unwrap_or_default().to_string(),
+            state.to_string(),
+            s["voter"].as_bool().unwrap_or(false).to_string(),
+        ]);
+    }
+    super::out(&crate::output::table(&rows));
+    Ok(EXIT_OK)
 }
 
 fn partial_path(file: &Path) -> PathBuf {

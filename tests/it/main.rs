@@ -6,6 +6,7 @@ mod audit_file;
 mod audit_query;
 mod audit_sinks;
 mod cli;
+mod cluster;
 mod crash;
 mod drill;
 mod harness;

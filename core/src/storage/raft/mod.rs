@@ -32,7 +32,8 @@
 //!
 //! [`TypeConfig`] is declared with `openraft::declare_raft_types!`:
 //! `D = Command` (the replicated write), `R = CommandResponse`, `NodeId = u64`,
-//! `Node = BasicNode` (its `addr` is the node's API address), entries are
+//! `Node = CustosNode` (its `addr` is the node's API address, as
+//! `BasicNode`'s was, plus its cluster address and name), entries are
 //! `openraft::Entry`, snapshots `tokio::fs::File` (the snapshot file), runtime tokio.
 //!
 //! # Files
@@ -55,11 +56,19 @@
 //! the state machine's contents, i.e. barrier ciphertext, restorable only with
 //! the original unseal keys. A DR restore ([`restore`]) replaces the whole
 //! key space through ordinary Raft entries: pairs staged in chunks, then
-//! swapped in by one commit entry. The network is [`SingleNodeNetwork`]: this issue
-//! runs one-node clusters; inter-node RPCs come with the HA issue.
+//! swapped in by one commit entry.
+//!
+//! # Clusters
+//!
+//! RPCs between nodes go through [`HttpNetwork`] (see [`network`]). A node
+//! opened with `bootstrap` and no Raft state initializes a one-node cluster
+//! and waits to lead it (a lone server, as before clusters); a node opened
+//! without `bootstrap` (it has `retry_join`) stays uninitialized until a
+//! leader adds it (`crate::cluster`). A member of a multi-voter membership
+//! does not wait for a leader at open: elections need its peers.
 
 mod log_store;
-mod network;
+pub mod network;
 pub mod restore;
 mod snapshot;
 mod state_machine;
@@ -75,14 +84,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use openraft::error::{ClientWriteError, Fatal, RaftError};
-use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use log_store::LogStore;
-pub use network::{SingleNodeNetwork, UnreachablePeer};
+pub use network::{CustosNode, HttpNetwork};
 pub use snapshot::SNAPSHOT_FILE;
 pub use state_machine::StateMachineStore;
 
@@ -96,7 +105,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = CommandResponse,
         NodeId = u64,
-        Node = BasicNode,
+        Node = CustosNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
@@ -525,6 +534,10 @@ fn raft_config() -> Result<Config> {
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
+        // Snapshots travel to followers in chunks of this size, each within
+        // this time (see `network`).
+        snapshot_max_chunk_size: network::SNAPSHOT_CHUNK as u64,
+        install_snapshot_timeout: 10_000,
         ..Default::default()
     }
     .validate()
@@ -538,7 +551,9 @@ fn fatal_to_core(e: Fatal<u64>) -> CoreError {
     }
 }
 
-fn write_error_to_core(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> CoreError {
+pub(crate) fn write_error_to_core(
+    e: RaftError<u64, ClientWriteError<u64, CustosNode>>,
+) -> CoreError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
             Some(id) => CoreError::Unavailable(format!("not the leader; the leader is node {id}")),
@@ -557,6 +572,24 @@ impl RaftStorage {
     /// wait (up to 10 s) until this node leads and has applied its whole log,
     /// so writes and reads work as soon as this returns.
     pub async fn open(dir: &Path, node_id: u64, api_addr: String) -> Result<Arc<RaftStorage>> {
+        let node = CustosNode {
+            addr: api_addr,
+            ..CustosNode::default()
+        };
+        Self::open_with(dir, node_id, node, true).await
+    }
+
+    /// [`Self::open`] for a cluster member: `node` is how peers reach this
+    /// node. With `bootstrap` an uninitialized directory becomes a one-node
+    /// cluster as in [`Self::open`]; without it (a node with `retry_join`) it
+    /// stays uninitialized until a leader adds this node. Waits to lead only
+    /// when this node is its membership's only voter.
+    pub async fn open_with(
+        dir: &Path,
+        node_id: u64,
+        node: CustosNode,
+        bootstrap: bool,
+    ) -> Result<Arc<RaftStorage>> {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| CoreError::Storage(format!("creating {}: {e}", dir.display())))?;
@@ -576,7 +609,7 @@ impl RaftStorage {
         let log_db = log.liveness();
 
         let config = Arc::new(raft_config()?);
-        let raft = Raft::new(node_id, config, SingleNodeNetwork, log, sm)
+        let raft = Raft::new(node_id, config, HttpNetwork::new(node_id), log, sm)
             .await
             .map_err(fatal_to_core)?;
 
@@ -597,22 +630,48 @@ impl RaftStorage {
             write_tx,
             writer: Mutex::new(Some(writer)),
         });
-        if let Err(e) = storage.start(api_addr).await {
+        if let Err(e) = storage.start(node, bootstrap).await {
             storage.shutdown().await;
             return Err(e);
         }
         Ok(storage)
     }
 
-    async fn start(&self, api_addr: String) -> Result<()> {
+    async fn start(&self, node: CustosNode, bootstrap: bool) -> Result<()> {
         let node_id = self.node_id;
         if !self.raft.is_initialized().await.map_err(fatal_to_core)? {
+            if !bootstrap {
+                tracing::info!(node_id, "no Raft state: waiting to be added to a cluster");
+                return Ok(());
+            }
             tracing::info!(node_id, "initializing a one-node Raft cluster");
-            let members = BTreeMap::from([(node_id, BasicNode { addr: api_addr })]);
+            let members = BTreeMap::from([(node_id, node)]);
             self.raft
                 .initialize(members)
                 .await
                 .map_err(|e| CoreError::Storage(format!("raft initialize: {e}")))?;
+        }
+        // Metrics trail `initialize` and the loading of a stored membership.
+        let _ = self
+            .raft
+            .wait(Some(LEADER_WAIT))
+            .metrics(
+                |m| m.membership_config.membership().voter_ids().next().is_some(),
+                "a membership",
+            )
+            .await;
+        let sole_voter = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            voters == [node_id]
+        };
+        if !sole_voter {
+            tracing::info!(
+                node_id,
+                "member of a multi-node Raft cluster: not waiting for a leader"
+            );
+            return Ok(());
         }
         // A re-opened node that led before (its committed vote is its own)
         // resumes as leader at once and commits and applies whatever its log
@@ -811,7 +870,7 @@ async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>)
 /// Follow openraft's metrics: publish leader changes and the Raft gauges.
 /// Ends when Raft shuts down (the metrics channel closes).
 async fn watch_metrics(
-    mut rx: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    mut rx: watch::Receiver<RaftMetrics<u64, CustosNode>>,
     leader_tx: watch::Sender<Option<u64>>,
 ) {
     let mut last_leader: Option<u64> = None;

@@ -1,78 +1,320 @@
-//! Raft RPC transport for a one-node cluster: every RPC fails as unreachable.
+//! Raft RPCs between Custos nodes, over HTTP on each node's `cluster_addr`.
 //!
-//! openraft asks the [`RaftNetworkFactory`] for a client per peer and sends
-//! `append_entries`, `vote` and `install_snapshot` through it. A one-node
-//! cluster never has a peer, so openraft never calls these; if it ever did
-//! (someone added a member by hand), the peer is reported
-//! [`Unreachable`] and openraft backs off and retries, which is the honest
-//! answer. Multi-node networking (HTTP RPCs between Custos nodes, leader
-//! forwarding) arrives with the HA issue and replaces this file.
+//! **Client.** openraft asks the [`RaftNetworkFactory`] ([`HttpNetwork`]) for a
+//! client per peer and sends `append_entries`, `vote` and `install_snapshot`
+//! through it. Each peer gets one `reqwest` client (its own connection pool),
+//! kept for the life of the node. Every RPC is bounded by openraft's
+//! `RPCOption::hard_ttl`; a connection that cannot be made is reported
+//! [`Unreachable`] (openraft backs off and retries), an RPC that takes too
+//! long [`Timeout`], and an error the peer's Raft returned travels back as a
+//! [`RemoteError`].
+//!
+//! **Server.** [`cluster_router`] serves the same three RPCs on the cluster
+//! listener that `crate::server` binds: `POST /raft/append`, `/raft/vote`
+//! (JSON bodies, the response is the JSON of openraft's
+//! `Result<response, RaftError>`), and `/raft/snapshot`, one chunk per request:
+//! the chunk's bytes are the raw body and the rest of openraft's
+//! `InstallSnapshotRequest` (vote, meta, offset, done) travels as JSON in the
+//! `x-custos-snapshot` header. openraft reads the leader's snapshot file and
+//! writes the follower's receiving file one chunk at a time
+//! ([`SNAPSHOT_CHUNK`]), so a snapshot is never whole in memory.
+//!
+//! JSON is the encoding for now (entries already carry base64 values); a
+//! binary encoding and TLS between nodes are still to come — this transport
+//! is plain HTTP, for loopback and trusted networks only.
 
-use std::io;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{SnapshotMeta, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use super::TypeConfig;
+use super::{CustosRaft, TypeConfig};
 
-/// Hands out [`UnreachablePeer`] clients.
-#[derive(Debug, Clone, Default)]
-pub struct SingleNodeNetwork;
+/// Bytes of snapshot per `install_snapshot` request.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// How long a connection to a peer may take before it is unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The header carrying a snapshot chunk's metadata.
+const SNAPSHOT_HEADER: &str = "x-custos-snapshot";
+/// Largest RPC body the cluster listener accepts (an append of big entries).
+const MAX_RPC_BODY: usize = 256 * 1024 * 1024;
 
-/// A peer that cannot be reached: this build has no inter-node transport.
-#[derive(Debug, Clone)]
-pub struct UnreachablePeer {
-    target: u64,
+/// A cluster member as stored in the Raft membership.
+///
+/// `addr` is the node's API address (`api_addr`), where clients and joining
+/// nodes reach it: the field `openraft::BasicNode` had, so memberships
+/// written before clusters read unchanged. `cluster_addr` is where Raft RPCs
+/// go, `name` the configured `storage "raft" { node_id }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustosNode {
+    pub addr: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_addr: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
-impl UnreachablePeer {
-    fn unreachable(&self) -> Unreachable {
-        let e = io::Error::other(format!(
-            "node {} unreachable: multi-node Raft networking is not available yet",
-            self.target
-        ));
+impl fmt::Display for CustosNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.cluster_addr)
+    }
+}
+
+/// Hands out one [`PeerClient`] per peer, sharing its HTTP client across
+/// openraft's calls to [`RaftNetworkFactory::new_client`].
+#[derive(Debug, Clone)]
+pub struct HttpNetwork {
+    id: u64,
+    clients: Arc<Mutex<HashMap<u64, reqwest::Client>>>,
+}
+
+impl HttpNetwork {
+    pub fn new(id: u64) -> Self {
+        HttpNetwork {
+            id,
+            clients: Arc::default(),
+        }
+    }
+}
+
+/// The RPC client of one peer.
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    id: u64,
+    target: u64,
+    base: String,
+    http: Option<reqwest::Client>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &CustosNode) -> Self::Network {
+        let http = match self.clients.lock() {
+            Ok(mut clients) => match clients.get(&target) {
+                Some(c) => Some(c.clone()),
+                None => {
+                    let built = reqwest::Client::builder()
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .tcp_nodelay(true)
+                        .build()
+                        .ok();
+                    if let Some(c) = &built {
+                        clients.insert(target, c.clone());
+                    }
+                    built
+                }
+            },
+            Err(_) => None,
+        };
+        PeerClient {
+            id: self.id,
+            target,
+            base: node.cluster_addr.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+}
+
+impl PeerClient {
+    fn unreachable(&self, why: impl fmt::Display) -> Unreachable {
+        let e = std::io::Error::other(format!("node {} at {:?}: {why}", self.target, self.base));
         Unreachable::new(&e)
     }
-}
 
-impl RaftNetworkFactory<TypeConfig> for SingleNodeNetwork {
-    type Network = UnreachablePeer;
-
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Self::Network {
-        UnreachablePeer { target }
+    /// POST one RPC and decode openraft's `Result` from the body.
+    async fn call<Resp, E>(
+        &self,
+        action: RPCTypes,
+        path: &str,
+        body: reqwest::Body,
+        headers: Vec<(&'static str, String)>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, CustosNode, RaftError<u64, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(http) = &self.http else {
+            return Err(RPCError::Unreachable(
+                self.unreachable("no HTTP client could be built"),
+            ));
+        };
+        if self.base.is_empty() {
+            return Err(RPCError::Unreachable(
+                self.unreachable("the node has no cluster address"),
+            ));
+        }
+        let ttl = option.hard_ttl();
+        let timeout = || {
+            RPCError::Timeout(Timeout {
+                action,
+                id: self.id,
+                target: self.target,
+                timeout: ttl,
+            })
+        };
+        let mut req = http
+            .post(format!("{}{path}", self.base))
+            .timeout(ttl)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Err(timeout()),
+            Err(e) => return Err(RPCError::Unreachable(self.unreachable(e))),
+        };
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Err(RPCError::Unreachable(
+                self.unreachable(format!("answered {status}")),
+            ));
+        }
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return Err(timeout()),
+            Err(e) => return Err(RPCError::Unreachable(self.unreachable(e))),
+        };
+        let decoded: Result<Resp, RaftError<u64, E>> =
+            serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-impl RaftNetwork<TypeConfig> for UnreachablePeer {
+fn json_body<T: Serialize>(v: &T) -> Result<reqwest::Body, NetworkError> {
+    serde_json::to_vec(v)
+        .map(reqwest::Body::from)
+        .map_err(|e| NetworkError::new(&e))
+}
+
+/// The metadata of a snapshot chunk, sent in [`SNAPSHOT_HEADER`].
+#[derive(Serialize, Deserialize)]
+struct ChunkHeader {
+    vote: Vote<u64>,
+    meta: SnapshotMeta<u64, CustosNode>,
+    offset: u64,
+    done: bool,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, CustosNode, RaftError<u64>>> {
+        let body = json_body(&rpc).map_err(RPCError::Network)?;
+        self.call(
+            RPCTypes::AppendEntries,
+            "/raft/append",
+            body,
+            vec![],
+            &option,
+        )
+        .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        RPCError<u64, CustosNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let header = ChunkHeader {
+            vote: rpc.vote,
+            meta: rpc.meta,
+            offset: rpc.offset,
+            done: rpc.done,
+        };
+        let header =
+            serde_json::to_string(&header).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call(
+            RPCTypes::InstallSnapshot,
+            "/raft/snapshot",
+            reqwest::Body::from(rpc.data),
+            vec![(SNAPSHOT_HEADER, header)],
+            &option,
+        )
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, CustosNode, RaftError<u64>>> {
+        let body = json_body(&rpc).map_err(RPCError::Network)?;
+        self.call(RPCTypes::Vote, "/raft/vote", body, vec![], &option)
+            .await
     }
+}
+
+/// The cluster listener's routes: the server side of [`PeerClient`].
+pub fn cluster_router(raft: CustosRaft) -> axum::Router {
+    axum::Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
+        .with_state(raft)
+}
+
+type RpcReply = Result<Json<serde_json::Value>, (StatusCode, String)>;
+
+fn reply<T: Serialize>(v: &T) -> RpcReply {
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn bad_request(e: impl fmt::Display) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, e.to_string())
+}
+
+async fn append(State(raft): State<CustosRaft>, body: Bytes) -> RpcReply {
+    let rpc: AppendEntriesRequest<TypeConfig> =
+        serde_json::from_slice(&body).map_err(bad_request)?;
+    reply(&raft.append_entries(rpc).await)
+}
+
+async fn vote(State(raft): State<CustosRaft>, body: Bytes) -> RpcReply {
+    let rpc: VoteRequest<u64> = serde_json::from_slice(&body).map_err(bad_request)?;
+    reply(&raft.vote(rpc).await)
+}
+
+async fn snapshot(State(raft): State<CustosRaft>, headers: HeaderMap, body: Bytes) -> RpcReply {
+    let header = headers
+        .get(SNAPSHOT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| bad_request(format!("missing {SNAPSHOT_HEADER} header")))?;
+    let h: ChunkHeader = serde_json::from_str(header).map_err(bad_request)?;
+    let rpc = InstallSnapshotRequest {
+        vote: h.vote,
+        meta: h.meta,
+        offset: h.offset,
+        data: body.to_vec(),
+        done: h.done,
+    };
+    reply(&raft.install_snapshot(rpc).await)
 }

@@ -33,8 +33,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder,
-    StorageError, StorageIOError, StoredMembership,
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
+    StorageIOError, StoredMembership,
 };
 use redb::{
     Database, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -56,8 +56,8 @@ const KEY_LAST_SNAPSHOT: &str = "last_snapshot";
 const KEY_SNAP_META: &str = "meta";
 const KEY_SNAP_DATA: &str = "data";
 
-pub(crate) type Meta = SnapshotMeta<u64, BasicNode>;
-type Membership = StoredMembership<u64, BasicNode>;
+pub(crate) type Meta = SnapshotMeta<u64, super::CustosNode>;
+type Membership = StoredMembership<u64, super::CustosNode>;
 
 /// The state machine; cheap to clone (it is also its own snapshot builder).
 #[derive(Clone)]

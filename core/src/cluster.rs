@@ -1,0 +1,602 @@
+//! A multi-node cluster: joining it, its membership, and what a node does
+//! when it becomes the leader.
+//!
+//! Raft RPCs between nodes are `storage::raft::network`; this module is the
+//! part Vault users configure and call:
+//!
+//! **Joining** (`storage "raft" { retry_join { leader_api_addr } }` or
+//! `POST sys/storage/raft/join`). A node with no Raft state asks each leader
+//! address in turn for a challenge (`POST sys/storage/raft/bootstrap/challenge`,
+//! unauthenticated, as in Vault): a random nonce, the cluster's seal
+//! configuration and its root key as stored (sealed under the unseal key).
+//! The node then reports that seal configuration (`sys/seal-status`: sealed,
+//! `t`/`n`) and takes the cluster's unseal key shares through `sys/unseal`;
+//! once they open the root key it answers the challenge with
+//! `HMAC-SHA256(root key, "custos-raft-join" || nonce)`
+//! (`POST sys/storage/raft/bootstrap/answer`). The leader checks the answer
+//! against its own root key, adds the node as a learner (blocking until it
+//! caught up) and then makes it a voter. Only a node given the unseal keys
+//! joins. The joining node's data (seal configuration, keyring, everything)
+//! arrives by replication; it unseals itself with the root key it recovered
+//! once the keyring is there. This stands in for Vault's challenge, which
+//! encrypts the nonce under the barrier keyring: same proof, no keyring
+//! shipped before the node joined.
+//!
+//! **Membership**: `sys/storage/raft/configuration` lists the servers as
+//! Vault does; `sys/storage/raft/remove-peer` removes one (on the leader).
+//!
+//! **Leadership**: a node that becomes leader rebuilds its unsealed state
+//! (mount table, policies, token store, keyring) from the replicated data, so
+//! it serves what the previous leader wrote. Caches are not yet invalidated
+//! as each entry is applied on followers, and followers do not forward
+//! requests: only the leader's answers are current.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use openraft::ChangeMembers;
+use serde_json::{Map, Value, json};
+use sha2::Sha256;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::config::raft_node_id_from_name;
+use crate::core::Core;
+use crate::error::{CoreError, Result};
+use crate::seal::SealConfig;
+use crate::storage::raft::{CustosNode, RaftStorage};
+
+/// How long a challenge stays valid on the leader.
+const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// At most this many outstanding challenges (unauthenticated callers).
+const MAX_CHALLENGES: usize = 64;
+/// Pause between rounds over the `retry_join` addresses.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// How long the leader waits for a new learner to catch up.
+const CATCH_UP: Duration = Duration::from_secs(120);
+/// Domain separation of the challenge answer.
+const ANSWER_CONTEXT: &[u8] = b"custos-raft-join";
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// How this node takes part in a cluster (from the server config).
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// `storage "raft" { node_id }`.
+    pub node_name: String,
+    /// This node's `api_addr`.
+    pub api_addr: String,
+    /// This node's advertised `cluster_addr` (Raft RPCs).
+    pub cluster_addr: String,
+    /// `retry_join { leader_api_addr }`, in file order.
+    pub retry_join: Vec<String>,
+}
+
+/// An outstanding challenge: its nonce and when it was issued.
+type Challenge = (Zeroizing<Vec<u8>>, Instant);
+
+/// What a joining node learnt from a leader's challenge.
+struct PendingJoin {
+    seal: SealConfig,
+    wrapped_root: Vec<u8>,
+}
+
+/// The cluster service of one node; registered on its [`Core`].
+pub struct Cluster {
+    opts: ClusterOptions,
+    core: Weak<Core>,
+    http: reqwest::Client,
+    /// Leader addresses to join through (config, or `sys/storage/raft/join`).
+    leaders: Mutex<Vec<String>>,
+    /// Leader side: outstanding challenges by joining node name.
+    challenges: Mutex<HashMap<String, Challenge>>,
+    /// Joining side: the cluster's seal, once a leader answered.
+    pending: Mutex<Option<PendingJoin>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| CoreError::internal("cluster lock poisoned"))
+}
+
+impl Cluster {
+    /// Build the service for `core` and register it there. Starts nothing.
+    pub fn register(core: &Arc<Core>, opts: ClusterOptions) -> Result<Arc<Cluster>> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(CATCH_UP + Duration::from_secs(10))
+            .build()
+            .map_err(CoreError::internal)?;
+        let (stop, _) = watch::channel(false);
+        let cluster = Arc::new(Cluster {
+            leaders: Mutex::new(opts.retry_join.clone()),
+            opts,
+            core: Arc::downgrade(core),
+            http,
+            challenges: Mutex::new(HashMap::new()),
+            pending: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            stop,
+        });
+        core.set_cluster(cluster.clone())
+            .map_err(|_| CoreError::internal("cluster registered twice"))?;
+        Ok(cluster)
+    }
+
+    /// Start the background work: the leadership follower, and the join loop
+    /// when this node has leader addresses and no Raft state.
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        let raft = self.raft()?;
+        let follower = tokio::spawn(follow_leadership(
+            self.core.clone(),
+            raft.watch_leader(),
+            raft.node_id(),
+            self.stop.subscribe(),
+        ));
+        self.track(follower);
+        let joined = raft.raft().is_initialized().await.unwrap_or(true);
+        if !joined && !lock(&self.leaders)?.is_empty() {
+            self.spawn_join_loop();
+        }
+        Ok(())
+    }
+
+    /// Stop the background work (bounded).
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    fn track(&self, task: JoinHandle<()>) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.retain(|h| !h.is_finished());
+            t.push(task);
+        }
+    }
+
+    fn core(&self) -> Result<Arc<Core>> {
+        self.core
+            .upgrade()
+            .ok_or_else(|| CoreError::Unavailable("server is shutting down".into()))
+    }
+
+    fn raft(&self) -> Result<Arc<RaftStorage>> {
+        self.core()?
+            .raft()
+            .cloned()
+            .ok_or_else(|| CoreError::bad_request("this server has no Raft storage"))
+    }
+
+    fn spawn_join_loop(self: &Arc<Self>) {
+        let me = self.clone();
+        let mut stop = self.stop.subscribe();
+        self.track(tokio::spawn(async move {
+            loop {
+                match me.fetch_challenge().await {
+                    Ok((_, _, seal, wrapped_root)) => {
+                        tracing::info!(
+                            shares = seal.secret_shares,
+                            threshold = seal.secret_threshold,
+                            "cluster found; unseal this node with the cluster's unseal keys to join"
+                        );
+                        if let Ok(mut p) = me.pending.lock() {
+                            *p = Some(PendingJoin { seal, wrapped_root });
+                        }
+                        return;
+                    }
+                    Err(e) => tracing::info!(error = %e, "raft join: no leader answered yet"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_EVERY) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+    }
+
+    /// Ask each leader address for a challenge; the first answer wins.
+    /// Returns that address, the challenge, the seal config and wrapped root key.
+    async fn fetch_challenge(&self) -> Result<(String, String, SealConfig, Vec<u8>)> {
+        let leaders = lock(&self.leaders)?.clone();
+        let mut last = CoreError::Unavailable("no leader_api_addr configured".into());
+        for addr in leaders {
+            let url = format!(
+                "{}/v1/sys/storage/raft/bootstrap/challenge",
+                addr.trim_end_matches('/')
+            );
+            let body = json!({"server_id": self.opts.node_name});
+            match self.post_json(&url, &body).await {
+                Ok(v) => {
+                    let seal: SealConfig = serde_json::from_value(v["seal_config"].clone())
+                        .map_err(|e| CoreError::Unavailable(format!("{addr}: seal_config: {e}")))?;
+                    let wrapped = v["root_key"]
+                        .as_str()
+                        .and_then(|s| b64().decode(s).ok())
+                        .ok_or_else(|| CoreError::Unavailable(format!("{addr}: no root_key")))?;
+                    let challenge = v["challenge"]
+                        .as_str()
+                        .ok_or_else(|| CoreError::Unavailable(format!("{addr}: no challenge")))?
+                        .to_string();
+                    return Ok((addr, challenge, seal, wrapped));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn post_json(&self, url: &str, body: &Value) -> Result<Value> {
+        let resp = self
+            .http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| CoreError::Unavailable(format!("{url}: {e}")))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(CoreError::Unavailable(format!(
+                "{url}: {status}: {}",
+                v["errors"]
+            )));
+        }
+        Ok(v)
+    }
+
+    /// Is this node waiting for unseal keys to join? Then the seal config
+    /// `sys/seal-status` reports (the cluster's).
+    pub fn joining_seal(&self) -> Option<SealConfig> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.seal.clone()))
+    }
+
+    /// `sys/unseal` on a node waiting to join: collect the share; once the
+    /// shares open the cluster's root key, answer the challenge and unseal
+    /// when the data has arrived (in the background, as Vault does).
+    pub fn submit_join_share(self: &Arc<Self>, share: &[u8]) -> Result<()> {
+        let core = self.core()?;
+        let root = {
+            let pending = lock(&self.pending)?;
+            let Some(p) = pending.as_ref() else {
+                return Err(CoreError::bad_request("Vault is not initialized"));
+            };
+            core.seal
+                .submit_share_with(&p.seal, &p.wrapped_root, share)?
+        };
+        if let Some(root) = root {
+            let me = self.clone();
+            self.track(tokio::spawn(async move { me.complete_join(root).await }));
+        }
+        Ok(())
+    }
+
+    async fn complete_join(self: Arc<Self>, root: Zeroizing<Vec<u8>>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            match self.answer_challenge(&root).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "raft join: the leader refused or is unreachable; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        tracing::info!("joined the cluster; unsealing once the keyring has replicated");
+        loop {
+            let Ok(core) = self.core() else { return };
+            if core.is_initialized().await.unwrap_or(false) {
+                match core.unseal_with_root_key(root.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::debug!(error = %e, "unseal after join: not yet"),
+                }
+            }
+            drop(core);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            *p = None;
+        }
+    }
+
+    async fn answer_challenge(&self, root: &[u8]) -> Result<()> {
+        let (addr, challenge, _, _) = self.fetch_challenge().await?;
+        let nonce = b64()
+            .decode(&challenge)
+            .map_err(|_| CoreError::Unavailable("leader sent a bad challenge".into()))?;
+        let answer = answer_for(root, &nonce)?;
+        let url = format!(
+            "{}/v1/sys/storage/raft/bootstrap/answer",
+            addr.trim_end_matches('/')
+        );
+        let body = json!({
+            "server_id": self.opts.node_name,
+            "answer": b64().encode(answer),
+            "api_addr": self.opts.api_addr,
+            "cluster_addr": self.opts.cluster_addr,
+        });
+        self.post_json(&url, &body).await.map(|_| ())
+    }
+
+    /// `POST sys/storage/raft/join`: join through `leader_api_addr` now.
+    pub async fn join(self: &Arc<Self>, leader_api_addr: &str) -> Result<Map<String, Value>> {
+        let raft = self.raft()?;
+        if raft.raft().is_initialized().await.unwrap_or(true) {
+            return Err(CoreError::bad_request(
+                "raft join: this node already has Raft state (it is a member of a cluster)",
+            ));
+        }
+        if !(leader_api_addr.starts_with("http://") || leader_api_addr.starts_with("https://")) {
+            return Err(CoreError::bad_request(
+                "leader_api_addr: expected an http:// or https:// URL",
+            ));
+        }
+        {
+            let mut leaders = lock(&self.leaders)?;
+            leaders.retain(|a| a != leader_api_addr);
+            leaders.insert(0, leader_api_addr.to_string());
+        }
+        // Fetch now so the caller learns whether the leader answers.
+        let (_, _, seal, wrapped_root) = self.fetch_challenge().await?;
+        *lock(&self.pending)? = Some(PendingJoin { seal, wrapped_root });
+        Ok(crate::sys::obj(json!({"joined": true})))
+    }
+
+    /// Leader side of `bootstrap/challenge`.
+    pub async fn challenge(&self, server_id: &str) -> Result<Map<String, Value>> {
+        if server_id.trim().is_empty() {
+            return Err(CoreError::bad_request("server_id is required"));
+        }
+        let core = self.core()?;
+        let raft = self.raft()?;
+        if !raft.is_leader() {
+            return Err(CoreError::Unavailable(
+                "not the active node; retry_join another leader_api_addr".into(),
+            ));
+        }
+        let seal = core.seal_config().await?.ok_or(CoreError::NotInitialized)?;
+        let wrapped = crate::seal::wrapped_root_key(core.physical().as_ref())
+            .await?
+            .ok_or(CoreError::NotInitialized)?;
+        let mut nonce = Zeroizing::new(vec![0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let challenge = b64().encode(nonce.as_slice());
+        {
+            let mut ch = lock(&self.challenges)?;
+            ch.retain(|_, (_, at)| at.elapsed() < CHALLENGE_TTL);
+            if ch.len() >= MAX_CHALLENGES && !ch.contains_key(server_id) {
+                return Err(CoreError::Unavailable(
+                    "too many outstanding join challenges".into(),
+                ));
+            }
+            ch.insert(server_id.to_string(), (nonce, Instant::now()));
+        }
+        Ok(crate::sys::obj(json!({
+            "challenge": challenge,
+            "seal_config": seal,
+            "root_key": b64().encode(wrapped),
+        })))
+    }
+
+    /// Leader side of `bootstrap/answer`: check the answer, add the node as
+    /// a learner, wait for it to catch up, make it a voter.
+    pub async fn answer(&self, data: &Map<String, Value>) -> Result<Map<String, Value>> {
+        let field = |k: &str| -> Result<String> {
+            data.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| CoreError::bad_request(format!("{k} is required")))
+        };
+        let (server_id, answer) = (field("server_id")?, field("answer")?);
+        let (api_addr, cluster_addr) = (field("api_addr")?, field("cluster_addr")?);
+        let answer = b64()
+            .decode(answer)
+            .map_err(|_| CoreError::bad_request("answer: invalid base64"))?;
+        let core = self.core()?;
+        let raft = self.raft()?;
+        if !raft.is_leader() {
+            return Err(CoreError::Unavailable("not the active node".into()));
+        }
+        let unsealed = core.unsealed()?;
+        let nonce = lock(&self.challenges)?
+            .remove(&server_id)
+            .filter(|(_, at)| at.elapsed() < CHALLENGE_TTL)
+            .map(|(n, _)| n)
+            .ok_or_else(|| CoreError::bad_request("no outstanding challenge for this server_id"))?;
+        let expected = answer_for(unsealed.root_key(), &nonce)?;
+        drop(unsealed);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_slice(),
+            answer.as_slice(),
+        )) {
+            return Err(CoreError::PermissionDenied);
+        }
+        let id = raft_node_id_from_name(&server_id);
+        let node = CustosNode {
+            addr: api_addr,
+            cluster_addr,
+            name: server_id.clone(),
+        };
+        let voters: BTreeSet<u64> = {
+            let m = raft.raft().metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        if !voters.contains(&id) {
+            tracing::info!(node = %node, "raft join: adding a learner");
+            let added = tokio::time::timeout(CATCH_UP, raft.raft().add_learner(id, node, true))
+                .await
+                .map_err(|_| {
+                    CoreError::Unavailable("the new node did not catch up in time".into())
+                })?;
+            added.map_err(crate::storage::raft::write_error_to_core)?;
+            raft.raft()
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(crate::storage::raft::write_error_to_core)?;
+            tracing::info!(server_id, "raft join: the node is a voter");
+        }
+        Ok(crate::sys::obj(json!({"joined": true})))
+    }
+}
+
+/// HMAC-SHA256 of the join context and nonce under the root key.
+fn answer_for(root: &[u8], nonce: &[u8]) -> Result<Vec<u8>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(root).map_err(CoreError::internal)?;
+    mac.update(ANSWER_CONTEXT);
+    mac.update(nonce);
+    Ok(mac.finalize().into_bytes().to_vec())
+}
+
+/// Remove `server_id` (a node name, or its numeric Raft id) from the
+/// membership. Only the leader can.
+pub async fn remove_peer(raft: &RaftStorage, server_id: &str) -> Result<()> {
+    let members = raft.raft().metrics().borrow().membership_config.clone();
+    let id = members
+        .nodes()
+        .find(|(id, n)| n.name == server_id || id.to_string() == server_id)
+        .map(|(id, _)| *id)
+        .ok_or_else(|| CoreError::bad_request(format!("no peer named {server_id:?}")))?;
+    if !raft.is_leader() {
+        return Err(CoreError::Unavailable(
+            "not the active node: remove peers through the leader".into(),
+        ));
+    }
+    let voters: BTreeSet<u64> = members.membership().voter_ids().collect();
+    let change = if voters.contains(&id) {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    raft.raft()
+        .change_membership(change, false)
+        .await
+        .map_err(crate::storage::raft::write_error_to_core)?;
+    tracing::info!(server_id, "raft: peer removed");
+    Ok(())
+}
+
+/// `GET sys/storage/raft/configuration`, shaped as Vault's.
+pub fn configuration(raft: &RaftStorage) -> Map<String, Value> {
+    let m = raft.raft().metrics();
+    let m = m.borrow();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let servers: Vec<Value> = membership
+        .nodes()
+        .map(|(id, n)| {
+            json!({
+                "node_id": if n.name.is_empty() { id.to_string() } else { n.name.clone() },
+                "address": host_port(if n.cluster_addr.is_empty() { &n.addr } else { &n.cluster_addr }),
+                "leader": m.current_leader == Some(*id),
+                "voter": voters.contains(id),
+                "protocol_version": "3",
+            })
+        })
+        .collect();
+    let index = m
+        .membership_config
+        .log_id()
+        .map(|l| l.index)
+        .unwrap_or_default();
+    crate::sys::obj(json!({"config": {"index": index, "servers": servers}}))
+}
+
+/// The API address of the current leader, if known (`sys/leader`).
+pub fn leader_api_addr(raft: &RaftStorage) -> Option<String> {
+    let m = raft.raft().metrics();
+    let m = m.borrow();
+    let leader = m.current_leader?;
+    m.membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone())
+        .filter(|a| !a.is_empty())
+}
+
+/// The cluster address of the current leader, if known.
+pub fn leader_cluster_addr(raft: &RaftStorage) -> Option<String> {
+    let m = raft.raft().metrics();
+    let m = m.borrow();
+    let leader = m.current_leader?;
+    m.membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.cluster_addr.clone())
+        .filter(|a| !a.is_empty())
+}
+
+/// `http://host:port/...` → `host:port` (Vault lists bare addresses).
+fn host_port(url: &str) -> String {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    rest.split('/').next().unwrap_or_default().to_string()
+}
+
+/// When this node becomes the leader (after having been a follower), rebuild
+/// its unsealed state from the replicated data: it was built at unseal, and
+/// followers do not yet invalidate caches as entries apply.
+async fn follow_leadership(
+    core: Weak<Core>,
+    mut leader: watch::Receiver<Option<u64>>,
+    me: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut was_leader = *leader.borrow_and_update() == Some(me);
+    loop {
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let is_leader = *leader.borrow_and_update() == Some(me);
+        if is_leader && !was_leader {
+            let Some(core) = core.upgrade() else { return };
+            if !core.is_sealed() {
+                let started = Instant::now();
+                // Apply everything committed before reading it back.
+                if let Some(raft) = core.raft()
+                    && let Err(e) = raft.raft().ensure_linearizable().await
+                {
+                    tracing::warn!(error = %e, "became the active node: log not applied yet");
+                }
+                match core.replace_state(async { Ok(()) }).await {
+                    Ok(_) => tracing::info!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "became the active node: state reloaded from the replicated data"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "became the active node: reloading state failed")
+                    }
+                }
+            }
+        }
+        was_leader = is_leader;
+    }
+}

@@ -1,0 +1,277 @@
+//! A three-node cluster of real `custos server --config` processes on
+//! loopback: node 1 starts a cluster, nodes 2 and 3 join it through
+//! `retry_join` and are unsealed with node 1's key; a secret written through
+//! the leader survives `kill -9` of the leader and is read from the node the
+//! other two elect.
+//!
+//! Reads go to the leader: standbys do not forward requests yet, so the test
+//! asks each survivor `sys/leader` and reads from the one that is active.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{self, Server};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Node {
+    name: String,
+    api: u16,
+    server: Option<Server>,
+}
+
+fn node_config(dir: &Path, name: &str, api: u16, cluster: u16, join: Option<u16>) -> String {
+    let retry = join
+        .map(|p| format!("  retry_join {{\n    leader_api_addr = \"http://127.0.0.1:{p}\"\n  }}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+api_addr     = "http://127.0.0.1:{api}"
+cluster_addr = "http://127.0.0.1:{cluster}"
+storage "raft" {{
+  path    = "{raft}"
+  node_id = "{name}"
+{retry}}}
+listener "tcp" {{
+  address     = "127.0.0.1:{api}"
+  tls_disable = true
+}}
+"#,
+        raft = dir.join("raft").display(),
+    )
+}
+
+async fn get(c: &reqwest::Client, url: &str, token: &str) -> Option<(u16, Value)> {
+    let r = c
+        .get(url)
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `limit`.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_join_replicate_and_fail_over() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = Vec::new();
+    let api1 = free_port();
+    for i in 1..=3u16 {
+        let name = format!("node{i}");
+        let dir = tmp.path().join(&name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let api = if i == 1 { api1 } else { free_port() };
+        let cluster = free_port();
+        let join = (i > 1).then_some(api1);
+        let cfg = dir.join("server.hcl");
+        std::fs::write(&cfg, node_config(&dir, &name, api, cluster, join)).expect("config");
+        let server = harness::start_with_config(&dir, &cfg);
+        assert_eq!(server.addr, format!("127.0.0.1:{api}"));
+        nodes.push(Node {
+            name,
+            api,
+            server: Some(server),
+        });
+        if i == 1 {
+            let s = nodes[0].server.as_mut().expect("node1");
+            harness::init_unseal_mount(s).await;
+        }
+    }
+    let (key, token) = {
+        let s = nodes[0].server.as_ref().expect("node1");
+        (s.unseal_key.clone(), s.root_token.clone())
+    };
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}/v1/{path}");
+
+    // Nodes 2 and 3 found the cluster: they report its seal (one share).
+    for n in &nodes[1..] {
+        wait_for(
+            "a joining node to report the cluster's seal",
+            Duration::from_secs(30),
+            || async {
+                let (_, v) = get(&c, &url(n.api, "sys/seal-status"), "").await?;
+                (v["n"] == json!(1) && v["sealed"] == json!(true)).then_some(())
+            },
+        )
+        .await;
+        let r: Value = c
+            .put(url(n.api, "sys/unseal"))
+            .json(&json!({"key": key}))
+            .send()
+            .await
+            .expect("unseal")
+            .json()
+            .await
+            .expect("unseal json");
+        assert!(r["errors"].is_null(), "{r}");
+    }
+
+    // Three voters, node 1 leading; the joined nodes unseal themselves.
+    let servers = wait_for("three voters", Duration::from_secs(60), || async {
+        let (status, v) = get(&c, &url(api1, "sys/storage/raft/configuration"), &token).await?;
+        let servers = v["data"]["config"]["servers"].as_array()?.clone();
+        (status == 200 && servers.len() == 3 && servers.iter().all(|s| s["voter"] == json!(true)))
+            .then_some(servers)
+    })
+    .await;
+    for (s, n) in servers.iter().zip(["node1", "node2", "node3"]) {
+        assert!(servers.iter().any(|x| x["node_id"] == json!(n)), "{s}");
+    }
+    assert!(
+        servers
+            .iter()
+            .any(|s| s["node_id"] == json!("node1") && s["leader"] == json!(true)),
+        "{servers:?}"
+    );
+    for n in &nodes[1..] {
+        wait_for(
+            "a joined node to unseal",
+            Duration::from_secs(30),
+            || async {
+                let (_, v) = get(&c, &url(n.api, "sys/seal-status"), "").await?;
+                (v["sealed"] == json!(false)).then_some(())
+            },
+        )
+        .await;
+        let (_, leader) = get(&c, &url(n.api, "sys/leader"), "")
+            .await
+            .expect("leader");
+        assert_eq!(leader["is_self"], json!(false), "{leader}");
+        assert_eq!(
+            leader["leader_address"],
+            json!(format!("http://127.0.0.1:{api1}")),
+            "{leader}"
+        );
+    }
+
+    // A secret written through the leader.
+    let r = c
+        .post(url(api1, "secret/data/app"))
+        .header("X-Vault-Token", &token)
+        .json(&json!({"data": {"password": "hunter2"}}))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+
+    // kill -9 the leader; the other two elect one of themselves, which
+    // serves the secret.
+    if let Some(mut s) = nodes[0].server.take() {
+        s.kill9();
+    }
+    let killed = Instant::now();
+    let survivors: Vec<(String, u16)> =
+        nodes[1..].iter().map(|n| (n.name.clone(), n.api)).collect();
+    let (new_leader, elected) = wait_for("a new leader", Duration::from_secs(30), || async {
+        for (name, api) in &survivors {
+            if let Some((_, v)) = get(&c, &url(*api, "sys/leader"), "").await
+                && v["is_self"] == json!(true)
+            {
+                return Some(((name.clone(), *api), killed.elapsed()));
+            }
+        }
+        None
+    })
+    .await;
+    let read = wait_for(
+        "the secret from the new leader",
+        Duration::from_secs(30),
+        || async {
+            let (status, v) = get(&c, &url(new_leader.1, "secret/data/app"), &token).await?;
+            (status == 200).then_some(v)
+        },
+    )
+    .await;
+    let served = killed.elapsed();
+    assert_eq!(read["data"]["data"]["password"], json!("hunter2"), "{read}");
+    println!(
+        "failover: {} elected {} ms after kill -9 of node1; secret served after {} ms",
+        new_leader.0,
+        elected.as_millis(),
+        served.as_millis()
+    );
+
+    // The new leader takes writes and reports itself in the configuration.
+    let r = c
+        .post(url(new_leader.1, "secret/data/after"))
+        .header("X-Vault-Token", &token)
+        .json(&json!({"data": {"k": "v"}}))
+        .send()
+        .await
+        .expect("write after failover");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let (_, v) = get(
+        &c,
+        &url(new_leader.1, "sys/storage/raft/configuration"),
+        &token,
+    )
+    .await
+    .expect("configuration");
+    let servers = v["data"]["config"]["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        servers
+            .iter()
+            .any(|s| s["node_id"] == json!(new_leader.0) && s["leader"] == json!(true)),
+        "{v}"
+    );
+
+    // The CLI lists the same peers.
+    let out = std::process::Command::new(harness::BIN)
+        .args(["operator", "raft", "list-peers"])
+        .env("VAULT_ADDR", format!("http://127.0.0.1:{}", new_leader.1))
+        .env("VAULT_TOKEN", &token)
+        .output()
+        .expect("list-peers");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in ["node1", "node2", "node3"] {
+        assert!(text.contains(n), "{text}");
+    }
+    assert!(text.contains("leader"), "{text}");
+}
