@@ -17,9 +17,9 @@
 //! rto_target       = "15m"
 //! schedule         = "0 0 3 1 1,4,7,10 *"      # serve only
 //! timezone         = "UTC"
-//! report_dir       = "/var/lib/custos-drill"
+//! report_dir       = "/var/lib/custos-drill"   # default: the current directory
 //! listen_address   = "127.0.0.1:9105"           # serve's /metrics
-//! work_dir         = "/var/tmp"
+//! work_dir         = "/var/tmp"                # default: the system temp dir
 //! metrics_textfile = "/var/lib/node_exporter/custos_drill.prom"
 //! ```
 //!
@@ -150,8 +150,8 @@ pub struct DrillConfig {
     pub metrics_textfile: Option<PathBuf>,
 }
 
-/// Read and check `path`. Relative paths inside the file are taken
-/// relative to the file's directory.
+/// Read and check `path`. Relative paths inside the file are used as
+/// written (relative to the current directory, as `report_dir`'s default).
 pub fn load(path: &Path) -> Result<DrillConfig, ConfigError> {
     let file = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -160,16 +160,14 @@ pub fn load(path: &Path) -> Result<DrillConfig, ConfigError> {
         field: String::new(),
         message: format!("cannot read: {e}"),
     })?;
-    let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    parse(&file, &src, &base)
+    parse(&file, &src)
 }
 
-/// Parse the text `src` of the config file `file`; relative paths are
-/// joined to `base`.
-pub fn parse(file: &str, src: &str, base: &Path) -> Result<DrillConfig, ConfigError> {
+/// Parse the text `src` of the config file `file`.
+pub fn parse(file: &str, src: &str) -> Result<DrillConfig, ConfigError> {
     let ctx = Ctx { file, src };
     let raw: RawConfig = hcl::from_str(src).map_err(|e| ctx.serde_error(e))?;
-    raw.validate(&ctx, base)
+    raw.validate(&ctx)
 }
 
 struct Ctx<'a> {
@@ -251,8 +249,7 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
 }
 
 impl RawConfig {
-    fn validate(self, ctx: &Ctx<'_>, base: &Path) -> Result<DrillConfig, ConfigError> {
-        let abs = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    fn validate(self, ctx: &Ctx<'_>) -> Result<DrillConfig, ConfigError> {
         let source = self
             .source
             .ok_or_else(|| ctx.err("source", "a source { ... } block is required"))?;
@@ -303,13 +300,16 @@ impl RawConfig {
         Ok(DrillConfig {
             file: PathBuf::from(ctx.file),
             source,
-            key_shares_file: abs(key_shares_file),
+            key_shares_file,
             rto_target,
             schedule,
-            report_dir: abs(self.report_dir.unwrap_or_else(|| PathBuf::from("."))),
+            report_dir: self
+                .report_dir
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(|| PathBuf::from(".")),
             listen_address,
-            work_dir: self.work_dir.map(abs),
-            metrics_textfile: self.metrics_textfile.map(abs),
+            work_dir: self.work_dir.filter(|p| !p.as_os_str().is_empty()),
+            metrics_textfile: self.metrics_textfile.filter(|p| !p.as_os_str().is_empty()),
         })
     }
 }
@@ -427,7 +427,7 @@ mod tests {
     use super::*;
 
     fn p(src: &str) -> Result<DrillConfig, ConfigError> {
-        parse("drill.hcl", src, Path::new("/etc/custos"))
+        parse("drill.hcl", src)
     }
 
     #[test]
@@ -443,7 +443,8 @@ unseal { key_shares_file = "keys.json" }
         assert_eq!(c.source.storage_type, StorageType::Local);
         assert_eq!(c.source.file_prefix, "vault-snapshot");
         assert_eq!(c.rto_target, DEFAULT_RTO_TARGET);
-        assert_eq!(c.key_shares_file, Path::new("/etc/custos/keys.json"));
+        assert_eq!(c.key_shares_file, Path::new("keys.json"));
+        assert_eq!(c.report_dir, Path::new("."));
         assert_eq!(c.listen_address.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.schedule.cron, DEFAULT_SCHEDULE);
         assert!(c.work_dir.is_none());
@@ -458,6 +459,24 @@ unseal { key_shares_file = "keys.json" }
         assert_eq!(
             c.schedule.next_after(n).unwrap(),
             chrono::Utc.with_ymd_and_hms(2027, 4, 1, 3, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let src = include_str!("config.rs");
+        let example: String = src
+            .lines()
+            .skip_while(|l| *l != "//! ```hcl")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start_matches(' ')))
+            .collect();
+        let c = p(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_eq!(c.source.storage_type, StorageType::AwsS3);
+        assert_eq!(
+            c.metrics_textfile.as_deref(),
+            Some(Path::new("/var/lib/node_exporter/custos_drill.prom"))
         );
     }
 
