@@ -66,6 +66,18 @@ custos_audit::declare_metrics! {
         "Last Raft log index applied to the state machine.";
     RAFT_TERM = "custos_raft_term", Gauge, [],
         "Current Raft term.";
+    RAFT_HAS_LEADER = "custos_raft_has_leader", Gauge, [],
+        "1 when this node knows a Raft leader (itself or another), 0 during an election or without quorum.";
+    RAFT_IS_LEADER = "custos_raft_is_leader", Gauge, [],
+        "1 on the Raft leader.";
+    RAFT_VOTERS = "custos_raft_voters", Gauge, [],
+        "Voters in the Raft configuration as this node sees it.";
+    RAFT_HEALTHY_VOTERS = "custos_raft_healthy_voters", Gauge, [],
+        "On the leader: voters heard from within the last-contact threshold (10s), the leader included. QuorumAtRisk fires when this is at most the quorum.";
+    RAFT_FOLLOWER_LAG = "custos_raft_follower_lag_entries", Gauge, ["peer"],
+        "On the leader: entries a follower is behind the leader's last log index (peer = its Raft node id).";
+    RAFT_FOLLOWER_CONTACT = "custos_raft_follower_last_contact_seconds", Gauge, ["peer"],
+        "On the leader: seconds since a follower last answered an RPC (heartbeats included).";
     BARRIER_TERM = "custos_barrier_key_term", Gauge, [],
         "Active keyring term of the barrier.";
     BARRIER_KEY_AGE = "custos_barrier_key_install_timestamp_seconds", Gauge, [],
@@ -97,6 +109,10 @@ pub fn all() -> Vec<MetricDef> {
 /// `docs/metrics.md` shows the table.
 pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("node_id", "the node's Raft node id (one per node)"),
+    (
+        "peer",
+        "a follower's Raft node id, on the leader (one per cluster member: 3 or 5)",
+    ),
     (
         "mount",
         "mount point with trailing slash (`secret/`, `sys/`), operator-chosen and few; `\"\"` when no mount matched; for access metrics capped, the rest folded",

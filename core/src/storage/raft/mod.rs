@@ -867,16 +867,25 @@ async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>)
     }
 }
 
-/// Follow openraft's metrics: publish leader changes and the Raft gauges.
+/// A follower not heard from for this long is not healthy (Vault
+/// autopilot's default `last_contact_threshold`).
+const LAST_CONTACT_THRESHOLD: Duration = Duration::from_secs(10);
+
+/// Follow openraft's metrics: publish leader changes and the Raft gauges,
+/// and (each second, on the leader) each follower's lag and last contact.
 /// Ends when Raft shuts down (the metrics channel closes).
 async fn watch_metrics(
     mut rx: watch::Receiver<RaftMetrics<u64, CustosNode>>,
     leader_tx: watch::Sender<Option<u64>>,
 ) {
     let mut last_leader: Option<u64> = None;
+    let mut followers: Vec<u64> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (leader, term, applied) = {
             let m = rx.borrow_and_update();
+            publish_cluster(&m, &mut followers);
             (
                 m.current_leader,
                 m.current_term,
@@ -897,10 +906,70 @@ async fn watch_metrics(
             last_leader = leader;
             leader_tx.send_replace(leader);
         }
-        if rx.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {}
         }
     }
+}
+
+/// The cluster gauges from one metrics snapshot: leader, voters, and on the
+/// leader each follower's lag and last contact (series of followers that
+/// left, or of a node that stopped leading, are zeroed rather than left
+/// stale: `followers` remembers which were published).
+fn publish_cluster(m: &RaftMetrics<u64, CustosNode>, followers: &mut Vec<u64>) {
+    let is_leader = m.current_leader == Some(m.id);
+    metrics::gauge_set(
+        metrics::RAFT_HAS_LEADER,
+        &[],
+        f64::from(u8::from(m.current_leader.is_some())),
+    );
+    metrics::gauge_set(metrics::RAFT_IS_LEADER, &[], f64::from(u8::from(is_leader)));
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    metrics::gauge_set(metrics::RAFT_VOTERS, &[], voters.len() as f64);
+    let replication = match (&m.replication, is_leader) {
+        (Some(r), true) => r,
+        _ => {
+            for peer in followers.drain(..) {
+                let p = peer.to_string();
+                metrics::gauge_set(metrics::RAFT_FOLLOWER_LAG, &[("peer", p.clone())], 0.0);
+                metrics::gauge_set(metrics::RAFT_FOLLOWER_CONTACT, &[("peer", p.clone())], 0.0);
+            }
+            return;
+        }
+    };
+    let last = m.last_log_index.unwrap_or_default();
+    let contacts = network::last_contacts();
+    let mut healthy = 1usize; // the leader
+    let mut now: Vec<u64> = Vec::new();
+    for (peer, matched) in replication.iter() {
+        if *peer == m.id {
+            continue;
+        }
+        let p = peer.to_string();
+        let lag = last.saturating_sub(matched.map(|l| l.index).unwrap_or_default());
+        metrics::gauge_set(
+            metrics::RAFT_FOLLOWER_LAG,
+            &[("peer", p.clone())],
+            lag as f64,
+        );
+        let since = contacts.get(peer).copied();
+        metrics::gauge_set(
+            metrics::RAFT_FOLLOWER_CONTACT,
+            &[("peer", p.clone())],
+            since.map_or(f64::from(u32::MAX), |d| d.as_secs_f64()),
+        );
+        if voters.contains(peer) && since.is_some_and(|d| d < LAST_CONTACT_THRESHOLD) {
+            healthy += 1;
+        }
+        now.push(*peer);
+    }
+    metrics::gauge_set(metrics::RAFT_HEALTHY_VOTERS, &[], healthy as f64);
+    *followers = now;
 }
 
 #[async_trait]

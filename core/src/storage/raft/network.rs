@@ -195,10 +195,32 @@ impl PeerClient {
             Err(e) if e.is_timeout() => return Err(timeout()),
             Err(e) => return Err(RPCError::Unreachable(self.unreachable(e))),
         };
+        // The peer answered: it is alive, whatever its answer says.
+        record_contact(self.target);
         let decoded: Result<Resp, RaftError<u64, E>> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+/// When each peer last answered an RPC of this node (the leader's view of
+/// its followers: heartbeats are append-entries RPCs), for the
+/// last-contact and healthy-voter metrics ([`last_contacts`]).
+static PEER_CONTACT: std::sync::Mutex<std::collections::BTreeMap<u64, std::time::Instant>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn record_contact(peer: u64) {
+    if let Ok(mut m) = PEER_CONTACT.lock() {
+        m.insert(peer, std::time::Instant::now());
+    }
+}
+
+/// Time since each peer last answered this node, by node id.
+pub fn last_contacts() -> std::collections::BTreeMap<u64, Duration> {
+    PEER_CONTACT
+        .lock()
+        .map(|m| m.iter().map(|(id, t)| (*id, t.elapsed())).collect())
+        .unwrap_or_default()
 }
 
 fn json_body<T: Serialize>(v: &T) -> Result<reqwest::Body, NetworkError> {
