@@ -367,6 +367,11 @@ fn hcl_escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// OpenBao's config. The audit log path is relative to the server's
+/// directory (its working directory): OpenBao checks a config-declared
+/// device against the mount table, and after `snapshot-force` that table is
+/// the source server's, so an absolute path naming the source's directory
+/// would fail the restored server's unseal (`custos-bench snapshot`).
 fn openbao_config(dir: &Path, port: u16) -> String {
     format!(
         r#"# Written by custos-bench: persistent Raft storage and a file audit device.
@@ -388,13 +393,12 @@ listener "tcp" {{
 
 audit "file" "file" {{
   options {{
-    file_path = "{audit}/audit.log"
+    file_path = "audit/audit.log"
   }}
 }}
 "#,
         cport = port + 1,
         raft = dir.join("raft").display(),
-        audit = dir.join("audit").display(),
     )
 }
 

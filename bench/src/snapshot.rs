@@ -570,6 +570,7 @@ async fn restore(
         let mut sealed_after_post = false;
         let mut unsealed_at = None;
         let mut last = String::new();
+        let mut next_note = Duration::from_secs(30);
         loop {
             let sealed = match anon.get("sys/seal-status").await {
                 Ok(r) if r.ok() => serde_json::from_slice::<Value>(&r.body)
@@ -608,6 +609,14 @@ async fn restore(
             }
             if t0.elapsed() > GIVE_UP {
                 bail!("not readable after {GIVE_UP:?}; last: {last}");
+            }
+            if t0.elapsed() >= next_note {
+                println!(
+                    "  {}: not readable yet after {:.0}s; last: {last}",
+                    dst.label,
+                    t0.elapsed().as_secs_f64()
+                );
+                next_note += Duration::from_secs(30);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
