@@ -25,11 +25,16 @@
 //! **Membership**: `sys/storage/raft/configuration` lists the servers as
 //! Vault does; `sys/storage/raft/remove-peer` removes one (on the leader).
 //!
-//! **Leadership**: a node that becomes leader rebuilds its unsealed state
-//! (mount table, policies, token store, keyring) from the replicated data, so
-//! it serves what the previous leader wrote. Caches are not yet invalidated
-//! as each entry is applied on followers, and followers do not forward
-//! requests: only the leader's answers are current.
+//! **Caches follow the log**: every node applies every entry; what entries
+//! of other nodes change in cached keys (keyring, mount tables, policies,
+//! tokens, transit keys) is announced by the state machine and dropped or
+//! reloaded here ([`follow_log`]), so a standby that becomes active serves
+//! current state with nothing to rebuild. Standbys forward requests to the
+//! active node (`crate::forward`).
+//!
+//! **Leadership**: `sys/step-down` and a graceful shutdown of the leader
+//! hand leadership to the most up-to-date voter ([`Cluster::step_down`]);
+//! `sys/ha-status` lists the nodes as Vault does ([`ha_status`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -40,7 +45,7 @@ use hmac::{Hmac, Mac};
 use openraft::ChangeMembers;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
@@ -48,7 +53,7 @@ use crate::config::raft_node_id_from_name;
 use crate::core::Core;
 use crate::error::{CoreError, Result};
 use crate::seal::SealConfig;
-use crate::storage::raft::{CustosNode, RaftStorage};
+use crate::storage::raft::{CustosNode, Invalidation, RaftStorage};
 
 /// How long a challenge stays valid on the leader.
 const CHALLENGE_TTL: Duration = Duration::from_secs(600);
@@ -135,10 +140,9 @@ impl Cluster {
     /// when this node has leader addresses and no Raft state.
     pub async fn start(self: &Arc<Self>) -> Result<()> {
         let raft = self.raft()?;
-        let follower = tokio::spawn(follow_leadership(
+        let follower = tokio::spawn(follow_log(
             self.core.clone(),
-            raft.watch_leader(),
-            raft.node_id(),
+            raft.subscribe_invalidations(),
             self.stop.subscribe(),
         ));
         self.track(follower);
@@ -147,6 +151,48 @@ impl Cluster {
             self.spawn_join_loop();
         }
         Ok(())
+    }
+
+    /// `sys/step-down`: hand leadership to the most up-to-date other voter
+    /// (see `RaftStorage::step_down`). Returns the new leader's name.
+    pub async fn step_down(&self) -> Result<String> {
+        let raft = self.raft()?;
+        let id = raft.step_down().await?;
+        let name = raft
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| id.to_string());
+        Ok(name)
+    }
+
+    /// At a graceful shutdown: a leader with other voters hands leadership
+    /// over first, so the cluster does not wait out an election timeout.
+    pub async fn hand_over(&self) {
+        let Ok(raft) = self.raft() else { return };
+        if !raft.is_leader() {
+            return;
+        }
+        let voters = raft
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters < 2 {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), self.step_down()).await {
+            Ok(Ok(to)) => tracing::info!(to, "shutting down: leadership handed over"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "shutting down: leadership not handed over"),
+            Err(_) => tracing::warn!("shutting down: leadership hand-over timed out"),
+        }
     }
 
     /// Stop the background work (bounded).
@@ -560,43 +606,113 @@ fn host_port(url: &str) -> String {
     rest.split('/').next().unwrap_or_default().to_string()
 }
 
-/// When this node becomes the leader (after having been a follower), rebuild
-/// its unsealed state from the replicated data: it was built at unseal, and
-/// followers do not yet invalidate caches as entries apply.
-async fn follow_leadership(
+/// Follow the Raft log's changes to cached keys (see
+/// `storage::raft::Invalidation`): entries other nodes proposed, applied
+/// here, drop or reload what this node holds in memory for them, so a
+/// standby that becomes the active node serves current state at once with
+/// nothing to rebuild. A whole-key-space change (restore, installed
+/// snapshot) or a missed announcement (this task lagged) rebuilds the
+/// unsealed state as at unseal.
+async fn follow_log(
     core: Weak<Core>,
-    mut leader: watch::Receiver<Option<u64>>,
-    me: u64,
+    mut rx: broadcast::Receiver<Arc<Invalidation>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut was_leader = *leader.borrow_and_update() == Some(me);
     loop {
-        tokio::select! {
-            changed = leader.changed() => if changed.is_err() { return },
+        let inv = tokio::select! {
+            got = rx.recv() => match got {
+                Ok(inv) => inv,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "cache invalidations missed; rebuilding the unsealed state");
+                    Arc::new(Invalidation { keys: Vec::new(), all: true })
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
             _ = stop.changed() => return,
+        };
+        let Some(core) = core.upgrade() else { return };
+        if core.is_sealed() {
+            continue;
         }
-        let is_leader = *leader.borrow_and_update() == Some(me);
-        if is_leader && !was_leader {
-            let Some(core) = core.upgrade() else { return };
-            if !core.is_sealed() {
-                let started = Instant::now();
-                // Apply everything committed before reading it back.
-                if let Some(raft) = core.raft()
-                    && let Err(e) = raft.raft().ensure_linearizable().await
-                {
-                    tracing::warn!(error = %e, "became the active node: log not applied yet");
-                }
-                match core.replace_state(async { Ok(()) }).await {
-                    Ok(_) => tracing::info!(
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "became the active node: state reloaded from the replicated data"
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "became the active node: reloading state failed")
-                    }
-                }
+        if let Err(e) = apply_invalidation(&core, &inv).await {
+            tracing::warn!(error = %e, "applying a replicated change to the caches failed; rebuilding");
+            if let Err(e) = core.replace_state(async { Ok(()) }).await {
+                tracing::error!(error = %e, "rebuilding the unsealed state failed");
             }
         }
-        was_leader = is_leader;
     }
+}
+
+/// Drop or reload what `inv` names: the keyring, the mount tables,
+/// policies, tokens and engines' caches (the audit device table is only
+/// compared at unseal: nothing to drop).
+async fn apply_invalidation(core: &Core, inv: &Invalidation) -> Result<()> {
+    if inv.all {
+        core.replace_state(async { Ok(()) }).await?;
+        return Ok(());
+    }
+    let u = core.unsealed()?;
+    if inv.keys.iter().any(|k| k == crate::barrier::KEYRING_PATH) {
+        core.barrier.unseal(u.root_key()).await?;
+    }
+    if inv
+        .keys
+        .iter()
+        .any(|k| k == "core/mounts" || k == "core/auth")
+    {
+        core.reload_mount_tables().await?;
+    }
+    for key in &inv.keys {
+        if let Some(name) = key.strip_prefix("sys/policy/") {
+            u.policies.invalidate(name);
+        } else if let Some(rest) = key.strip_prefix("sys/token/") {
+            u.tokens.invalidate(rest);
+        } else if let Some(rest) = key.strip_prefix("logical/")
+            && let Some((uuid, rel)) = rest.split_once('/')
+            && let Some(m) = u
+                .router
+                .entries()
+                .into_iter()
+                .find(|e| e.uuid == uuid && !e.is_auth())
+            && let Some(mounted) = u.router.get(&m.path)
+        {
+            mounted.backend.invalidate(rel);
+        }
+    }
+    Ok(())
+}
+
+/// `GET sys/ha-status`, shaped as Vault's: every member with its
+/// addresses, which one is active, and (seen from the active node) when
+/// each standby last answered it.
+pub fn ha_status(raft: &RaftStorage) -> Map<String, Value> {
+    let m = raft.raft().metrics();
+    let m = m.borrow();
+    let contacts = crate::storage::raft::network::last_contacts();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let i_lead = m.current_leader == Some(m.id);
+    let nodes: Vec<Value> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| {
+            let active = m.current_leader == Some(*id);
+            let last_echo = if active || !i_lead {
+                Value::Null
+            } else {
+                contacts
+                    .get(id)
+                    .map(|d| json!(crate::barrier::rfc3339(now - d.as_secs() as i64)))
+                    .unwrap_or(Value::Null)
+            };
+            json!({
+                "hostname": if n.name.is_empty() { id.to_string() } else { n.name.clone() },
+                "api_address": n.addr,
+                "cluster_address": n.cluster_addr,
+                "active_node": active,
+                "last_echo": last_echo,
+            })
+        })
+        .collect();
+    crate::sys::obj(json!({"nodes": nodes}))
 }

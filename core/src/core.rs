@@ -432,6 +432,43 @@ impl Core {
         }))
     }
 
+    /// Bring the router in line with the stored mount tables after another
+    /// node changed them (`crate::cluster` follows the Raft log): mounts no
+    /// longer listed go, new ones are instantiated, tuned ones take their
+    /// new settings. The built-in mounts a standby keeps in memory stay.
+    pub(crate) async fn reload_mount_tables(&self) -> Result<()> {
+        let u = self.unsealed()?;
+        let _g = self.state_lock.lock().await;
+        let root_view = StorageView::new(self.barrier.clone(), "");
+        let mut entries: Vec<MountEntry> =
+            root_view.get_json(MOUNTS_PATH).await?.unwrap_or_default();
+        ensure_builtin_mounts(&mut entries);
+        entries.extend(
+            root_view
+                .get_json::<Vec<MountEntry>>(AUTH_PATH)
+                .await?
+                .unwrap_or_default(),
+        );
+        let current = u.router.entries();
+        let same = |a: &MountEntry, b: &MountEntry| a.path == b.path && a.uuid == b.uuid;
+        for old in &current {
+            if !entries.iter().any(|e| same(e, old)) {
+                u.router.remove(&old.path);
+            }
+        }
+        for entry in entries {
+            match current.iter().find(|c| same(c, &entry)) {
+                Some(c) if *c == entry => {}
+                Some(_) => u.router.replace_entry(entry),
+                None => {
+                    let mounted = self.instantiate(entry, &u.tokens).await?;
+                    u.router.insert(mounted);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Build the live backend for a mount entry.
     async fn instantiate(&self, entry: MountEntry, tokens: &Arc<TokenStore>) -> Result<Mounted> {
         let prefix = if entry.is_auth() {

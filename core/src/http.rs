@@ -289,11 +289,28 @@ async fn handle_request(
     body: Body,
 ) -> axum::response::Response {
     let started = Instant::now();
-    let remote = Some(client.0);
+    let mut remote = Some(client.0);
     let Some(path) = uri.path().strip_prefix("/v1/") else {
         return error_response(404, vec![]);
     };
     let mut path = path.trim_start_matches('/').to_string();
+    // A standby sends the request to the active node (crate::forward); the
+    // active node audits the client a cluster member forwarded it for.
+    let mut forwarded_id = None;
+    if st.core.cluster().is_some() {
+        match crate::forward::target(&st.core, &path, &headers).await {
+            Some(Ok(base)) => {
+                return forward(&st, base, &method, &uri, &headers, body, client).await;
+            }
+            Some(Err(e)) => return core_error(&e),
+            None => {
+                if let Some((addr, id)) = crate::forward::verified_origin(&st.core, &headers) {
+                    remote = Some(addr);
+                    forwarded_id = Some(id);
+                }
+            }
+        }
+    }
     let mut query = parse_query(&uri);
     let list_flag = matches!(
         query.remove("list").as_ref().and_then(Value::as_str),
@@ -373,6 +390,9 @@ async fn handle_request(
     }
 
     let mut req = Request::new(op, path.clone());
+    if let Some(id) = forwarded_id {
+        req.id = id;
+    }
     req.data = data;
     req.client_token = token_of(&headers);
     req.remote_addr = remote;
@@ -401,6 +421,46 @@ async fn handle_request(
     };
     record_mount(&mount, op, resp.status().as_u16(), started);
     head_strip(&method, resp)
+}
+
+/// Forward to the active node at `base` (see [`crate::forward`]): the body
+/// buffered (within the size limit) so a request can follow a leader that
+/// changes under it, except the streamed Raft snapshots.
+async fn forward(
+    st: &HttpState,
+    base: String,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    client: ClientAddr,
+) -> axum::response::Response {
+    use crate::forward::Outgoing;
+    let path = uri.path().trim_start_matches("/v1/");
+    let outgoing = if crate::raft_snapshot::is_snapshot_path(path) {
+        Outgoing::Streamed(body)
+    } else {
+        match read_body(body, st.max_request_size).await {
+            Ok(b) => Outgoing::Buffered(b),
+            Err(e) => return core_error(&e),
+        }
+    };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    match crate::forward::forward(
+        &st.core,
+        base,
+        method,
+        uri,
+        headers,
+        outgoing,
+        client.0,
+        &request_id,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => core_error(&e),
+    }
 }
 
 fn head_strip(method: &Method, resp: axum::response::Response) -> axum::response::Response {

@@ -7,6 +7,7 @@
 //! [`token`]) → storage through the [`barrier`] into Raft ([`storage::raft`])
 //! → audit the response → Vault's JSON envelope. The [`seal`] guards the
 //! barrier's keyring with Shamir shares; [`config`] reads Vault-shaped HCL.
+//! In a cluster a standby sends requests to the active node ([`forward`]).
 
 pub mod audit;
 pub mod background;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod engines;
 pub mod error;
+pub mod forward;
 pub mod http;
 pub mod logical;
 pub mod metrics;

@@ -585,6 +585,11 @@ pub trait Backend: Send + Sync {
     async fn periodic(&self, _mount: &str, _storage: &StorageView, _now_ns: i64) -> Result<()> {
         Ok(())
     }
+
+    /// Another node wrote `key` (relative to the mount's storage) and the
+    /// write was applied here through the Raft log: drop whatever this
+    /// backend caches for it (Vault's `InvalidateFunc`). Nothing by default.
+    fn invalidate(&self, _key: &str) {}
 }
 
 #[cfg(test)]

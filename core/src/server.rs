@@ -61,6 +61,11 @@ impl RunningServer {
     /// Stop accepting, wait (bounded) for in-flight requests, then close the
     /// core: audit flushed, Raft shut down.
     pub async fn shutdown(self) {
+        // A cluster's leader hands leadership over while it still serves
+        // (requests arriving meanwhile are forwarded to the new leader).
+        if let Some(cluster) = self.core.cluster() {
+            cluster.hand_over().await;
+        }
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;

@@ -113,6 +113,7 @@ const R_SNAPSHOT_AUTO_CONFIG: usize = 29;
 const R_SNAPSHOT_AUTO_STATUS: usize = 30;
 const R_RAFT_CONFIGURATION: usize = 31;
 const R_RAFT_REMOVE_PEER: usize = 32;
+const R_HA_STATUS: usize = 33;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -361,6 +362,13 @@ static PATHS: &[PathSpec] = &[
         existence_check: false,
         help: "Remove a server from the Raft cluster (on the active node).",
     },
+    PathSpec {
+        pattern: "ha-status",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "The cluster's nodes: addresses, which is active, when each last answered it.",
+    },
 ];
 
 /// `snapshot-auto/config/:name`'s fields (see [`crate::snapshot_auto`]);
@@ -538,7 +546,20 @@ impl Backend for SystemBackend {
                 core.seal_now().await?;
                 Ok(None)
             }
-            R_STEP_DOWN => Ok(None),
+            // Hands leadership over (crate::cluster); a node alone is
+            // active anyway, as in Vault.
+            R_STEP_DOWN => {
+                if let Some(cluster) = core.cluster() {
+                    cluster.step_down().await?;
+                }
+                Ok(None)
+            }
+            R_HA_STATUS => {
+                let raft = core
+                    .raft()
+                    .ok_or_else(|| CoreError::bad_request("this server has no Raft storage"))?;
+                Ok(Some(Response::data(crate::cluster::ha_status(raft))))
+            }
             R_ROTATE => {
                 core.rotate_barrier().await?;
                 Ok(None)
@@ -1189,6 +1210,8 @@ async fn health(core: &Core, q: &Map<String, Value>) -> Result<Response> {
     } else if audit_failure.is_some() {
         q_int(q, "auditfailcode")?.unwrap_or(503)
     } else if standby {
+        // No performance standbys: `perfstandbyok` (a performance standby
+        // may answer 200) changes nothing for a plain standby.
         if q_bool(q, "standbyok") {
             q_int(q, "activecode")?.unwrap_or(200)
         } else {
@@ -1204,6 +1227,7 @@ async fn health(core: &Core, q: &Map<String, Value>) -> Result<Response> {
         "initialized": initialized,
         "sealed": sealed,
         "standby": standby || sealed,
+        "performance_standby": false,
         "replication_performance_mode": replication,
         "replication_dr_mode": replication,
         "server_time_utc": now,

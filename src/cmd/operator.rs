@@ -21,6 +21,8 @@ pub enum OperatorCmd {
     Unseal(UnsealArgs),
     /// Seal the server
     Seal,
+    /// Make the active node hand leadership to a standby
+    StepDown,
     /// Rotate the barrier encryption key
     Rotate,
     /// Show information about the active barrier encryption key
@@ -64,6 +66,14 @@ pub async fn run(ctx: &Ctx, cmd: OperatorCmd) -> CmdResult {
                 .await
                 .map_err(|e| Failure::api("Error sealing", &e))?;
             out("Success! Custos is sealed.");
+            Ok(EXIT_OK)
+        }
+        OperatorCmd::StepDown => {
+            ctx.client
+                .write("sys/step-down", &json!({}))
+                .await
+                .map_err(|e| Failure::api("Error stepping down", &e))?;
+            out("Success! Stepped down: leadership moved to another node.");
             Ok(EXIT_OK)
         }
         OperatorCmd::Rotate => {

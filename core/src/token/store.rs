@@ -204,6 +204,15 @@ impl TokenStore {
         &self.locks[i % LOCK_STRIPES]
     }
 
+    /// Another node wrote `key` (relative to this store's view, e.g.
+    /// `id/<hash>`) and the write was applied here through the Raft log:
+    /// forget the cached token it names.
+    pub fn invalidate(&self, key: &str) {
+        if let Some(hash) = key.strip_prefix(ID_PREFIX) {
+            self.cache_remove(hash);
+        }
+    }
+
     // ---- cache -------------------------------------------------------------
 
     fn cache_put(&self, hash: &str, entry: &TokenEntry) {

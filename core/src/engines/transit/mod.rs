@@ -1775,6 +1775,13 @@ impl Backend for TransitBackend {
         &PATHS
     }
 
+    /// A key policy written by another node: drop its cached copy.
+    fn invalidate(&self, key: &str) {
+        if let Some(name) = key.strip_prefix(POLICY_PREFIX) {
+            self.forget(name);
+        }
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let op = ctx.req.operation;
         match (ctx.route, op) {

@@ -78,7 +78,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -87,13 +87,13 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use redb::Database;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use log_store::LogStore;
 pub use network::{CustosNode, HttpNetwork};
 pub use snapshot::SNAPSHOT_FILE;
-pub use state_machine::StateMachineStore;
+pub use state_machine::{Invalidation, StateMachineStore, is_cached_key};
 
 use super::{BatchOp, PhysicalStore, one_level};
 use crate::error::{CoreError, Result};
@@ -424,6 +424,10 @@ pub struct RaftStorage {
     /// Writes waiting to be proposed; see [`group_writer`].
     write_tx: mpsc::Sender<PendingWrite>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// What applied entries of other nodes change in cached keys.
+    invalidations: broadcast::Sender<Arc<Invalidation>>,
+    /// Set while this leader hands leadership over ([`Self::step_down`]).
+    stepping_down: AtomicBool,
 }
 
 /// One caller's atomic batch, waiting for the group writer.
@@ -524,12 +528,27 @@ fn clone_error(e: &CoreError) -> CoreError {
     }
 }
 
+/// The leader's heartbeat to each follower, in ms.
+///
+/// openraft 0.9 has no pre-vote; a follower that heard from its leader
+/// starts an election only `election_timeout_max` (its leader lease, during
+/// which it also refuses to vote for anyone else) plus its own randomized
+/// `election_timeout` after the last heartbeat. With 1–2 s timeouts that was
+/// 3–4 s after a leader died (the 3.4–3.7 s the first failover test
+/// measured); with these it is 0.9–1.2 s, and a step-down (which waits out
+/// the lease) about 0.7 s.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// Lower bound of the randomized election timeout, in ms.
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+/// Upper bound of the randomized election timeout, and the leader lease, in ms.
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 600;
+
 fn raft_config() -> Result<Config> {
     Config {
         cluster_name: "custos".to_string(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         // Decided by `snapshot_scheduler`, which also weighs the build cost.
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1000,
@@ -601,9 +620,12 @@ impl RaftStorage {
             })
             .await?
         };
+        let (invalidations, _) = broadcast::channel(1024);
         let sm = {
             let path = dir.join(STATE_FILE);
-            blocking(move || StateMachineStore::open(&path)).await?
+            blocking(move || StateMachineStore::open(&path))
+                .await?
+                .announce_to(node_id, invalidations.clone())
         };
         let (state, snapshots, last_build) = (sm.db(), sm.snapshots(), sm.last_build_micros());
         let log_db = log.liveness();
@@ -629,6 +651,8 @@ impl RaftStorage {
             scheduler: Mutex::new(Some(scheduler)),
             write_tx,
             writer: Mutex::new(Some(writer)),
+            invalidations,
+            stepping_down: AtomicBool::new(false),
         });
         if let Err(e) = storage.start(node, bootstrap).await {
             storage.shutdown().await;
@@ -656,7 +680,13 @@ impl RaftStorage {
             .raft
             .wait(Some(LEADER_WAIT))
             .metrics(
-                |m| m.membership_config.membership().voter_ids().next().is_some(),
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_some()
+                },
                 "a membership",
             )
             .await;
@@ -772,6 +802,98 @@ impl RaftStorage {
     /// The current leader id, updated on every change (`None`: no leader).
     pub fn watch_leader(&self) -> watch::Receiver<Option<u64>> {
         self.leader_rx.clone()
+    }
+
+    /// What each apply batch changes in cached keys, for entries other
+    /// nodes proposed (see [`Invalidation`]). Nothing is computed while
+    /// nobody subscribes.
+    pub fn subscribe_invalidations(&self) -> broadcast::Receiver<Arc<Invalidation>> {
+        self.invalidations.subscribe()
+    }
+
+    /// Is this leader handing leadership over ([`Self::step_down`])?
+    pub fn is_stepping_down(&self) -> bool {
+        self.stepping_down.load(Ordering::Relaxed)
+    }
+
+    /// Hand leadership to the most up-to-date other voter; returns its id
+    /// once it leads (or an error, leadership unchanged or unknown).
+    ///
+    /// openraft 0.9 has no leader transfer, and a follower refuses to vote
+    /// while its leader lease (`election_timeout_max` since the leader's last
+    /// message) runs. So the leader stops its heartbeats, waits out the
+    /// lease, and asks the target to start an election at once over the
+    /// cluster listener (`POST /raft/elect`); the target's log is the
+    /// longest, so the others grant it their votes. Takes about the lease
+    /// (0.6 s). Meanwhile `crate::forward` holds the requests that reach this
+    /// node and sends them to the new leader once there is one.
+    pub async fn step_down(&self) -> Result<u64> {
+        let me = self.node_id;
+        if !self.is_leader() {
+            return Err(CoreError::Unavailable("not the active node".into()));
+        }
+        let target = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            let best = m.replication.as_ref().and_then(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != me && voters.contains(id))
+                    .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                    .map(|(id, _)| *id)
+            });
+            best.and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| (id, n.clone()))
+            })
+        };
+        let Some((target, node)) = target else {
+            return Err(CoreError::bad_request(
+                "step-down: no other voter to hand leadership to",
+            ));
+        };
+        if self.stepping_down.swap(true, Ordering::SeqCst) {
+            return Err(CoreError::Unavailable("already stepping down".into()));
+        }
+        tracing::info!(target, "stepping down: handing leadership over");
+        let started = Instant::now();
+        self.raft.runtime_config().heartbeat(false);
+        let moved = async {
+            let lease = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS + 50);
+            tokio::time::sleep(lease).await;
+            let mut leader = self.leader_rx.clone();
+            for _ in 0..3 {
+                network::request_election(&node)
+                    .await
+                    .map_err(|e| CoreError::Unavailable(format!("step-down: {e}")))?;
+                let waited = tokio::time::timeout(
+                    Duration::from_millis(2 * ELECTION_TIMEOUT_MAX_MS),
+                    leader.wait_for(|l| l.is_some_and(|l| l != me)),
+                )
+                .await;
+                if let Ok(Ok(l)) = waited
+                    && let Some(l) = *l
+                {
+                    return Ok(l);
+                }
+            }
+            Err(CoreError::Unavailable(
+                "step-down: no other node took leadership".into(),
+            ))
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        self.stepping_down.store(false, Ordering::SeqCst);
+        if let Ok(l) = &moved {
+            tracing::info!(
+                leader = l,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "stepped down"
+            );
+        }
+        moved
     }
 
     async fn propose(&self, cmd: Command) -> Result<CommandResponse> {

@@ -19,6 +19,9 @@
 //! writes the follower's receiving file one chunk at a time
 //! ([`SNAPSHOT_CHUNK`]), so a snapshot is never whole in memory.
 //!
+//! `POST /raft/elect` asks a follower to start an election at once: the
+//! leader's step-down hands leadership over with it (`RaftStorage::step_down`).
+//!
 //! JSON is the encoding for now (entries already carry base64 values); a
 //! binary encoding and TLS between nodes are still to come — this transport
 //! is plain HTTP, for loopback and trusted networks only.
@@ -298,6 +301,7 @@ pub fn cluster_router(raft: CustosRaft) -> axum::Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .route("/raft/elect", post(elect))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(raft)
 }
@@ -339,4 +343,46 @@ async fn snapshot(State(raft): State<CustosRaft>, headers: HeaderMap, body: Byte
         done: h.done,
     };
     reply(&raft.install_snapshot(rpc).await)
+}
+
+/// `POST /raft/elect`: start an election now (the leader stepping down asks
+/// its most up-to-date follower, see `RaftStorage::step_down`). Refused by
+/// a node that leads. Same trust as the other routes of this listener.
+async fn elect(State(raft): State<CustosRaft>) -> Result<StatusCode, (StatusCode, String)> {
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader == Some(m.id) {
+        return Err((StatusCode::CONFLICT, "this node leads".into()));
+    }
+    raft.trigger()
+        .elect()
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ask `node` to start an election now (`POST /raft/elect` on its cluster
+/// address).
+pub async fn request_election(node: &CustosNode) -> Result<(), String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let http = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default()
+    });
+    if node.cluster_addr.is_empty() {
+        return Err(format!("node {node} has no cluster address"));
+    }
+    let url = format!("{}/raft/elect", node.cluster_addr.trim_end_matches('/'));
+    let resp = http
+        .post(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url}: {}", resp.status()))
+    }
 }

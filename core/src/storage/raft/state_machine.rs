@@ -40,6 +40,7 @@ use redb::{
     Database, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
     TableError,
 };
+use tokio::sync::broadcast;
 
 use super::restore::STAGE_PREFIX;
 use super::snapshot::{SnapshotFile, SnapshotWriter, decode_snapshot};
@@ -69,6 +70,72 @@ pub struct StateMachineStore {
     /// How long the last snapshot build took, in microseconds (0: none yet),
     /// for the snapshot scheduler in [`super`].
     last_build_micros: Arc<AtomicU64>,
+    /// This node's Raft id: entries it proposed itself change no cache
+    /// (the write that proposed them already updated it).
+    node_id: u64,
+    /// Where applied writes of other nodes to cached keys are announced
+    /// (see [`Invalidation`]).
+    invalidations: Option<broadcast::Sender<Arc<Invalidation>>>,
+}
+
+/// What an apply batch changed that some node-local cache holds, for the
+/// subscribers of [`RaftStorage::subscribe_invalidations`](super::RaftStorage::subscribe_invalidations):
+/// the keys written or deleted by entries another node proposed, filtered to
+/// the cached prefixes ([`is_cached_key`]), or `all` when the whole key space
+/// changed (a restore, an installed snapshot) or too many keys did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    pub keys: Vec<String>,
+    pub all: bool,
+}
+
+/// More changed cached keys than this in one apply batch: announce `all`.
+const MAX_INVALIDATED_KEYS: usize = 1024;
+
+/// Keys whose values some node caches in memory: the mount tables
+/// (`core/mounts`, `core/auth`), the barrier keyring (`core/seal/keyring`),
+/// ACL policies (`sys/policy/`), tokens (`sys/token/`), the audit device
+/// table (`sys/audit-table`) and the engines' own cached state under
+/// `logical/<uuid>/` (transit key policies). Cheap: a few prefix checks.
+pub fn is_cached_key(key: &str) -> bool {
+    key.starts_with("core/")
+        || key.starts_with("sys/policy/")
+        || key.starts_with("sys/token/id/")
+        || key.starts_with("sys/audit")
+        || (key.starts_with("logical/") && key.contains("/policy/"))
+}
+
+/// The cached keys `entries` touch, counting only entries proposed by a
+/// node other than `me`.
+fn invalidation_of(entries: &[Entry<TypeConfig>], me: u64) -> Option<Invalidation> {
+    let mut inv = Invalidation::default();
+    for entry in entries {
+        if entry.log_id.leader_id.node_id == me {
+            continue;
+        }
+        match &entry.payload {
+            EntryPayload::Normal(Command::Batch(ops)) => {
+                for op in ops {
+                    let key = match op {
+                        crate::storage::BatchOp::Put { key, .. } => key,
+                        crate::storage::BatchOp::Delete { key } => key,
+                    };
+                    if is_cached_key(key) {
+                        inv.keys.push(key.clone());
+                    }
+                }
+            }
+            EntryPayload::Normal(Command::Restore(_) | Command::RestoreCommit(..)) => {
+                inv.all = true;
+            }
+            _ => {}
+        }
+    }
+    if inv.keys.len() > MAX_INVALIDATED_KEYS {
+        inv.keys.clear();
+        inv.all = true;
+    }
+    (inv.all || !inv.keys.is_empty()).then_some(inv)
 }
 
 /// Every this many apply batches, commit durably: redb frees the pages of
@@ -103,7 +170,28 @@ impl StateMachineStore {
             unsynced: Arc::default(),
             snapshots: Arc::new(snapshots),
             last_build_micros: Arc::default(),
+            node_id: 0,
+            invalidations: None,
         })
+    }
+
+    /// Announce on `tx` what entries proposed by nodes other than `node_id`
+    /// change in cached keys, once applied (see [`Invalidation`]).
+    pub(crate) fn announce_to(
+        mut self,
+        node_id: u64,
+        tx: broadcast::Sender<Arc<Invalidation>>,
+    ) -> Self {
+        self.node_id = node_id;
+        self.invalidations = Some(tx);
+        self
+    }
+
+    fn announce(&self, inv: Invalidation) {
+        if let Some(tx) = &self.invalidations {
+            // No subscriber (sealed, single node): nothing to tell.
+            let _ = tx.send(Arc::new(inv));
+        }
     }
 
     /// The database, shared with [`RaftStorage`](super::RaftStorage) for local reads.
@@ -498,6 +586,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        let invalidation = match &self.invalidations {
+            Some(tx) if tx.receiver_count() > 0 => invalidation_of(&entries, self.node_id),
+            _ => None,
+        };
         let db = self.db.clone();
         let started = Instant::now();
         let n = self.unsynced.fetch_add(1, Ordering::Relaxed) + 1;
@@ -518,6 +610,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some((indexes, at)) = traced {
             let stage = crate::traces::RaftStage::Apply;
             crate::traces::raft_io(stage, indexes, at, std::time::SystemTime::now());
+        }
+        if let (Ok(_), Some(inv)) = (&res, invalidation) {
+            self.announce(inv);
         }
         res.map_err(sm_write_err)
     }
@@ -564,7 +659,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta_owned = meta.clone();
         blocking(move || install_snapshot_in(&db, &snapshots, &meta_owned, &data))
             .await
-            .map_err(|e| to_err(meta, &e))
+            .map_err(|e| to_err(meta, &e))?;
+        self.announce(Invalidation {
+            keys: Vec::new(),
+            all: true,
+        });
+        Ok(())
     }
 
     async fn get_current_snapshot(
