@@ -682,3 +682,49 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod invalidation_tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::storage::BatchOp;
+
+    fn entry(proposer: u64, keys: &[&str]) -> Entry<TypeConfig> {
+        let ops = keys
+            .iter()
+            .map(|k| BatchOp::Put {
+                key: k.to_string(),
+                value: vec![1],
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, proposer), 7),
+            payload: EntryPayload::Normal(Command::Batch(ops)),
+        }
+    }
+
+    #[test]
+    fn only_other_nodes_writes_to_cached_keys_are_announced() {
+        let keys = [
+            "core/mounts",
+            "sys/policy/app",
+            "sys/token/id/abc",
+            "logical/u1/policy/k",
+            "logical/u2/data/secret",
+        ];
+        assert_eq!(invalidation_of(&[entry(1, &keys)], 1), None, "own entries");
+        let inv = invalidation_of(&[entry(2, &keys)], 1).expect("announced");
+        assert!(!inv.all);
+        assert_eq!(inv.keys, keys[..4].to_vec());
+        assert_eq!(
+            invalidation_of(&[entry(2, &["logical/u2/data/x"])], 1),
+            None
+        );
+        let restore = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 2), 8),
+            payload: EntryPayload::Normal(Command::Restore(vec![])),
+        };
+        assert!(invalidation_of(&[restore], 1).expect("restore").all);
+    }
+}
