@@ -204,9 +204,44 @@ pub enum Outgoing {
     Streamed(Body),
 }
 
-/// Send the request to the active node at `base` and return its answer.
+/// Send the request to the active node at `base` and return its answer;
+/// counted in `custos_ha_forwarded_requests_total` by outcome.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
+    core: &Arc<Core>,
+    base: String,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Outgoing,
+    client_addr: SocketAddr,
+    request_id: &str,
+) -> Result<axum::response::Response> {
+    let result = forward_to(
+        core,
+        base,
+        method,
+        uri,
+        headers,
+        body,
+        client_addr,
+        request_id,
+    )
+    .await;
+    let outcome = match &result {
+        Ok(r) if r.headers().contains_key(SERVED_HERE) => "leader_moved",
+        Ok(_) => "forwarded",
+        Err(_) => "failed",
+    };
+    crate::metrics::counter_inc(
+        crate::metrics::HA_FORWARDED,
+        &[("outcome", outcome.to_string())],
+    );
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_to(
     core: &Arc<Core>,
     mut base: String,
     method: &Method,
@@ -309,8 +344,13 @@ fn served_here_marker() -> axum::response::Response {
         r#"{"errors":["leadership moved to this node while forwarding; retry"]}"#,
     ));
     *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut()
+        .insert(SERVED_HERE, HeaderValue::from_static("1"));
     r
 }
+
+/// Marks [`served_here_marker`]'s answer (for the outcome label only).
+const SERVED_HERE: HeaderName = HeaderName::from_static("x-custos-leader-moved");
 
 fn into_response(resp: reqwest::Response) -> axum::response::Response {
     let status = resp.status();

@@ -78,6 +78,8 @@ custos_audit::declare_metrics! {
         "On the leader: entries a follower is behind the leader's last log index (peer = its Raft node id).";
     RAFT_FOLLOWER_CONTACT = "custos_raft_follower_last_contact_seconds", Gauge, ["peer"],
         "On the leader: seconds since a follower last answered an RPC (heartbeats included).";
+    HA_FORWARDED = "custos_ha_forwarded_requests_total", Counter, ["outcome"],
+        "Requests a standby forwarded to the active node, by outcome: forwarded (the active node answered), leader_moved (this node became active meanwhile; the client is told to retry), failed (no active node could be reached).";
     BARRIER_TERM = "custos_barrier_key_term", Gauge, [],
         "Active keyring term of the barrier.";
     BARRIER_KEY_AGE = "custos_barrier_key_install_timestamp_seconds", Gauge, [],
@@ -138,7 +140,7 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("source", "audit query source: `local`, `elasticsearch`"),
     (
         "outcome",
-        "a fixed set per metric: transit automatic rotations `rotated`, `failed`",
+        "a fixed set per metric: transit automatic rotations `rotated`, `failed`; forwarded requests `forwarded`, `leader_moved`, `failed`",
     ),
     (
         "kind",
