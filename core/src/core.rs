@@ -795,23 +795,22 @@ impl Core {
 
     /// Run one authenticated request through the pipeline.
     pub async fn handle(&self, mut req: Request) -> Result<Response> {
-        // One OpenTelemetry span per request (crate::traces), with the
-        // stages below as its children when sampled: mount, operation and
-        // status only; its trace id reaches the audit events through the
-        // request's `traceparent`.
+        // One OpenTelemetry span per sampled request (crate::traces), with
+        // the stages below as its children: mount, operation and status
+        // only. Sampled or not, the request's trace id (`req.trace_id`)
+        // reaches its audit events.
         let Some(span) = crate::traces::RequestSpan::start(&mut req) else {
             return self.handle_request(req).await;
         };
-        let mount = if span.is_recording() {
-            self.unsealed()
-                .ok()
-                .and_then(|u| u.router.route(&req.path).map(|(m, _)| m.entry.path.clone()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let mount = self
+            .unsealed()
+            .ok()
+            .and_then(|u| u.router.route(&req.path).map(|(m, _)| m.entry.path.clone()))
+            .unwrap_or_default();
         let (operation, request_id) = (req.operation.as_str(), req.id.clone());
-        let result = span.run(self.handle_request(req)).await;
+        // Boxed: the pipeline's future is large, and moving it by value
+        // through the span's wrappers copied it several times per request.
+        let result = span.run(Box::pin(self.handle_request(req))).await;
         let status = match &result {
             Ok(r) => r.status.unwrap_or(200),
             Err(e) => e.status(),

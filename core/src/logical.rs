@@ -115,6 +115,11 @@ pub struct Request {
     /// Request headers that backends may need (e.g. `X-Vault-Wrap-TTL` is not
     /// supported; kept for audit).
     pub headers: BTreeMap<String, String>,
+    /// The W3C trace id of this request: the caller's (a valid
+    /// `traceparent`), or the one `Core::handle` gave it when tracing is on
+    /// (sampled or not); written into its audit events. Set by
+    /// `traces::RequestSpan::start`.
+    pub trace_id: Option<[u8; 16]>,
 }
 
 impl Request {
@@ -132,6 +137,7 @@ impl Request {
             has_sudo: false,
             remote_addr: None,
             headers: BTreeMap::new(),
+            trace_id: None,
         }
     }
 }

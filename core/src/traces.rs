@@ -2,21 +2,25 @@
 //! OTLP http/protobuf by `opentelemetry-otlp`.
 //!
 //! **Where spans come from.** [`RequestSpan::start`] is called by
-//! `Core::handle` for every API request: it continues the caller's trace
-//! when the request carries a valid W3C `traceparent` header (put into
-//! `Request::headers` by the HTTP layer), or starts a new one, and rewrites
-//! that header to the request span's own context so `audit.rs` writes the
-//! trace id ([`trace_id_of`]) into the request's audit events. While a
-//! sampled request runs, its context is current (attached to the request's
-//! future), and each stage opens a child of whatever span is current with
-//! [`in_span`]: `token.lookup`, `acl`, `audit.write` (with the audit log's
-//! own `audit.sync_wait` inside, in `custos-audit`), `engine`, `barrier.*`,
-//! `raft.write`. Raft's log append and state-machine apply run in openraft's
-//! tasks, for a whole group of writes at once: the storage records their
-//! times per log index ([`raft_io`]) and the group writer turns them into
-//! `raft.append` / `raft.apply` children of every traced write in the group
-//! ([`raft_io_spans`]). Spans carry the mount, operation, status, request
-//! id and mount type — never a path, a token, or request or response data.
+//! `Core::handle` for every API request. It takes the trace id of the
+//! caller's W3C `traceparent` header (put into `Request::headers` by the
+//! HTTP layer) when the header is valid, or draws a new one, and asks the
+//! configured sampler up front, before any span exists: only a sampled
+//! request gets an SDK span (continuing the caller's context, with that
+//! sampling result handed to the SDK so it is not decided twice). Either
+//! way the trace id is stored on the request (`Request::trace_id`), and
+//! `audit.rs` writes it into the request's audit events ([`trace_id_of`]).
+//! While a sampled request runs, its context is current (attached to the
+//! request's future), and each stage opens a child of whatever span is
+//! current with [`in_span`]: `token.lookup`, `acl`, `audit.write` (with the
+//! audit log's own `audit.sync_wait` inside, in `custos-audit`), `engine`,
+//! `barrier.*`, `raft.write`. Raft's log append and state-machine apply run
+//! in openraft's tasks, for a whole group of writes at once: the storage
+//! records their times per log index ([`raft_io`]) and the group writer
+//! turns them into `raft.append` / `raft.apply` children of every traced
+//! write in the group ([`raft_io_spans`]). Spans carry the mount,
+//! operation, status, request id and mount type — never a path, a token, or
+//! request or response data.
 //!
 //! **Where they go.** [`install`] builds the pipeline from the
 //! `telemetry { otlp_endpoint = "..." }` HCL setting or the standard
@@ -26,23 +30,26 @@
 //! `http/protobuf`, the default), `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME` (default `custos`),
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` (default
-//! `parentbased_always_on`), `OTEL_BSP_*`; `OTEL_SDK_DISABLED=true` or
-//! `OTEL_TRACES_EXPORTER=none` turn it off. The HCL setting wins over the
-//! endpoint variables, as programmatic configuration does in the SDK.
-//! Finished spans go to the SDK's batch processor: a bounded queue
-//! ([`QUEUE_SIZE_DEFAULT`], `OTEL_BSP_MAX_QUEUE_SIZE`) drained by its own
-//! thread, which POSTs batches with reqwest's blocking client, so a slow
-//! collector never slows a request; a span that finds the queue full is
-//! dropped and counted (`custos_otlp_spans_dropped_total{reason="queue_full"}`),
-//! as is a batch the collector refused (`export_failed`). [`shutdown`]
-//! exports what is queued.
+//! `parentbased_always_on`; read by the SDK's own configuration, and the
+//! sampler it builds is the one asked up front), `OTEL_BSP_*`;
+//! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn it off. The
+//! HCL setting wins over the endpoint variables, as programmatic
+//! configuration does in the SDK. Finished spans go to the SDK's batch
+//! processor: a bounded queue ([`QUEUE_SIZE_DEFAULT`],
+//! `OTEL_BSP_MAX_QUEUE_SIZE`) drained by its own thread, which POSTs batches
+//! with reqwest's blocking client, so a slow collector never slows a
+//! request; a span that finds the queue full is dropped and counted
+//! (`custos_otlp_spans_dropped_total{reason="queue_full"}`), as is a batch
+//! the collector refused (`export_failed`). [`shutdown`] exports what is
+//! queued.
 //!
-//! **Off by default.** With no endpoint configured nothing is installed:
-//! every instrumentation point costs one relaxed atomic load, no SDK span
-//! is created and no trace id is invented (a caller's valid `traceparent`
-//! still reaches the audit events). Unsampled requests get an SDK span
-//! context (for the audit trace id) but no context is attached and no child
-//! span is created.
+//! **What it costs.** With no endpoint configured nothing is installed:
+//! every instrumentation point costs one relaxed atomic load, no trace id is
+//! invented (a caller's valid `traceparent` still reaches the audit events).
+//! With an exporter, an unsampled request costs a trace id from the SDK's
+//! thread-local generator and one sampler call — no SDK span, no `Context`,
+//! no allocation — and its stages find no current span, so [`in_span`] runs
+//! them as they are. Span names are static per operation.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -52,19 +59,19 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
+    SamplingDecision, SamplingResult, Span as _, SpanContext, SpanId, SpanKind, Status,
+    TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
-    SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, Config, IdGenerator as _, RandomIdGenerator, SdkTracer,
+    SdkTracerProvider, ShouldSample, SpanData, SpanExporter, SpanProcessor,
 };
 
-use crate::logical::Request;
+use crate::logical::{Operation, Request};
 use crate::metrics as m;
 
 /// The request header carrying the W3C trace context.
@@ -154,14 +161,6 @@ impl TraceContext {
         hex::encode(self.trace_id)
     }
 
-    fn of(sc: &SpanContext) -> TraceContext {
-        TraceContext {
-            trace_id: sc.trace_id().to_bytes(),
-            span_id: sc.span_id().to_bytes(),
-            sampled: sc.is_sampled(),
-        }
-    }
-
     /// This context as the remote parent of a new span.
     fn remote_parent(&self) -> Context {
         let flags = if self.sampled {
@@ -179,19 +178,24 @@ impl TraceContext {
     }
 }
 
-/// The trace id (32 lowercase hex digits) of a request `Core::handle` has
-/// started a span for, or whose caller sent a trace context.
+/// The trace id (32 lowercase hex digits) of a request whose caller sent a
+/// valid trace context, or that `Core::handle` traced (sampled or not).
 pub fn trace_id_of(req: &Request) -> Option<String> {
-    req.headers
-        .get(TRACEPARENT)
-        .and_then(|h| TraceContext::parse(h))
-        .map(|c| c.trace_id_hex())
+    let id = req.trace_id?;
+    // `hex::encode` collects char by char; this writes the 32 bytes at once.
+    let mut buf = [0u8; 32];
+    hex::encode_to_slice(id, &mut buf).ok()?;
+    std::str::from_utf8(&buf).ok().map(str::to_owned)
 }
 
 /// The installed pipeline.
 struct Pipeline {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// The sampler `OTEL_TRACES_SAMPLER(_ARG)` configure, built by the SDK's
+    /// own configuration as the provider's is; asked by
+    /// [`RequestSpan::start`] before any span exists.
+    sampler: Box<dyn ShouldSample>,
 }
 
 /// Set together with [`PIPELINE`]; read on every instrumentation point.
@@ -343,12 +347,18 @@ pub fn install(otlp_endpoint: Option<&str>) -> Result<bool, TraceError> {
         .with_resource(resource())
         .build();
     let tracer = provider.tracer(SERVICE);
+    // The same reading of the environment the provider builder made.
+    let sampler = Config::default().sampler;
     // `custos-audit` opens its `audit.sync_wait` spans through the global
     // provider (it does not depend on this crate).
     opentelemetry::global::set_tracer_provider(provider.clone());
     let old = PIPELINE.write().ok().and_then(|mut g| {
         let old = g.take();
-        *g = Some(Pipeline { provider, tracer });
+        *g = Some(Pipeline {
+            provider,
+            tracer,
+            sampler,
+        });
         old
     });
     ENABLED.store(true, Ordering::Relaxed);
@@ -471,74 +481,108 @@ impl SpanProcessor for BoundedProcessor {
     }
 }
 
-/// The root span of one API request (see the module docs).
+/// The root span's name per operation: static, so a request names its span
+/// without formatting.
+fn span_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Read => "custos read",
+        Operation::Create => "custos create",
+        Operation::Update => "custos update",
+        Operation::Patch => "custos patch",
+        Operation::Delete => "custos delete",
+        Operation::List => "custos list",
+    }
+}
+
+/// The sampling decision for a request span named `name`, made before any
+/// span exists: its trace id (the caller's, or a new one from the SDK's
+/// generator), the caller's context as its remote parent, and `sampler`'s
+/// result for them — what the SDK's tracer would compute when starting it.
+fn decide(
+    sampler: &dyn ShouldSample,
+    incoming: Option<TraceContext>,
+    name: &'static str,
+) -> (TraceId, Option<Context>, SamplingResult) {
+    let trace_id = match incoming {
+        Some(c) => TraceId::from_bytes(c.trace_id),
+        None => RandomIdGenerator::default().new_trace_id(),
+    };
+    let parent = incoming.map(|c| c.remote_parent());
+    let sampling =
+        sampler.should_sample(parent.as_ref(), trace_id, name, &SpanKind::Server, &[], &[]);
+    (trace_id, parent, sampling)
+}
+
+/// The root span of one sampled API request (see the module docs).
 pub struct RequestSpan {
     /// The request's context with its span.
     cx: Context,
 }
 
 impl RequestSpan {
-    /// Start the span for `req` when tracing is on, continuing the caller's
-    /// `traceparent`, and set the request's `traceparent` to it. `None` when
-    /// tracing is off: the request keeps a valid caller `traceparent` (its
-    /// trace id reaches the audit events) and loses an invalid one.
+    /// Give `req` its trace id and, when tracing is on and the sampler
+    /// samples it, start its span, continuing the caller's `traceparent`.
+    ///
+    /// The trace id (`Request::trace_id`) is the caller's when its
+    /// `traceparent` is valid; with tracing on and no valid caller context
+    /// it is a new one, sampled or not; with tracing off there is none. The
+    /// sampler is asked as the SDK would ask it for this span (parent,
+    /// trace id, name, kind), and its result handed to the SDK; `None` (no
+    /// span, nothing allocated) when tracing is off or the request is not
+    /// sampled.
     pub fn start(req: &mut Request) -> Option<RequestSpan> {
-        let incoming = req
-            .headers
-            .get(TRACEPARENT)
-            .and_then(|h| TraceContext::parse(h));
-        if incoming.is_none() {
-            req.headers.remove(TRACEPARENT);
-        }
+        let incoming = if req.headers.is_empty() {
+            None
+        } else {
+            req.headers
+                .get(TRACEPARENT)
+                .and_then(|h| TraceContext::parse(h))
+        };
+        req.trace_id = incoming.map(|c| c.trace_id);
         if !enabled() {
             return None;
         }
-        let tracer = tracer()?;
-        let parent = incoming.map_or_else(Context::new, |c| c.remote_parent());
-        let span = tracer
-            .span_builder(format!("custos {}", req.operation.as_str()))
-            .with_kind(SpanKind::Server)
-            .start_with_context(&tracer, &parent);
-        let sc = span.span_context();
-        if sc.is_valid() {
-            req.headers
-                .insert(TRACEPARENT.into(), TraceContext::of(sc).header());
+        let name = span_name(req.operation);
+        let guard = PIPELINE.read().ok()?;
+        let pipeline = guard.as_ref()?;
+        let (trace_id, parent, sampling) = decide(pipeline.sampler.as_ref(), incoming, name);
+        req.trace_id = Some(trace_id.to_bytes());
+        if sampling.decision == SamplingDecision::Drop {
+            return None;
         }
+        let tracer = pipeline.tracer.clone();
+        drop(guard);
+        let parent = parent.unwrap_or_default();
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_trace_id(trace_id)
+            .with_sampling_result(sampling)
+            .start_with_context(&tracer, &parent);
         Some(RequestSpan {
             cx: parent.with_span(span),
         })
     }
 
-    /// Whether this request is sampled (its stages get spans).
-    pub fn is_recording(&self) -> bool {
-        self.cx.span().is_recording()
-    }
-
     /// Run `fut` (the request's pipeline) with this span current, so its
-    /// stages nest under it; unsampled requests run it as is.
+    /// stages nest under it (children are made only when it is sampled).
     pub async fn run<F: Future>(&self, fut: F) -> F::Output {
-        if self.is_recording() {
-            fut.with_context(self.cx.clone()).await
-        } else {
-            fut.await
-        }
+        fut.with_context(self.cx.clone()).await
     }
 
     /// End the span with the request's mount point, operation, id and HTTP
     /// status.
     pub fn finish(self, mount: &str, operation: &'static str, request_id: &str, status: u16) {
         let span = self.cx.span();
-        if span.is_recording() {
-            span.set_attributes([
-                KeyValue::new("custos.mount", mount.to_string()),
-                KeyValue::new("custos.operation", operation),
-                KeyValue::new("custos.request_id", request_id.to_string()),
-                KeyValue::new("http.response.status_code", i64::from(status)),
-            ]);
-            // The OTel HTTP server convention: 5xx are errors, 4xx the caller's.
-            if status >= 500 {
-                span.set_status(Status::error(""));
-            }
+        span.set_attributes([
+            KeyValue::new("custos.mount", mount.to_string()),
+            KeyValue::new("custos.operation", operation),
+            KeyValue::new("custos.request_id", request_id.to_string()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ]);
+        // The OTel HTTP server convention: 5xx are errors, 4xx the caller's.
+        if status >= 500 {
+            span.set_status(Status::error(""));
         }
         span.end();
     }
@@ -658,7 +702,7 @@ pub fn raft_io_spans(index: u64, parents: &[Context]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logical::Operation;
+    use opentelemetry_sdk::trace::Sampler;
 
     #[test]
     fn traceparent_parse_and_format() {
@@ -696,6 +740,44 @@ mod tests {
         assert!(RequestSpan::start(&mut bad).is_none());
         assert_eq!(trace_id_of(&bad), None);
         assert!(child("engine").is_none());
+    }
+
+    #[test]
+    fn the_sampler_is_asked_up_front_and_honours_the_callers_decision() {
+        let ratio = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01)));
+        let caller = |sampled| TraceContext {
+            trace_id: [0x4b; 16],
+            span_id: [0x0f; 8],
+            sampled,
+        };
+        for sampled in [true, false] {
+            let (id, parent, r) = decide(&ratio, Some(caller(sampled)), "custos read");
+            assert_eq!(id.to_bytes(), [0x4b; 16]);
+            assert!(parent.is_some_and(|p| p.span().span_context().is_remote()));
+            let want = if sampled {
+                SamplingDecision::RecordAndSample
+            } else {
+                SamplingDecision::Drop
+            };
+            assert_eq!(r.decision, want);
+        }
+        // A new trace: the ratio applies to its (new, random) trace id
+        // exactly as the SDK's TraceIdRatioBased decides it.
+        let root = Sampler::TraceIdRatioBased(0.01);
+        let mut kept = 0;
+        for _ in 0..20_000 {
+            let (id, parent, r) = decide(&ratio, None, "custos read");
+            assert!(parent.is_none());
+            let sdk = root.should_sample(None, id, "custos read", &SpanKind::Server, &[], &[]);
+            assert_eq!(r.decision, sdk.decision);
+            kept += usize::from(r.decision == SamplingDecision::RecordAndSample);
+        }
+        assert!(
+            (100..=320).contains(&kept),
+            "{kept} of 20000 sampled at 0.01"
+        );
+        assert_eq!(span_name(Operation::Read), "custos read");
+        assert_eq!(span_name(Operation::List), "custos list");
     }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

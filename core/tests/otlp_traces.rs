@@ -4,8 +4,9 @@
 //! the `opentelemetry-proto` types). A KV write's span tree shows every stage
 //! in order, each child inside its parent's time range; the spans carry
 //! mount, operation and status but never the token, a secret value or the
-//! request path; a caller's `traceparent` is continued; and the audit events
-//! of a traced request carry its trace id.
+//! request path; a caller's `traceparent` is continued, and a caller's trace
+//! it did not sample gets no span; and the audit events of a request carry
+//! its trace id, sampled or not.
 //!
 //! Its own test binary because the trace pipeline is process-global state.
 
@@ -28,6 +29,8 @@ use serde_json::{Value, json};
 const SECRET_VALUE: &str = "hunter2-very-secret-value";
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// A caller's trace it did not sample (flags `00`).
+const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// What the receiver got: the raw bodies and their decoded requests.
 #[derive(Default)]
@@ -258,6 +261,19 @@ async fn request_spans_reach_the_collector_and_the_audit_log() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // The default sampler (parentbased_always_on) honours a caller that did
+    // not sample: no span, but the audit events still get its trace id.
+    let r = http
+        .get(format!("{base}/secret/data/unsampled"))
+        .header("X-Vault-Token", &token)
+        .header(
+            "traceparent",
+            format!("00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 
     // Batches leave on the SDK's schedule; flush, then wait for the roots.
     custos_core::traces::flush().await;
@@ -295,6 +311,7 @@ async fn request_spans_reach_the_collector_and_the_audit_log() {
     // The 404 got a span of its own, in a new trace.
     let missing = root_of(&["read"], "404");
     assert_ne!(missing.trace_id, CALLER_TRACE);
+    assert_ne!(missing.trace_id, UNSAMPLED_TRACE);
     assert!(missing.parent.is_empty() || missing.parent == "0000000000000000");
 
     // The KV write's tree: each stage in order under the request span, each
@@ -418,11 +435,27 @@ async fn request_spans_reach_the_collector_and_the_audit_log() {
     for e in &read_events {
         assert_eq!(e["trace_id"], CALLER_TRACE, "{e:#}");
     }
+    // The unsampled request's events carry its caller's trace id.
+    let unsampled: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["request"]["path"] == "secret/data/unsampled")
+        .collect();
+    assert_eq!(unsampled.len(), 2, "{events:#?}");
+    for e in &unsampled {
+        assert_eq!(e["trace_id"], UNSAMPLED_TRACE, "{e:#}");
+    }
     // (The metrics request above was traced too.)
     custos_core::traces::flush().await;
     let all = spans(&got.lock().unwrap());
     let trace_ids: Vec<&str> = all.iter().map(|s| s.trace_id.as_str()).collect();
-    for e in &events {
+    assert!(
+        !trace_ids.contains(&UNSAMPLED_TRACE),
+        "a span of the unsampled trace was exported"
+    );
+    for e in events
+        .iter()
+        .filter(|e| e["request"]["path"] != "secret/data/unsampled")
+    {
         let t = e["trace_id"].as_str().unwrap_or_default();
         assert!(
             trace_ids.contains(&t),
