@@ -740,3 +740,51 @@ async fn kill9_during_restore_leaves_old_or_new_state() {
         "kill -9 during restore: {old_seen} rounds ended restored, {new_seen} before the swap"
     );
 }
+
+/// kill -9 of the server while `operator raft snapshot save` streams: the
+/// CLI either finished before the kill (exit 0, a complete archive) or
+/// reports the failure and leaves no file under the name asked for — never
+/// a truncated snapshot that looks saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_save_never_leaves_a_partial_snapshot_as_saved() {
+    const N: usize = 400;
+    let (mut completed, mut refused) = (0, 0);
+    for delay_ms in [2u64, 20, 60] {
+        let mut s = initialized_server().await;
+        let root = s.root_token.clone();
+        write_all(&s, &root, N, "data").await;
+        let snap = s.dir.join("save.snap");
+        let child = Command::new(BIN)
+            .args([
+                "operator",
+                "raft",
+                "snapshot",
+                "save",
+                snap.to_str().expect("utf8"),
+            ])
+            .env("VAULT_ADDR", format!("http://{}", s.addr))
+            .env("VAULT_TOKEN", &root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn save");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        s.kill9();
+        let o = child.wait_with_output().expect("save output");
+        if o.status.success() {
+            let archive = std::fs::read(&snap).expect("a saved snapshot exists");
+            check_archive(&archive);
+            completed += 1;
+        } else {
+            assert!(
+                !snap.exists(),
+                "save failed but left {} behind: {}",
+                snap.display(),
+                text(&o)
+            );
+            refused += 1;
+        }
+    }
+    eprintln!("kill -9 during save: {completed} saves completed first, {refused} failed cleanly");
+}
