@@ -43,8 +43,11 @@ use serde_json::{Map, Value};
 use super::report::Check;
 use crate::manifest::Manifest;
 
-/// Requests in flight at once while reading secrets back.
-pub const READ_CONCURRENCY: usize = 64;
+/// Requests in flight at once while reading secrets back: every read
+/// waits for its audit events' fsync, so more in flight means larger
+/// group commits (100k secrets, release build: verify 19 s at 256, 36 s at
+/// 64 on a busier machine; peak RSS +25 MiB).
+pub const READ_CONCURRENCY: usize = 256;
 
 /// What the verify phase found.
 #[derive(Debug, Default)]
