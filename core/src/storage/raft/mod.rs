@@ -543,12 +543,28 @@ pub const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
 /// Upper bound of the randomized election timeout, and the leader lease, in ms.
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 600;
 
-fn raft_config() -> Result<Config> {
+/// The timings of a node without cluster networking (no `cluster_addr`,
+/// no `retry_join`): it has no failover to speed up, and its own vote and
+/// log fsyncs must fit in an election timeout even on a starved machine
+/// (with the cluster timings a single node under heavy parallel load could
+/// time out its own elections and miss its start-up wait).
+const SINGLE_NODE_TIMINGS: (u64, u64, u64) = (250, 1000, 2000);
+
+fn raft_config(clustered: bool) -> Result<Config> {
+    let (heartbeat_interval, election_timeout_min, election_timeout_max) = if clustered {
+        (
+            HEARTBEAT_INTERVAL_MS,
+            ELECTION_TIMEOUT_MIN_MS,
+            ELECTION_TIMEOUT_MAX_MS,
+        )
+    } else {
+        SINGLE_NODE_TIMINGS
+    };
     Config {
         cluster_name: "custos".to_string(),
-        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
-        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        heartbeat_interval,
+        election_timeout_min,
+        election_timeout_max,
         // Decided by `snapshot_scheduler`, which also weighs the build cost.
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1000,
@@ -630,7 +646,7 @@ impl RaftStorage {
         let (state, snapshots, last_build) = (sm.db(), sm.snapshots(), sm.last_build_micros());
         let log_db = log.liveness();
 
-        let config = Arc::new(raft_config()?);
+        let config = Arc::new(raft_config(!node.cluster_addr.is_empty())?);
         let raft = Raft::new(node_id, config, HttpNetwork::new(node_id), log, sm)
             .await
             .map_err(fatal_to_core)?;
