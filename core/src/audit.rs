@@ -24,12 +24,31 @@
 //! [`rotate_open_logs`] without holding a core; `PUT sys/audit-rotate` does
 //! the same through the broker.
 //!
-//! **Replicated configuration.** Audit devices are declared in each node's
-//! server config. At unseal the effective device table is stored in barrier
-//! storage (`sys/audit-table`, replicated by Raft); a node whose declared
-//! table differs from the stored one logs a warning naming the differing
-//! device paths (never option values) and stores its own, so operators see
-//! drift between nodes. It does not override the local config.
+//! **Replicated configuration (audit alike on every node).** Audit devices
+//! are declared in each node's server config; the cluster's device table is
+//! kept in barrier storage (`sys/audit-table`, replicated by Raft). At unseal
+//! ([`build_broker`], with an [`AuditTableRole`]) a node compares what it
+//! declares with the stored table ([`table_differences`]): a device's path,
+//! type and shared options must be the same on every node. Options that only
+//! say where and how this node keeps its own log on its own disk
+//! ([`NODE_LOCAL_OPTIONS`]: `file_path`, `log_dir`, `mode`, `min_free_bytes`,
+//! segment and retention limits) may differ, and a device declared with
+//! `local = true` is this node's own and not compared at all. A node that
+//! differs refuses to unseal, and the error names the devices and what
+//! differs (type, declared on one side only, or the option *names* whose
+//! values differ — never a value: options hold HMAC keys and passwords).
+//! **Decision:** the node that initializes the cluster, the only voter (a
+//! one-node server's config is the cluster's), and any node while the table
+//! is empty record their own table instead. An active node also records its
+//! table when it finds the table empty (at unseal or on becoming active,
+//! see `crate::cluster`). Changing audit devices across a cluster: edit the
+//! config on every node, `custos operator audit-table reset` (`DELETE
+//! sys/audit-table`, sudo), then restart the nodes one at a time as for an
+//! upgrade (standbys first, `custos operator step-down`, the old leader);
+//! until the active node records the new table, nodes unseal unchecked. A
+//! new device's HMAC salt is derived from the root key and its path when
+//! none is stored, so a standby (which cannot write) hashes as the active
+//! node does.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,7 +73,34 @@ use crate::token::TokenEntry;
 /// only sinks are declared.
 pub const IMPLICIT_LOG_PATH: &str = "local/";
 /// Where the effective audit device table is kept (in the `sys/` view).
-const AUDIT_TABLE_KEY: &str = "audit-table";
+pub(crate) const AUDIT_TABLE_KEY: &str = "audit-table";
+/// Options that only say where and how this node keeps its own log; they may
+/// differ between nodes (see the module docs).
+pub const NODE_LOCAL_OPTIONS: &[&str] = &[
+    "file_path",
+    "log_dir",
+    "mode",
+    "min_free_bytes",
+    "segment_size",
+    "segment_duration",
+    "retention_max_age",
+    "retention_max_bytes",
+];
+
+/// What a node does with the cluster's stored audit table at unseal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditTableRole {
+    /// Initializing the cluster, or its only voter: this node's table is the
+    /// cluster's; it is recorded.
+    Record,
+    /// A member of a multi-voter cluster: the declared table must match the
+    /// stored one (when there is one). `active`: this node leads, so it
+    /// records its table when none is stored (a standby cannot write).
+    Match { active: bool },
+    /// Reopening after a restore or a missed cache invalidation: not an
+    /// operator's unseal, nothing is checked or recorded.
+    Reopen,
+}
 
 /// Local logs opened by [`build_broker`] in this process (see the module docs).
 static OPEN_LOGS: Mutex<Vec<Weak<AuditLog>>> = Mutex::new(Vec::new());
@@ -201,11 +247,18 @@ fn build_sink(p: &SinkPlan<'_>) -> std::result::Result<Box<dyn Sink>, String> {
 pub async fn build_broker(
     devices: &[AuditDeviceConfig],
     system: &StorageView,
+    role: AuditTableRole,
+    root_key: &[u8],
 ) -> Result<AuditBroker> {
     let (sinks, source) = plan(devices).map_err(CoreError::Internal)?;
-    record_audit_table(devices, system).await;
+    check_audit_table(devices, system, role).await?;
+    let salts = SaltSource {
+        system,
+        root_key,
+        write: !matches!(role, AuditTableRole::Match { active: false }),
+    };
     let broker = AuditBroker::new();
-    match open_all(&broker, devices, &sinks, source, system).await {
+    match open_all(&broker, devices, &sinks, source, &salts).await {
         Ok(()) => Ok(broker),
         Err(e) => {
             broker.shutdown().await;
@@ -219,9 +272,9 @@ async fn open_file_device(
     path: &str,
     description: &str,
     options: &BTreeMap<String, String>,
-    system: &StorageView,
+    salts: &SaltSource<'_>,
 ) -> Result<(String, Arc<AuditLog>)> {
-    let salt = load_or_create_salt(system, path).await?;
+    let salt = salts.load_or_create(path).await?;
     let dev = FileDevice::from_options(path, description, options, salt)
         .map_err(|e| CoreError::Internal(device_error(path, e)))?;
     let log = dev.audit_log().clone();
@@ -238,7 +291,7 @@ async fn open_all(
     devices: &[AuditDeviceConfig],
     sinks: &[SinkPlan<'_>],
     source: Source,
-    system: &StorageView,
+    system: &SaltSource<'_>,
 ) -> Result<()> {
     let mut logs: Vec<(String, Arc<AuditLog>)> = Vec::new();
     for d in devices {
@@ -328,50 +381,138 @@ fn warn_stale_checkpoints(logs: &[(String, Arc<AuditLog>)], sinks: &[SinkPlan<'_
     }
 }
 
-/// Store the effective device table in replicated storage; warn when it
-/// differs from what another node (or an earlier config) stored.
-async fn record_audit_table(devices: &[AuditDeviceConfig], system: &StorageView) {
-    let stored: Option<Vec<AuditDeviceConfig>> = match system.get_json(AUDIT_TABLE_KEY).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the replicated audit device table");
-            None
-        }
+/// The differences between the cluster's stored table and a node's
+/// declared one, one line per differing device: its path and what differs
+/// (type, declared on one side only, option names). Never an option value.
+/// Devices with `local = true` and [`NODE_LOCAL_OPTIONS`] are left out.
+pub fn table_differences(
+    stored: &[AuditDeviceConfig],
+    declared: &[AuditDeviceConfig],
+) -> Vec<String> {
+    let by_path = |t: &[AuditDeviceConfig]| -> BTreeMap<String, AuditDeviceConfig> {
+        t.iter()
+            .filter(|d| !d.local)
+            .map(|d| (d.path.clone(), d.clone()))
+            .collect()
     };
-    if let Some(prev) = &stored {
-        if prev.as_slice() == devices {
-            return;
+    let (cluster, here) = (by_path(stored), by_path(declared));
+    let paths: std::collections::BTreeSet<&String> = cluster.keys().chain(here.keys()).collect();
+    let mut out = Vec::new();
+    for p in paths {
+        match (cluster.get(p), here.get(p)) {
+            (Some(c), None) => out.push(format!(
+                "{p:?} ({}) is in the cluster's table but not declared on this node",
+                c.kind.as_str()
+            )),
+            (None, Some(h)) => out.push(format!(
+                "{p:?} ({}) is declared on this node but not in the cluster's table",
+                h.kind.as_str()
+            )),
+            (Some(c), Some(h)) if c.kind != h.kind => out.push(format!(
+                "{p:?}: type {} on this node, {} in the cluster's table",
+                h.kind.as_str(),
+                c.kind.as_str()
+            )),
+            (Some(c), Some(h)) => {
+                let names: std::collections::BTreeSet<&String> = c
+                    .options
+                    .keys()
+                    .chain(h.options.keys())
+                    .filter(|k| !NODE_LOCAL_OPTIONS.contains(&k.as_str()))
+                    .filter(|k| c.options.get(*k) != h.options.get(*k))
+                    .collect();
+                if !names.is_empty() {
+                    let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+                    out.push(format!("{p:?}: options differ: {}", names.join(", ")));
+                }
+            }
+            (None, None) => {}
         }
-        let by_path = |t: &[AuditDeviceConfig]| -> BTreeMap<String, AuditDeviceConfig> {
-            t.iter().map(|d| (d.path.clone(), d.clone())).collect()
-        };
-        let (a, b) = (by_path(prev), by_path(devices));
-        let differing: Vec<&String> = a
-            .keys()
-            .chain(b.keys())
-            .filter(|p| a.get(*p) != b.get(*p))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        tracing::warn!(
-            devices = ?differing,
-            "this node's audit devices differ from the cluster's stored audit table; every node should declare the same audit devices (storing this node's table)"
-        );
     }
-    if let Err(e) = system.put_json(AUDIT_TABLE_KEY, &devices).await {
-        tracing::warn!(error = %e, "cannot store the replicated audit device table");
+    out
+}
+
+/// Compare the declared devices with the cluster's stored table and record
+/// them where this node's table is the cluster's (see the module docs).
+async fn check_audit_table(
+    devices: &[AuditDeviceConfig],
+    system: &StorageView,
+    role: AuditTableRole,
+) -> Result<()> {
+    if role == AuditTableRole::Reopen {
+        return Ok(());
+    }
+    let stored: Vec<AuditDeviceConfig> =
+        system.get_json(AUDIT_TABLE_KEY).await?.unwrap_or_default();
+    let differences = table_differences(&stored, devices);
+    match role {
+        AuditTableRole::Match { .. } if !stored.is_empty() => {
+            if differences.is_empty() {
+                return Ok(());
+            }
+            Err(CoreError::BadRequest(format!(
+                "this node's audit devices differ from the cluster's audit device table, so it stays sealed: {}. Declare the same audit devices on every node (or, to change them cluster-wide, run `custos operator audit-table reset` first)",
+                differences.join("; ")
+            )))
+        }
+        AuditTableRole::Match { active: false } => Ok(()),
+        _ => {
+            if !stored.is_empty() && !differences.is_empty() {
+                tracing::warn!(
+                    differences = %differences.join("; "),
+                    "recording this node's audit devices as the cluster's audit device table"
+                );
+            }
+            if stored.as_slice() != devices {
+                system.put_json(AUDIT_TABLE_KEY, &devices).await?;
+            }
+            Ok(())
+        }
     }
 }
 
-async fn load_or_create_salt(system: &StorageView, path: &str) -> Result<Salt> {
-    let key = format!("audit-salt/{}", path.trim_end_matches('/'));
-    if let Some(bytes) = system.get(&key).await? {
-        return Salt::new(bytes)
-            .map_err(|e| CoreError::Internal(format!("audit salt for {path:?}: {e}")));
+/// Record `devices` as the cluster's table if none is stored (an active
+/// node after `sys/audit-table` was reset). Returns whether it wrote.
+pub async fn record_table_if_empty(
+    devices: &[AuditDeviceConfig],
+    system: &StorageView,
+) -> Result<bool> {
+    let stored: Vec<AuditDeviceConfig> =
+        system.get_json(AUDIT_TABLE_KEY).await?.unwrap_or_default();
+    if !stored.is_empty() || devices.is_empty() {
+        return Ok(false);
     }
-    let salt = Salt::generate();
-    system.put(&key, salt.as_bytes().to_vec()).await?;
-    Ok(salt)
+    system.put_json(AUDIT_TABLE_KEY, &devices).await?;
+    Ok(true)
+}
+
+/// Where the devices' HMAC salts come from: stored ones first; a missing
+/// one is derived from the root key and the device path (so every node
+/// derives the same) and stored where this node may write.
+struct SaltSource<'a> {
+    system: &'a StorageView,
+    root_key: &'a [u8],
+    write: bool,
+}
+
+impl SaltSource<'_> {
+    async fn load_or_create(&self, path: &str) -> Result<Salt> {
+        let path = path.trim_end_matches('/');
+        let key = format!("audit-salt/{path}");
+        if let Some(bytes) = self.system.get(&key).await? {
+            return Salt::new(bytes)
+                .map_err(|e| CoreError::Internal(format!("audit salt for {path:?}: {e}")));
+        }
+        let mut bytes = zeroize::Zeroizing::new(vec![0u8; 32]);
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(b"custos-audit-salt"), self.root_key)
+            .expand(path.as_bytes(), &mut bytes)
+            .map_err(|_| CoreError::Internal("audit salt derivation".into()))?;
+        if self.write {
+            self.system.put(&key, bytes.to_vec()).await?;
+        }
+        Salt::new(bytes.to_vec())
+            .map_err(|e| CoreError::Internal(format!("audit salt for {path:?}: {e}")))
+    }
 }
 
 fn auth_of(entry: &TokenEntry, raw_token: &str) -> AuditAuth {
@@ -550,7 +691,11 @@ mod tests {
             ),
         ];
         // An unknown option fails the build and leaves nothing running.
-        assert!(build_broker(&devices, &system).await.is_err());
+        assert!(
+            build_broker(&devices, &system, AuditTableRole::Record, &[1; 32])
+                .await
+                .is_err()
+        );
         let devices = vec![devices[0].clone(), {
             let mut e = devices[1].clone();
             e.options.remove("sasl.password");
@@ -558,7 +703,9 @@ mod tests {
             e.options.insert("username".into(), "u".into());
             e
         }];
-        let broker = build_broker(&devices, &system).await.unwrap();
+        let broker = build_broker(&devices, &system, AuditTableRole::Record, &[1; 32])
+            .await
+            .unwrap();
         let list = broker.list();
         let paths: Vec<&str> = list.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(paths, vec![IMPLICIT_LOG_PATH, "kafka/", "es/"]);
@@ -586,5 +733,110 @@ mod tests {
         assert_eq!(stored.as_deref(), Some(devices.as_slice()));
         broker.shutdown().await;
         assert!(broker.list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_devices_differ_stays_sealed_and_is_told_why() {
+        let barrier = Arc::new(Barrier::new(Arc::new(MemoryStore::new())));
+        barrier.initialize(&[7u8; 32]).await.unwrap();
+        let system = StorageView::new(barrier, "sys/");
+        let tmp = tempfile::tempdir().unwrap();
+        let here = |name: &str, extra: &[(&str, &str)]| {
+            let f = tmp.path().join(name);
+            let mut o = vec![
+                ("file_path", f.to_str().unwrap()),
+                ("hmac_accessor", "true"),
+            ];
+            o.extend_from_slice(extra);
+            dev(AuditDeviceKind::File, "file/", &o)
+        };
+        let member = AuditTableRole::Match { active: false };
+        // Empty table: a standby unseals unchecked and records nothing.
+        let b = build_broker(&[here("a", &[])], &system, member, &[1; 32])
+            .await
+            .unwrap();
+        b.shutdown().await;
+        let stored: Option<Vec<AuditDeviceConfig>> =
+            system.get_json(AUDIT_TABLE_KEY).await.unwrap();
+        assert!(stored.is_none());
+        // The initializing node records its table.
+        let b = build_broker(&[here("a", &[])], &system, AuditTableRole::Record, &[1; 32])
+            .await
+            .unwrap();
+        b.shutdown().await;
+        // Node-local options (file_path, min_free_bytes) may differ.
+        let b = build_broker(
+            &[here("b", &[("min_free_bytes", "1")])],
+            &system,
+            member,
+            &[1; 32],
+        )
+        .await
+        .unwrap();
+        b.shutdown().await;
+        // A shared option's value differs: refused, naming the option, not the value.
+        let secret = "hunter2-secret-value";
+        let kafka = dev(
+            AuditDeviceKind::Kafka,
+            "kafka/",
+            &[("brokers", "127.0.0.1:9"), ("topic", "t")],
+        );
+        let Err(e) = build_broker(
+            &[
+                here("c", &[("hmac_accessor", "false"), ("prefix", secret)]),
+                kafka,
+            ],
+            &system,
+            member,
+            &[1; 32],
+        )
+        .await
+        else {
+            panic!("a member whose devices differ unsealed");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("\"file/\": options differ: hmac_accessor, prefix"),
+            "{e}"
+        );
+        assert!(
+            e.contains("\"kafka/\" (kafka) is declared on this node"),
+            "{e}"
+        );
+        assert!(!e.contains(secret) && !e.contains("127.0.0.1"), "{e}");
+        let diff = table_differences(
+            &[here("a", &[])],
+            &[dev(AuditDeviceKind::Kafka, "file/", &[])],
+        );
+        assert_eq!(
+            diff,
+            vec!["\"file/\": type kafka on this node, file in the cluster's table"]
+        );
+        let missing = table_differences(&[here("a", &[])], &[]);
+        assert_eq!(
+            missing,
+            vec!["\"file/\" (file) is in the cluster's table but not declared on this node"]
+        );
+        // A `local` device is this node's own.
+        let mut local = dev(AuditDeviceKind::File, "mine/", &[("file_path", "/x")]);
+        local.local = true;
+        assert!(table_differences(&[here("a", &[])], &[here("z", &[]), local]).is_empty());
+        // Every node derives the same salt for a device with none stored.
+        let s1 = SaltSource {
+            system: &system,
+            root_key: &[1; 32],
+            write: false,
+        };
+        let h1 = s1.load_or_create("new/").await.unwrap().as_bytes().to_vec();
+        let s2 = SaltSource {
+            system: &system,
+            root_key: &[1; 32],
+            write: true,
+        };
+        assert_eq!(
+            s2.load_or_create("new").await.unwrap().as_bytes(),
+            h1.as_slice()
+        );
+        assert!(system.get("audit-salt/new").await.unwrap().is_some());
     }
 }

@@ -35,6 +35,14 @@
 //! **Leadership**: `sys/step-down` and a graceful shutdown of the leader
 //! hand leadership to the most up-to-date voter ([`Cluster::step_down`]);
 //! `sys/ha-status` lists the nodes as Vault does ([`ha_status`]).
+//!
+//! **Audit on the active node** ([`watch_active_audit`]): an active node
+//! whose audit log cannot record (`sys/health`'s `audit_failure`: disk
+//! guard, log directory gone, write errors) refuses every request, so it
+//! hands leadership to a standby that can, and keeps serving as a standby
+//! (it forwards; it records nothing itself). A node that becomes active
+//! while the cluster's audit table is empty (after `sys/audit-table` was
+//! reset) records its own (`crate::audit`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -146,6 +154,12 @@ impl Cluster {
             self.stop.subscribe(),
         ));
         self.track(follower);
+        let watch = tokio::spawn(watch_active_audit(
+            self.core.clone(),
+            raft.watch_leader(),
+            self.stop.subscribe(),
+        ));
+        self.track(watch);
         let joined = raft.raft().is_initialized().await.unwrap_or(true);
         if !joined && !lock(&self.leaders)?.is_empty() {
             self.spawn_join_loop();
@@ -350,11 +364,20 @@ impl Cluster {
             }
         }
         tracing::info!("joined the cluster; unsealing once the keyring has replicated");
+        let mut refused: Option<String> = None;
         loop {
             let Ok(core) = self.core() else { return };
             if core.is_initialized().await.unwrap_or(false) {
                 match core.unseal_with_root_key(root.clone()).await {
                     Ok(()) => break,
+                    // The cluster's audit table refused this node: say so.
+                    Err(e @ CoreError::BadRequest(_)) => {
+                        let said = e.to_string();
+                        if refused.as_ref() != Some(&said) {
+                            tracing::error!(error = %said, "unseal after join refused");
+                            refused = Some(said);
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "unseal after join: not yet"),
                 }
             }
@@ -604,6 +627,79 @@ fn host_port(url: &str) -> String {
         .or_else(|| url.strip_prefix("http://"))
         .unwrap_or(url);
     rest.split('/').next().unwrap_or_default().to_string()
+}
+
+/// How often the active node checks that its audit log can record.
+const AUDIT_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Pause after a failed hand-over (no healthy voter, no quorum).
+const AUDIT_STEP_DOWN_RETRY: Duration = Duration::from_secs(2);
+
+/// While this node is the active node of a multi-voter cluster: step down
+/// when its audit log cannot record, and record its audit table when the
+/// cluster has none (see the module docs).
+async fn watch_active_audit(
+    core: Weak<Core>,
+    mut leader: watch::Receiver<Option<u64>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut was_active = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(AUDIT_CHECK_EVERY) => {}
+            _ = leader.changed() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(core) = core.upgrade() else { return };
+        let Some(cluster) = core.cluster().cloned() else {
+            return;
+        };
+        let Ok(u) = core.unsealed() else {
+            was_active = false;
+            continue;
+        };
+        let active = core.is_active();
+        if active && !was_active {
+            match crate::audit::record_table_if_empty(&core.opts.audit_devices, &u.system).await {
+                Ok(true) => tracing::info!(
+                    "active node: recorded its audit devices as the cluster's audit device table"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "active node: cannot record the audit device table")
+                }
+            }
+        }
+        was_active = active;
+        let Some(raft) = core.raft() else { continue };
+        if !active || raft.is_stepping_down() {
+            continue;
+        }
+        let Err(e) = u.audit.health() else { continue };
+        let voters = raft
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters < 2 {
+            continue;
+        }
+        tracing::error!(error = %e, "active node: the audit log cannot record; handing leadership to a standby");
+        drop(u);
+        match cluster.step_down().await {
+            Ok(to) => tracing::warn!(to, "stepped down: this node's audit log cannot record"),
+            Err(err) => {
+                tracing::error!(error = %err, "stepping down for the audit failure failed; retrying");
+                drop(core);
+                tokio::select! {
+                    _ = tokio::time::sleep(AUDIT_STEP_DOWN_RETRY) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
 }
 
 /// Follow the Raft log's changes to cached keys (see

@@ -240,7 +240,9 @@ impl Core {
         self.barrier.initialize(&init.root_key).await?;
         let result = async {
             self.write_default_mounts().await?;
-            let u = self.build_unsealed(init.root_key.clone()).await?;
+            let u = self
+                .build_unsealed(init.root_key.clone(), audit::AuditTableRole::Record)
+                .await?;
             u.policies.ensure_default().await?;
             let (root_token, _) = u.tokens.create_root_token(None).await?;
             self.teardown(u).await;
@@ -279,11 +281,42 @@ impl Core {
     }
 
     async fn unseal_locked(&self, root_key: Zeroizing<Vec<u8>>) -> Result<()> {
+        let role = self.audit_table_role();
+        self.open_locked(root_key, role).await
+    }
+
+    /// How this node treats the cluster's audit device table when unsealed
+    /// by an operator (`crate::audit`): the only voter's table is the
+    /// cluster's; a member of a larger cluster must match it.
+    fn audit_table_role(&self) -> audit::AuditTableRole {
+        let voters = self.raft.as_ref().map_or(1, |r| {
+            r.raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count()
+        });
+        if voters <= 1 {
+            audit::AuditTableRole::Record
+        } else {
+            audit::AuditTableRole::Match {
+                active: self.is_active(),
+            }
+        }
+    }
+
+    async fn open_locked(
+        &self,
+        root_key: Zeroizing<Vec<u8>>,
+        role: audit::AuditTableRole,
+    ) -> Result<()> {
         if !self.is_sealed() {
             return Ok(());
         }
         self.barrier.unseal(&root_key).await?;
-        match self.build_unsealed(root_key).await {
+        match self.build_unsealed(root_key, role).await {
             Ok(u) => {
                 self.start_workers(&u);
                 if let Ok(mut slot) = self.unsealed.write() {
@@ -335,7 +368,11 @@ impl Core {
         }
         let applied = apply.await;
         self.seal.reset();
-        let reopened = self.unseal_locked(root_key).await;
+        // A rebuild, not an operator's unseal: the audit table is not
+        // checked again (crate::audit).
+        let reopened = self
+            .open_locked(root_key, audit::AuditTableRole::Reopen)
+            .await;
         self.publish_seal_metrics();
         match (applied, reopened) {
             (Err(e), _) => Err(e),
@@ -390,14 +427,20 @@ impl Core {
         view.put_json(AUTH_PATH, &auth).await
     }
 
-    async fn build_unsealed(&self, root_key: Zeroizing<Vec<u8>>) -> Result<Arc<Unsealed>> {
+    async fn build_unsealed(
+        &self,
+        root_key: Zeroizing<Vec<u8>>,
+        role: audit::AuditTableRole,
+    ) -> Result<Arc<Unsealed>> {
         let root_view = StorageView::new(self.barrier.clone(), "");
         let system = StorageView::new(self.barrier.clone(), "sys/");
         let tokens = Arc::new(TokenStore::new(system.sub("token/")));
         tokens.init().await?;
         let policies = Arc::new(PolicyStore::new(system.sub("policy/")));
         policies.ensure_default().await?;
-        let audit = Arc::new(audit::build_broker(&self.opts.audit_devices, &system).await?);
+        let audit = Arc::new(
+            audit::build_broker(&self.opts.audit_devices, &system, role, &root_key).await?,
+        );
         let router = Router::new();
         let mut entries: Vec<MountEntry> =
             root_view.get_json(MOUNTS_PATH).await?.unwrap_or_default();

@@ -1210,6 +1210,8 @@ const SUDO_EXACT: &[&str] = &[
     "sys/storage/raft/snapshot",
     "sys/storage/raft/snapshot-force",
     "auth/token/revoke-orphan",
+    // Custos: the cluster's audit device table (crate::audit).
+    "sys/audit-table",
 ];
 
 /// Root-protected path prefixes (Vault's entries ending in `*`).

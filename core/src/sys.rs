@@ -114,6 +114,7 @@ const R_SNAPSHOT_AUTO_STATUS: usize = 30;
 const R_RAFT_CONFIGURATION: usize = 31;
 const R_RAFT_REMOVE_PEER: usize = 32;
 const R_HA_STATUS: usize = 33;
+const R_AUDIT_TABLE: usize = 34;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -369,6 +370,13 @@ static PATHS: &[PathSpec] = &[
         existence_check: false,
         help: "The cluster's nodes: addresses, which is active, when each last answered it.",
     },
+    PathSpec {
+        pattern: "audit-table",
+        operations: &[Op::Read, Op::Delete],
+        fields: &[],
+        existence_check: false,
+        help: "The cluster's audit device table (paths, types, option names); delete it before changing audit devices on every node.",
+    },
 ];
 
 /// `snapshot-auto/config/:name`'s fields (see [`crate::snapshot_auto`]);
@@ -553,6 +561,34 @@ impl Backend for SystemBackend {
                     cluster.step_down().await?;
                 }
                 Ok(None)
+            }
+            // The cluster's audit device table (crate::audit): read shows
+            // paths, types and option names (never values); delete lets the
+            // nodes' changed configs take over (the active node records its
+            // own when it next unseals or becomes active).
+            R_AUDIT_TABLE => {
+                let u = core.unsealed()?;
+                if op == Op::Delete {
+                    u.system.delete(crate::audit::AUDIT_TABLE_KEY).await?;
+                    return Ok(None);
+                }
+                let stored: Vec<crate::config::AuditDeviceConfig> = u
+                    .system
+                    .get_json(crate::audit::AUDIT_TABLE_KEY)
+                    .await?
+                    .unwrap_or_default();
+                let devices: Vec<Value> = stored
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "path": d.path,
+                            "type": d.kind.as_str(),
+                            "local": d.local,
+                            "options": d.options.keys().collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                Ok(Some(Response::data(obj(json!({"devices": devices})))))
             }
             R_HA_STATUS => {
                 let raft = core

@@ -30,6 +30,20 @@ pub enum OperatorCmd {
     /// Raft storage: snapshots
     #[command(subcommand)]
     Raft(super::raft::RaftCmd),
+    /// The cluster's audit device table: `show`, or `reset` before changing
+    /// the audit devices on every node
+    AuditTable {
+        #[command(subcommand)]
+        cmd: AuditTableCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditTableCmd {
+    /// Print the cluster's audit devices (paths, types, option names)
+    Show,
+    /// Forget the cluster's table; the active node records its own next
+    Reset,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +82,7 @@ pub async fn run(ctx: &Ctx, cmd: OperatorCmd) -> CmdResult {
             out("Success! Custos is sealed.");
             Ok(EXIT_OK)
         }
+        OperatorCmd::AuditTable { cmd } => audit_table(ctx, cmd).await,
         OperatorCmd::StepDown => {
             ctx.client
                 .write("sys/step-down", &json!({}))
@@ -318,6 +333,30 @@ async fn unseal(ctx: &Ctx, a: UnsealArgs) -> CmdResult {
         Some(s) => super::status::print_seal_status(ctx, &ctx.client, &s).await,
         None => {
             print_secret(ctx, &Value::Null)?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn audit_table(ctx: &Ctx, cmd: AuditTableCmd) -> CmdResult {
+    match cmd {
+        AuditTableCmd::Show => {
+            let v = ctx
+                .client
+                .read("sys/audit-table")
+                .await
+                .map_err(|e| Failure::api("Error reading the audit device table", &e))?
+                .unwrap_or(Value::Null);
+            out(&serde_json::to_string_pretty(&v["data"]).unwrap_or_default());
+        }
+        AuditTableCmd::Reset => {
+            ctx.client
+                .delete("sys/audit-table")
+                .await
+                .map_err(|e| Failure::api("Error resetting the audit device table", &e))?;
+            out(
+                "Success! The cluster's audit device table is reset: restart the nodes one at a time with their new audit devices.",
+            );
         }
     }
     Ok(EXIT_OK)

@@ -7,6 +7,7 @@ mod audit_query;
 mod audit_sinks;
 mod cli;
 mod cluster;
+mod cluster_ha;
 mod crash;
 mod drill;
 mod harness;

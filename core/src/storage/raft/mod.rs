@@ -914,7 +914,12 @@ impl RaftStorage {
 
     async fn propose(&self, cmd: Command) -> Result<CommandResponse> {
         let started = Instant::now();
-        let res = self.raft.client_write(cmd).await;
+        // openraft's client_write waits for a quorum forever; a leader that
+        // lost its majority (e.g. 3 of 5 voters down) answers instead.
+        let res = match tokio::time::timeout(COMMIT_WAIT, self.raft.client_write(cmd)).await {
+            Ok(res) => res,
+            Err(_) => return Err(no_quorum()),
+        };
         metrics::histogram_record(
             metrics::RAFT_COMMIT_SECONDS,
             &[],
@@ -1003,6 +1008,18 @@ async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>)
         }
         last_trigger = Instant::now();
     }
+}
+
+/// How long a write waits to be committed by a majority of the voters
+/// before it is answered 503 (see [`RaftStorage::propose`]).
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// The answer to a write not committed within [`COMMIT_WAIT`].
+fn no_quorum() -> CoreError {
+    CoreError::Unavailable(format!(
+        "no quorum: the write was not committed within {} s because fewer than a majority of the voters answer the active node; it is not acknowledged (it may still be applied if they return)",
+        COMMIT_WAIT.as_secs()
+    ))
 }
 
 /// A follower not heard from for this long is not healthy (Vault
@@ -1139,7 +1156,12 @@ impl PhysicalStore for RaftStorage {
             trace: trace.clone(),
         };
         let res = match self.write_tx.send(pending).await {
-            Ok(()) => wait.await.map_err(|_| closed()).and_then(|r| r),
+            // A leader that lost its majority never commits: answer 503
+            // rather than hold the caller forever (see COMMIT_WAIT).
+            Ok(()) => match tokio::time::timeout(COMMIT_WAIT, wait).await {
+                Ok(r) => r.map_err(|_| closed()).and_then(|r| r),
+                Err(_) => Err(no_quorum()),
+            },
             Err(_) => Err(closed()),
         };
         if let Some(cx) = trace {
