@@ -19,7 +19,6 @@
 //! agrees, and notices a document deleted behind its back.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde_json::{Value, json};
 
-use crate::harness::{self, BIN, Server};
+use crate::harness::{self, BIN, Server, free_port};
 
 fn ci() -> bool {
     matches!(
@@ -53,13 +52,6 @@ fn need(var: &str) -> Option<String> {
             None
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn wait_port(port: u16, what: &str) {

@@ -7,20 +7,12 @@
 //! write is lost; the secret survives `kill -9` of the leader and is read
 //! through a survivor (the failover time is printed, not asserted).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{self, Server};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use crate::harness::{self, Server, free_port, get, wait_for};
 
 struct Node {
     name: String,
@@ -47,33 +39,6 @@ listener "tcp" {{
 "#,
         raft = dir.join("raft").display(),
     )
-}
-
-async fn get(c: &reqwest::Client, url: &str, token: &str) -> Option<(u16, Value)> {
-    let r = c
-        .get(url)
-        .header("X-Vault-Token", token)
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.json().await.unwrap_or(Value::Null)))
-}
-
-/// Poll `f` every 100 ms until it returns `Some`, or panic after `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,6 @@
 //!   printed, and both must be 0.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{self, Server};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use crate::harness::{self, Server, free_port, get, wait_for};
 
 struct Node {
     name: String,
@@ -117,33 +109,6 @@ struct TestCluster {
     key: String,
     token: String,
     c: reqwest::Client,
-}
-
-async fn get(c: &reqwest::Client, url: &str, token: &str) -> Option<(u16, Value)> {
-    let r = c
-        .get(url)
-        .header("X-Vault-Token", token)
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.json().await.unwrap_or(Value::Null)))
-}
-
-/// Poll `f` every 100 ms until it returns `Some`, or panic after `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 impl TestCluster {

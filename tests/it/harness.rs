@@ -284,3 +284,40 @@ pub fn read_audit_events(dir: &Path) -> Vec<Value> {
     }
     events
 }
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// GET `url` with `token`: the status and JSON body, or `None` when the
+/// request could not be sent (the node is down).
+pub async fn get(c: &reqwest::Client, url: &str, token: &str) -> Option<(u16, Value)> {
+    let r = c
+        .get(url)
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
