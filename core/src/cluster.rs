@@ -191,14 +191,7 @@ impl Cluster {
         if !raft.is_leader() {
             return;
         }
-        let voters = raft
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count();
+        let voters = raft.voter_count();
         if voters < 2 {
             return;
         }
@@ -675,14 +668,7 @@ async fn watch_active_audit(
             continue;
         }
         let Err(e) = u.audit.health() else { continue };
-        let voters = raft
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count();
+        let voters = raft.voter_count();
         if voters < 2 {
             continue;
         }

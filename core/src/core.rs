@@ -289,15 +289,7 @@ impl Core {
     /// by an operator (`crate::audit`): the only voter's table is the
     /// cluster's; a member of a larger cluster must match it.
     fn audit_table_role(&self) -> audit::AuditTableRole {
-        let voters = self.raft.as_ref().map_or(1, |r| {
-            r.raft()
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .count()
-        });
+        let voters = self.raft.as_ref().map_or(1, |r| r.voter_count());
         if voters <= 1 {
             audit::AuditTableRole::Record
         } else {

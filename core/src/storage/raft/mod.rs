@@ -791,6 +791,17 @@ impl RaftStorage {
         &self.raft
     }
 
+    /// Voters in the Raft configuration as this node sees it.
+    pub fn voter_count(&self) -> usize {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+    }
+
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
