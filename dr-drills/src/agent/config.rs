@@ -219,6 +219,25 @@ impl S3Fields {
     }
 }
 
+/// `schedule` in `timezone` (UTC when unset), or `None` without a schedule.
+fn parse_schedule(
+    schedule: Option<&str>,
+    timezone: Option<&str>,
+) -> Result<Option<Schedule>, String> {
+    let Some(s) = schedule else {
+        return Ok(None);
+    };
+    let tz: chrono_tz::Tz = match timezone {
+        None => chrono_tz::UTC,
+        Some(t) => t
+            .parse()
+            .map_err(|_| bad("timezone", format!("{t:?} is not an IANA time zone")))?,
+    };
+    Schedule::parse(s, tz)
+        .map(Some)
+        .map_err(|e| bad("schedule", e))
+}
+
 fn config_error(e: &DestinationError) -> String {
     match e {
         DestinationError::Config { field, message } => format!("{field}: {message}"),
@@ -298,20 +317,7 @@ impl AutoConfig {
                 ),
             ));
         }
-        let cfg_probe = AutoConfig {
-            interval,
-            schedule: schedule.clone(),
-            timezone: timezone.clone(),
-            retain: 1,
-            path_prefix: String::new(),
-            file_prefix: String::new(),
-            storage_type,
-            local_max_space: 0,
-            s3: None,
-            copy_to_path_prefix: None,
-            copy_to_s3: None,
-        };
-        cfg_probe.cron()?;
+        parse_schedule(schedule.as_deref(), timezone.as_deref())?;
         let retain = match get_u64(input, "retain")? {
             Some(0) => return Err(bad("retain", "must be at least 1")),
             Some(v) => u32::try_from(v).map_err(|_| bad("retain", "is too large"))?,
@@ -403,18 +409,7 @@ impl AutoConfig {
 
     /// The cron schedule, when one is set.
     pub fn cron(&self) -> Result<Option<Schedule>, String> {
-        let Some(s) = &self.schedule else {
-            return Ok(None);
-        };
-        let tz: chrono_tz::Tz = match &self.timezone {
-            None => chrono_tz::UTC,
-            Some(t) => t
-                .parse()
-                .map_err(|_| bad("timezone", format!("{t:?} is not an IANA time zone")))?,
-        };
-        Schedule::parse(s, tz)
-            .map(Some)
-            .map_err(|e| bad("schedule", e))
+        parse_schedule(self.schedule.as_deref(), self.timezone.as_deref())
     }
 
     /// When the snapshot after one that started at `last` is due (`None`:
