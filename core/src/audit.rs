@@ -537,28 +537,40 @@ fn auth_of(entry: &TokenEntry, raw_token: &str) -> AuditAuth {
     }
 }
 
-fn request_of(req: &Request, entry: &TokenEntry, raw_token: &str) -> AuditRequest {
+fn request_of(req: &Request, entry: Option<&TokenEntry>, raw_token: &str) -> AuditRequest {
     let mut r = AuditRequest::new(req.id.clone(), req.operation.as_str(), req.path.clone());
     r.mount_point = req.mount_point.clone();
     r.mount_type = req.mount_type.clone();
     r.client_token = raw_token.to_string();
-    r.client_token_accessor = entry.accessor.clone();
+    r.client_token_accessor = entry.map(|e| e.accessor.clone()).unwrap_or_default();
     r.data = (!req.data.is_empty()).then(|| Value::Object(req.data.clone()));
     if let Some(a) = req.remote_addr {
         r.remote_address = a.ip().to_string();
         r.remote_port = a.port();
     }
+    r.wrap_ttl = req.wrap_ttl;
     r
 }
 
+/// The token a request was made with, as sent, for the audit (HMAC'd
+/// there); none for a login, which is made without one.
+fn raw_token<'a>(req: &'a Request, entry: Option<&TokenEntry>) -> &'a str {
+    match (entry, &req.client_token) {
+        (Some(_), Some(t)) => t.expose(),
+        _ => "",
+    }
+}
+
 /// The request event; `denied` carries the error when the ACL refused it.
-pub fn request_event(req: &Request, entry: &TokenEntry, denied: Option<&str>) -> AuditEvent {
-    let raw = req
-        .client_token
-        .as_ref()
-        .map(|t| t.expose())
-        .unwrap_or_default();
-    let mut ev = AuditEvent::request(Some(auth_of(entry, raw)), request_of(req, entry, raw));
+/// `entry` is the request's token, `None` for a login.
+pub fn request_event(
+    req: &Request,
+    entry: Option<&TokenEntry>,
+    denied: Option<&str>,
+) -> AuditEvent {
+    let raw = raw_token(req, entry);
+    let auth = entry.map(|e| auth_of(e, raw));
+    let mut ev = AuditEvent::request(auth, request_of(req, entry, raw));
     if let Some(t) = crate::traces::trace_id_of(req) {
         ev = ev.with_trace_id(t);
     }
@@ -569,12 +581,12 @@ pub fn request_event(req: &Request, entry: &TokenEntry, denied: Option<&str>) ->
 }
 
 /// The response event for a finished request.
-pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Response>) -> AuditEvent {
-    let raw = req
-        .client_token
-        .as_ref()
-        .map(|t| t.expose())
-        .unwrap_or_default();
+pub fn response_event(
+    req: &Request,
+    entry: Option<&TokenEntry>,
+    result: &Result<Response>,
+) -> AuditEvent {
+    let raw = raw_token(req, entry);
     let mut resp = AuditResponse {
         mount_point: req.mount_point.clone(),
         mount_type: req.mount_type.clone(),
@@ -582,6 +594,20 @@ pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Respons
     };
     let error = match result {
         Ok(r) => {
+            // An unwrap is audited as the response it unwrapped.
+            let unwrapped = crate::wrapping::audited_unwrap(req, r);
+            let r = unwrapped.as_ref().unwrap_or(r);
+            resp.wrap_info = r
+                .wrap_info
+                .as_ref()
+                .map(|w| custos_audit::event::AuditWrapInfo {
+                    token: w.token.expose().to_string(),
+                    accessor: w.accessor.clone(),
+                    ttl: w.ttl,
+                    creation_time: w.creation_time.clone(),
+                    creation_path: w.creation_path.clone(),
+                    wrapped_accessor: w.wrapped_accessor.clone(),
+                });
             resp.data = r.data.as_ref().map(|d| Value::Object(d.clone()));
             resp.warnings = r.warnings.clone();
             resp.key_versions = r.key_versions.clone();
@@ -591,6 +617,8 @@ pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Respons
                     accessor: a.accessor.clone(),
                     policies: a.policies.clone(),
                     token_policies: a.token_policies.clone(),
+                    identity_policies: a.identity_policies.clone(),
+                    entity_id: a.entity_id.clone(),
                     metadata: a.metadata.clone().unwrap_or_default(),
                     token_type: a.token_type.clone(),
                     token_ttl: a.lease_duration,
@@ -603,7 +631,7 @@ pub fn response_event(req: &Request, entry: &TokenEntry, result: &Result<Respons
         Err(e) => Some(e.messages().join("; ")),
     };
     let ev = AuditEvent::response(
-        Some(auth_of(entry, raw)),
+        entry.map(|e| auth_of(e, raw)),
         request_of(req, entry, raw),
         resp,
         error,

@@ -75,6 +75,10 @@ pub struct Unsealed {
     pub router: Router,
     pub tokens: Arc<TokenStore>,
     pub policies: Arc<PolicyStore>,
+    /// Entities, aliases and groups (`sys/identity/`).
+    pub identity: Arc<crate::identity::IdentityStore>,
+    /// Login lockout (`sys/locked-users/`).
+    pub lockout: crate::auth::lockout::Lockout,
     pub audit: Arc<AuditBroker>,
     /// System storage view (`sys/`), for core-owned data such as audit salts.
     pub system: StorageView,
@@ -99,6 +103,8 @@ pub struct Core {
     raft: Option<Arc<RaftStorage>>,
     pub barrier: Arc<Barrier>,
     pub seal: ShamirSeal,
+    /// Root token generation and rekey in progress ([`crate::ceremony`]).
+    pub ceremonies: crate::ceremony::Ceremonies,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
     /// Serialises init, unseal, seal and mount-table changes.
     state_lock: Mutex<()>,
@@ -109,6 +115,9 @@ pub struct Core {
     snapshot_agent: std::sync::OnceLock<Arc<dyn crate::snapshot_auto::SnapshotAgent>>,
     /// Joining and membership of a multi-node cluster ([`crate::cluster`]).
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The configured seals and any pending migration ([`crate::autoseal`]);
+    /// unset means the Shamir seal.
+    seal_setup: std::sync::OnceLock<Arc<crate::autoseal::SealSetup>>,
 }
 
 /// The error a client sees when audit could not record its request: 503 when
@@ -143,13 +152,34 @@ impl Core {
             physical,
             raft,
             seal: ShamirSeal::new(),
+            ceremonies: crate::ceremony::Ceremonies::new(),
             unsealed: RwLock::new(None),
             state_lock: Mutex::new(()),
             me: me.clone(),
             started: Instant::now(),
             snapshot_agent: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            seal_setup: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Register the configured seals (once, at start; [`crate::autoseal::configure`]).
+    pub fn set_seal_setup(
+        &self,
+        setup: Arc<crate::autoseal::SealSetup>,
+    ) -> std::result::Result<(), Arc<crate::autoseal::SealSetup>> {
+        self.seal_setup.set(setup)
+    }
+
+    /// The configured seals; `None` for a plain Shamir node.
+    pub fn seal_setup(&self) -> Option<&Arc<crate::autoseal::SealSetup>> {
+        self.seal_setup.get()
+    }
+
+    /// Hold the lock that serialises init, unseal and seal
+    /// ([`crate::autoseal`] unseals and migrates under it).
+    pub(crate) async fn lock_state(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.state_lock.lock().await
     }
 
     /// Register the automated snapshot agent (once; a second call is
@@ -237,11 +267,21 @@ impl Core {
             .seal
             .init(self.physical.as_ref(), shares, threshold)
             .await?;
-        self.barrier.initialize(&init.root_key).await?;
+        let root_token = self.initialize_barrier(&init.root_key).await?;
+        m::gauge_set(m::CORE_INITIALIZED, &[], 1.0);
+        Ok((init.shares, root_token))
+    }
+
+    /// The seal-independent half of `sys/init`, with the state lock held and
+    /// the seal's keys stored: initialize the barrier under `root_key`, write
+    /// the default policy and mount tables, create the root token. Leaves
+    /// the barrier sealed.
+    pub(crate) async fn initialize_barrier(&self, root_key: &Zeroizing<Vec<u8>>) -> Result<String> {
+        self.barrier.initialize(root_key).await?;
         let result = async {
             self.write_default_mounts().await?;
             let u = self
-                .build_unsealed(init.root_key.clone(), audit::AuditTableRole::Record)
+                .build_unsealed(root_key.clone(), audit::AuditTableRole::Record)
                 .await?;
             u.policies.ensure_default().await?;
             let (root_token, _) = u.tokens.create_root_token(None).await?;
@@ -250,9 +290,7 @@ impl Core {
         }
         .await;
         self.barrier.seal();
-        let root_token = result?;
-        m::gauge_set(m::CORE_INITIALIZED, &[], 1.0);
-        Ok((init.shares, root_token))
+        result
     }
 
     /// Dev-mode shortcut: unseal with the root key directly.
@@ -280,7 +318,8 @@ impl Core {
         }
     }
 
-    async fn unseal_locked(&self, root_key: Zeroizing<Vec<u8>>) -> Result<()> {
+    /// Unseal with the root key in hand; the caller holds the state lock.
+    pub(crate) async fn unseal_locked(&self, root_key: Zeroizing<Vec<u8>>) -> Result<()> {
         let role = self.audit_table_role();
         self.open_locked(root_key, role).await
     }
@@ -331,6 +370,7 @@ impl Core {
         let taken = self.unsealed.write().ok().and_then(|mut s| s.take());
         self.barrier.seal();
         self.seal.reset();
+        self.ceremonies.reset();
         if let Some(u) = taken {
             self.teardown(u).await;
         }
@@ -398,7 +438,11 @@ impl Core {
             &labels,
             if self.is_active() { 1.0 } else { 0.0 },
         );
-        m::gauge_set(m::SEAL_TYPE, &[("type", "shamir".to_string())], 1.0);
+        m::gauge_set(
+            m::SEAL_TYPE,
+            &[("type", crate::autoseal::seal_type_name(self).to_string())],
+            1.0,
+        );
         if let Some((term, installed)) = self.barrier.active_term_install_time() {
             m::gauge_set(m::BARRIER_TERM, &[], term as f64);
             m::gauge_set(m::BARRIER_KEY_AGE, &[], installed as f64);
@@ -430,6 +474,8 @@ impl Core {
         tokens.init().await?;
         let policies = Arc::new(PolicyStore::new(system.sub("policy/")));
         policies.ensure_default().await?;
+        let identity = Arc::new(crate::identity::IdentityStore::new(system.sub("identity/")));
+        let lockout = crate::auth::lockout::Lockout::new(system.sub("locked-users/"));
         let audit = Arc::new(
             audit::build_broker(&self.opts.audit_devices, &system, role, &root_key).await?,
         );
@@ -458,6 +504,8 @@ impl Core {
             router,
             tokens,
             policies,
+            identity,
+            lockout,
             audit,
             system,
             audit_query: std::sync::OnceLock::new(),
@@ -514,7 +562,7 @@ impl Core {
         let storage = StorageView::new(self.barrier.clone(), prefix);
         let backend: Arc<dyn crate::logical::Backend> = match entry.mount_type.as_str() {
             "system" => Arc::new(crate::sys::SystemBackend::new(self.me.clone())),
-            "token" => Arc::new(TokenBackend::new(tokens.clone())),
+            "token" => Arc::new(TokenBackend::new(tokens.clone()).with_core(self.me.clone())),
             "kv" => {
                 let ttl = match entry.config.default_lease_ttl {
                     0 => self.opts.default_lease_ttl,
@@ -522,8 +570,26 @@ impl Core {
                 };
                 crate::engines::kv_backend(&entry, ttl)?
             }
-            // Listed and protected; their engines are not served yet.
-            "cubbyhole" | "identity" => Arc::new(crate::engines::builtin::UnservedBackend),
+            t if crate::auth::METHOD_TYPES.contains(&t) && !entry.is_auth() => {
+                return Err(CoreError::bad_request(format!(
+                    "plugin not found in the catalog: {t}"
+                )));
+            }
+            "userpass" => Arc::new(crate::auth::userpass::UserpassBackend),
+            "jwt" | "oidc" => Arc::new(crate::auth::jwt::JwtBackend::new()),
+            "approle" => Arc::new(crate::auth::approle::AppRoleBackend::new(
+                match entry.config.max_lease_ttl {
+                    0 => self.opts.max_lease_ttl,
+                    own => own,
+                },
+            )),
+            "kubernetes" => Arc::new(crate::auth::kubernetes::KubernetesBackend::default()),
+            // The token store empties a revoked token's cubbyhole here.
+            "cubbyhole" => {
+                tokens.set_cubbyhole_view(storage.clone());
+                Arc::new(crate::engines::cubbyhole::CubbyholeBackend)
+            }
+            "identity" => Arc::new(crate::identity::api::IdentityBackend::new(self.me.clone())),
             "transit" => Arc::new(crate::engines::transit::TransitBackend::new()),
             other => {
                 return Err(CoreError::bad_request(format!(
@@ -823,6 +889,111 @@ impl Core {
         }
     }
 
+    /// A request to an auth method's unauthenticated path (Vault's
+    /// `handleLoginRequest`): no token and no ACL; audited before the
+    /// method runs (a login spends secret-id uses and counts failures), the
+    /// alias checked against lockout, and a [`crate::logical::LoginAuth`]
+    /// answer turned into a token by [`crate::auth::login::issue`]. A
+    /// token sent along is ignored, as Vault does.
+    async fn handle_login(
+        &self,
+        u: &Arc<Unsealed>,
+        mut req: Request,
+        mounted: &Arc<crate::router::Mounted>,
+        rel: &str,
+    ) -> Result<Response> {
+        req.mount_point = mounted.entry.path.clone();
+        req.mount_type = mounted.entry.mount_type.clone();
+        req.relative_path = rel.to_string();
+        let logged = in_span(
+            "audit.write",
+            &[("custos.audit.events", "request")],
+            u.audit.log_request(audit::request_event(&req, None, None)),
+        )
+        .await;
+        if let Err(e) = logged {
+            m::counter_inc(m::AUDIT_LOG_REQUEST_FAILURE, &[]);
+            return Err(audit_failure(&e, "request"));
+        }
+        m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
+
+        let policy = crate::auth::lockout::LockoutPolicy::of(&mounted.entry);
+        let alias = mounted.backend.lockout_key(rel, &req.data);
+        let mut outcome = "error";
+        let result: Result<Response> = async {
+            let routed = mounted.resolve(rel, req.operation)?;
+            if let Some(a) = &alias
+                && u.lockout.is_locked(&mounted.entry, a, policy).await?
+            {
+                outcome = "locked";
+                return Err(CoreError::PermissionDenied);
+            }
+            let mut resp = match routed.call(&req).await {
+                Err(CoreError::InvalidCredentials(msg)) => {
+                    outcome = "invalid_credentials";
+                    if let Some(a) = &alias {
+                        u.lockout.failed(&mounted.entry, a, policy).await?;
+                    }
+                    return Err(CoreError::InvalidCredentials(msg));
+                }
+                Err(e) => return Err(e),
+                Ok(None) => {
+                    return Ok(Response {
+                        status: Some(204),
+                        ..Default::default()
+                    });
+                }
+                Ok(Some(r)) => r,
+            };
+            if let Some(login) = resp.login.take() {
+                let mut warnings = std::mem::take(&mut resp.warnings);
+                let auth =
+                    crate::auth::login::issue(self, u, &mounted.entry, &req, *login, &mut warnings)
+                        .await?;
+                resp.warnings = warnings;
+                resp.auth = Some(auth);
+                if let Some(a) = &alias {
+                    u.lockout.succeeded(&mounted.entry, a);
+                }
+                outcome = "success";
+            }
+            Ok(resp)
+        }
+        .await;
+        if result.is_ok() && outcome == "error" {
+            outcome = "success";
+        }
+        m::counter_inc(
+            m::AUTH_LOGINS,
+            &[
+                ("mount_type", mounted.entry.mount_type.clone()),
+                ("outcome", outcome.to_string()),
+            ],
+        );
+
+        let logged = in_span(
+            "audit.write",
+            &[("custos.audit.events", "response")],
+            u.audit
+                .log_response(audit::response_event(&req, None, &result)),
+        )
+        .await;
+        if let Err(e) = logged {
+            // The token exists but nobody learns it: revoke it, so an
+            // unaudited login leaves nothing usable behind.
+            if let Ok(r) = &result
+                && let Some(a) = &r.auth
+                && let Ok(hash) = u.tokens.hash_token(&a.client_token)
+            {
+                let _ = u.tokens.revoke_tree(&hash).await;
+            }
+            m::counter_inc(m::AUDIT_LOG_RESPONSE_FAILURE, &[]);
+            return Err(audit_failure(&e, "response"));
+        }
+        m::counter_inc(m::AUDIT_LOG_RESPONSE, &[]);
+        result
+    }
+
     /// Resolve a token for endpoints that take one as an argument.
     pub async fn lookup_token(&self, token: &str) -> Result<Option<TokenEntry>> {
         self.unsealed()?.tokens.lookup(token).await
@@ -856,6 +1027,21 @@ impl Core {
 
     async fn handle_request(&self, mut req: Request) -> Result<Response> {
         let u = self.unsealed()?;
+        // `sys/wrapping/lookup|unwrap|rewrap` check the wrapping token first
+        // (and lookup is answered there, without a client token).
+        if let Some(answered) = crate::wrapping::intercept(&u, &mut req).await {
+            return answered;
+        }
+        // Route first (without failing yet): a login needs no token, and the
+        // existence check decides create vs update before the ACL looks at
+        // the operation.
+        let routed = u.router.route(&req.path);
+        if let Some((mounted, rel)) = &routed
+            && mounted.entry.is_auth()
+            && crate::auth::is_unauthenticated(mounted.backend.unauthenticated_paths(), rel)
+        {
+            return self.handle_login(&u, req, mounted, rel).await;
+        }
         let token = match &req.client_token {
             Some(t) if !t.is_empty() => t.clone(),
             _ => return Err(permission_denied()),
@@ -863,12 +1049,12 @@ impl Core {
         let entry = in_span("token.lookup", &[], u.tokens.lookup(token.expose()))
             .await?
             .ok_or_else(permission_denied)?;
+        if !crate::auth::cidrs_admit(&entry.bound_cidrs, req.remote_addr.map(|a| a.ip())) {
+            return Err(permission_denied());
+        }
         let entry = Arc::new(entry);
         req.auth = Some(entry.clone());
 
-        // Route first (without failing yet) so the existence check can decide
-        // create vs update before the ACL looks at the operation.
-        let routed = u.router.route(&req.path);
         if let Some((mounted, rel)) = &routed {
             req.mount_point = mounted.entry.path.clone();
             req.mount_type = mounted.entry.mount_type.clone();
@@ -886,8 +1072,13 @@ impl Core {
         }
 
         let decision = in_span("acl", &[], async {
-            let acl = u.policies.acl_for(&entry.policies).await?;
-            Ok::<_, CoreError>(acl.check_request(&req.path, req.operation, &req.data))
+            let acl = crate::identity::token_acl(&u, &entry).await?;
+            Ok::<_, CoreError>(acl.check_request_wrapped(
+                &req.path,
+                req.operation,
+                &req.data,
+                req.wrap_ttl,
+            ))
         })
         .await?;
         let sudo_needed = requires_sudo(&req.path, req.operation);
@@ -899,7 +1090,7 @@ impl Core {
         };
 
         let request_event =
-            audit::request_event(&req, &entry, denied.then_some("permission denied"));
+            audit::request_event(&req, Some(&entry), denied.then_some("permission denied"));
         // A read (or a denied request, or a POST the backend declares pure,
         // such as a token lookup or a decryption) changes nothing, so its
         // request event may share one sync with its response event: the
@@ -909,7 +1100,9 @@ impl Core {
         let changes_nothing = denied
             || matches!(req.operation, Operation::Read | Operation::List)
             || matches!(&resolved, Some(Ok(r)) if r.is_pure(&req));
-        let pipelined = changes_nothing && entry.num_uses == 0;
+        // Wrapping a response creates a token: not a request that changes
+        // nothing.
+        let pipelined = changes_nothing && entry.num_uses == 0 && req.wrap_ttl == 0;
         let mut pending_request = None;
         if pipelined {
             pending_request = Some(request_event);
@@ -958,8 +1151,10 @@ impl Core {
             },
             Err(e) => Err(e),
         };
+        // Wrapped before it is audited: the log shows wrap_info, not the secret.
+        let result = crate::wrapping::wrap_response(&u, &req, result).await;
 
-        let response_event = audit::response_event(&req, &entry, &result);
+        let response_event = audit::response_event(&req, Some(&entry), &result);
         let logged = match pending_request {
             Some(request_event) => {
                 let events = [("custos.audit.events", "request+response")];

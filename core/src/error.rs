@@ -14,6 +14,11 @@ pub enum CoreError {
     /// 400: malformed input, failed validation, CAS mismatch.
     #[error("{0}")]
     BadRequest(String),
+    /// 400: a login whose credentials are wrong (Vault's
+    /// `ErrInvalidCredentials`, with the method's own words); counted by login
+    /// lockout.
+    #[error("{0}")]
+    InvalidCredentials(String),
     /// 403: missing/invalid token or ACL denial. Vault says "permission denied".
     #[error("permission denied")]
     PermissionDenied,
@@ -56,7 +61,7 @@ pub enum CoreError {
 impl CoreError {
     pub fn status(&self) -> u16 {
         match self {
-            CoreError::BadRequest(_) => 400,
+            CoreError::BadRequest(_) | CoreError::InvalidCredentials(_) => 400,
             CoreError::PermissionDenied | CoreError::Forbidden(_) => 403,
             CoreError::NotFound(_) => 404,
             CoreError::UnsupportedOperation => 405,

@@ -6,12 +6,18 @@
 //! the mount table ([`router`]) to a backend ([`sys`], [`engines::kv`],
 //! [`token`]) → storage through the [`barrier`] into Raft ([`storage::raft`])
 //! → audit the response → Vault's JSON envelope. The [`seal`] guards the
-//! barrier's keyring with Shamir shares; [`config`] reads Vault-shaped HCL.
+//! barrier's keyring with Shamir shares, or [`autoseal`] through a KMS or
+//! another server's transit key; [`config`] reads Vault-shaped HCL.
 //! In a cluster a standby sends requests to the active node ([`forward`]).
+//! Machines and people log in through auth methods ([`auth`]), which core
+//! turns into tokens tied to an identity entity ([`identity`]).
 
 pub mod audit;
+pub mod auth;
+pub mod autoseal;
 pub mod background;
 pub mod barrier;
+pub mod ceremony;
 pub mod cluster;
 pub mod config;
 pub mod core;
@@ -19,6 +25,7 @@ pub mod engines;
 pub mod error;
 pub mod forward;
 pub mod http;
+pub mod identity;
 pub mod logical;
 pub mod metrics;
 pub mod periodic;
@@ -33,3 +40,4 @@ pub mod storage;
 pub mod sys;
 pub mod token;
 pub mod traces;
+pub mod wrapping;

@@ -112,14 +112,20 @@ pub struct Request {
     /// variants (e.g. orphan tokens).
     pub has_sudo: bool,
     pub remote_addr: Option<SocketAddr>,
-    /// Request headers that backends may need (e.g. `X-Vault-Wrap-TTL` is not
-    /// supported; kept for audit).
+    /// Request headers that backends may need (kept for audit).
     pub headers: BTreeMap<String, String>,
     /// The W3C trace id of this request: the caller's (a valid
     /// `traceparent`), or the one `Core::handle` gave it when tracing is on
     /// (sampled or not); written into its audit events. Set by
     /// `traces::RequestSpan::start`.
     pub trace_id: Option<[u8; 16]>,
+    /// Response wrapping asked for with `X-Vault-Wrap-TTL`, in seconds; 0 =
+    /// none (see `crate::wrapping`).
+    pub wrap_ttl: i64,
+    /// `sys/wrapping/unwrap` and `rewrap`: the wrapping token and what its
+    /// cubbyhole held, read by `crate::wrapping::intercept` before the
+    /// pipeline spends the token's one use (which empties the cubbyhole).
+    pub unwrapping: Option<Arc<crate::wrapping::Unwrapping>>,
 }
 
 impl Request {
@@ -138,6 +144,8 @@ impl Request {
             remote_addr: None,
             headers: BTreeMap::new(),
             trace_id: None,
+            wrap_ttl: 0,
+            unwrapping: None,
         }
     }
 }
@@ -149,6 +157,10 @@ pub struct AuthResponse {
     pub accessor: String,
     pub policies: Vec<String>,
     pub token_policies: Vec<String>,
+    /// Policies from the token's identity entity and its groups; sent only
+    /// when there are some, as Vault does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identity_policies: Vec<String>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub lease_duration: i64,
     pub renewable: bool,
@@ -159,11 +171,47 @@ pub struct AuthResponse {
     pub num_uses: i64,
 }
 
+/// Who logged in, as an auth method's login path says it: the identity
+/// alias core resolves to an entity (Vault's `logical.Alias`).
+#[derive(Debug, Clone, Default)]
+pub struct LoginAlias {
+    /// Unique within the mount: a username, an AppRole role id, a JWT's
+    /// `user_claim`, a service account's uid or `namespace/name`.
+    pub name: String,
+    /// Shown on the alias (`identity/entity-alias`) and usable in policy
+    /// templates (`{{identity.entity.aliases.<accessor>.metadata.<key>}}`).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A successful login, returned by an auth method in [`Response::login`]
+/// instead of a token: core ([`crate::auth::login`]) resolves the alias to an
+/// identity entity, computes the TTL from these parameters and the mount's,
+/// creates the token and fills [`Response::auth`] (Vault's `logical.Auth`
+/// before `RegisterAuth`).
+#[derive(Debug, Clone, Default)]
+pub struct LoginAuth {
+    pub alias: LoginAlias,
+    /// Appended to the mount path for the token's `display_name`
+    /// (`userpass-alice`).
+    pub display_name: String,
+    /// Token metadata (`meta`), e.g. `{"username": "alice"}` or
+    /// `{"role_name": "ci"}`.
+    pub metadata: BTreeMap<String, String>,
+    /// The role's (or user's) token parameters.
+    pub token: crate::auth::TokenParams,
+    /// External group names (a JWT's `groups_claim`), matched against the
+    /// mount's identity group aliases.
+    pub group_aliases: Vec<String>,
+}
+
 /// What a backend returns. The HTTP layer wraps it in Vault's envelope.
 #[derive(Debug, Clone, Default)]
 pub struct Response {
     pub data: Option<Map<String, Value>>,
     pub auth: Option<AuthResponse>,
+    /// A login's outcome, turned into `auth` by core; only auth methods'
+    /// unauthenticated paths may set it.
+    pub login: Option<Box<LoginAuth>>,
     pub warnings: Vec<String>,
     pub lease_id: String,
     pub lease_duration: i64,
@@ -180,6 +228,36 @@ pub struct Response {
     /// `custos_audit::AuditResponse::key_versions`). Empty (no allocation)
     /// for everything else.
     pub key_versions: Vec<u64>,
+    /// A wrapped response (`crate::wrapping`): the client gets only this, as
+    /// `wrap_info`, and the response itself waits in the wrapping token's
+    /// cubbyhole. A backend may also ask for its response to be wrapped by
+    /// setting it with an empty token and a TTL (as `sys/wrapping/rewrap`
+    /// does).
+    pub wrap_info: Option<WrapInfo>,
+}
+
+/// The `wrap_info` of a wrapped response (Vault's `ResponseWrapInfo`).
+#[derive(Clone, Default)]
+pub struct WrapInfo {
+    /// The wrapping token; empty while only asked for.
+    pub token: Secret,
+    pub accessor: String,
+    /// Seconds.
+    pub ttl: i64,
+    /// RFC 3339 with nanoseconds.
+    pub creation_time: String,
+    pub creation_path: String,
+    /// The accessor of the token (or AppRole secret-id) inside, if any.
+    pub wrapped_accessor: String,
+}
+
+impl std::fmt::Debug for WrapInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrapInfo")
+            .field("ttl", &self.ttl)
+            .field("creation_path", &self.creation_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Response {
@@ -575,6 +653,22 @@ pub trait Backend: Send + Sync {
     /// are durable. When unsure, say `false` (the default).
     fn is_pure(&self, _route: usize, _req: &Request) -> bool {
         false
+    }
+
+    /// Mount-relative paths served without a token (Vault's
+    /// `PathsSpecial.Unauthenticated`): an exact path, or a prefix ending in
+    /// `*` (`login/*`). Only auth methods' are honoured. Their requests are
+    /// audited like any other, skip the ACL, and may answer with
+    /// [`Response::login`].
+    fn unauthenticated_paths(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Who a login request claims to be, before it is checked (Vault's
+    /// alias lookahead): the key login lockout counts failures under —
+    /// userpass's username, AppRole's role id. `None`: no lockout.
+    fn lockout_key(&self, _relative: &str, _data: &Map<String, Value>) -> Option<String> {
+        None
     }
 
     /// Called once when the mount is created or unsealed, with its storage.

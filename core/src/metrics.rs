@@ -52,6 +52,18 @@ custos_audit::declare_metrics! {
         "Tokens created.";
     TOKEN_REVOKED = "custos_token_revoked_total", Counter, ["reason"],
         "Tokens revoked, by reason (revoke, expired, parent, uses).";
+    IDENTITY_ENTITIES = "custos_identity_entities", Gauge, [],
+        "Identity entities in the identity store (one per person or service; logins create them).";
+    IDENTITY_GROUPS = "custos_identity_groups", Gauge, [],
+        "Identity groups (internal and external) in the identity store.";
+    AUTH_LOGINS = "custos_auth_logins_total", Counter, ["mount_type", "outcome"],
+        "Logins through auth methods, by method type and outcome (success, invalid_credentials, locked, error).";
+    AUTH_LOCKOUTS = "custos_auth_lockouts_total", Counter, ["mount_type"],
+        "Aliases locked out after reaching the failed-login threshold, by method type.";
+    AUTH_JWKS_FETCHES = "custos_auth_jwks_fetches_total", Counter, ["outcome"],
+        "JWT auth key set fetches (JWKS or OIDC discovery), by outcome: success, unreachable (connect error, timeout, non-200), invalid (not a key set), rate_limited (a refetch for an unknown key id skipped because too many fetches happened lately). Failed fetches keep the cached keys.";
+    AUTH_K8S_TOKEN_REVIEWS = "custos_auth_kubernetes_token_reviews_total", Counter, ["outcome"],
+        "Kubernetes auth logins sent to the cluster's TokenReview API, by outcome: authenticated; rejected (Kubernetes said the token is not valid or named another service account); unreachable (connection or TLS failure), timeout (no answer within 5s), invalid_response (not a TokenReview). Every outcome but authenticated refuses the login.";
     RAFT_COMMIT_SECONDS = "custos_raft_commit_duration_seconds", Histogram, [],
         "Time from proposing a write to Raft until it is committed and applied.";
     RAFT_APPLY_SECONDS = "custos_raft_apply_duration_seconds", Histogram, [],
@@ -85,7 +97,13 @@ custos_audit::declare_metrics! {
     BARRIER_KEY_AGE = "custos_barrier_key_install_timestamp_seconds", Gauge, [],
         "Unix time the active barrier key was installed.";
     SEAL_TYPE = "custos_seal_info", Gauge, ["type"],
-        "Always 1; the label names the seal type (shamir).";
+        "Always 1; the label names the seal type (shamir, transit, awskms).";
+    SEAL_AUTOUNSEAL_FAILURES = "custos_seal_autounseal_failures_total", Counter, ["reason"],
+        "Auto-unseal attempts that failed, by reason: unreachable (network error, timeout, 5xx or throttling from the KMS or transit server), refused (bad token or credentials, unknown key, denied), decrypt (the key could not decrypt the stored root key), config (TLS files, stored key missing). The node stays sealed and retries with backoff.";
+    SEAL_AUTOUNSEAL_RETRYING = "custos_seal_autounseal_retrying", Gauge, [],
+        "1 while this node is sealed and retrying auto-unseal through its seal, 0 otherwise.";
+    SEAL_AUTOUNSEAL_LAST_SUCCESS = "custos_seal_autounseal_last_success_timestamp_seconds", Gauge, [],
+        "Unix time this node last unsealed itself through its auto seal (or was initialized with one).";
     TRANSIT_OPERATIONS = "custos_transit_operations_total", Counter, ["operation"],
         "Transit engine operations performed, by operation (encrypt, decrypt, rewrap, datakey, sign, verify, hmac, hash, random, key management); each batch item counts once.";
     TRANSIT_AUTO_ROTATIONS = "custos_transit_auto_rotations_total", Counter, ["mount", "outcome"],
@@ -94,6 +112,10 @@ custos_audit::declare_metrics! {
         "Spans (request and stage spans) the OTLP trace exporter delivered to the collector.";
     OTLP_SPANS_DROPPED = "custos_otlp_spans_dropped_total", Counter, ["reason"],
         "Spans the OTLP trace exporter dropped, by reason (queue_full: the export queue was full; export_failed: the collector refused or could not be reached).";
+    WRAPPING_TOKENS_CREATED = "custos_wrapping_tokens_created_total", Counter, [],
+        "Response-wrapping tokens created: responses wrapped on request (X-Vault-Wrap-TTL), sys/wrapping/wrap and sys/wrapping/rewrap.";
+    WRAPPING_UNWRAPS = "custos_wrapping_unwraps_total", Counter, ["outcome"],
+        "sys/wrapping/unwrap calls, by outcome (success; invalid: the wrapping token was unknown, expired or already used, which can mean someone else unwrapped it first).";
 }
 
 /// Every metric Custos emits: the core's catalogue followed by the audit
@@ -126,9 +148,9 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("status", "status class: `1xx`, `2xx`, `3xx`, `4xx`, `5xx`"),
     (
         "reason",
-        "a fixed set per metric: token revocations `revoke`, `expired`, `parent`, `uses`; sink failures `unavailable`, `rejected`, `corrupt`; OTLP drops `queue_full`, `export_failed`",
+        "a fixed set per metric: token revocations `revoke`, `expired`, `parent`, `uses`; sink failures `unavailable`, `rejected`, `corrupt`; OTLP drops `queue_full`, `export_failed`; auto-unseal failures `unreachable`, `refused`, `decrypt`, `config`",
     ),
-    ("type", "seal type: `shamir`"),
+    ("type", "seal type: `shamir`, `transit`, `awskms`"),
     (
         "path",
         "audit device mount path (operator-chosen, a handful)",
@@ -140,7 +162,11 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("source", "audit query source: `local`, `elasticsearch`"),
     (
         "outcome",
-        "a fixed set per metric: transit automatic rotations `rotated`, `failed`; forwarded requests `forwarded`, `leader_moved`, `failed`",
+        "a fixed set per metric: transit automatic rotations `rotated`, `failed`; forwarded requests `forwarded`, `leader_moved`, `failed`; logins `success`, `invalid_credentials`, `locked`, `error`; Kubernetes TokenReviews `authenticated`, `rejected`, `unreachable`, `timeout`, `invalid_response`; unwraps `success`, `invalid`; JWKS fetches `success`, `unreachable`, `invalid`, `rate_limited`",
+    ),
+    (
+        "mount_type",
+        "auth method type (`userpass`, `approle`, `jwt`, `oidc`, `kubernetes`): a fixed set",
     ),
     (
         "kind",

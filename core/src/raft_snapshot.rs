@@ -163,7 +163,7 @@ async fn authorize(
     let decision = acl.check_request(path, op, &req.data);
     req.has_sudo = decision.sudo;
     let denied = !decision.allowed || !decision.sudo;
-    let event = audit::request_event(&req, &entry, denied.then_some("permission denied"));
+    let event = audit::request_event(&req, Some(&entry), denied.then_some("permission denied"));
     unsealed
         .audit
         .log_request(event)
@@ -185,7 +185,7 @@ async fn authorize(
 
 /// Audit the response (fail closed).
 async fn finish(grant: &Grant, result: &Result<Response>) -> Result<()> {
-    let event = audit::response_event(&grant.req, &grant.entry, result);
+    let event = audit::response_event(&grant.req, Some(&grant.entry), result);
     grant
         .unsealed
         .audit

@@ -34,6 +34,9 @@ pub struct MountConfig {
     pub audit_non_hmac_response_keys: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passthrough_request_headers: Vec<String>,
+    /// Auth mounts: login lockout settings (see `crate::auth::lockout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_lockout_config: Option<crate::auth::lockout::LockoutTune>,
 }
 
 /// One row of the mount table.
@@ -65,7 +68,14 @@ pub struct MountEntry {
 impl MountEntry {
     pub fn new(path: &str, mount_type: &str, description: &str) -> Self {
         let uuid = uuid::Uuid::new_v4().to_string();
-        let accessor = format!("{}_{}", mount_type.replace('-', "_"), &uuid[..8]);
+        // Vault's shape: `kv_1a2b3c4d`, and `auth_userpass_1a2b3c4d` for
+        // auth methods.
+        let kind = if path.starts_with("auth/") {
+            "auth_"
+        } else {
+            ""
+        };
+        let accessor = format!("{kind}{}_{}", mount_type.replace('-', "_"), &uuid[..8]);
         MountEntry {
             path: path.to_string(),
             mount_type: mount_type.to_string(),

@@ -70,6 +70,7 @@ const TUNE_FIELDS: &[F] = &[
     F::new("audit_non_hmac_request_keys", K::CommaStringSlice),
     F::new("audit_non_hmac_response_keys", K::CommaStringSlice),
     F::new("passthrough_request_headers", K::CommaStringSlice),
+    F::new("user_lockout_config", K::Map),
 ];
 
 const CAP_FIELDS: &[F] = &[
@@ -115,6 +116,8 @@ const R_RAFT_CONFIGURATION: usize = 31;
 const R_RAFT_REMOVE_PEER: usize = 32;
 const R_HA_STATUS: usize = 33;
 const R_AUDIT_TABLE: usize = 34;
+const R_LOCKED_USERS: usize = 35;
+const R_UNLOCK_USER: usize = 36;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -377,6 +380,90 @@ static PATHS: &[PathSpec] = &[
         existence_check: false,
         help: "The cluster's audit device table (paths, types, option names); delete it before changing audit devices on every node.",
     },
+    PathSpec {
+        pattern: "locked-users",
+        operations: &[Op::Read],
+        fields: &[F::new("mount_accessor", K::String)],
+        existence_check: false,
+        help: "Aliases locked out after failed logins, by auth mount accessor.",
+    },
+    PathSpec {
+        pattern: "locked-users/(?P<mount_accessor>[^/]+)/unlock/(?P<alias_identifier>.+)",
+        operations: &[Op::Update],
+        fields: &[],
+        existence_check: false,
+        help: "Lift a login lockout.",
+    },
+    // Key ceremonies (crate::ceremony), matched there by pattern.
+    PathSpec {
+        pattern: "generate-root-token/attempt",
+        operations: &[Op::Read, Op::Update, Op::Delete],
+        fields: &[F::new("otp", K::String), F::new("pgp_key", K::String)],
+        existence_check: false,
+        help: "Read, start or cancel a root token generation.",
+    },
+    PathSpec {
+        pattern: "generate-root-token/update",
+        operations: &[Op::Update],
+        fields: &[F::new("key", K::String), F::new("nonce", K::String)],
+        existence_check: false,
+        help: "Enter one key share towards a new root token.",
+    },
+    PathSpec {
+        pattern: "decode-token",
+        operations: &[Op::Update],
+        fields: &[F::new("encoded_token", K::String), F::new("otp", K::String)],
+        existence_check: false,
+        help: "Decode a generated root token with its one-time password.",
+    },
+    PathSpec {
+        pattern: "rotate/(?P<target>root|recovery)/init",
+        operations: &[Op::Read, Op::Update, Op::Delete],
+        fields: &[
+            F::new("secret_shares", K::Int),
+            F::new("secret_threshold", K::Int),
+            F::new("pgp_keys", K::CommaStringSlice),
+            F::new("backup", K::Bool),
+            F::new("require_verification", K::Bool),
+        ],
+        existence_check: false,
+        help: "Read, start or cancel a rekey (new key shares).",
+    },
+    PathSpec {
+        pattern: "rotate/(?P<target>root|recovery)/update",
+        operations: &[Op::Update],
+        fields: &[F::new("key", K::String), F::new("nonce", K::String)],
+        existence_check: false,
+        help: "Enter one current key share towards the rekey.",
+    },
+    PathSpec {
+        pattern: "rotate/(?P<target>root|recovery)/verify",
+        operations: &[Op::Read, Op::Update, Op::Delete],
+        fields: &[F::new("key", K::String), F::new("nonce", K::String)],
+        existence_check: false,
+        help: "Verify the new key shares of a rekey before they take effect.",
+    },
+    PathSpec {
+        pattern: "wrapping/wrap",
+        operations: &[Op::Update],
+        fields: &[],
+        existence_check: false,
+        help: "Wrap the request body in a response-wrapping token (needs X-Vault-Wrap-TTL).",
+    },
+    PathSpec {
+        pattern: "wrapping/unwrap",
+        operations: &[Op::Update],
+        fields: &[F::new("token", K::String)],
+        existence_check: false,
+        help: "Unwrap a response-wrapping token (the client token, or `token`): once.",
+    },
+    PathSpec {
+        pattern: "wrapping/rewrap",
+        operations: &[Op::Update],
+        fields: &[F::new("token", K::String)],
+        existence_check: false,
+        help: "Move a wrapped response to a new wrapping token with the same TTL.",
+    },
 ];
 
 /// `snapshot-auto/config/:name`'s fields (see [`crate::snapshot_auto`]);
@@ -547,6 +634,13 @@ impl Backend for SystemBackend {
 
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let core = self.core()?;
+        // `sys/wrapping/*` (the rows at the end of PATHS): crate::wrapping.
+        if PATHS
+            .get(ctx.route)
+            .is_some_and(|p| p.pattern.starts_with("wrapping/"))
+        {
+            return crate::wrapping::handle_sys(&*core.unsealed()?, &ctx).await;
+        }
         let f = ctx.fields;
         let op = ctx.req.operation;
         match ctx.route {
@@ -598,6 +692,19 @@ impl Backend for SystemBackend {
             }
             R_ROTATE => {
                 core.rotate_barrier().await?;
+                Ok(None)
+            }
+            R_LOCKED_USERS => {
+                let u = core.unsealed()?;
+                Ok(Some(Response::data(
+                    u.lockout.list(f.str("mount_accessor")).await?,
+                )))
+            }
+            R_UNLOCK_USER => {
+                let u = core.unsealed()?;
+                let accessor = f.capture("mount_accessor").unwrap_or_default();
+                let alias = f.capture("alias_identifier").unwrap_or_default();
+                u.lockout.unlock(accessor, alias).await?;
                 Ok(None)
             }
             R_KEY_STATUS => Ok(Some(Response::from_serialize(&core.barrier.key_status()?)?)),
@@ -652,9 +759,9 @@ impl Backend for SystemBackend {
                         if !auth && path.starts_with("auth/") {
                             return Err(CoreError::bad_request(format!("cannot mount {path:?}")));
                         }
-                        if auth {
+                        if auth && !crate::auth::METHOD_TYPES.contains(&mount_type.as_str()) {
                             return Err(CoreError::bad_request(format!(
-                                "auth method type {mount_type:?} is not supported by this server"
+                                "plugin not found in the catalog: {mount_type}"
                             )));
                         }
                         let mut entry = MountEntry::new(
@@ -734,6 +841,14 @@ impl Backend for SystemBackend {
                 }
                 if let Some(v) = f.strings("passthrough_request_headers") {
                     entry.config.passthrough_request_headers = v;
+                }
+                if let Some(v) = f.map("user_lockout_config") {
+                    if !entry.is_auth() {
+                        return Err(CoreError::bad_request(
+                            "user lockout config is only supported for auth methods",
+                        ));
+                    }
+                    entry.config.user_lockout_config = Some(parse_lockout_tune(v)?);
                 }
                 core.update_mount(entry).await?;
                 Ok(warning.map(|w| Response::default().with_warning(w)))
@@ -923,7 +1038,7 @@ impl Backend for SystemBackend {
                     }
                 };
                 let acl = match &entry {
-                    Some(e) => u.policies.acl_for(&e.policies).await?,
+                    Some(e) => crate::identity::token_acl(&u, &e).await?,
                     None => return Err(CoreError::bad_request("invalid token")),
                 };
                 let mut data = Map::new();
@@ -1092,9 +1207,49 @@ impl Backend for SystemBackend {
                     serde_json::to_value(&answer).map_err(CoreError::internal)?
                 ))))
             }
+            r if crate::ceremony::SYS_PATTERNS.contains(&PATHS[r].pattern) => {
+                crate::ceremony::handle_sys(&core, PATHS[r].pattern, &ctx).await
+            }
             _ => Err(CoreError::UnsupportedOperation),
         }
     }
+}
+
+/// A tune's `user_lockout_config`: durations as seconds or Go strings,
+/// the threshold as a number or numeric string, as Vault reads them.
+fn parse_lockout_tune(cfg: &Map<String, Value>) -> Result<crate::auth::lockout::LockoutTune> {
+    let mut t = crate::auth::lockout::LockoutTune::default();
+    for (k, v) in cfg {
+        let num = || -> Option<i64> {
+            match v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => crate::logical::parse_duration(s),
+                _ => None,
+            }
+        };
+        let bad = || CoreError::bad_request(format!("user_lockout_config: invalid {k}"));
+        match k.as_str() {
+            "lockout_threshold" => {
+                t.lockout_threshold =
+                    Some(num().and_then(|n| u64::try_from(n).ok()).ok_or_else(bad)?)
+            }
+            "lockout_duration" => t.lockout_duration = Some(num().ok_or_else(bad)?),
+            "lockout_counter_reset" => t.lockout_counter_reset = Some(num().ok_or_else(bad)?),
+            "lockout_disable" => {
+                t.lockout_disable = Some(match v {
+                    Value::Bool(b) => *b,
+                    Value::String(s) => s.parse().map_err(|_| bad())?,
+                    _ => return Err(bad()),
+                })
+            }
+            _ => {
+                return Err(CoreError::bad_request(format!(
+                    "user_lockout_config: unknown field {k:?}"
+                )));
+            }
+        }
+    }
+    Ok(t)
 }
 
 fn parse_mount_config(cfg: &Map<String, Value>) -> Result<MountConfig> {
@@ -1198,6 +1353,20 @@ async fn seal_status(core: &Core) -> Result<Map<String, Value>> {
         "recovery_seal": false,
         "storage_type": "raft",
     });
+    // An auto seal reports its type and the recovery key's t/n; a pending
+    // seal migration, the keys it takes (crate::autoseal).
+    if let Some(a) = crate::autoseal::status_fields(core).await? {
+        v["type"] = json!(a.seal_type);
+        v["recovery_seal"] = json!(a.recovery_seal);
+        if a.recovery_seal {
+            v["recovery_seal_type"] = json!("shamir");
+        }
+        v["migration"] = json!(a.migration);
+        if cfg.is_some() {
+            v["t"] = json!(a.t);
+            v["n"] = json!(a.n);
+        }
+    }
     if cfg.is_some() && !sealed {
         v["cluster_name"] = json!(core.opts.cluster_name);
         v["cluster_id"] = json!(cluster_id(core));
@@ -1400,6 +1569,59 @@ async fn init(core: &Core, data: &Map<String, Value>) -> Result<Response> {
     };
     let shares = num("secret_shares")?.unwrap_or(0);
     let threshold = num("secret_threshold")?.unwrap_or(0);
+    let recovery_shares = num("recovery_shares")?.unwrap_or(0);
+    let recovery_threshold = num("recovery_threshold")?.unwrap_or(0);
+    // OpenBao's validateInitParameters: barrier key parameters do not apply
+    // to an auto seal, recovery ones not to Shamir.
+    let (flags, seal_type) = match crate::autoseal::active(core) {
+        Some(w) => (
+            [("secret_shares", shares), ("secret_threshold", threshold)],
+            w.seal_type(),
+        ),
+        None => (
+            [
+                ("recovery_shares", recovery_shares),
+                ("recovery_threshold", recovery_threshold),
+            ],
+            "shamir",
+        ),
+    };
+    let given: Vec<&str> = flags
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, _)| *k)
+        .collect();
+    if !given.is_empty() {
+        return Err(CoreError::bad_request(format!(
+            "parameters {} not applicable to seal type {seal_type}",
+            given.join(",")
+        )));
+    }
+    if let Some(wrapper) = crate::autoseal::active(core) {
+        crate::autoseal::validate_recovery(recovery_shares, recovery_threshold)?;
+        let (recovery, root_token) = crate::autoseal::initialize(
+            core,
+            &wrapper,
+            recovery_shares as u8,
+            recovery_threshold as u8,
+        )
+        .await?;
+        let mut body = json!({
+            "keys": [],
+            "keys_base64": [],
+            "root_token": root_token,
+        });
+        if !recovery.is_empty() {
+            body["recovery_keys"] = json!(recovery.iter().map(hex::encode).collect::<Vec<_>>());
+            body["recovery_keys_base64"] = json!(
+                recovery
+                    .iter()
+                    .map(|k| B64.encode(k.as_slice()))
+                    .collect::<Vec<_>>()
+            );
+        }
+        return Ok(Response::raw(obj(body)));
+    }
     crate::seal::validate_shares(shares, threshold)?;
     if core.is_initialized().await? {
         return Err(CoreError::bad_request("Vault is already initialized"));
@@ -1438,8 +1660,32 @@ async fn unseal(core: &Core, data: &Map<String, Value>) -> Result<Response> {
         Some(_) => return Err(CoreError::bad_request("'key' must be a string")),
     };
     let bytes = decode_key(&key)?;
+    let migrate = matches!(data.get("migrate"), Some(Value::Bool(true)))
+        || data.get("migrate").and_then(Value::as_str) == Some("true");
+    let migrating = crate::autoseal::migration(core).is_some();
+    if migrate && !migrating {
+        return Err(CoreError::bad_request(
+            "can't perform a seal migration, no migration seal found",
+        ));
+    }
+    if !migrate && migrating {
+        return Err(CoreError::bad_request(
+            "migrate option not provided and seal migration is pending",
+        ));
+    }
     match joining {
+        Some(_) if migrate => {
+            return Err(CoreError::bad_request(
+                "can't perform a seal migration while joining a raft cluster",
+            ));
+        }
         Some(cluster) => cluster.submit_join_share(&bytes)?,
+        None if migrate => {
+            crate::autoseal::submit_migration_share(core, &bytes).await?;
+        }
+        None if crate::autoseal::active(core).is_some() && core.is_sealed() => {
+            crate::autoseal::submit_recovery_unseal_share(core, &bytes).await?;
+        }
         None => {
             core.submit_unseal_share(&bytes).await?;
         }

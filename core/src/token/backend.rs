@@ -166,11 +166,33 @@ static PATHS: &[PathSpec] = &[
 /// The backend mounted at `auth/token/`.
 pub struct TokenBackend {
     store: Arc<TokenStore>,
+    /// The core, for the identity store's `identity_policies` in lookups.
+    core: Option<std::sync::Weak<crate::core::Core>>,
 }
 
 impl TokenBackend {
     pub fn new(store: Arc<TokenStore>) -> Self {
-        TokenBackend { store }
+        TokenBackend { store, core: None }
+    }
+
+    /// Show `identity_policies` in lookups of tokens with an entity, from
+    /// this core's identity store.
+    pub fn with_core(mut self, core: std::sync::Weak<crate::core::Core>) -> Self {
+        self.core = Some(core);
+        self
+    }
+
+    /// A lookup answer: [`lookup_data`] plus, for a token with an entity,
+    /// what identity adds (`crate::identity::lookup_additions`).
+    async fn lookup_response(&self, e: &TokenEntry, id: &str) -> Result<Option<Response>> {
+        let mut d = lookup_data(e, id, self.store.now());
+        if !e.entity_id.is_empty()
+            && let Some(core) = self.core.as_ref().and_then(std::sync::Weak::upgrade)
+        {
+            let u = core.unsealed()?;
+            crate::identity::lookup_additions(&u.identity, &e.entity_id, &mut d).await?;
+        }
+        Ok(Some(Response::data(d)))
     }
 }
 
@@ -403,6 +425,7 @@ pub(crate) fn plan_create(
             orphan,
             entity_id,
             creation_time: now,
+            ..Default::default()
         },
         warnings,
     })
@@ -415,6 +438,7 @@ fn auth_response(token: &str, e: &TokenEntry, lease_duration: i64) -> AuthRespon
         accessor: e.accessor.clone(),
         policies: e.policies.clone(),
         token_policies: e.policies.clone(),
+        identity_policies: Vec::new(),
         metadata: (!e.meta.is_empty()).then(|| e.meta.clone()),
         lease_duration,
         renewable: e.renewable && e.expire_time != 0,
@@ -533,11 +557,7 @@ impl TokenBackend {
                 .await?
                 .ok_or_else(|| CoreError::Forbidden("bad token".into()))?,
         };
-        Ok(Some(Response::data(lookup_data(
-            &entry,
-            token,
-            self.store.now(),
-        ))))
+        self.lookup_response(&entry, token).await
     }
 
     async fn renew(&self, hash: &str, token: &str, increment: i64) -> Result<Option<Response>> {
@@ -590,11 +610,7 @@ impl Backend for TokenBackend {
             P_LOOKUP_SELF => {
                 let me = requester(&ctx)?;
                 let token = client_token(&ctx).unwrap_or_default();
-                Ok(Some(Response::data(lookup_data(
-                    me,
-                    token,
-                    self.store.now(),
-                ))))
+                self.lookup_response(me, token).await
             }
             P_LOOKUP_ACCESSOR => {
                 let accessor = field(f, "accessor").ok_or_else(|| bad("missing accessor"))?;
@@ -603,11 +619,7 @@ impl Backend for TokenBackend {
                     .lookup_accessor(accessor)
                     .await?
                     .ok_or_else(|| bad("invalid accessor"))?;
-                Ok(Some(Response::data(lookup_data(
-                    &entry,
-                    "",
-                    self.store.now(),
-                ))))
+                self.lookup_response(&entry, "").await
             }
             P_RENEW => {
                 let token = field(f, "token").ok_or_else(|| bad("missing token ID"))?;

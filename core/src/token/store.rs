@@ -82,6 +82,11 @@ pub struct CreateTokenRequest {
     pub entity_id: String,
     /// Creation time (unix seconds); 0 = the store's clock now.
     pub creation_time: i64,
+    /// Client addresses the token may be used from (CIDRs); empty = any.
+    pub bound_cidrs: Vec<String>,
+    /// A login's max TTL (its mount's and role's, the narrower); renewals
+    /// stay under it. 0 = the system max.
+    pub max_ttl: i64,
 }
 
 impl std::fmt::Debug for CreateTokenRequest {
@@ -112,6 +117,9 @@ pub struct TokenStore {
     /// Serialises creation of caller-chosen ids (duplicate check + write).
     custom_id: Mutex<()>,
     clock: Clock,
+    /// The `cubbyhole/` mount's storage, set by the core when it builds that
+    /// mount: a revoked token's cubbyhole is emptied with it.
+    cubbyhole: StdRwLock<Option<StorageView>>,
 }
 
 fn system_now() -> i64 {
@@ -142,6 +150,7 @@ impl TokenStore {
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             custom_id: Mutex::new(()),
             clock: Arc::new(system_now),
+            cubbyhole: StdRwLock::new(None),
         }
     }
 
@@ -173,6 +182,38 @@ impl TokenStore {
         self.clear_cache();
         let n = self.count().await?;
         tracing::debug!(tokens = n, "token store ready");
+        Ok(())
+    }
+
+    /// Tell the store where the `cubbyhole/` mount keeps its data, so that
+    /// revoking a token (by hand, by expiry, by its last use, with its
+    /// parent) empties its cubbyhole (`crate::engines::cubbyhole`).
+    pub fn set_cubbyhole_view(&self, view: StorageView) {
+        if let Ok(mut slot) = self.cubbyhole.write() {
+            *slot = Some(view);
+        }
+    }
+
+    /// The `cubbyhole/` mount's storage, once the core has built that mount.
+    pub fn cubbyhole_view(&self) -> Option<StorageView> {
+        self.cubbyhole.read().ok().and_then(|v| v.clone())
+    }
+
+    /// Delete everything in a token's cubbyhole, in bounded batches.
+    async fn clear_cubbyhole(&self, entry: &TokenEntry) -> Result<()> {
+        let Some(view) = self.cubbyhole_view() else {
+            return Ok(());
+        };
+        let keys = view
+            .list_recursive(&format!("{}/", entry.cubbyhole_key()))
+            .await?;
+        for chunk in keys.chunks(256) {
+            let ops = chunk
+                .iter()
+                .map(|k| BatchOp::Delete { key: k.clone() })
+                .collect();
+            view.batch(ops).await?;
+        }
         Ok(())
     }
 
@@ -405,6 +446,7 @@ impl TokenStore {
         let mut entry = TokenEntry {
             id_hash: hash.clone(),
             accessor: String::new(),
+            cubbyhole_id: random_base62(TOKEN_LENGTH),
             parent_hash: parent_hash.clone(),
             policies: req.policies,
             path: req.path,
@@ -425,6 +467,8 @@ impl TokenStore {
             entity_id: req.entity_id,
             token_type: "service".to_string(),
             last_renewal_time: 0,
+            bound_cidrs: req.bound_cidrs,
+            max_ttl: req.max_ttl,
         };
 
         // Hold the parent's stripe shared: revocation marks the parent
@@ -529,7 +573,9 @@ impl TokenStore {
         if e.expire_time == 0 || !e.renewable {
             return Err(CoreError::bad_request("lease is not renewable"));
         }
-        let (ttl, warnings) = calculate_ttl(
+        // A login's token keeps the max its mount and role allowed.
+        let (ttl, warnings) = calculate_ttl_in(
+            TtlLimits::SYSTEM.narrowed(e.max_ttl),
             now,
             increment.max(0),
             e.ttl,
@@ -572,6 +618,9 @@ impl TokenStore {
             self.cache_remove(hash);
             return Ok(false);
         };
+        // The cubbyhole first: if this stops half way, the token is still
+        // there (pending revocation) and the expiry sweep finishes both.
+        self.clear_cubbyhole(&e).await?;
         let mut ops = vec![BatchOp::Delete {
             key: format!("{ID_PREFIX}{hash}"),
         }];
@@ -752,9 +801,61 @@ pub(crate) fn calculate_ttl(
     explicit_max_ttl: i64,
     start: i64,
 ) -> Result<(i64, Vec<String>)> {
+    calculate_ttl_in(
+        TtlLimits::SYSTEM,
+        now,
+        increment,
+        backend_ttl,
+        period,
+        explicit_max_ttl,
+        start,
+    )
+}
+
+/// The default and maximum TTL a lease is granted under: a mount's (its
+/// tune, else the server's), narrowed by a role's `token_max_ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TtlLimits {
+    pub default_ttl: i64,
+    pub max_ttl: i64,
+}
+
+impl TtlLimits {
+    pub const SYSTEM: TtlLimits = TtlLimits {
+        default_ttl: DEFAULT_LEASE_TTL,
+        max_ttl: MAX_LEASE_TTL,
+    };
+
+    /// These limits with a backend's (a role's) max applied when it is
+    /// narrower.
+    pub fn narrowed(self, backend_max_ttl: i64) -> TtlLimits {
+        TtlLimits {
+            max_ttl: match backend_max_ttl {
+                m if m > 0 && m < self.max_ttl => m,
+                _ => self.max_ttl,
+            },
+            ..self
+        }
+    }
+}
+
+/// [`calculate_ttl`] under given limits (Vault's `CalculateTTL` with a
+/// mount's system view and a backend max already folded into `limits`).
+pub(crate) fn calculate_ttl_in(
+    limits: TtlLimits,
+    now: i64,
+    increment: i64,
+    backend_ttl: i64,
+    period: i64,
+    explicit_max_ttl: i64,
+    start: i64,
+) -> Result<(i64, Vec<String>)> {
     let start = if start == 0 { now } else { start };
     let mut warnings = Vec::new();
-    let mut max_ttl = MAX_LEASE_TTL;
+    let mut max_ttl = limits.max_ttl;
+    if max_ttl <= 0 {
+        return Err(CoreError::internal("max TTL must be greater than zero"));
+    }
     if explicit_max_ttl > 0 && explicit_max_ttl < max_ttl {
         max_ttl = explicit_max_ttl;
     }
@@ -778,7 +879,7 @@ pub(crate) fn calculate_ttl(
         } else if backend_ttl > 0 {
             backend_ttl
         } else {
-            DEFAULT_LEASE_TTL
+            limits.default_ttl
         };
         max_valid_time = Some(start + max_ttl);
     }
