@@ -16,7 +16,8 @@
 # CUSTOS_TEST_KAFKA (tansu) / CUSTOS_TEST_TANSU_BIN, CUSTOS_TEST_ES
 # (osmem-server, the Elasticsearch API stand-in) / CUSTOS_TEST_OSMEM_BIN,
 # CUSTOS_TEST_S3* and CUSTOS_TEST_S3_COPY_* (two Garage instances) /
-# CUSTOS_TEST_GARAGE_BIN,
+# CUSTOS_TEST_GARAGE_BIN, CUSTOS_TEST_KMS (moto, the AWS KMS stand-in) /
+# CUSTOS_TEST_MOTO_BIN,
 # COMPAT_OPENBAO_ADDR, COMPAT_CUSTOS_ADDR, COMPAT_OPENBAO_BIN,
 # COMPAT_CUSTOS_BIN, COMPAT_BAO_CLI (pytest tests/compat).
 set -euo pipefail
@@ -101,6 +102,7 @@ step "rdkafka build deps" ensure_rdkafka_build_deps
 step "tansu" ensure_tansu
 step "osmem-server" ensure_osmem
 step "garage" ensure_garage
+step "moto" ensure_moto
 export COMPAT_BAO_CLI="$BAO_BIN" COMPAT_OPENBAO_BIN="$BAO_BIN"
 log "    python: $PYTHON; bao: $("$BAO_BIN" version | head -n 1)"
 
@@ -130,6 +132,8 @@ step "start elasticsearch stand-in" start_osmem "$RUN_DIR"
 # Two Garage instances (two "regions") for the snapshot destination tests
 # in dr-drills.
 step "start garage" start_garage "$RUN_DIR"
+# moto, the AWS KMS stand-in, for the awskms auto-unseal tests.
+step "start kms stand-in" start_moto "$RUN_DIR"
 
 # ------------------------------------------------------------------ Rust tests
 if [[ $compat_only -eq 0 ]]; then

@@ -104,6 +104,7 @@ const TOP_KEYS: &[&str] = &[
     "listener",
     "telemetry",
     "audit",
+    "seal",
 ];
 const RAFT_KEYS: &[&str] = &["path", "node_id", "retry_join"];
 const RETRY_JOIN_KEYS: &[&str] = &["leader_api_addr"];
@@ -201,6 +202,10 @@ pub struct ServerConfig {
     pub audit: Vec<AuditDeviceConfig>,
     /// Set only by [`ServerConfig::dev`]; a dev config may have no listener.
     pub dev: bool,
+    /// `seal "<type>" { ... }` stanzas (auto-unseal, `crate::autoseal`): at
+    /// most one enabled and one `disabled = "true"` (the seal being migrated
+    /// from). None means the Shamir seal.
+    pub seals: Vec<SealStanza>,
 }
 
 /// `storage "raft" { ... }`: the only storage Custos has.
@@ -437,6 +442,7 @@ pub fn parse(src: &str, file: &str) -> Result<ServerConfig, ConfigError> {
         cluster_name: top.string("cluster_name")?,
         default_lease_ttl: top.duration("default_lease_ttl")?.filter(|s| *s > 0),
         max_lease_ttl: top.duration("max_lease_ttl")?.filter(|s| *s > 0),
+    let seals = parse_seals(&top)?;
         storage,
         listeners,
         telemetry,
@@ -451,6 +457,7 @@ impl ServerConfig {
     /// The dev-mode configuration: one plain-HTTP listener on `listen` with
     /// unauthenticated metrics, Raft in `data_dir/raft` as node
     /// [`DEV_NODE_ID`], and a file audit device at `file/` writing to
+        seals,
     /// `data_dir/audit`.
     pub fn dev(listen: SocketAddr, data_dir: &Path) -> ServerConfig {
         let mut options = BTreeMap::new();
@@ -498,6 +505,7 @@ impl ServerConfig {
         raft_node_id_from_name(&self.storage.node_id)
     }
 
+            seals: Vec::new(),
     /// Is this node configured for a multi-node cluster (`cluster_addr` set
     /// or `retry_join` blocks)? Only then does it listen for Raft RPCs.
     pub fn is_clustered(&self) -> bool {
@@ -940,9 +948,6 @@ impl<'a> Section<'a> {
                     ("", "ha_storage" | "ha_backend") => {
                         "; Raft storage is already highly available"
                     }
-                    ("", "seal") => {
-                        "; seal stanzas (auto-unseal) are not supported in Custos config"
-                    }
                     _ => "",
                 };
                 return Err(ConfigError::UnknownKey {
@@ -1268,6 +1273,102 @@ fn parse_audit(top: &Section<'_>) -> Result<Vec<AuditDeviceConfig>, ConfigError>
                 message: format!(
                     "expected two labels, the device type and its path, found {}; write {EXAMPLE}",
                     labels.len()
+/// One `seal "<type>" { ... }` stanza: its type, whether it is the
+/// disabled (migrated-from) seal, and its other keys as strings, checked by
+/// [`crate::autoseal::check_stanza`]. `Debug` redacts credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealStanza {
+    pub kind: String,
+    pub disabled: bool,
+    pub options: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for SealStanza {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let shown =
+                    if is_sensitive_option(k) && !k.ends_with("_id") && !k.starts_with("tls_") {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("SealStanza")
+            .field("kind", &self.kind)
+            .field("disabled", &self.disabled)
+            .field("options", &options)
+            .finish()
+    }
+}
+
+fn parse_seals(top: &Section<'_>) -> Result<Vec<SealStanza>, ConfigError> {
+    const EXAMPLE: &str = "seal \"transit\" { address = \"...\" key_name = \"...\" }";
+    let mut out: Vec<SealStanza> = Vec::new();
+    for b in top.blocks("seal", EXAMPLE)? {
+        let kind = single_label(top, b, "seal", EXAMPLE)?.to_string();
+        let key = format!("seal {kind:?}");
+        let sec = Section::from_body(top.file, key.clone(), b.body());
+        let invalid = |k: &str, message: String| ConfigError::Invalid {
+            file: top.file.to_string(),
+            key: if k.is_empty() {
+                key.clone()
+            } else {
+                format!("{key}.{k}")
+            },
+            message,
+        };
+        let disabled = sec.bool("disabled")?.unwrap_or(false);
+        let mut options = BTreeMap::new();
+        for (k, item) in &sec.items {
+            if *k == "disabled" {
+                continue;
+            }
+            // Values are never echoed: seal options hold tokens and keys.
+            let v = match item {
+                Item::Attr(e) => match unwrap_parens(e) {
+                    Expression::String(s) => s.clone(),
+                    Expression::Number(n) => n.to_string(),
+                    Expression::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(sec.wrong_type(
+                            k,
+                            "a string, number or bool",
+                            "another kind of value".into(),
+                        ));
+                    }
+                },
+                Item::Block(_) => {
+                    return Err(sec.wrong_type(k, "a string, number or bool", "a block".into()));
+                }
+            };
+            options.insert(k.to_string(), v);
+        }
+        let stanza = SealStanza {
+            kind,
+            disabled,
+            options,
+        };
+        crate::autoseal::check_stanza(&stanza).map_err(|(k, m)| invalid(&k, m))?;
+        if out.iter().any(|o| o.disabled == stanza.disabled) {
+            return Err(invalid(
+                "",
+                if stanza.disabled {
+                    "only one seal may be disabled (the seal being migrated from)".into()
+                } else {
+                    "only one seal may be enabled; mark the seal being migrated from with disabled = \"true\"".into()
+                },
+            ));
+        }
+        out.push(stanza);
+    }
+    Ok(out)
+}
+
                 ),
             });
         };
@@ -1482,6 +1583,7 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
             cfg.audit[1].options.get("topic").map(String::as_str),
             Some("custos-audit")
         );
+            seals: Vec::new(),
     }
 
     #[test]

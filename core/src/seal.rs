@@ -23,8 +23,10 @@ use crate::barrier::{PLAINTEXT_PREFIX, open_with_key, seal_with_key};
 use crate::error::{CoreError, Result};
 use crate::storage::PhysicalStore;
 
-const SEAL_CONFIG_PATH: &str = "core/seal/config";
-const ROOT_KEY_PATH: &str = "core/seal/root-key";
+pub(crate) const SEAL_CONFIG_PATH: &str = "core/seal/config";
+/// The root key sealed under the Shamir unseal key (Shamir seal only; an
+/// auto seal keeps its own, see `crate::autoseal`).
+pub(crate) const ROOT_KEY_PATH: &str = "core/seal/root-key";
 
 /// Stored seal configuration (`core/seal/config`), reported by `sys/seal-status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,7 +94,7 @@ pub fn validate_shares(shares: u64, threshold: u64) -> Result<()> {
     Ok(())
 }
 
-fn random32() -> Zeroizing<Vec<u8>> {
+pub(crate) fn random32() -> Zeroizing<Vec<u8>> {
     let mut k = Zeroizing::new(vec![0u8; 32]);
     rand::rngs::OsRng.fill_bytes(&mut k);
     k
@@ -127,17 +129,8 @@ impl ShamirSeal {
             return Err(CoreError::bad_request("Vault is already initialized"));
         }
         let root_key = random32();
-        let unseal_key = random32();
-        let share_bytes: Vec<Zeroizing<Vec<u8>>> = if shares == 1 {
-            vec![unseal_key.clone()]
-        } else {
-            Sharks(threshold)
-                .dealer(&unseal_key)
-                .take(shares as usize)
-                .map(|s| Zeroizing::new(Vec::from(&s)))
-                .collect()
-        };
-        let wrapped = seal_with_key(&unseal_key, ROOT_KEY_PATH.as_bytes(), &root_key)?;
+        let (unseal_key, share_bytes) = generate_shares(shares, threshold);
+        let wrapped = wrap_root_key(&unseal_key, &root_key)?;
         let config = SealConfig {
             seal_type: "shamir".into(),
             secret_shares: shares,
@@ -213,8 +206,10 @@ impl ShamirSeal {
         }
     }
 
-    /// Record one share; the shares once the threshold is met.
-    fn collect(
+    /// Record one share; the shares once the threshold is met. Also
+    /// collects recovery key shares under an auto seal (`crate::autoseal`),
+    /// with the recovery configuration as `config`.
+    pub(crate) fn collect(
         &self,
         config: &SealConfig,
         share: &[u8],
@@ -259,7 +254,52 @@ fn recover_root_key(
     collected: &[Zeroizing<Vec<u8>>],
     wrapped: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let unseal_key = if config.secret_shares == 1 {
+    let unseal_key = combine_shares(config, collected)?;
+    open_root_key(&unseal_key, wrapped)
+}
+
+/// A fresh random 256-bit key and its `shares` Shamir shares (threshold
+/// `threshold`); one share is the key itself, as Vault does. Used for the
+/// unseal key and, under an auto seal, the recovery key.
+pub(crate) fn generate_shares(
+    shares: u8,
+    threshold: u8,
+) -> (Zeroizing<Vec<u8>>, Vec<Zeroizing<Vec<u8>>>) {
+    let key = random32();
+    let share_bytes = if shares == 1 {
+        vec![key.clone()]
+    } else {
+        Sharks(threshold)
+            .dealer(&key)
+            .take(shares as usize)
+            .map(|s| Zeroizing::new(Vec::from(&s)))
+            .collect()
+    };
+    (key, share_bytes)
+}
+
+/// The root key sealed under a Shamir unseal key, as stored at
+/// [`ROOT_KEY_PATH`].
+pub(crate) fn wrap_root_key(unseal_key: &[u8], root_key: &[u8]) -> Result<Vec<u8>> {
+    seal_with_key(unseal_key, ROOT_KEY_PATH.as_bytes(), root_key)
+}
+
+/// Open the root key stored at [`ROOT_KEY_PATH`] with the unseal key.
+pub(crate) fn open_root_key(unseal_key: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    open_with_key(unseal_key, ROOT_KEY_PATH.as_bytes(), wrapped).map_err(|_| {
+        CoreError::bad_request(
+            "Error unsealing: failed to decrypt keys from storage: the unseal key shares do not match",
+        )
+    })
+}
+
+/// Combine collected shares (at least the threshold of `config`) into the
+/// key they were split from. Does not check that it is the right key.
+pub(crate) fn combine_shares(
+    config: &SealConfig,
+    collected: &[Zeroizing<Vec<u8>>],
+) -> Result<Zeroizing<Vec<u8>>> {
+    let key = if config.secret_shares == 1 {
         collected
             .first()
             .cloned()
@@ -280,11 +320,7 @@ fn recover_root_key(
                 })?,
         )
     };
-    open_with_key(&unseal_key, ROOT_KEY_PATH.as_bytes(), wrapped).map_err(|_| {
-        CoreError::bad_request(
-            "Error unsealing: failed to decrypt keys from storage: the unseal key shares do not match",
-        )
-    })
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -160,6 +160,11 @@ pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
     if let Some(c) = cluster {
         crate::cluster::Cluster::register(&core, c).map_err(startup)?;
     }
+    // Seal stanzas: the auto seal, and a seal migration the stored seal
+    // implies (crate::autoseal); unseals itself once serving (see `serve`).
+    crate::autoseal::configure(&core, &cfg.seals)
+        .await
+        .map_err(|e| startup(format!("seal: {e}")))?;
     let initialized = core.is_initialized().await.map_err(startup)?;
     crate::metrics::gauge_set(
         crate::metrics::CORE_INITIALIZED,
@@ -181,6 +186,12 @@ pub async fn serve(cfg: &ServerConfig, core: Arc<Core>) -> Result<RunningServer,
     let (stop, _) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
+    // Auto-unseal in the background: the listeners answer seal-status,
+    // health and metrics while the seal is being reached (or retried).
+    tasks.push(tokio::spawn(crate::autoseal::run(
+        core.clone(),
+        stop.subscribe(),
+    )));
     for l in &cfg.listeners {
         let (addr, task) =
             bind_listener(l, core.clone(), metrics.clone(), stop.subscribe()).await?;
@@ -455,7 +466,14 @@ pub async fn run(
         .validate(config_file)
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let server = start_with(&config, hooks).await?;
-    let sealed_note = if server.core.is_initialized().await.unwrap_or(false) {
+    let sealed_note = if crate::autoseal::active(&server.core).is_some()
+        && crate::autoseal::migration(&server.core).is_none()
+        && server.core.is_initialized().await.unwrap_or(false)
+    {
+        "unsealing itself through its auto seal"
+    } else if crate::autoseal::migration(&server.core).is_some() {
+        "seal migration pending; unseal with `custos operator unseal -migrate`"
+    } else if server.core.is_initialized().await.unwrap_or(false) {
         "sealed; unseal with `custos operator unseal`"
     } else {
         "not initialized; run `custos operator init`"

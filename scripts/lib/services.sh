@@ -158,6 +158,20 @@ ensure_osmem() {
   export OSMEM_BIN
 }
 
+# ensure_moto: moto's server (`moto_server`), the AWS KMS stand-in for the
+# awskms auto-unseal tests, pip-installed into $PYTHON's environment (after
+# ensure_python_env) with boto3 as SERVICES.md says; sets MOTO_BIN.
+ensure_moto() {
+  local find='import moto, os, shutil, sys; p = os.path.join(os.path.dirname(sys.executable), "moto_server"); p = p if os.access(p, os.X_OK) else shutil.which("moto_server"); assert p; print(p)'
+  if ! "$PYTHON" -c 'import moto.server, boto3' >/dev/null 2>&1 || ! MOTO_BIN=$("$PYTHON" -c "$find" 2>/dev/null); then
+    info "pip install 'moto[server]' boto3 (the AWS KMS stand-in)"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check 'moto[server]' boto3 ||
+      die "pip install moto[server] failed (is PyPI reachable?)"
+    MOTO_BIN=$("$PYTHON" -c "$find") || die "moto installed but moto_server was not found"
+  fi
+  export MOTO_BIN
+}
+
 # ensure_prometheus: Debian's prometheus and promtool (and alertmanager) for
 # the alert-rule unit tests and the live dashboard/alert check; installed only
 # when `prometheus` or `promtool` is missing (apt_install runs apt-get update
@@ -286,6 +300,22 @@ start_osmem() {
   export CUSTOS_TEST_ES="http://127.0.0.1:$port" CUSTOS_TEST_OSMEM_BIN="$OSMEM_BIN"
 }
 
+# start_moto RUN_DIR: moto_server (the AWS KMS stand-in) on a free port;
+# exports CUSTOS_TEST_KMS (its endpoint URL) and CUSTOS_TEST_MOTO_BIN. Does
+# nothing when this shell's instance is already running.
+start_moto() {
+  local dir=$1/moto port
+  if [[ -n "${_MOTO_PID:-}" ]] && kill -0 "$_MOTO_PID" 2>/dev/null; then
+    return 0
+  fi
+  port=$(free_port_pair)
+  info "starting moto_server (AWS KMS stand-in) on 127.0.0.1:$port"
+  _start_service moto "$dir" "$MOTO_BIN" -H 127.0.0.1 -p "$port"
+  _MOTO_PID=$LAST_SERVICE_PID
+  wait_tcp moto_server 127.0.0.1 "$port" "$LAST_SERVICE_PID" "$dir/server.log" 60
+  export CUSTOS_TEST_KMS="http://127.0.0.1:$port" CUSTOS_TEST_MOTO_BIN="$MOTO_BIN"
+}
+
 # _start_garage_instance NAME DIR REGION BUCKET: one single-node Garage
 # (SQLite metadata, replication_factor 1) with its data in DIR, S3 API on a
 # free port answering as region REGION, the layout applied, BUCKET created
@@ -384,4 +414,5 @@ stop_services() {
   SERVICE_PIDS=()
   SERVICE_NAMES=()
   _GARAGE_PIDS=""
+  _MOTO_PID=""
 }

@@ -61,6 +61,12 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct UnsealArgs {
+    /// Number of recovery key shares (auto seal only)
+    #[arg(long = "recovery-shares", default_value_t = 5, value_name = "N")]
+    pub recovery_shares: u32,
+    /// Number of recovery key shares required (auto seal only)
+    #[arg(long = "recovery-threshold", default_value_t = 3, value_name = "T")]
+    pub recovery_threshold: u32,
     /// The unseal key share; prompted for (or read from stdin) when absent
     #[arg(value_name = "KEY")]
     pub key: Option<String>,
@@ -71,6 +77,9 @@ pub struct UnsealArgs {
 
 pub async fn run(ctx: &Ctx, cmd: OperatorCmd) -> CmdResult {
     match cmd {
+    /// Drive a seal migration (the old seal's unseal or recovery keys)
+    #[arg(long)]
+    pub migrate: bool,
         OperatorCmd::Init(a) => init(ctx, a).await,
         OperatorCmd::Unseal(a) => unseal(ctx, a).await,
         OperatorCmd::Raft(c) => super::raft::run(ctx, c).await,
@@ -263,6 +272,19 @@ async fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
             a.key_threshold, a.key_shares
         )));
     }
+    // As `vault operator init`: an auto seal (`recovery_seal`) takes
+    // recovery shares instead of unseal key shares.
+    let recovery_seal = ctx
+        .client
+        .read("sys/seal-status")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.get("recovery_seal").and_then(Value::as_bool))
+        .unwrap_or(false);
+    if recovery_seal {
+        return init_recovery(ctx, &a).await;
+    }
     let body = json!({ "secret_shares": a.key_shares, "secret_threshold": a.key_threshold });
     let resp = ctx
         .client
@@ -287,6 +309,71 @@ fn read_key() -> Result<String, Failure> {
     let tty = stdin.is_terminal();
     let mut line = String::new();
     if tty {
+/// `operator init` against an auto seal: recovery shares, and the node
+/// unseals itself.
+async fn init_recovery(ctx: &Ctx, a: &InitArgs) -> CmdResult {
+    let body = json!({
+        "recovery_shares": a.recovery_shares,
+        "recovery_threshold": a.recovery_threshold,
+    });
+    let resp = ctx
+        .client
+        .write("sys/init", &body)
+        .await
+        .map_err(|e| Failure::api("Error initializing", &e))?
+        .unwrap_or(Value::Null);
+    match ctx.format {
+        Format::Json => {
+            let mut j = init_json(&resp, 0, 0);
+            j["unseal_shares"] = json!(1);
+            j["unseal_threshold"] = json!(1);
+            j["recovery_keys_shares"] = json!(a.recovery_shares);
+            j["recovery_keys_threshold"] = json!(a.recovery_threshold);
+            out(&output::json_pretty(&j));
+        }
+        Format::Table => out(&init_recovery_text(
+            &resp,
+            a.recovery_shares,
+            a.recovery_threshold,
+        )),
+    }
+    Ok(EXIT_OK)
+}
+
+/// The text `vault operator init` prints for an auto seal.
+pub fn init_recovery_text(resp: &Value, shares: u32, threshold: u32) -> String {
+    let strings = |k: &str| -> Vec<String> {
+        resp.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut text = String::new();
+    for (i, k) in strings("recovery_keys_base64").iter().enumerate() {
+        text.push_str(&format!("Recovery Key {}: {k}\n", i + 1));
+    }
+    let root = resp.get("root_token").and_then(Value::as_str).unwrap_or("");
+    text.push_str(&format!(
+        "\nInitial Root Token: {root}\n\nSuccess! Custos is initialized\n"
+    ));
+    if shares > 0 {
+        text.push('\n');
+        text.push_str(&output::wrap_at_length(
+            &format!(
+                "Recovery key initialized with {shares} key shares and a key threshold of \
+                 {threshold}. Please securely distribute the key shares printed above."
+            ),
+            0,
+        ));
+    }
+    text
+}
+
         eprint!("Unseal Key (will be hidden): ");
         let _ = std::io::stderr().flush();
         // Best effort: `stty` is on every Unix; if it fails the key echoes.
@@ -322,7 +409,11 @@ async fn unseal(ctx: &Ctx, a: UnsealArgs) -> CmdResult {
             Some(k) if !k.trim().is_empty() => k.trim().to_string(),
             _ => read_key()?,
         };
-        json!({ "key": key })
+        if a.migrate {
+            json!({ "key": key, "migrate": true })
+        } else {
+            json!({ "key": key })
+        }
     };
     let status = ctx
         .client

@@ -61,10 +61,13 @@ pub fn status_table(s: &Value) -> String {
     let t = num(s, "t");
     let row = |k: String, v: String| vec![k, v];
     let mut rows = vec![row("Key".into(), "Value".into())];
-    rows.push(row(
-        format!("{prefix}Seal Type"),
-        str_field(s, "type").into(),
-    ));
+    rows.push(row("Seal Type".into(), str_field(s, "type").into()));
+    if recovery {
+        rows.push(row(
+            "Recovery Seal Type".into(),
+            str_field(s, "recovery_seal_type").into(),
+        ));
+    }
     rows.push(row(
         "Initialized".into(),
         flag(s, "initialized").to_string(),
