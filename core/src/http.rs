@@ -94,6 +94,10 @@ fn legacy_top_level(path: &str, op: Operation) -> bool {
 }
 
 fn render(req_id: &str, path: &str, op: Operation, resp: Response) -> axum::response::Response {
+    // A wrapped response: the client gets only `wrap_info` (crate::wrapping).
+    if let Some(w) = resp.wrap_info.as_ref().filter(|w| !w.token.is_empty()) {
+        return json_response(200, &crate::wrapping::wrapped_body(w));
+    }
     if resp.raw_body {
         let status = resp.status.unwrap_or(200);
         return json_response(status, &Value::Object(resp.data.unwrap_or_default()));
@@ -395,6 +399,10 @@ async fn handle_request(
     }
     req.data = data;
     req.client_token = token_of(&headers);
+    req.wrap_ttl = match crate::wrapping::wrap_ttl_of(&headers) {
+        Ok(ttl) => ttl,
+        Err(e) => return core_error(&e),
+    };
     req.remote_addr = remote;
     // W3C trace context: Core::handle continues the caller's trace.
     if let Some(tp) = headers

@@ -28,9 +28,9 @@
 //! the path and the key, `+*` is refused, and `allowed_parameters`,
 //! `denied_parameters`, `required_parameters`, `min_wrapping_ttl` and
 //! `max_wrapping_ttl` are stored, merged and enforced by
-//! [`Acl::check_request`] as Vault does (a rule with a wrapping TTL bound
-//! denies every request, since Custos has no response wrapping, as Vault
-//! denies an unwrapped request there). `mfa_methods`, `control_group` and
+//! [`Acl::check_request_wrapped`] as Vault does (a rule with a wrapping TTL
+//! bound admits only requests that ask for response wrapping, with
+//! `X-Vault-Wrap-TTL` inside the bounds). `mfa_methods`, `control_group` and
 //! `comment` are accepted and ignored (Vault Enterprise features). Identity
 //! templating (`{{identity.entity.id}}`) is not performed: such paths are kept
 //! literally and so match nothing real.
@@ -66,9 +66,34 @@ use crate::storage::StorageView;
 pub const ROOT_POLICY: &str = "root";
 /// The policy every token gets unless created with `no_default_policy`.
 pub const DEFAULT_POLICY: &str = "default";
-/// Vault's response-wrapping policy: immutable and not assignable. Custos has
-/// no response wrapping, so it is never written, but the name stays reserved.
-const RESPONSE_WRAPPING_POLICY: &str = "response-wrapping";
+/// Vault's response-wrapping policy, the only policy of a wrapping token
+/// (`crate::wrapping`): built in, never stored, immutable, not listed.
+pub const RESPONSE_WRAPPING_POLICY: &str = "response-wrapping";
+
+/// Vault's `ResponseWrappingPolicy` (`vault/policy/policy_store.go`): a
+/// wrapping token may read its `cubbyhole/response` and unwrap itself.
+pub const RESPONSE_WRAPPING_POLICY_TEXT: &str = r#"
+path "cubbyhole/response" {
+    capabilities = ["create", "read"]
+}
+
+path "sys/wrapping/unwrap" {
+    capabilities = ["update"]
+}
+"#;
+
+/// The parsed built-in response-wrapping policy.
+fn response_wrapping_policy() -> Result<Arc<Policy>> {
+    static PARSED: std::sync::OnceLock<Option<Arc<Policy>>> = std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            Policy::parse(RESPONSE_WRAPPING_POLICY, RESPONSE_WRAPPING_POLICY_TEXT)
+                .ok()
+                .map(Arc::new)
+        })
+        .clone()
+        .ok_or_else(|| CoreError::internal("the built-in response-wrapping policy does not parse"))
+}
 
 /// Vault's built-in `default` policy (`vault/policy_store.go`), without the
 /// identity-templated entity paths (no identity store here) and the OIDC
@@ -918,15 +943,27 @@ impl Acl {
         }
     }
 
-    /// The full check Vault's `AllowOperation` makes: capabilities, then the
-    /// wrapping-TTL bounds (any bound denies, as requests here are never
-    /// wrapped) and, for read/create/update/patch, the required, denied and
-    /// allowed parameters against the request `data`.
+    /// [`Acl::check_request_wrapped`] for a request that does not ask for
+    /// response wrapping.
     pub fn check_request(
         &self,
         path: &str,
         op: Operation,
         data: &Map<String, Value>,
+    ) -> AclDecision {
+        self.check_request_wrapped(path, op, data, 0)
+    }
+
+    /// The full check Vault's `AllowOperation` makes: capabilities, then the
+    /// wrapping-TTL bounds against the requested `wrap_ttl` (seconds, 0 = not
+    /// wrapped: any bound denies) and, for read/create/update/patch, the
+    /// required, denied and allowed parameters against the request `data`.
+    pub fn check_request_wrapped(
+        &self,
+        path: &str,
+        op: Operation,
+        data: &Map<String, Value>,
+        wrap_ttl: i64,
     ) -> AclDecision {
         if self.root {
             return Self::root_decision();
@@ -944,7 +981,17 @@ impl Acl {
         if !caps.contains(Capabilities::for_operation(op)) {
             return decision;
         }
-        if perms.max_wrapping_ttl > 0 || perms.min_wrapping_ttl > 0 {
+        if perms.max_wrapping_ttl > 0 && (wrap_ttl <= 0 || wrap_ttl > perms.max_wrapping_ttl) {
+            return decision;
+        }
+        if perms.min_wrapping_ttl > 0 && (wrap_ttl <= 0 || wrap_ttl < perms.min_wrapping_ttl) {
+            return decision;
+        }
+        // Possible after merging, though each rule is checked on its own.
+        if perms.min_wrapping_ttl != 0
+            && perms.max_wrapping_ttl != 0
+            && perms.max_wrapping_ttl < perms.min_wrapping_ttl
+        {
             return decision;
         }
         if matches!(
@@ -1293,6 +1340,9 @@ impl PolicyStore {
         if name == ROOT_POLICY {
             return Ok(Some(self.root.clone()));
         }
+        if name == RESPONSE_WRAPPING_POLICY {
+            return response_wrapping_policy().map(Some);
+        }
         let generation = {
             let cache = self.read_cache();
             if let Some(p) = cache.policies.get(&name) {
@@ -1327,6 +1377,9 @@ impl PolicyStore {
         let name = sanitize_name(name);
         if name == ROOT_POLICY {
             return Ok(Some(String::new()));
+        }
+        if name == RESPONSE_WRAPPING_POLICY {
+            return Ok(Some(RESPONSE_WRAPPING_POLICY_TEXT.to_string()));
         }
         self.get_stored_text(&name).await
     }
@@ -1854,9 +1907,31 @@ path "secret/wrapped" {
         assert!(ok("secret/req", Operation::Delete, r#"{}"#));
         assert!(ok("secret/nothing", Operation::Update, r#"{}"#));
         assert!(!ok("secret/nothing", Operation::Update, r#"{"a": 1}"#));
-        // Requests are never wrapped here, so wrapping bounds deny.
+        // A wrapping bound admits only requests wrapped within it.
         assert!(!ok("secret/wrapped", Operation::Update, r#"{}"#));
+        let wrapped = |ttl| {
+            a.check_request_wrapped("secret/wrapped", Operation::Update, &data("{}"), ttl)
+                .allowed
+        };
+        assert!(wrapped(1) && wrapped(300));
         assert!(a.check("secret/wrapped", Operation::Update).allowed);
+        let max =
+            acl(&["path \"s/x\" {\n capabilities = [\"read\"]\n max_wrapping_ttl = \"60s\"\n}"]);
+        let read = |ttl| {
+            max.check_request_wrapped("s/x", Operation::Read, &Map::new(), ttl)
+                .allowed
+        };
+        assert!(!read(0) && read(60) && !read(61));
+    }
+
+    #[test]
+    fn response_wrapping_policy_is_built_in() {
+        let p = Policy::parse(RESPONSE_WRAPPING_POLICY, RESPONSE_WRAPPING_POLICY_TEXT).unwrap();
+        let a = Acl::new(&[Arc::new(p)]);
+        assert!(a.check("cubbyhole/response", Operation::Read).allowed);
+        assert!(a.check("sys/wrapping/unwrap", Operation::Update).allowed);
+        assert!(!a.check("sys/wrapping/rewrap", Operation::Update).allowed);
+        assert!(!a.check("cubbyhole/other", Operation::Read).allowed);
     }
 
     #[test]

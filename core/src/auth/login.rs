@@ -103,7 +103,7 @@ pub async fn issue(
                 renewable: true,
                 orphan: true,
                 entity_id: entity.id.clone(),
-                bound_cidrs: p.token_bound_cidrs.clone(),
+                bound_cidrs: p.bound_cidrs_for(req.remote_addr.map(|a| a.ip())),
                 max_ttl: limits.max_ttl,
                 ..Default::default()
             },

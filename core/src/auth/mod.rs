@@ -60,6 +60,8 @@ pub struct TokenParams {
     /// when the role is written: this server issues service tokens only).
     pub token_type: String,
     pub token_ttl: i64,
+    /// OpenBao's: bind the token to the address the login came from.
+    pub token_strictly_bind_ip: bool,
 }
 
 /// A role's path table fields plus the `token_*` fields of
@@ -79,6 +81,7 @@ macro_rules! with_token_fields {
             $crate::logical::FieldSpec::new("token_policies", $crate::logical::FieldKind::CommaStringSlice),
             $crate::logical::FieldSpec::new("token_type", $crate::logical::FieldKind::String),
             $crate::logical::FieldSpec::new("token_ttl", $crate::logical::FieldKind::Duration),
+            $crate::logical::FieldSpec::new("token_strictly_bind_ip", $crate::logical::FieldKind::Bool),
             $crate::logical::FieldSpec::new("policies", $crate::logical::FieldKind::CommaStringSlice),
         ]
     };
@@ -137,6 +140,14 @@ impl TokenParams {
         if let Some(v) = f.duration_secs("token_ttl") {
             self.token_ttl = v;
         }
+        if let Some(v) = f.bool("token_strictly_bind_ip") {
+            self.token_strictly_bind_ip = v;
+        }
+        if self.token_strictly_bind_ip && !self.token_bound_cidrs.is_empty() {
+            return Err(CoreError::bad_request(
+                "'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one",
+            ));
+        }
         if self.token_max_ttl > 0 && self.token_ttl > self.token_max_ttl {
             return Err(CoreError::bad_request(
                 "'token_ttl' cannot be greater than 'token_max_ttl'",
@@ -171,6 +182,21 @@ impl TokenParams {
         out.insert("token_policies".into(), self.token_policies.clone().into());
         out.insert("token_type".into(), t.into());
         out.insert("token_ttl".into(), self.token_ttl.into());
+        out.insert(
+            "token_strictly_bind_ip".into(),
+            self.token_strictly_bind_ip.into(),
+        );
+    }
+}
+
+impl TokenParams {
+    /// The CIDRs a login's token is bound to: the role's, or with
+    /// `token_strictly_bind_ip` the login's own address.
+    pub fn bound_cidrs_for(&self, remote: Option<IpAddr>) -> Vec<String> {
+        match (self.token_strictly_bind_ip, remote) {
+            (true, Some(ip)) => vec![IpNet::from(ip).to_string()],
+            _ => self.token_bound_cidrs.clone(),
+        }
     }
 }
 
