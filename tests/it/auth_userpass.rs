@@ -269,11 +269,37 @@ async fn bad_logins_get_vaults_errors_and_no_token() {
     )
     .await;
     assert_eq!(login(&s, "carol", "pw").await.0, 403);
+    // token_strictly_bind_ip: the token works only from the login's address.
+    root(
+        &s,
+        "POST",
+        "auth/userpass/users/dave",
+        json!({"password": "pw", "token_strictly_bind_ip": true}),
+    )
+    .await;
+    let t = login(&s, "dave", "pw").await.1["auth"]["client_token"]
+        .as_str()
+        .map(str::to_string)
+        .expect("token");
+    let me = call(&s, "GET", "auth/token/lookup-self", Some(&t), Value::Null).await;
+    assert_eq!(
+        (me.0, &me.1["data"]["bound_cidrs"]),
+        (200, &json!(["127.0.0.1/32"])),
+        "{}",
+        me.1
+    );
+    let (st, v) = call(&s, "POST", "auth/userpass/users/erin", Some("root"),
+        json!({"password": "pw", "token_strictly_bind_ip": true, "token_bound_cidrs": "10.0.0.0/8"})).await;
+    assert_eq!(st, 400, "{v}");
 
     let after = root(&s, "LIST", "auth/token/accessors", Value::Null).await["data"]["keys"]
         .as_array()
         .map(Vec::len);
-    assert_eq!(before, after, "no failed login left a token");
+    assert_eq!(
+        before.map(|n| n + 1),
+        after,
+        "no failed login left a token (dave's is the one)"
+    );
 }
 
 #[tokio::test]

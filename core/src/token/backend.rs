@@ -502,6 +502,9 @@ pub(crate) fn lookup_data(e: &TokenEntry, id: &str, now: i64) -> Map<String, Val
         d.insert("last_renewal_time".into(), json!(e.last_renewal_time));
         d.insert("last_renewal".into(), json!(rfc3339(e.last_renewal_time)));
     }
+    if !e.bound_cidrs.is_empty() {
+        d.insert("bound_cidrs".into(), json!(e.bound_cidrs));
+    }
     d
 }
 
