@@ -1,5 +1,6 @@
 //! The stand-in backend of a built-in mount whose engine Custos does not
-//! serve yet (`cubbyhole/`, `identity/`).
+//! serve yet (`identity/`; `cubbyhole/` is served by
+//! [`crate::engines::cubbyhole`]).
 //!
 //! The mount table lists these mounts as Vault does (see
 //! [`crate::router::builtin_secret_mounts`]), so tooling that reads

@@ -8,6 +8,7 @@
 //! as the entry's `options.version` says.
 
 pub mod builtin;
+pub mod cubbyhole;
 pub mod kv;
 pub mod kv_v1;
 pub mod transit;
