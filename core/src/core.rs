@@ -970,6 +970,9 @@ impl Core {
                 ("outcome", outcome.to_string()),
             ],
         );
+        // A login that asked for wrapping (X-Vault-Wrap-TTL) hands out only
+        // a wrapping token; the issued token waits in its cubbyhole.
+        let result = crate::wrapping::wrap_response(u, &req, result).await;
 
         let logged = in_span(
             "audit.write",

@@ -131,23 +131,57 @@ def test_rewrap_moves_the_response_to_a_new_token(target: Target) -> None:
         ("POST", "sys/wrapping/wrap", "root", {"x": "y"}, None, 400, "endpoint requires response wrapping to be used"),
         ("POST", "sys/wrapping/unwrap", "root", None, None, 400, INVALID),
         ("POST", "sys/wrapping/unwrap", "root", {"token": "nope"}, None, 400, INVALID),
-        ("POST", "sys/wrapping/unwrap", "root", {"token": 5}, None, 403,
-         "error validating wrapping token: could not decode token in request body"),
-        ("POST", "sys/wrapping/unwrap", "root", {"token": ""}, None, 403,
-         "error validating wrapping token: empty token in request body"),
+        (
+            "POST",
+            "sys/wrapping/unwrap",
+            "root",
+            {"token": 5},
+            None,
+            403,
+            "error validating wrapping token: could not decode token in request body",
+        ),
+        (
+            "POST",
+            "sys/wrapping/unwrap",
+            "root",
+            {"token": ""},
+            None,
+            403,
+            "error validating wrapping token: empty token in request body",
+        ),
         ("POST", "sys/wrapping/unwrap", None, None, None, 403, "error validating wrapping token: token is empty"),
         ("POST", "sys/wrapping/lookup", None, None, None, 403, "error validating wrapping token: token is empty"),
         ("POST", "sys/wrapping/lookup", None, {"token": "root"}, None, 400, INVALID),
         ("POST", "sys/wrapping/rewrap", "root", None, None, 400, INVALID),
-        ("GET", "sys/mounts", "root", None, {"X-Vault-Wrap-TTL": "abc"}, 400,
-         'error parsing X-Vault-Wrap-TTL header: time: invalid duration "abc"'),
-        ("GET", "sys/mounts", "root", None, {"X-Vault-Wrap-TTL": "-5"}, 400,
-         "error parsing X-Vault-Wrap-TTL header: requested wrap ttl cannot be negative"),
+        (
+            "GET",
+            "sys/mounts",
+            "root",
+            None,
+            {"X-Vault-Wrap-TTL": "abc"},
+            400,
+            'error parsing X-Vault-Wrap-TTL header: time: invalid duration "abc"',
+        ),
+        (
+            "GET",
+            "sys/mounts",
+            "root",
+            None,
+            {"X-Vault-Wrap-TTL": "-5"},
+            400,
+            "error parsing X-Vault-Wrap-TTL header: requested wrap ttl cannot be negative",
+        ),
     ],
 )
 def test_bad_wrapping_input(
-    target: Target, method: str, path: str, token: str | None, body: dict | None, headers: dict | None,
-    status: int, error: str,
+    target: Target,
+    method: str,
+    path: str,
+    token: str | None,
+    body: dict | None,
+    headers: dict | None,
+    status: int,
+    error: str,
 ) -> None:
     r = target.http(method, path, token=token if token is None else target.token, json_body=body, headers=headers)
     errors = assert_error(r, status, f"{method} {path} {body}")
@@ -200,3 +234,25 @@ def test_wrapping_shapes_match_openbao(both: tuple[Target, Target]) -> None:
         bodies.append({"wrapped": wrapped, "lookup": lookup, "unwrapped": unwrapped, "again": again})
     diff = shape_diff(shape(bodies[0]), shape(bodies[1]), names=("openbao", "custos"))
     assert not diff, "\n".join(diff)
+
+
+def test_wrapped_login_unwraps_to_the_issued_token(target: Target) -> None:
+    mount = uniq("up")
+    assert target.http("POST", f"sys/auth/{mount}", json_body={"type": "userpass"}).status_code == 204
+    r = target.http("POST", f"auth/{mount}/users/ci", json_body={"password": "pw-ci", "token_policies": "default"})
+    assert r.status_code == 204, r.text
+    r = target.http(
+        "POST",
+        f"auth/{mount}/login/ci",
+        token=None,
+        json_body={"password": "pw-ci"},
+        headers={"X-Vault-Wrap-TTL": "60"},
+    )
+    assert r.status_code == 200, r.text
+    info = _wrapped(r.json(), "wrapped login")
+    assert_keys(info, WRAP_INFO_KEYS | {"wrapped_accessor"}, "wrap_info of a login")
+    assert info["creation_path"] == f"auth/{mount}/login/ci"
+    unwrapped = target.client(token=info["token"]).sys.unwrap()
+    assert unwrapped["auth"]["accessor"] == info["wrapped_accessor"]
+    me = target.client(token=unwrapped["auth"]["client_token"]).auth.token.lookup_self()
+    assert me["data"]["meta"]["username"] == "ci"

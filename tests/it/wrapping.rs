@@ -565,3 +565,44 @@ async fn audit_sees_wrap_info_hmacd_and_never_the_wrapped_secret() {
         "the wrapped secret in clear in the audit log"
     );
 }
+
+#[tokio::test]
+async fn a_wrapped_login_unwraps_to_its_token() {
+    let s = dev_server();
+    root(&s, "POST", "sys/auth/userpass", json!({"type": "userpass"})).await;
+    root(
+        &s,
+        "POST",
+        "auth/userpass/users/ci",
+        json!({"password": "pw-ci", "token_policies": "default"}),
+    )
+    .await;
+    let (st, v) = call_with(
+        &s,
+        "POST",
+        "auth/userpass/login/ci",
+        None,
+        Some("60"),
+        json!({"password": "pw-ci"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["auth"], Value::Null, "{v}");
+    let info = &v["wrap_info"];
+    assert_eq!(info["creation_path"], "auth/userpass/login/ci", "{v}");
+    let w = info["token"].as_str().expect("wrapping token");
+    let (st, v) = call(&s, "POST", "sys/wrapping/unwrap", Some(w), Value::Null).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["auth"]["accessor"], info["wrapped_accessor"], "{v}");
+    let token = v["auth"]["client_token"].as_str().expect("client token");
+    let (st, me) = call(
+        &s,
+        "GET",
+        "auth/token/lookup-self",
+        Some(token),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st, 200, "{me}");
+    assert_eq!(me["data"]["meta"]["username"], "ci", "{me}");
+}
