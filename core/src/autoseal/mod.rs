@@ -870,5 +870,55 @@ pub async fn replace_recovery_key(
     Ok(out)
 }
 
+/// The recovery key in clear, opened with the root key of an unsealed node,
+/// for a ceremony authority that checks recombined keys itself
+/// (`crate::ceremony`'s `ShareAuthority::verify`); `None` without recovery
+/// keys. Held zeroized; never logged.
+pub async fn recovery_key(core: &Core) -> Result<Option<(SealConfig, Zeroizing<Vec<u8>>)>> {
+    let Some(rc) = recovery_config(core).await?.filter(|c| c.secret_shares > 0) else {
+        return Ok(None);
+    };
+    let u = core.unsealed()?;
+    let Some(sealed) = core.physical().get(RECOVERY_KEY_PATH).await? else {
+        return Ok(None);
+    };
+    let key = open_with_key(u.root_key(), RECOVERY_KEY_PATH.as_bytes(), &sealed)
+        .map_err(|_| CoreError::internal("stored recovery key does not open with the root key"))?;
+    Ok(Some((rc, key)))
+}
+
+/// Make `new_key` (already split by the caller into `shares`, `threshold`)
+/// the recovery key; the old recovery shares stop working. For a rekey
+/// ceremony that generates the key and shares itself
+/// (`ShareAuthority::replace`); [`replace_recovery_key`] does both.
+pub async fn set_recovery_key(
+    core: &Core,
+    new_key: &[u8],
+    shares: u8,
+    threshold: u8,
+) -> Result<()> {
+    validate_recovery(shares.into(), threshold.into())?;
+    let u = core.unsealed()?;
+    let init_time = recovery_config(core).await?.map_or(now(), |c| c.init_time);
+    let config = SealConfig {
+        seal_type: "shamir".into(),
+        secret_shares: shares,
+        secret_threshold: threshold,
+        init_time,
+    };
+    core.physical()
+        .batch(vec![
+            BatchOp::Put {
+                key: RECOVERY_CONFIG_PATH.into(),
+                value: json(&config)?,
+            },
+            BatchOp::Put {
+                key: RECOVERY_KEY_PATH.into(),
+                value: seal_recovery_key(u.root_key(), new_key)?,
+            },
+        ])
+        .await
+}
+
 #[cfg(test)]
 mod tests;

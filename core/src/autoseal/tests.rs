@@ -145,6 +145,15 @@ async fn recovery_key_replacement_retires_the_old_shares() {
     verify_recovery_shares(&core, &new).await.unwrap();
     let st = status_fields(&core).await.unwrap().unwrap();
     assert_eq!((st.t, st.n), (2, 2));
+
+    // A ceremony that splits its own key: set_recovery_key, then the
+    // stored key is the one it set.
+    let (key, split) = generate_shares(3, 2);
+    set_recovery_key(&core, &key, 3, 2).await.unwrap();
+    let (rc, stored) = recovery_key(&core).await.unwrap().unwrap();
+    assert_eq!((rc.secret_shares, stored.as_slice()), (3, key.as_slice()));
+    verify_recovery_shares(&core, &split[1..]).await.unwrap();
+    assert!(verify_recovery_shares(&core, &new).await.is_err());
 }
 
 #[tokio::test]
