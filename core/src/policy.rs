@@ -31,9 +31,17 @@
 //! [`Acl::check_request_wrapped`] as Vault does (a rule with a wrapping TTL
 //! bound admits only requests that ask for response wrapping, with
 //! `X-Vault-Wrap-TTL` inside the bounds). `mfa_methods`, `control_group` and
-//! `comment` are accepted and ignored (Vault Enterprise features). Identity
-//! templating (`{{identity.entity.id}}`) is not performed: such paths are kept
-//! literally and so match nothing real.
+//! `comment` are accepted and ignored (Vault Enterprise features).
+//!
+//! Identity templating (`{{identity.entity.name}}`, see
+//! [`crate::identity::template`]): a templated path is kept aside at parse
+//! time ([`Policy::templated_rules`]) and never enters the ACL as written. A
+//! token without an entity gets the policy's other paths only. For a token
+//! with an entity, [`PolicyStore::acl_for_identity`] fills the templates
+//! from the entity and its groups, drops the paths that cannot be filled
+//! (Vault's behaviour) and caches the ACL per entity and policy list until a
+//! policy or the identity store changes; policy sets without templates keep
+//! the shared per-name-list cache, so their tokens pay nothing extra.
 //!
 //! HCL dialect: Vault uses HCL 1; `hcl-rs` parses HCL 2. The common policy
 //! syntax is the same; one HCL 1 habit seen in real policies, the opening
@@ -95,9 +103,8 @@ fn response_wrapping_policy() -> Result<Arc<Policy>> {
         .ok_or_else(|| CoreError::internal("the built-in response-wrapping policy does not parse"))
 }
 
-/// Vault's built-in `default` policy (`vault/policy_store.go`), without the
-/// identity-templated entity paths (no identity store here) and the OIDC
-/// provider path. Written by [`PolicyStore::ensure_default`] when absent; an
+/// Vault's built-in `default` policy (`vault/policy_store.go`), with the
+/// identity-templated entity paths and without the OIDC provider path. Written by [`PolicyStore::ensure_default`] when absent; an
 /// operator may edit it afterwards, as in Vault.
 pub const DEFAULT_POLICY_TEXT: &str = r#"
 # Allow tokens to look up their own properties
@@ -119,6 +126,15 @@ path "auth/token/revoke-self" {
 path "sys/capabilities-self" {
     capabilities = ["update"]
 }
+
+# Allow a token to look up its own entity by id or name
+path "identity/entity/id/{{identity.entity.id}}" {
+  capabilities = ["read"]
+}
+path "identity/entity/name/{{identity.entity.name}}" {
+  capabilities = ["read"]
+}
+
 
 # Allow a token to look up its resultant ACL from all policies. This is useful
 # for UIs. It is an internal path because the format may change at any time
@@ -303,6 +319,16 @@ pub struct Policy {
     name: String,
     raw: String,
     rules: Vec<PathRule>,
+    /// Paths with identity templates, filled per token entity.
+    templated: Vec<TemplatedRule>,
+}
+
+/// A path stanza whose path holds `{{...}}` identity templates: the path as
+/// written (validated, unfilled) and its permissions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplatedRule {
+    pub key: String,
+    pub permissions: Permissions,
 }
 
 /// Vault's normalisation of policy names: trimmed and lowercased.
@@ -326,13 +352,27 @@ impl Policy {
             hcl_stanzas(text).map_err(fail)?
         };
         let mut rules = Vec::with_capacity(stanzas.len());
+        let mut templated = Vec::new();
         for (path, body) in stanzas {
-            rules.push(build_rule(&path, &body).map_err(fail)?);
+            let rule = build_rule(&path, &body).map_err(fail)?;
+            match crate::identity::template::check(&path) {
+                Ok(false) => rules.push(rule),
+                Ok(true) => templated.push(TemplatedRule {
+                    key: path,
+                    permissions: rule.permissions,
+                }),
+                Err(e) => {
+                    return Err(fail(format!(
+                        "path {path:?}: failed to validate policy templating: {e}"
+                    )));
+                }
+            }
         }
         Ok(Policy {
             name,
             raw: text.to_string(),
             rules,
+            templated,
         })
     }
 
@@ -342,6 +382,7 @@ impl Policy {
             name: ROOT_POLICY.to_string(),
             raw: String::new(),
             rules: Vec::new(),
+            templated: Vec::new(),
         }
     }
 
@@ -356,6 +397,11 @@ impl Policy {
 
     pub fn rules(&self) -> &[PathRule] {
         &self.rules
+    }
+
+    /// The paths with identity templates (not in [`Policy::rules`]).
+    pub fn templated_rules(&self) -> &[TemplatedRule] {
+        &self.templated
     }
 }
 
@@ -630,11 +676,9 @@ const VALID_PATH_KEYS: [&str; 10] = [
     "control_group",
 ];
 
-/// Build one rule from a path stanza, as Vault's `parsePaths`.
-fn build_rule(key: &str, body: &Map<String, Value>) -> std::result::Result<PathRule, String> {
-    if let Some(bad) = body.keys().find(|k| !VALID_PATH_KEYS.contains(&k.as_str())) {
-        return Err(format!("path {key:?}: invalid key {bad:?}"));
-    }
+/// A stanza's path as the ACL keeps it: without a leading `/`, a plain glob
+/// without its `*` (`is_prefix`), and whether it has `+` segments.
+fn rule_path(key: &str) -> std::result::Result<(String, bool, bool), String> {
     let mut path = key.strip_prefix('/').unwrap_or(key).to_string();
     if path.contains("+*") {
         return Err(format!(
@@ -647,6 +691,15 @@ fn build_rule(key: &str, body: &Map<String, Value>) -> std::result::Result<PathR
         path.pop();
         is_prefix = true;
     }
+    Ok((path, is_prefix, has_segment_wildcards))
+}
+
+/// Build one rule from a path stanza, as Vault's `parsePaths`.
+fn build_rule(key: &str, body: &Map<String, Value>) -> std::result::Result<PathRule, String> {
+    if let Some(bad) = body.keys().find(|k| !VALID_PATH_KEYS.contains(&k.as_str())) {
+        return Err(format!("path {key:?}: invalid key {bad:?}"));
+    }
+    let (path, is_prefix, has_segment_wildcards) = rule_path(key)?;
 
     let mut names: Vec<String> = match body.get("capabilities") {
         None | Some(Value::Null) => Vec::new(),
@@ -865,33 +918,99 @@ pub struct Acl {
     /// Distinct lengths of the prefix rules, longest first.
     prefix_lens: Vec<usize>,
     segment: Vec<SegmentRule>,
+    /// Some policy in the set has identity-templated paths (left out here;
+    /// see [`Acl::with_identity`]).
+    templated: bool,
+}
+
+/// A templated policy path whose filled value OpenBao refuses (it would
+/// widen the path): the whole ACL is refused, as OpenBao does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRefused {
+    pub policy: String,
+    pub path: String,
+    pub reason: String,
 }
 
 impl Acl {
     /// Compile policies into one ACL, merging rules for the same path as Vault
     /// does. A `root` policy among them makes the ACL root (Vault never mixes
-    /// `root` with other policies on a token).
+    /// `root` with other policies on a token). Identity-templated paths are
+    /// left out (a token without an entity cannot fill them).
     pub fn new(policies: &[Arc<Policy>]) -> Acl {
+        Self::compile(policies, &[])
+    }
+
+    /// [`Acl::new`] with the templated paths filled from a token's entity
+    /// and groups; paths that cannot be filled are dropped, as Vault drops
+    /// them. A filled value containing `/`, `*` or `+` refuses the ACL.
+    pub fn with_identity(
+        policies: &[Arc<Policy>],
+        input: &crate::identity::template::TemplateInput,
+    ) -> std::result::Result<Acl, TemplateRefused> {
+        use crate::identity::template::{TemplateError, populate};
+        let mut filled = Vec::new();
+        for policy in policies {
+            for t in &policy.templated {
+                let path = match populate(&t.key, Some(input)) {
+                    Ok(p) => p,
+                    Err(TemplateError::NotFound(_)) => continue,
+                    Err(e) => {
+                        return Err(TemplateRefused {
+                            policy: policy.name.clone(),
+                            path: t.key.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                };
+                // A filled path that is no longer valid is dropped too.
+                if let Ok((path, is_prefix, has_segment_wildcards)) = rule_path(&path) {
+                    filled.push(PathRule {
+                        path,
+                        is_prefix,
+                        has_segment_wildcards,
+                        permissions: t.permissions.clone(),
+                    });
+                }
+            }
+        }
+        Ok(Self::compile(policies, &filled))
+    }
+
+    /// Whether some policy of this ACL has identity-templated paths, so a
+    /// token with an entity needs [`Acl::with_identity`].
+    pub fn is_templated(&self) -> bool {
+        self.templated
+    }
+
+    fn compile(policies: &[Arc<Policy>], filled: &[PathRule]) -> Acl {
         let mut acl = Acl::default();
         let mut segment: HashMap<String, Permissions> = HashMap::new();
+        let rules = policies
+            .iter()
+            .flat_map(|p| p.rules.iter())
+            .chain(filled.iter());
         for policy in policies {
             if policy.name == ROOT_POLICY {
                 acl.root = true;
             }
-            for rule in &policy.rules {
-                let map = if rule.has_segment_wildcards {
-                    &mut segment
-                } else if rule.is_prefix {
-                    &mut acl.prefix
-                } else {
-                    &mut acl.exact
-                };
-                match map.get_mut(&rule.path) {
-                    None => {
-                        map.insert(rule.path.clone(), rule.permissions.clone());
-                    }
-                    Some(existing) => merge(existing, &rule.permissions),
+            if !policy.templated.is_empty() {
+                acl.templated = true;
+            }
+        }
+        for rule in rules {
+            let map = if rule.has_segment_wildcards {
+                &mut segment
+            } else if rule.is_prefix {
+                &mut acl.prefix
+            } else {
+                &mut acl.exact
+            };
+            match map.get_mut(&rule.path) {
+                None => {
+                    map.insert(rule.path.clone(), rule.permissions.clone());
                 }
+                Some(existing) => merge(existing, &rule.permissions),
             }
         }
         let mut lens: Vec<usize> = acl.prefix.keys().map(String::len).collect();
@@ -1296,6 +1415,10 @@ pub fn requires_sudo(path: &str, _op: Operation) -> bool {
 /// Largest number of compiled ACLs kept; the cache is emptied when it fills.
 const ACL_CACHE_MAX: usize = 1024;
 
+/// One entity's compiled ACLs: token policy names → (the identity store
+/// generation it was built at, the ACL).
+type EntityAcls = HashMap<Vec<String>, (u64, Arc<Acl>)>;
+
 #[derive(Default)]
 struct Cache {
     /// Bumped by every write; a reader that loaded from storage only caches
@@ -1303,6 +1426,20 @@ struct Cache {
     generation: u64,
     policies: HashMap<String, Arc<Policy>>,
     acls: HashMap<Vec<String>, Arc<Acl>>,
+    /// ACLs with identity filled in: entity id → token policy names →
+    /// (the identity store generation it was built at, the ACL).
+    entity_acls: HashMap<String, EntityAcls>,
+    /// Entries in `entity_acls`, bounded like `acls`.
+    entity_acl_count: usize,
+}
+
+impl Cache {
+    /// Forget every compiled ACL (a policy changed).
+    fn clear_acls(&mut self) {
+        self.acls.clear();
+        self.entity_acls.clear();
+        self.entity_acl_count = 0;
+    }
 }
 
 /// Named ACL policies in storage (raw text under the view, keyed by name),
@@ -1403,7 +1540,7 @@ impl PolicyStore {
         self.view.put(&name, text.as_bytes().to_vec()).await?;
         let mut cache = self.write_cache();
         cache.generation += 1;
-        cache.acls.clear();
+        cache.clear_acls();
         cache.policies.insert(name, policy);
         Ok(())
     }
@@ -1475,13 +1612,85 @@ impl PolicyStore {
         Ok(acl)
     }
 
+    /// The compiled ACL for a token with an identity entity: its own
+    /// `names` plus the entity's and groups' policies, with templated paths
+    /// filled from the entity. When identity adds no policy and no policy is
+    /// templated, this is [`PolicyStore::acl_for`]'s cached ACL and costs
+    /// nothing more; otherwise the ACL is cached per entity and name list
+    /// until a policy changes or `identity.generation` moves on.
+    pub async fn acl_for_identity(
+        &self,
+        names: &[String],
+        identity: &crate::identity::IdentityView,
+    ) -> Result<Arc<Acl>> {
+        if identity.policies.iter().all(|p| names.contains(p)) {
+            let acl = self.acl_for(names).await?;
+            if !acl.is_templated() {
+                return Ok(acl);
+            }
+        }
+        let generation = {
+            let cache = self.read_cache();
+            if let Some((built_at, acl)) = cache
+                .entity_acls
+                .get(identity.entity_id.as_str())
+                .and_then(|m| m.get(names))
+                && *built_at == identity.generation
+            {
+                return Ok(acl.clone());
+            }
+            cache.generation
+        };
+        let mut all: Vec<String> = names.to_vec();
+        all.extend(identity.policies.iter().cloned());
+        all.sort();
+        all.dedup();
+        let mut policies = Vec::with_capacity(all.len());
+        for name in &all {
+            if let Some(p) = self.get(name).await? {
+                policies.push(p);
+            }
+        }
+        let acl = match Acl::with_identity(&policies, &identity.template) {
+            Ok(acl) => Arc::new(acl),
+            Err(refused) => {
+                // OpenBao answers every request of such a token with a 400
+                // "Forbidden" and logs why; the value is the operator's
+                // metadata, not a secret.
+                tracing::error!(
+                    policy = %refused.policy,
+                    path = %refused.path,
+                    reason = %refused.reason,
+                    "failed to construct ACL: error parsing templated policy"
+                );
+                return Err(CoreError::bad_request("Forbidden"));
+            }
+        };
+        let mut cache = self.write_cache();
+        if cache.generation == generation {
+            if cache.entity_acl_count >= ACL_CACHE_MAX {
+                cache.entity_acls.clear();
+                cache.entity_acl_count = 0;
+            }
+            let slot = cache
+                .entity_acls
+                .entry(identity.entity_id.clone())
+                .or_default()
+                .insert(names.to_vec(), (identity.generation, acl.clone()));
+            if slot.is_none() {
+                cache.entity_acl_count += 1;
+            }
+        }
+        Ok(acl)
+    }
+
     /// Forget the cached copy of one policy (and every compiled ACL), e.g.
     /// after a replicated write to `sys/policy/<name>`.
     pub fn invalidate(&self, name: &str) {
         let name = sanitize_name(name);
         let mut cache = self.write_cache();
         cache.generation += 1;
-        cache.acls.clear();
+        cache.clear_acls();
         cache.policies.remove(&name);
     }
 
@@ -1489,7 +1698,7 @@ impl PolicyStore {
     pub fn clear_cache(&self) {
         let mut cache = self.write_cache();
         cache.generation += 1;
-        cache.acls.clear();
+        cache.clear_acls();
         cache.policies.clear();
     }
 }
@@ -2118,6 +2327,143 @@ path "secret/wrapped" {
                 .await
                 .unwrap()
                 .check("secret/x", Operation::Read)
+                .allowed
+        );
+    }
+
+    fn view(
+        entity: &str,
+        name: &str,
+        generation: u64,
+        policies: &[&str],
+    ) -> crate::identity::IdentityView {
+        crate::identity::IdentityView {
+            entity_id: entity.into(),
+            generation,
+            disabled: false,
+            policies: policies.iter().map(|p| p.to_string()).collect(),
+            template: crate::identity::template::TemplateInput {
+                entity_id: entity.into(),
+                entity_name: name.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn templated_paths_are_filled_per_entity_and_cached() {
+        let s = store().await;
+        s.set("plain", &rule("secret/data/static", r#""read""#))
+            .await
+            .unwrap();
+        s.set(
+            "tpl",
+            "path \"secret/data/users/{{identity.entity.name}}/*\" { capabilities = [\"read\"] }\n\
+             path \"secret/data/x/{{identity.entity.metadata.nope}}\" { capabilities = [\"read\"] }\n\
+             path \"secret/data/static2\" { capabilities = [\"read\"] }",
+        )
+        .await
+        .unwrap();
+        let p = s.get("tpl").await.unwrap().unwrap();
+        assert_eq!(p.rules().len(), 1);
+        assert_eq!(p.templated_rules().len(), 2);
+
+        // No entity: the templated paths are absent.
+        let names = vec!["tpl".to_string()];
+        let a = s.acl_for(&names).await.unwrap();
+        assert!(a.is_templated());
+        assert!(a.check("secret/data/static2", Operation::Read).allowed);
+        assert!(
+            !a.check("secret/data/users/alice/x", Operation::Read)
+                .allowed
+        );
+
+        // With an entity: filled; the unresolvable path is dropped.
+        let alice = view("e1", "alice", 1, &[]);
+        let a = s.acl_for_identity(&names, &alice).await.unwrap();
+        assert!(
+            a.check("secret/data/users/alice/x", Operation::Read)
+                .allowed
+        );
+        assert!(!a.check("secret/data/users/bob/x", Operation::Read).allowed);
+        assert!(a.check("secret/data/static2", Operation::Read).allowed);
+        // Cached until the identity generation moves on.
+        let again = s.acl_for_identity(&names, &alice).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        let renamed = view("e1", "alice2", 2, &[]);
+        let b = s.acl_for_identity(&names, &renamed).await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(
+            b.check("secret/data/users/alice2/x", Operation::Read)
+                .allowed
+        );
+        assert!(
+            !b.check("secret/data/users/alice/x", Operation::Read)
+                .allowed
+        );
+
+        // Identity policies join the token's.
+        let plain_names = vec!["default".to_string()];
+        let with_plain = view("e2", "bob", 2, &["plain"]);
+        let c = s.acl_for_identity(&plain_names, &with_plain).await.unwrap();
+        assert!(c.check("secret/data/static", Operation::Read).allowed);
+
+        // Fast path: nothing templated, nothing added by identity: the very
+        // ACL the token's names compile to, shared.
+        let nothing = view("e3", "carol", 2, &[]);
+        let shared = s.acl_for(&["plain".to_string()]).await.unwrap();
+        let d = s
+            .acl_for_identity(&["plain".to_string()], &nothing)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&shared, &d));
+        assert!(!d.is_templated());
+
+        // A value that would widen the path refuses the ACL.
+        let mut bad = view("e4", "a/b", 2, &[]);
+        assert!(s.acl_for_identity(&names, &bad).await.is_err());
+        bad.template.entity_name = "x*".into();
+        assert!(s.acl_for_identity(&names, &bad).await.is_err());
+
+        // A policy write forgets the per-entity ACLs.
+        s.set("tpl", &rule("secret/data/other", r#""read""#))
+            .await
+            .unwrap();
+        let e = s.acl_for_identity(&names, &alice).await.unwrap();
+        assert!(
+            !e.check("secret/data/users/alice/x", Operation::Read)
+                .allowed
+        );
+        assert!(e.check("secret/data/other", Operation::Read).allowed);
+    }
+
+    #[test]
+    fn unbalanced_templates_are_refused_at_parse_time() {
+        let err = bad("path \"secret/{{identity.entity.id\" { capabilities = [\"read\"] }");
+        assert_eq!(
+            err,
+            "failed to parse policy: path \"secret/{{identity.entity.id\": failed to validate policy templating: unbalanced templating characters"
+        );
+    }
+
+    #[test]
+    fn default_policy_lets_a_token_read_its_own_entity() {
+        let p = Arc::new(Policy::parse(DEFAULT_POLICY, DEFAULT_POLICY_TEXT).unwrap());
+        let input = crate::identity::template::TemplateInput {
+            entity_id: "e-1".into(),
+            entity_name: "alice".into(),
+            ..Default::default()
+        };
+        let a = Acl::with_identity(std::slice::from_ref(&p), &input).unwrap();
+        assert!(a.check("identity/entity/id/e-1", Operation::Read).allowed);
+        assert!(
+            a.check("identity/entity/name/alice", Operation::Read)
+                .allowed
+        );
+        assert!(!a.check("identity/entity/id/e-2", Operation::Read).allowed);
+        assert!(
+            !Acl::new(&[p])
+                .check("identity/entity/id/e-1", Operation::Read)
                 .allowed
         );
     }

@@ -1038,7 +1038,7 @@ impl Backend for SystemBackend {
                     }
                 };
                 let acl = match &entry {
-                    Some(e) => crate::identity::token_acl(&u, &e).await?,
+                    Some(e) => crate::identity::token_acl(&u, e).await?,
                     None => return Err(CoreError::bad_request("invalid token")),
                 };
                 let mut data = Map::new();
