@@ -4,8 +4,9 @@
 //! [`Core::handle`] is the whole life of an authenticated request, in order:
 //! sealed? → token lookup → route → existence check (create vs update) → ACL
 //! (deny by default, sudo for root-protected paths) → audit the request (fail
-//! closed: no audit, no action) → consume a token use → backend → audit the
-//! response → [`Response`]. The HTTP layer (`crate::http`) only translates
+//! closed: no audit, no action) → consume a token use → backend → wrap the
+//! response when asked (`crate::wrapping`) → audit the response →
+//! [`Response`]. The HTTP layer (`crate::http`) only translates
 //! to and from HTTP; unauthenticated `sys/` endpoints (init, unseal, health)
 //! are served by `crate::sys` without this pipeline, as in Vault.
 //!

@@ -3,6 +3,7 @@
 //! Requests arrive from the listeners in `crate::server` (plain TCP or TLS);
 //! this module turns them into [`Request`]s — method to operation (`LIST`
 //! and `?list=true` to list), `X-Vault-Token` or `Authorization: Bearer`,
+//! `X-Vault-Wrap-TTL` (`crate::wrapping`),
 //! JSON body or query string to data, a body size limit — and renders the
 //! outcome in Vault's envelope (`request_id`, `lease_id`, `renewable`,
 //! `lease_duration`, `data`, `wrap_info`, `warnings`, `auth`) or as
