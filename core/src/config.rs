@@ -115,6 +115,8 @@ const LISTENER_KEYS: &[&str] = &[
     "tls_key_file",
     "max_request_size",
     "telemetry",
+    "disable_unauthed_generate_root_endpoints",
+    "disable_unauthed_rekey_endpoints",
 ];
 const LISTENER_TELEMETRY_KEYS: &[&str] = &["unauthenticated_metrics_access"];
 const TELEMETRY_KEYS: &[&str] = &[
@@ -239,6 +241,12 @@ pub struct ListenerConfig {
     /// Bytes; `None` or 0 = 32 MiB, negative = no limit (as in Vault).
     pub max_request_size: Option<i64>,
     pub telemetry: ListenerTelemetry,
+    /// Serve Vault's unauthenticated `sys/generate-root/*` and `sys/rekey/*`
+    /// (`crate::ceremony`): `disable_unauthed_generate_root_endpoints =
+    /// false` / `disable_unauthed_rekey_endpoints = false`. Off by default,
+    /// as in OpenBao 2.7.2.
+    pub unauthed_generate_root: bool,
+    pub unauthed_rekey: bool,
 }
 
 impl Default for ListenerConfig {
@@ -250,6 +258,8 @@ impl Default for ListenerConfig {
             tls_key_file: None,
             max_request_size: None,
             telemetry: ListenerTelemetry::default(),
+            unauthed_generate_root: false,
+            unauthed_rekey: false,
         }
     }
 }
@@ -1252,6 +1262,12 @@ fn parse_listeners(
             telemetry: ListenerTelemetry {
                 unauthenticated_metrics_access,
             },
+            unauthed_generate_root: !sec
+                .bool("disable_unauthed_generate_root_endpoints")?
+                .unwrap_or(true),
+            unauthed_rekey: !sec
+                .bool("disable_unauthed_rekey_endpoints")?
+                .unwrap_or(true),
         });
     }
     Ok(out)
@@ -1534,6 +1550,8 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
                 telemetry: ListenerTelemetry {
                     unauthenticated_metrics_access: true,
                 },
+                unauthed_generate_root: false,
+                unauthed_rekey: false,
             }],
             telemetry: TelemetryConfig {
                 metrics_prefix: "custos".into(),
@@ -1629,7 +1647,8 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
         assert_eq!(
             err(src),
             "server.hcl: unknown key \"adress\" in listener \"tcp\" (expected one of: address, tls_disable, \
-             tls_cert_file, tls_key_file, max_request_size, telemetry)"
+             tls_cert_file, tls_key_file, max_request_size, telemetry, \
+             disable_unauthed_generate_root_endpoints, disable_unauthed_rekey_endpoints)"
         );
     }
 

@@ -40,6 +40,9 @@ pub struct HttpState {
     /// Serve `sys/metrics` without a token (listener `telemetry` block).
     pub unauthenticated_metrics: bool,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Vault's unauthenticated ceremony endpoints this listener serves
+    /// (`crate::ceremony::unauthenticated`).
+    pub unauthed_ceremonies: crate::ceremony::Unauthed,
 }
 
 /// The client address a connection came from, for any listener type.
@@ -302,6 +305,11 @@ async fn handle_request(
     // A standby sends the request to the active node (crate::forward); the
     // active node audits the client a cluster member forwarded it for.
     let mut forwarded_id = None;
+    // A listener that does not serve Vault's unauthenticated ceremonies
+    // refuses them itself, before a standby would forward them.
+    if let Some(e) = crate::ceremony::refused(st.unauthed_ceremonies, &path) {
+        return core_error(&e);
+    }
     if st.core.cluster().is_some() {
         match crate::forward::target(&st.core, &path, &headers).await {
             Some(Ok(base)) => {
@@ -383,6 +391,25 @@ async fn handle_request(
                 data.insert(k, v);
             }
         }
+    }
+    // Vault's unauthenticated key ceremonies, when this listener serves them
+    // (a request a standby forwarded was admitted by the standby's listener).
+    let mut ceremonies = st.unauthed_ceremonies;
+    if forwarded_id.is_some() {
+        ceremonies = crate::ceremony::Unauthed {
+            generate_root: true,
+            rekey: true,
+        };
+    }
+    if let Some(result) =
+        crate::ceremony::unauthenticated(&st.core, ceremonies, op, &path, &data, remote).await
+    {
+        let resp = match result {
+            Ok(r) => render("", &path, op, r),
+            Err(e) => core_error(&e),
+        };
+        record(&path, op, resp.status().as_u16(), started);
+        return head_strip(&method, resp);
     }
     // Unauthenticated system endpoints (work while sealed).
     if let Some(result) = crate::sys::unauthenticated(&st.core, op, &path, &data).await {

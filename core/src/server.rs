@@ -288,6 +288,10 @@ async fn bind_listener(
         max_request_size,
         unauthenticated_metrics: l.telemetry.unauthenticated_metrics_access,
         metrics,
+        unauthed_ceremonies: crate::ceremony::Unauthed {
+            generate_root: l.unauthed_generate_root,
+            rekey: l.unauthed_rekey,
+        },
     };
     let app = crate::http::router(state);
     let tcp = TcpListener::bind(&l.address)

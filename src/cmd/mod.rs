@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod audit_query;
+pub mod ceremony;
 pub mod drill;
 pub mod kv;
 pub mod operator;

@@ -27,6 +27,10 @@ pub enum OperatorCmd {
     Rotate,
     /// Show information about the active barrier encryption key
     KeyStatus,
+    /// Generate a new root token, authorised by a quorum of key shares
+    GenerateRoot(super::ceremony::GenerateRootArgs),
+    /// Replace the unseal key shares (new shares and threshold); old shares stop working
+    Rekey(super::ceremony::RekeyArgs),
     /// Raft storage: snapshots
     #[command(subcommand)]
     Raft(super::raft::RaftCmd),
@@ -83,6 +87,8 @@ pub async fn run(ctx: &Ctx, cmd: OperatorCmd) -> CmdResult {
         OperatorCmd::Init(a) => init(ctx, a).await,
         OperatorCmd::Unseal(a) => unseal(ctx, a).await,
         OperatorCmd::Raft(c) => super::raft::run(ctx, c).await,
+        OperatorCmd::GenerateRoot(a) => super::ceremony::generate_root(ctx, a).await,
+        OperatorCmd::Rekey(a) => super::ceremony::rekey(ctx, a).await,
         OperatorCmd::Seal => {
             ctx.client
                 .write("sys/seal", &json!({}))
