@@ -386,7 +386,10 @@ mod tests {
 
 /// Key ceremonies (`crate::ceremony`): the root key opened with an unseal
 /// key recombined from shares, or `None` when that is not the unseal key.
-pub(crate) fn open_wrapped_root_key(unseal_key: &[u8], wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+pub(crate) fn open_wrapped_root_key(
+    unseal_key: &[u8],
+    wrapped: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
     open_with_key(unseal_key, ROOT_KEY_PATH.as_bytes(), wrapped).ok()
 }
 
