@@ -899,8 +899,7 @@ impl IdentityStore {
         if name == alias.name
             && accessor == alias.mount_accessor
             && !moving
-            && custom.clone().unwrap_or_default()
-                == alias.custom_metadata.clone().unwrap_or_default()
+            && custom == alias.custom_metadata
         {
             return Ok(None);
         }
