@@ -80,7 +80,9 @@ pub fn wrap_ttl_of(headers: &http::HeaderMap) -> Result<i64> {
 
 /// Vault's `parseutil.ParseDurationSecond` for the header: an integer is
 /// seconds, `<n>d` days, anything else a Go duration (`5m`, `1h30m`), with
-/// Go's error messages. Fractions of a second are dropped.
+/// Go's error messages. Fractions of a second are dropped, but a TTL under
+/// a second is one second (a wrapped answer that nobody could unwrap helps
+/// no one; OpenBao keeps the sub-second TTL).
 pub fn parse_wrap_ttl(raw: &str) -> std::result::Result<i64, String> {
     const NEGATIVE: &str = "requested wrap ttl cannot be negative";
     let s = raw.trim();
@@ -104,7 +106,11 @@ pub fn parse_wrap_ttl(raw: &str) -> std::result::Result<i64, String> {
     if secs < 0.0 {
         return Err(NEGATIVE.into());
     }
-    Ok(secs as i64)
+    Ok(if secs > 0.0 && secs < 1.0 {
+        1
+    } else {
+        secs as i64
+    })
 }
 
 /// Go's `time.ParseDuration`, in seconds, with its error messages.
@@ -659,6 +665,8 @@ mod tests {
         assert_eq!(parse_wrap_ttl("2d"), Ok(172_800));
         assert_eq!(parse_wrap_ttl("1.5m"), Ok(90));
         assert_eq!(parse_wrap_ttl("0"), Ok(0));
+        assert_eq!(parse_wrap_ttl("500ms"), Ok(1));
+        assert_eq!(parse_wrap_ttl("1.5s"), Ok(1));
         assert_eq!(
             parse_wrap_ttl("abc").unwrap_err(),
             r#"time: invalid duration "abc""#
