@@ -609,9 +609,18 @@ async fn secret_id_limits_cidrs_destroy_and_accessors() {
     let (st, v) = login(&s, &role_id, &far).await;
     assert_eq!(st, 400, "{v}");
     assert!(
-        error_of(&v).contains("unauthorized through CIDR restrictions on the secret ID"),
+        error_of(&v).contains("unauthorized by CIDR restrictions on the secret ID"),
         "{v}"
     );
+    // A refused login spends no use.
+    let far_lookup = root(
+        &s,
+        "POST",
+        "auth/approle/role/app/secret-id/lookup",
+        json!({"secret_id": far}),
+    )
+    .await;
+    assert_eq!(far_lookup["data"]["secret_id_num_uses"], json!(3));
     let (near, _) = new_secret_id(&s, "app", json!({"cidr_list": "127.0.0.1/32", "token_bound_cidrs": "127.0.0.1/32", "num_uses": 2, "ttl": 600})).await;
     let (st, v) = login(&s, &role_id, &near).await;
     assert_eq!(st, 200, "{v}");
@@ -675,9 +684,11 @@ async fn secret_id_limits_cidrs_destroy_and_accessors() {
         json!({"secret_id_accessor": b_acc}),
     )
     .await;
+    // As Vault: a 404 whose envelope carries the error in `data`.
     assert_eq!(st, 404, "{v}");
     assert!(
-        error_of(&v).starts_with("failed to find accessor entry for secret_id_accessor"),
+        str_of(&v["data"]["error"])
+            .starts_with("failed to find accessor entry for secret_id_accessor"),
         "{v}"
     );
 

@@ -155,8 +155,10 @@ impl AppRoleBackend {
                 ));
             };
             if !addr_in_blocks(ip, &entry.cidr_list) {
+                // Vault's two wordings: limited secret-ids say "by".
+                let how = if limited { "by" } else { "through" };
                 return Err(CoreError::bad_request(format!(
-                    "source address {:?} unauthorized through CIDR restrictions on the secret ID",
+                    "source address {:?} unauthorized {how} CIDR restrictions on the secret ID",
                     ip.to_string()
                 )));
             }

@@ -479,9 +479,17 @@ impl AppRoleBackend {
             .accessor_entry(ctx.storage, accessor, &role.secret_id_prefix)
             .await?
         else {
-            return Err(CoreError::NotFound(format!(
-                "failed to find accessor entry for secret_id_accessor: {accessor:?}"
-            )));
+            // Vault answers this one as an error response with a 404
+            // status: the envelope, with the error inside `data`.
+            let msg = format!("failed to find accessor entry for secret_id_accessor: {accessor:?}");
+            let mut resp = Response::data(
+                json!({ "error": msg })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            resp.status = Some(404);
+            return Ok(Some(resp));
         };
         let role_hmac = create_hmac(&role.hmac_key, &role.name)?;
         let key = entry_key(&role, &role_hmac, &index.secret_id_hmac);
