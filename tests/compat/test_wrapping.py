@@ -256,3 +256,24 @@ def test_wrapped_login_unwraps_to_the_issued_token(target: Target) -> None:
     assert unwrapped["auth"]["accessor"] == info["wrapped_accessor"]
     me = target.client(token=unwrapped["auth"]["client_token"]).auth.token.lookup_self()
     assert me["data"]["meta"]["username"] == "ci"
+
+
+def test_approle_secret_id_delivered_wrapped(target: Target) -> None:
+    mount = uniq("ar")
+    assert target.http("POST", f"sys/auth/{mount}", json_body={"type": "approle"}).status_code == 204
+    assert target.http("POST", f"auth/{mount}/role/web", json_body={"token_policies": "default"}).status_code == 204
+    role_id = target.http("GET", f"auth/{mount}/role/web/role-id").json()["data"]["role_id"]
+    r = target.bao("write", "-wrap-ttl=2m", "-format=json", "-f", f"auth/{mount}/role/web/secret-id")
+    assert r.rc == 0, r
+    info = r.json()["wrap_info"]
+    assert_keys(info, WRAP_INFO_KEYS | {"wrapped_accessor"}, "wrap_info of a secret-id")
+    assert info["creation_path"] == f"auth/{mount}/role/web/secret-id"
+    r = target.bao("unwrap", "-format=json", token=info["token"])
+    assert r.rc == 0, r
+    data = r.json()["data"]
+    assert data["secret_id_accessor"] == info["wrapped_accessor"]
+    login = target.http(
+        "POST", f"auth/{mount}/login", token=None, json_body={"role_id": role_id, "secret_id": data["secret_id"]}
+    )
+    assert login.status_code == 200, login.text
+    assert login.json()["auth"]["client_token"]

@@ -606,3 +606,66 @@ async fn a_wrapped_login_unwraps_to_its_token() {
     assert_eq!(st, 200, "{me}");
     assert_eq!(me["data"]["meta"]["username"], "ci", "{me}");
 }
+
+/// AppRole secret-id delivery: an orchestrator that may fetch secret-ids
+/// only wrapped hands the wrapping token to the application, which unwraps
+/// it and logs in; the wrap_info names the secret-id's accessor.
+#[tokio::test]
+async fn approle_secret_ids_are_delivered_wrapped() {
+    let s = dev_server();
+    root(&s, "POST", "sys/auth/approle", json!({"type": "approle"})).await;
+    root(
+        &s,
+        "POST",
+        "auth/approle/role/web",
+        json!({"token_policies": "default"}),
+    )
+    .await;
+    let role_id =
+        root(&s, "GET", "auth/approle/role/web/role-id", Value::Null).await["data"]["role_id"]
+            .as_str()
+            .expect("role id")
+            .to_string();
+    root(
+        &s,
+        "PUT",
+        "sys/policies/acl/deployer",
+        json!({"policy": "path \"auth/approle/role/web/secret-id\" {\n capabilities = [\"update\"]\n min_wrapping_ttl = \"10s\"\n max_wrapping_ttl = \"5m\"\n}"}),
+    )
+    .await;
+    let v = root(
+        &s,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["deployer"]}),
+    )
+    .await;
+    let deployer = v["auth"]["client_token"].as_str().expect("token");
+
+    let path = "auth/approle/role/web/secret-id";
+    let (st, _) = call(&s, "POST", path, Some(deployer), Value::Null).await;
+    assert_eq!(st, 403, "unwrapped secret-ids are refused by the policy");
+    let (st, v) = call_with(&s, "POST", path, Some(deployer), Some("2m"), Value::Null).await;
+    assert_eq!(st, 200, "{v}");
+    let info = v["wrap_info"].clone();
+    assert_eq!(info["creation_path"], path);
+    let w = info["token"].as_str().expect("wrapping token");
+
+    let (st, v) = call(&s, "POST", "sys/wrapping/unwrap", Some(w), Value::Null).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["data"]["secret_id_accessor"], info["wrapped_accessor"],
+        "{v}"
+    );
+    let secret_id = v["data"]["secret_id"].as_str().expect("secret id");
+    let (st, v) = call(
+        &s,
+        "POST",
+        "auth/approle/login",
+        None,
+        json!({"role_id": role_id, "secret_id": secret_id}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["auth"]["client_token"].is_string(), "{v}");
+}
