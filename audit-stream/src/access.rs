@@ -495,10 +495,16 @@ pub fn sensitive_kinds(ev: &EventView) -> Vec<&'static str> {
     if (under("sys/policy") || under("sys/policies")) && writes {
         kinds.push("policy");
     }
-    if under("sys/rotate") || under("sys/keyring") {
+    // Key ceremonies: OpenBao's token-authenticated rekey of the unseal /
+    // recovery keys (`sys/rotate/root|recovery/init|update|verify|backup`)
+    // is a rekey like Vault's `sys/rekey*`, not a keyring rotation;
+    // `sys/rotate`, `sys/rotate/keyring`, `sys/rotate/config` and the bare
+    // `sys/rotate/root` (a new root key, no shares) stay rotations.
+    let ceremony_rekey = path.starts_with("sys/rotate/root/") || under("sys/rotate/recovery");
+    if (under("sys/rotate") || under("sys/keyring")) && !ceremony_rekey {
         kinds.push("rotate");
     }
-    if under("sys/rekey") || under("sys/rekey-recovery-key") {
+    if under("sys/rekey") || under("sys/rekey-recovery-key") || ceremony_rekey {
         kinds.push("rekey");
     }
     if (under("sys/mounts") || under("sys/remount")) && writes {
@@ -510,7 +516,9 @@ pub fn sensitive_kinds(ev: &EventView) -> Vec<&'static str> {
     if under("sys/raw") {
         kinds.push("raw");
     }
-    if under("sys/generate-root") {
+    // Vault's unauthenticated `sys/generate-root/*` and OpenBao's
+    // authenticated `sys/generate-root-token/*`.
+    if under("sys/generate-root") || under("sys/generate-root-token") {
         kinds.push("generate_root");
     }
     if path == "auth/token/create-orphan" {
@@ -674,6 +682,53 @@ mod tests {
         ev.request.path = "sys/seal".into();
         ev.kind = "request".into();
         assert!(sensitive_kinds(&ev).is_empty());
+    }
+
+    #[test]
+    fn key_ceremonies_count_as_generate_root_and_rekey() {
+        let mut ev = EventView {
+            kind: "response".into(),
+            ..Default::default()
+        };
+        ev.request.operation = "update".into();
+        let kinds = |ev: &mut EventView, path: &str| {
+            ev.request.path = path.into();
+            sensitive_kinds(ev)
+        };
+        for p in [
+            "sys/generate-root/attempt",
+            "sys/generate-root/update",
+            "sys/generate-root-token/attempt",
+            "sys/generate-root-token/update",
+        ] {
+            assert_eq!(kinds(&mut ev, p), vec!["generate_root"], "{p}");
+        }
+        for p in [
+            "sys/rekey/init",
+            "sys/rekey/update",
+            "sys/rekey/verify",
+            "sys/rekey-recovery-key/init",
+            "sys/rekey-recovery-key/update",
+            "sys/rekey-recovery-key/verify",
+            "sys/rotate/root/init",
+            "sys/rotate/root/update",
+            "sys/rotate/root/verify",
+            "sys/rotate/recovery/init",
+            "sys/rotate/recovery/update",
+            "sys/rotate/recovery/verify",
+        ] {
+            assert_eq!(kinds(&mut ev, p), vec!["rekey"], "{p}");
+        }
+        // Keyring rotations stay rotations; look-alikes are nothing.
+        for p in ["sys/rotate", "sys/rotate/keyring", "sys/rotate/root"] {
+            assert_eq!(kinds(&mut ev, p), vec!["rotate"], "{p}");
+        }
+        for p in ["sys/generate-rootx", "sys/rekeying", "sys/decode-token"] {
+            assert!(kinds(&mut ev, p).is_empty(), "{p}");
+        }
+        // Only the response event counts.
+        ev.kind = "request".into();
+        assert!(kinds(&mut ev, "sys/generate-root-token/update").is_empty());
     }
 
     #[test]
