@@ -37,6 +37,7 @@ pub enum Workload {
     TokenCreateLookup,
     TokenLookup,
     KvRead1Mib,
+    ApproleLogin,
 }
 
 const NAMES: &[(Workload, &str, &str)] = &[
@@ -89,6 +90,11 @@ const NAMES: &[(Workload, &str, &str)] = &[
         Workload::KvRead1Mib,
         "kv-read-1mib",
         "GET of one of --big-keys secrets of --big-value bytes",
+    ),
+    (
+        Workload::ApproleLogin,
+        "approle-login",
+        "POST auth/bench-approle/login with the role_id and one of 64 unlimited secret-ids: role and secret-id lookup + token issue",
     ),
 ];
 
@@ -173,6 +179,8 @@ pub struct Fixture {
     /// `batch_input` of 100 ciphertexts under `bench-kek` v1 (the key is at v2).
     rewrap_body: Option<Bytes>,
     create_body: Bytes,
+    /// `{"role_id": ..., "secret_id": ...}` login bodies for approle-login.
+    approle_bodies: Vec<Bytes>,
     /// Time and rate of the KV pre-population, per batch.
     pub populate_log: Vec<PopulateStat>,
 }
@@ -217,6 +225,7 @@ impl Fixture {
             batch_body: Bytes::from(json!({ "batch_input": batch }).to_string()),
             rewrap_body: None,
             create_body: Bytes::from(json!({ "policies": ["default"], "ttl": "1h" }).to_string()),
+            approle_bodies: Vec::new(),
             populate_log: Vec::new(),
         }
     }
@@ -230,6 +239,7 @@ impl Fixture {
             Workload::KvRead1Mib => self.ensure_big(c, ds).await,
             Workload::TokenLookup => self.ensure_tokens(c, ds.tokens).await,
             Workload::TokenCreateLookup => Ok(()),
+            Workload::ApproleLogin => self.ensure_approle(c).await,
             Workload::TransitEncrypt
             | Workload::TransitDecrypt
             | Workload::TransitEncryptBatch100 => self.ensure_transit(c).await,
@@ -322,6 +332,43 @@ impl Fixture {
                 .ok_or_else(|| anyhow!("auth/token/create: no auth.client_token in reply"))?;
             self.lookup_bodies
                 .push(Bytes::from(json!({ "token": t }).to_string()));
+        }
+        Ok(())
+    }
+
+    /// An `approle` auth mount at `bench-approle/` with role `bench`
+    /// (default policy, 1h tokens) and 64 secret-ids without a use limit,
+    /// as a fleet of agents that log in again and again holds them.
+    async fn ensure_approle(&mut self, c: &VaultClient) -> Result<()> {
+        if !self.approle_bodies.is_empty() {
+            return Ok(());
+        }
+        let mounts = c.get("sys/auth").await?;
+        if !mounts.body.windows(14).any(|w| w == b"bench-approle/") {
+            c.post_json("sys/auth/bench-approle", &json!({ "type": "approle" }))
+                .await?;
+        }
+        c.post_json(
+            "auth/bench-approle/role/bench",
+            &json!({ "token_policies": "default", "token_ttl": "1h" }),
+        )
+        .await?;
+        let r = c.get("auth/bench-approle/role/bench/role-id").await?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+        let role_id = v["data"]["role_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("approle: no data.role_id in {}", r.snippet(200)))?
+            .to_string();
+        for _ in 0..64 {
+            let v = c
+                .post_json("auth/bench-approle/role/bench/secret-id", &json!({}))
+                .await?;
+            let secret_id = v["data"]["secret_id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("approle: no data.secret_id in reply"))?;
+            self.approle_bodies.push(Bytes::from(
+                json!({ "role_id": role_id, "secret_id": secret_id }).to_string(),
+            ));
         }
         Ok(())
     }
@@ -502,6 +549,17 @@ pub async fn op(
         Workload::TokenLookup => {
             let body = fx.lookup_bodies[pick(rng, fx.lookup_bodies.len())].clone();
             check!("token lookup", c.post("auth/token/lookup", body).await);
+            Ok(1)
+        }
+        Workload::ApproleLogin => {
+            let body = fx.approle_bodies[pick(rng, fx.approle_bodies.len())].clone();
+            let r = check!(
+                "approle login",
+                c.post("auth/bench-approle/login", body).await
+            );
+            if !r.body.windows(14).any(|w| w == b"\"client_token\"") {
+                return Err("approle login: no auth.client_token in reply".into());
+            }
             Ok(1)
         }
         Workload::TokenCreateLookup => {
