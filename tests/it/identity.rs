@@ -254,8 +254,8 @@ async fn entity_and_nested_group_policies_reach_the_token() {
 
     let e =
         root(&s, "GET", &format!("identity/entity/id/{eid}"), Value::Null).await["data"].clone();
-    assert_eq!(strs(&e["direct_group_ids"]), [child.clone()]);
-    assert_eq!(strs(&e["inherited_group_ids"]), [parent.clone()]);
+    assert_eq!(strs(&e["direct_group_ids"]), vec![child.clone()]);
+    assert_eq!(strs(&e["inherited_group_ids"]), vec![parent.clone()]);
     assert_eq!(strs(&e["group_ids"]), [child.clone(), parent.clone()]);
     let g = root(
         &s,
@@ -265,8 +265,8 @@ async fn entity_and_nested_group_policies_reach_the_token() {
     )
     .await["data"]
         .clone();
-    assert_eq!(strs(&g["parent_group_ids"]), [parent.clone()]);
-    assert_eq!(strs(&g["member_entity_ids"]), [eid.clone()]);
+    assert_eq!(strs(&g["parent_group_ids"]), vec![parent.clone()]);
+    assert_eq!(strs(&g["member_entity_ids"]), vec![eid.clone()]);
     assert_eq!(g["type"], "internal");
     assert_eq!(g["alias"], json!({}));
 
@@ -605,7 +605,7 @@ async fn bad_identity_input_is_a_400_that_changes_nothing() {
     assert_eq!(st, 400);
     // Nothing changed: one entity, no groups.
     let ids = root(&s, "LIST", "identity/entity/id", Value::Null).await;
-    assert_eq!(strs(&ids["data"]["keys"]), [eid.clone()]);
+    assert_eq!(strs(&ids["data"]["keys"]), vec![eid.clone()]);
     let (st, _) = call(&s, "LIST", "identity/group/id", Some("root"), Value::Null).await;
     assert_eq!(st, 404);
     let e = root(&s, "GET", "identity/entity/name/svc", Value::Null).await;
