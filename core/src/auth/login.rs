@@ -50,7 +50,8 @@ pub async fn issue(
         .identity
         .entity_for_login(mount, &login.alias, &login.group_aliases)
         .await?;
-    let identity_policies = u.identity.identity_policies(&entity.id).await?;
+    // Sorted and deduplicated, as OpenBao shows them.
+    let identity_policies = sanitize_policies(u.identity.identity_policies(&entity.id).await?);
 
     let p = &login.token;
     let mut token_policies = p.token_policies.clone();
