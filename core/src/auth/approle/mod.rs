@@ -551,6 +551,91 @@ mod tests {
         assert!(create_hmac("", "v").is_err());
     }
 
+    /// Through the router as the server calls it, with the periodic tidy
+    /// given a clock a minute ahead: the expired secret-id and its accessor
+    /// index go, the unexpiring one stays.
+    #[tokio::test]
+    async fn periodic_tidy_removes_only_expired_secret_ids() {
+        use crate::barrier::Barrier;
+        use crate::logical::Request;
+        use crate::router::{MountEntry, Mounted};
+        use crate::storage::memory::MemoryStore;
+
+        let barrier = Arc::new(Barrier::new(Arc::new(MemoryStore::new())));
+        barrier.initialize(&[7u8; 32]).await.unwrap();
+        let storage = StorageView::new(barrier, "auth/approle-test/");
+        let backend = Arc::new(AppRoleBackend::new(768 * 3600));
+        let entry = MountEntry::new("auth/approle/", "approle", "");
+        let mounted = Mounted::new(entry, backend.clone(), storage.clone()).unwrap();
+        let call = |op: Op, path: &str, body: Value| {
+            let mut req = Request::new(op, format!("auth/approle/{path}"));
+            req.relative_path = path.to_string();
+            if let Value::Object(m) = body {
+                req.data = m;
+            }
+            let mounted = &mounted;
+            let path = path.to_string();
+            async move { mounted.resolve(&path, req.operation)?.call(&req).await }
+        };
+        call(Op::Create, "role/app", serde_json::json!({}))
+            .await
+            .unwrap();
+        let short = call(
+            Op::Update,
+            "role/app/secret-id",
+            serde_json::json!({"ttl": 60}),
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.data)
+        .unwrap();
+        call(Op::Update, "role/app/secret-id", serde_json::json!({}))
+            .await
+            .unwrap();
+        let accessors = |r: Option<Response>| -> Vec<Value> {
+            r.and_then(|r| r.data)
+                .and_then(|d| d.get("keys").and_then(Value::as_array).cloned())
+                .unwrap_or_default()
+        };
+        let all = call(Op::List, "role/app/secret-id", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(accessors(all).len(), 2);
+        let accessor_keys = storage.list("accessor/").await.unwrap();
+        assert_eq!(accessor_keys.len(), 2);
+
+        let now = secret_id::now_nanos();
+        backend
+            .periodic("auth/approle/", &storage, now)
+            .await
+            .unwrap();
+        let all = call(Op::List, "role/app/secret-id", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(accessors(all).len(), 2, "nothing expired yet");
+
+        backend
+            .periodic("auth/approle/", &storage, now + 61_000_000_000)
+            .await
+            .unwrap();
+        let left = accessors(
+            call(Op::List, "role/app/secret-id", Value::Null)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(left.len(), 1);
+        assert_ne!(left[0], short["secret_id_accessor"]);
+        assert_eq!(storage.list("accessor/").await.unwrap().len(), 1);
+        let gone = call(
+            Op::Update,
+            "role/app/secret-id/lookup",
+            serde_json::json!({"secret_id": short["secret_id"]}),
+        )
+        .await
+        .unwrap();
+        assert!(gone.is_none());
+    }
+
     #[test]
     fn role_paths_match_vault_names() {
         let re = regex::Regex::new(&format!("^{}$", role!("/secret-id/?"))).unwrap();
