@@ -237,7 +237,7 @@ impl Lockout {
             total += aliases.len();
             by_mount.push((aliases.len(), a, aliases));
         }
-        by_mount.sort_by(|x, y| y.0.cmp(&x.0));
+        by_mount.sort_by_key(|m| std::cmp::Reverse(m.0));
         let mounts: Vec<Value> = by_mount
             .into_iter()
             .map(|(n, a, aliases)| {
