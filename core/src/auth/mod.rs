@@ -109,7 +109,9 @@ impl TokenParams {
         }
         if let Some(v) = f.int("token_num_uses") {
             if v < 0 {
-                return Err(CoreError::bad_request("token_num_uses cannot be negative"));
+                return Err(CoreError::bad_request(
+                    "'token_num_uses' cannot be negative",
+                ));
             }
             self.token_num_uses = v;
         }
@@ -130,7 +132,11 @@ impl TokenParams {
                         "token_type \"batch\" is not supported by this server; use \"service\"",
                     ));
                 }
-                _ => return Err(CoreError::bad_request("invalid 'token_type' value")),
+                other => {
+                    return Err(CoreError::bad_request(format!(
+                        "invalid 'token_type' value {other:?}"
+                    )));
+                }
             }
             .to_string();
         }
