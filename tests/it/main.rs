@@ -7,6 +7,7 @@ mod audit_query;
 mod audit_sinks;
 mod auth_approle;
 mod auth_jwt;
+mod auth_kubernetes;
 mod auth_userpass;
 mod autounseal;
 mod ceremony;
