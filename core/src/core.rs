@@ -971,6 +971,13 @@ impl Core {
                 ("outcome", outcome.to_string()),
             ],
         );
+        // The issued token, known before wrapping hides it, so a login whose
+        // response cannot be audited leaves no usable token behind.
+        let issued = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.auth.as_ref())
+            .and_then(|a| u.tokens.hash_token(&a.client_token).ok());
         // A login that asked for wrapping (X-Vault-Wrap-TTL) hands out only
         // a wrapping token; the issued token waits in its cubbyhole.
         let result = crate::wrapping::wrap_response(u, &req, result).await;
@@ -983,11 +990,15 @@ impl Core {
         )
         .await;
         if let Err(e) = logged {
-            // The token exists but nobody learns it: revoke it, so an
-            // unaudited login leaves nothing usable behind.
+            // The token exists but nobody learns it: revoke it (and the
+            // wrapping token holding it), so an unaudited login leaves
+            // nothing usable behind.
+            if let Some(hash) = &issued {
+                let _ = u.tokens.revoke_tree(hash).await;
+            }
             if let Ok(r) = &result
-                && let Some(a) = &r.auth
-                && let Ok(hash) = u.tokens.hash_token(&a.client_token)
+                && let Some(w) = &r.wrap_info
+                && let Ok(hash) = u.tokens.hash_token(w.token.expose())
             {
                 let _ = u.tokens.revoke_tree(&hash).await;
             }
