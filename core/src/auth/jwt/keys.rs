@@ -17,9 +17,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::AlgorithmFamily;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_json::Value;
 
 use super::token::{Parsed, TokenError};
@@ -234,14 +234,19 @@ impl RemoteKeys {
         }
     }
 
-    /// Resolve the discovery document only (config write of
-    /// `oidc_discovery_url`).
+    /// Resolve the discovery document's `jwks_uri` (config write and read of
+    /// `oidc_discovery_url`); once resolved, it is not fetched again until
+    /// the config changes.
     pub async fn discover(&self) -> Result<String, String> {
         let Source::Discovery(issuer) = &self.source else {
             return Err("not an OIDC discovery key set".into());
         };
+        let mut gate = self.gate.lock().await;
+        if let Some(uri) = &gate.jwks_uri {
+            return Ok(uri.clone());
+        }
         let uri = discover(&self.client, issuer).await?;
-        self.gate.lock().await.jwks_uri = Some(uri.clone());
+        gate.jwks_uri = Some(uri.clone());
         Ok(uri)
     }
 
@@ -426,12 +431,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-/// Whether `alg` is one this server can verify (ES512 is accepted in
-/// `jwt_supported_algs`, as Vault does, but no key verifies it here).
-pub fn verifiable(alg: &str) -> bool {
-    alg.parse::<Algorithm>().is_ok()
 }
 
 #[cfg(test)]
