@@ -38,6 +38,7 @@ pub enum Workload {
     TokenLookup,
     KvRead1Mib,
     ApproleLogin,
+    JwtLogin,
 }
 
 const NAMES: &[(Workload, &str, &str)] = &[
@@ -95,6 +96,11 @@ const NAMES: &[(Workload, &str, &str)] = &[
         Workload::ApproleLogin,
         "approle-login",
         "POST auth/bench-approle/login with the role_id and one of 64 unlimited secret-ids: role and secret-id lookup + token issue",
+    ),
+    (
+        Workload::JwtLogin,
+        "jwt-login",
+        "POST auth/bench-jwt/login with one of 64 pre-signed RS256 JWTs (GitLab-CI-shaped claims, bound_audiences + bound_claims), keys from jwt_validation_pubkeys: verify + token issue",
     ),
 ];
 
@@ -181,6 +187,8 @@ pub struct Fixture {
     create_body: Bytes,
     /// `{"role_id": ..., "secret_id": ...}` login bodies for approle-login.
     approle_bodies: Vec<Bytes>,
+    /// `{"role": "bench", "jwt": ...}` login bodies for jwt-login.
+    jwt_bodies: Vec<Bytes>,
     /// Time and rate of the KV pre-population, per batch.
     pub populate_log: Vec<PopulateStat>,
 }
@@ -226,6 +234,7 @@ impl Fixture {
             rewrap_body: None,
             create_body: Bytes::from(json!({ "policies": ["default"], "ttl": "1h" }).to_string()),
             approle_bodies: Vec::new(),
+            jwt_bodies: Vec::new(),
             populate_log: Vec::new(),
         }
     }
@@ -240,6 +249,7 @@ impl Fixture {
             Workload::TokenLookup => self.ensure_tokens(c, ds.tokens).await,
             Workload::TokenCreateLookup => Ok(()),
             Workload::ApproleLogin => self.ensure_approle(c).await,
+            Workload::JwtLogin => self.ensure_jwt(c).await,
             Workload::TransitEncrypt
             | Workload::TransitDecrypt
             | Workload::TransitEncryptBatch100 => self.ensure_transit(c).await,
@@ -332,6 +342,58 @@ impl Fixture {
                 .ok_or_else(|| anyhow!("auth/token/create: no auth.client_token in reply"))?;
             self.lookup_bodies
                 .push(Bytes::from(json!({ "token": t }).to_string()));
+        }
+        Ok(())
+    }
+
+    /// A `jwt` auth mount at `bench-jwt/` verifying with a fresh RSA key's
+    /// PEM (no JWKS fetches in the measured loop), a role bound on audience
+    /// and project, and 64 tokens for 64 users signed with the key, valid
+    /// for a day.
+    async fn ensure_jwt(&mut self, c: &VaultClient) -> Result<()> {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        if !self.jwt_bodies.is_empty() {
+            return Ok(());
+        }
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?;
+        let private = key.to_pkcs8_pem(LineEnding::LF)?;
+        let public = key.to_public_key().to_public_key_pem(LineEnding::LF)?;
+        let mounts = c.get("sys/auth").await?;
+        if !mounts.body.windows(10).any(|w| w == b"bench-jwt/") {
+            c.post_json("sys/auth/bench-jwt", &json!({ "type": "jwt" }))
+                .await?;
+        }
+        c.post_json(
+            "auth/bench-jwt/config",
+            &json!({ "jwt_validation_pubkeys": [public], "bound_issuer": "https://gitlab.bench" }),
+        )
+        .await?;
+        c.post_json(
+            "auth/bench-jwt/role/bench",
+            &json!({
+                "role_type": "jwt", "user_claim": "user_login", "bound_audiences": "bench",
+                "bound_claims": { "project_path": "group/app", "ref_protected": "true" },
+                "claim_mappings": { "project_path": "project_path", "ref": "ref" },
+                "token_policies": "default", "token_ttl": "1h",
+            }),
+        )
+        .await?;
+        let enc = jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes())?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for i in 0..64 {
+            let claims = json!({
+                "iss": "https://gitlab.bench", "aud": "bench", "sub": format!("project_path:group/app:ref_type:branch:ref:main:{i}"),
+                "iat": now, "nbf": now, "exp": now + 86_400, "project_path": "group/app",
+                "ref": "main", "ref_protected": "true", "user_login": format!("ci-{i}"),
+            });
+            let jwt = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+                &claims,
+                &enc,
+            )?;
+            self.jwt_bodies.push(Bytes::from(
+                json!({ "role": "bench", "jwt": jwt }).to_string(),
+            ));
         }
         Ok(())
     }
@@ -549,6 +611,14 @@ pub async fn op(
         Workload::TokenLookup => {
             let body = fx.lookup_bodies[pick(rng, fx.lookup_bodies.len())].clone();
             check!("token lookup", c.post("auth/token/lookup", body).await);
+            Ok(1)
+        }
+        Workload::JwtLogin => {
+            let body = fx.jwt_bodies[pick(rng, fx.jwt_bodies.len())].clone();
+            let r = check!("jwt login", c.post("auth/bench-jwt/login", body).await);
+            if !r.body.windows(14).any(|w| w == b"\"client_token\"") {
+                return Err("jwt login: no auth.client_token in reply".into());
+            }
             Ok(1)
         }
         Workload::ApproleLogin => {
