@@ -8,34 +8,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, dev_server, read_audit_events};
-
-async fn call(
-    s: &Server,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Value,
-) -> (u16, Value) {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut rb = s.client().request(m, s.url(path));
-    if let Some(t) = token {
-        rb = rb.header("X-Vault-Token", t);
-    }
-    if !body.is_null() {
-        rb = rb.json(&body);
-    }
-    let r = rb.send().await.expect("send");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-async fn root(s: &Server, method: &str, path: &str, body: Value) -> Value {
-    let (st, v) = call(s, method, path, Some("root"), body).await;
-    assert!((200..300).contains(&st), "{method} {path}: {st} {v}");
-    v
-}
+use crate::harness::{Server, call, dev_server, read_audit_events, root};
 
 async fn login(s: &Server, role_id: &str, secret_id: &str) -> (u16, Value) {
     call(

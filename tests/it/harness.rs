@@ -321,3 +321,34 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// One API call to `s` as a client makes it: `method` (any, `LIST`
+/// included), `path` under `/v1/`, an optional token, a JSON body (`null`:
+/// none). Returns the status and the JSON body (`null` when there is none).
+pub async fn call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut rb = s.client().request(m, s.url(path));
+    if let Some(t) = token {
+        rb = rb.header("X-Vault-Token", t);
+    }
+    if !body.is_null() {
+        rb = rb.json(&body);
+    }
+    let r = rb.send().await.expect("send");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// [`call`] with the dev server's root token (`root`), which must succeed.
+pub async fn root(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (st, v) = call(s, method, path, Some("root"), body).await;
+    assert!((200..300).contains(&st), "{method} {path}: {st} {v}");
+    v
+}
