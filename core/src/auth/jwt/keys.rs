@@ -17,9 +17,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::AlgorithmFamily;
-use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use jsonwebtoken::{DecodingKey, DecodingKeyKind};
 use serde_json::Value;
 
 use super::token::{Parsed, TokenError};
@@ -56,15 +56,48 @@ impl std::fmt::Debug for VerifyKey {
 }
 
 impl VerifyKey {
+    /// Verify with ring (constant-time, and several times faster than a
+    /// big-integer RSA): the key material was parsed by jsonwebtoken from
+    /// PEM or JWK; RSA keys must have 2048 to 8192 bits, as ring requires.
     fn verifies(&self, p: &Parsed<'_>) -> bool {
-        self.family == p.alg.family()
-            && jsonwebtoken::crypto::verify(
-                p.signature,
-                p.signing_input.as_bytes(),
-                &self.key,
-                p.alg,
-            )
-            .unwrap_or(false)
+        use ring::signature as rs;
+        if self.family != p.alg.family() {
+            return false;
+        }
+        let (msg, sig) = (p.signing_input.as_bytes(), p.signature.as_slice());
+        let rsa: Option<&'static rs::RsaParameters> = match p.alg {
+            Algorithm::RS256 => Some(&rs::RSA_PKCS1_2048_8192_SHA256),
+            Algorithm::RS384 => Some(&rs::RSA_PKCS1_2048_8192_SHA384),
+            Algorithm::RS512 => Some(&rs::RSA_PKCS1_2048_8192_SHA512),
+            Algorithm::PS256 => Some(&rs::RSA_PSS_2048_8192_SHA256),
+            Algorithm::PS384 => Some(&rs::RSA_PSS_2048_8192_SHA384),
+            Algorithm::PS512 => Some(&rs::RSA_PSS_2048_8192_SHA512),
+            _ => None,
+        };
+        match (self.key.kind(), rsa) {
+            (DecodingKeyKind::RsaModulusExponent { n, e }, Some(params)) => {
+                rs::RsaPublicKeyComponents { n, e }
+                    .verify(params, msg, sig)
+                    .is_ok()
+            }
+            (DecodingKeyKind::RsaModulusExponent { .. }, None) => false,
+            (DecodingKeyKind::SecretOrDer(der), Some(params)) => {
+                rs::UnparsedPublicKey::new(params, der)
+                    .verify(msg, sig)
+                    .is_ok()
+            }
+            (DecodingKeyKind::SecretOrDer(raw), None) => {
+                let alg: &'static dyn rs::VerificationAlgorithm = match p.alg {
+                    Algorithm::ES256 => &rs::ECDSA_P256_SHA256_FIXED,
+                    Algorithm::ES384 => &rs::ECDSA_P384_SHA384_FIXED,
+                    Algorithm::EdDSA => &rs::ED25519,
+                    _ => return false,
+                };
+                rs::UnparsedPublicKey::new(alg, raw)
+                    .verify(msg, sig)
+                    .is_ok()
+            }
+        }
     }
 }
 
@@ -478,6 +511,61 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("e"));
         assert!(keys[0].family == AlgorithmFamily::Ec);
+    }
+
+    fn parsed(token: &str) -> super::super::token::Parsed<'_> {
+        super::super::token::parse(token).unwrap_or_else(|e| panic!("{}", e.message()))
+    }
+
+    #[test]
+    fn ring_verifies_what_jsonwebtoken_signs_and_nothing_else() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use jsonwebtoken::{EncodingKey, Header};
+        use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let claims = serde_json::json!({"sub": "x", "iat": 1});
+
+        // ES256, key from PEM and from JWK.
+        let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let vk = p256::ecdsa::VerifyingKey::from(&sk);
+        let enc =
+            EncodingKey::from_ec_pem(sk.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        let es = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &enc).unwrap();
+        let pem_key = parse_pem(&vk.to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
+        assert!(pem_key.verifies(&parsed(&es)));
+        let point = vk.to_encoded_point(false);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]});
+        let jwk_key = parse_jwks(jwks.to_string().as_bytes()).unwrap().remove(0);
+        assert!(jwk_key.verifies(&parsed(&es)));
+        // Another payload under the same signature does not verify.
+        let mut parts: Vec<&str> = es.split('.').collect();
+        let other = URL_SAFE_NO_PAD.encode(b"{\"sub\":\"y\",\"iat\":1}");
+        parts[1] = &other;
+        assert!(!pem_key.verifies(&parsed(&parts.join("."))));
+
+        // EdDSA: PKCS#8 and SPKI built from a fixed seed.
+        let seed = [9u8; 32];
+        let ed = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(&seed);
+        let tok = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_der(&der),
+        )
+        .unwrap();
+        let mut spki = hex::decode("302a300506032b6570032100").unwrap();
+        spki.extend_from_slice(&ed.verifying_key().to_bytes());
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            STANDARD.encode(spki)
+        );
+        let ed_key = parse_pem(&pem).unwrap();
+        assert!(ed_key.verifies(&parsed(&tok)));
+        // Keys of another family never verify.
+        assert!(!ed_key.verifies(&parsed(&es)));
+        assert!(!pem_key.verifies(&parsed(&tok)));
     }
 
     #[test]

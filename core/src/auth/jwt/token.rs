@@ -12,7 +12,19 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet::URL_SAFE;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
+/// base64url as Go's `RawURLEncoding` decodes it (go-jose's): padding
+/// optional, non-zero trailing bits ignored — so a truncated signature is a
+/// signature that does not verify, as in Vault, not a decoding error.
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Tokens longer than this are refused before any decoding. GitLab and
 /// GitHub id tokens are 1–2 KiB, Kubernetes' under 2 KiB; Azure AD tokens
@@ -63,8 +75,8 @@ pub struct Parsed<'a> {
     pub kid: Option<String>,
     /// `header.payload`, what the signature covers.
     pub signing_input: &'a str,
-    /// The signature, base64url as sent.
-    pub signature: &'a str,
+    /// The signature, decoded.
+    pub signature: Vec<u8>,
     pub claims: Map<String, Value>,
 }
 
@@ -107,6 +119,9 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     if s.is_empty() {
         return Err(TokenError::malformed("token must be signed"));
     }
+    let signature = B64URL
+        .decode(s)
+        .map_err(|e| TokenError::malformed(format!("illegal base64 data in signature: {e}")))?;
     let claims: Map<String, Value> = decode_json(p, "payload")?;
     let signing_input = &token[..h.len() + 1 + p.len()];
     Ok(Parsed {
@@ -114,14 +129,14 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
         alg_name,
         kid,
         signing_input,
-        signature: s,
+        signature,
         claims,
     })
 }
 
 fn decode_json(part: &str, what: &str) -> Result<Map<String, Value>, TokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
+    let bytes = B64URL
+        .decode(part)
         .map_err(|e| TokenError::malformed(format!("illegal base64 data in {what}: {e}")))?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
@@ -262,6 +277,7 @@ pub fn validate_claims(p: &Parsed<'_>, e: &Expected<'_>) -> Result<(), TokenErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::json;
 
     fn token(header: Value, claims: Value) -> String {
