@@ -25,6 +25,10 @@ use crate::storage::{BatchOp, PhysicalStore};
 
 /// Where the keyring lives, encrypted by the root key (not by itself).
 pub const KEYRING_PATH: &str = "core/seal/keyring";
+/// The root key sealed under the keyring's active term (written with every
+/// keyring), from which a node holding the keyring follows a root key
+/// rotation (`crate::rootkey`).
+pub const ROOT_KEY_COPY_PATH: &str = "core/seal/keyring-root-key";
 /// Keys under this prefix are stored in plaintext by the seal (seal config,
 /// wrapped root key, keyring); the barrier refuses to touch them.
 pub const PLAINTEXT_PREFIX: &str = "core/seal/";
@@ -81,6 +85,55 @@ impl Keyring {
             .iter()
             .find(|(t, _)| *t == term)
             .map(|(_, c)| c)
+    }
+}
+
+/// The keyring sealed under `root_key` at [`KEYRING_PATH`], and the root key
+/// sealed under the keyring's active term at [`ROOT_KEY_COPY_PATH`] (as
+/// Vault keeps `core/master`), written together: a node that holds the
+/// keyring learns a rotated root key from the copy (`crate::rootkey`), and
+/// a `sys/rotate` moves the copy to the new term, so an old keyring no
+/// longer opens it.
+fn keyring_ops(root_key: &[u8], file: &KeyringFile) -> Result<Vec<BatchOp>> {
+    let plain = Zeroizing::new(serde_json::to_vec(file).map_err(CoreError::internal)?);
+    let sealed = seal_with_key(root_key, KEYRING_PATH.as_bytes(), &plain)?;
+    let active = file
+        .keys
+        .iter()
+        .max_by_key(|k| k.term)
+        .ok_or_else(|| CoreError::Internal("empty keyring".into()))?;
+    let cipher = Aes256Gcm::new_from_slice(&active.key)
+        .map_err(|_| CoreError::Internal("keyring key has the wrong length".into()))?;
+    let copy = encrypt_with(
+        &cipher,
+        active.term,
+        ROOT_KEY_COPY_PATH.as_bytes(),
+        root_key,
+    )?;
+    Ok(vec![
+        BatchOp::Put {
+            key: KEYRING_PATH.into(),
+            value: sealed,
+        },
+        BatchOp::Put {
+            key: ROOT_KEY_COPY_PATH.into(),
+            value: copy,
+        },
+    ])
+}
+
+/// A keyring kept aside by [`Barrier::held_keyring`]; it only opens.
+pub(crate) struct HeldKeyring(Arc<Keyring>);
+
+impl HeldKeyring {
+    /// Open a value sealed under one of this keyring's terms at `key`.
+    pub(crate) fn open(&self, key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let term = term_of(sealed)?;
+        let cipher = self
+            .0
+            .cipher(term)
+            .ok_or_else(|| CoreError::Internal(format!("no keyring term {term} for {key}")))?;
+        decrypt_with(cipher, key.as_bytes(), sealed)
     }
 }
 
@@ -269,10 +322,29 @@ impl Barrier {
             .map(|k| (k.term, k.install_time))
     }
 
+    /// The storage writes that put the keyring in memory under a new root
+    /// key (same terms): for a root key rotation (`crate::rootkey`), which
+    /// adds them to the batch that stores the new root key's wrappings.
+    pub(crate) fn rekeyed_keyring_ops(&self, root_key: &[u8]) -> Result<Vec<BatchOp>> {
+        keyring_ops(root_key, &self.ring()?.file)
+    }
+
+    /// Open a value the keyring sealed for the seal's plaintext area
+    /// ([`ROOT_KEY_COPY_PATH`]) with the keyring in memory.
+    pub(crate) fn open_reserved(&self, key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.decrypt(key, sealed)
+    }
+
+    /// The keyring in memory, kept aside across a rebuild
+    /// (`Core::replace_state`) to open the values it sealed in
+    /// the replaced state ([`ROOT_KEY_COPY_PATH`]) once the barrier is
+    /// sealed.
+    pub(crate) fn held_keyring(&self) -> Option<HeldKeyring> {
+        self.ring().ok().map(HeldKeyring)
+    }
+
     async fn persist_keyring(&self, root_key: &[u8], file: &KeyringFile) -> Result<()> {
-        let plain = Zeroizing::new(serde_json::to_vec(file).map_err(CoreError::internal)?);
-        let sealed = seal_with_key(root_key, KEYRING_PATH.as_bytes(), &plain)?;
-        self.physical.put(KEYRING_PATH, sealed).await
+        self.physical.batch(keyring_ops(root_key, file)?).await
     }
 
     fn install(&self, file: KeyringFile) -> Result<()> {

@@ -32,19 +32,25 @@
 //!
 //! **Which shares authorise.** [`Core::ceremony_authority`] names them: the
 //! unseal keys under the Shamir seal, checked by opening the stored root key
-//! ([`crate::seal`]); [`Core::recovery_authority`] names the recovery keys of
-//! an auto seal (none yet: the seal conversion wires them in there). The
-//! state machines see only the [`ShareAuthority`] trait.
+//! ([`crate::seal`]); under an auto seal the recovery keys, checked against
+//! the recovery key stored sealed under the root key ([`crate::autoseal`]),
+//! as OpenBao authorises root generation and the barrier rekey there.
+//! [`Core::recovery_authority`] names the recovery keys that
+//! `sys/rotate/recovery` and `sys/rekey-recovery-key` rekey. The state
+//! machines see only the [`ShareAuthority`] trait.
 //!
 //! **Where results go.** A finished root generation creates a root token in
 //! the token store and returns it XOR'd with the one-time password (the
 //! OTP's length is the token's length, [`OTP_LENGTH`], so `bao operator
-//! generate-root -decode` works unchanged). A finished rekey stores the root
-//! key wrapped under a fresh unseal key together with the new share numbers
-//! (Raft-replicated plaintext storage, one batch): the old shares stop
-//! working at once and the new ones unseal after the next seal. Unlike
-//! OpenBao, the root key itself is kept (OpenBao also rotates it); PGP
-//! encryption of the results is refused with a clear 400.
+//! generate-root -decode` works unchanged). A finished rekey of the barrier
+//! key rotates the root key as OpenBao does ([`crate::rootkey`]: a new root
+//! key wrapped under a fresh unseal key with the new share numbers, or by
+//! the auto seal, and the keyring re-sealed under it, in one batch): the old
+//! shares stop working at once and the new ones unseal after the next seal.
+//! Under an auto seal that rekey returns no shares (the recovery keys stay).
+//! A finished recovery rekey stores the new recovery key sealed under the
+//! root key with its share numbers. PGP encryption of the results is refused
+//! with a clear 400.
 //!
 //! **Errors.** Vault's wording throughout; where OpenBao answers bad input
 //! (a wrong nonce, a duplicate key, an undecodable key) with a 500, Custos
@@ -64,7 +70,6 @@ use crate::core::Core;
 use crate::error::{CoreError, Result};
 use crate::logical::{Ctx, Operation as Op, Response};
 use crate::seal::SealConfig;
-use crate::storage::PhysicalStore;
 
 /// Length of a root generation one-time password: exactly the length of a
 /// token Custos creates (`hvs.` + 24 base62 characters), since the encoded
@@ -99,13 +104,13 @@ pub trait ShareAuthority: Send + Sync {
     fn verify(&self, key: &[u8]) -> std::result::Result<(), String>;
     /// Make `new_key` (split into `shares` of which `threshold` recombine
     /// it) the key these shares stand for; the old shares stop working.
-    async fn replace(&self, new_key: &[u8], shares: u8, threshold: u8) -> Result<()>;
+    /// For the unseal keys this rotates the root key ([`crate::rootkey`]).
+    async fn replace(&self, core: &Core, new_key: &[u8], shares: u8, threshold: u8) -> Result<()>;
 }
 
 /// The Shamir seal's unseal keys: a recombined key is right when it opens
 /// the stored root key and that is the root key the barrier runs on.
 struct UnsealKeys {
-    physical: Arc<dyn PhysicalStore>,
     config: SealConfig,
     wrapped: Vec<u8>,
     root_key: Zeroizing<Vec<u8>>,
@@ -132,32 +137,67 @@ impl ShareAuthority for UnsealKeys {
             Err(BAD.to_string())
         }
     }
-    async fn replace(&self, new_key: &[u8], shares: u8, threshold: u8) -> Result<()> {
-        crate::seal::replace_unseal_key(
-            self.physical.as_ref(),
-            &self.config,
-            new_key,
-            &self.root_key,
-            shares,
-            threshold,
+    async fn replace(&self, core: &Core, new_key: &[u8], shares: u8, threshold: u8) -> Result<()> {
+        crate::rootkey::rotate(
+            core,
+            crate::rootkey::SealWrap::Shamir {
+                unseal_key: new_key,
+                shares,
+                threshold,
+            },
         )
         .await
     }
 }
 
+/// An auto seal's recovery keys: a recombined key is right when it equals
+/// the recovery key stored sealed under the root key. `key` is `None` when
+/// the node was initialized without recovery shares.
+struct RecoveryKeys {
+    config: SealConfig,
+    key: Option<Zeroizing<Vec<u8>>>,
+}
+
+#[async_trait]
+impl ShareAuthority for RecoveryKeys {
+    fn kind(&self) -> ShareKind {
+        ShareKind::Recovery
+    }
+    fn shares(&self) -> u8 {
+        self.config.secret_shares
+    }
+    fn threshold(&self) -> u8 {
+        self.config.secret_threshold
+    }
+    fn verify(&self, key: &[u8]) -> std::result::Result<(), String> {
+        match &self.key {
+            Some(k) if k.len() == key.len() && bool::from(k.as_slice().ct_eq(key)) => Ok(()),
+            Some(_) => Err("recovery key does not match submitted values".into()),
+            None => Err("no recovery key is set up on this node".into()),
+        }
+    }
+    async fn replace(&self, core: &Core, new_key: &[u8], shares: u8, threshold: u8) -> Result<()> {
+        // Under the state lock: a rekey of the barrier key re-seals the
+        // recovery key under a new root key meanwhile (crate::rootkey).
+        let _g = core.lock_state().await;
+        crate::autoseal::set_recovery_key(core, new_key, shares, threshold).await
+    }
+}
+
 impl Core {
     /// The key shares that authorise root token generation and rekey on
-    /// this core: the unseal keys under the Shamir seal. **Auto seal:** when
-    /// the seal keeps recovery keys, return an authority over those here
-    /// (generate-root is then authorised by recovery keys, as in Vault).
+    /// this core: the unseal keys under the Shamir seal, the recovery keys
+    /// under an auto seal (as OpenBao's `RecoveryKeySupported` seals).
     pub async fn ceremony_authority(&self) -> Result<Box<dyn ShareAuthority>> {
+        if let Some(recovery) = self.recovery_authority().await? {
+            return Ok(recovery);
+        }
         let u = self.unsealed()?;
         let config = self.seal_config().await?.ok_or(CoreError::NotInitialized)?;
         let wrapped = crate::seal::wrapped_root_key(self.physical().as_ref())
             .await?
             .ok_or_else(|| CoreError::Storage("root key missing from storage".into()))?;
         Ok(Box::new(UnsealKeys {
-            physical: self.physical().clone(),
             config,
             wrapped,
             root_key: Zeroizing::new(u.root_key().to_vec()),
@@ -165,12 +205,24 @@ impl Core {
     }
 
     /// The recovery keys of an auto seal, which `sys/rotate/recovery` and
-    /// `sys/rekey-recovery-key` rekey; `None` when the seal has none (the
-    /// Shamir seal). **Auto seal:** return an authority over the recovery
-    /// keys here.
+    /// `sys/rekey-recovery-key` rekey; `None` under the Shamir seal, which
+    /// has none. An auto seal initialized with zero recovery shares has an
+    /// authority of zero shares.
     pub async fn recovery_authority(&self) -> Result<Option<Box<dyn ShareAuthority>>> {
         self.unsealed()?;
-        Ok(None)
+        if crate::autoseal::active(self).is_none() {
+            return Ok(None);
+        }
+        if let Some((config, key)) = crate::autoseal::recovery_key(self).await? {
+            return Ok(Some(Box::new(RecoveryKeys {
+                config,
+                key: Some(key),
+            })));
+        }
+        let config = crate::autoseal::recovery_config(self)
+            .await?
+            .ok_or(CoreError::NotInitialized)?;
+        Ok(Some(Box::new(RecoveryKeys { config, key: None })))
     }
 }
 
@@ -419,9 +471,14 @@ impl Core {
             .map_err(|e| bad(format!("failed to compute root key: {e}")))?;
         if let Err(e) = authority.verify(&combined) {
             tracing::warn!("root generation aborted: the key shares do not authenticate");
-            return Err(bad(format!(
-                "root generation aborted: unable to authenticate: unable to retrieve stored keys: {e}"
-            )));
+            return Err(bad(match authority.kind() {
+                ShareKind::Unseal => format!(
+                    "root generation aborted: unable to authenticate: unable to retrieve stored keys: {e}"
+                ),
+                ShareKind::Recovery => {
+                    format!("root generation aborted: unable to authenticate: {e}")
+                }
+            }));
         }
         let u = self.unsealed()?;
         let (token, entry) = u.tokens.create_root_token(None).await?;
@@ -510,15 +567,12 @@ impl Core {
                 })
             });
         }
-        let a = self.ceremony_authority().await?;
-        if a.kind() != ShareKind::Unseal {
-            return Err(bad(
-                "rekeying the barrier key with recovery keys is not supported by Custos yet",
-            ));
-        }
-        Ok(a)
+        self.ceremony_authority().await
     }
 
+    /// Start a rekey. `Some` when it finished at once: a recovery rekey on
+    /// a node whose recovery configuration has zero shares (OpenBao's
+    /// `rotateRecoveryNoKeyShares`: there are no old shares to ask for).
     #[allow(clippy::too_many_arguments)]
     async fn rekey_init(
         &self,
@@ -529,29 +583,63 @@ impl Core {
         pgp_keys: &[String],
         backup: bool,
         require_verification: bool,
-    ) -> Result<()> {
-        self.rekey_authority(recovery, d).await?;
-        let what = match d {
-            Dialect::Rotate => "invalid rotate seal configuration",
-            Dialect::Legacy => "invalid rekey seal configuration",
+    ) -> Result<Option<RekeyDone>> {
+        let authority = self.rekey_authority(recovery, d).await?;
+        let (mut shares, mut threshold) = (shares, threshold);
+        // The barrier key under an auto seal: recovery keys authorise a new
+        // root key, which the seal wraps; no shares come out (OpenBao's
+        // validateRotationConfig / BarrierRekeyInit and their wording).
+        let stored_keys = !recovery && authority.kind() == ShareKind::Recovery;
+        if stored_keys {
+            let (t, pgp, bk, verify) = match d {
+                Dialect::Rotate => (
+                    1,
+                    "PGP key encryption not supported when using stored keys",
+                    "key backup not supported when using stored keys",
+                    "requiring verification not supported when rotating the barrier key with recovery keys",
+                ),
+                Dialect::Legacy => (
+                    0,
+                    "PGP key encryption not supported when rekeying the barrier key with recovery keys",
+                    "key backup not supported when rekeying the barrier key with recovery keys",
+                    "requiring verification not supported when rekeying the barrier key with recovery keys",
+                ),
+            };
+            (shares, threshold) = (t, t);
+            if !pgp_keys.is_empty() {
+                return Err(bad(pgp));
+            }
+            if backup {
+                return Err(bad(bk));
+            }
+            if require_verification {
+                return Err(bad(verify));
+            }
+        }
+        let what = match (recovery, d) {
+            (true, _) => "invalid recovery configuration",
+            (false, Dialect::Rotate) => "invalid rotate seal configuration",
+            (false, Dialect::Legacy) => "invalid rekey seal configuration",
         };
         let invalid = |m: &str| bad(format!("{what}: {m}"));
-        if shares < 1 {
-            return Err(invalid("shares must be at least one"));
-        }
-        if threshold < 1 {
-            return Err(invalid("threshold must be at least one"));
-        }
-        if shares > 1 && threshold < 2 {
-            return Err(invalid(
-                "threshold must be greater than one for multiple shares",
-            ));
-        }
-        if shares > 255 {
-            return Err(invalid("shares must be less than 256"));
-        }
-        if threshold > shares {
-            return Err(invalid("threshold cannot be larger than shares"));
+        if !(stored_keys && d == Dialect::Legacy) {
+            if shares < 1 {
+                return Err(invalid("shares must be at least one"));
+            }
+            if threshold < 1 {
+                return Err(invalid("threshold must be at least one"));
+            }
+            if shares > 1 && threshold < 2 {
+                return Err(invalid(
+                    "threshold must be greater than one for multiple shares",
+                ));
+            }
+            if shares > 255 {
+                return Err(invalid("shares must be less than 256"));
+            }
+            if threshold > shares {
+                return Err(invalid("threshold cannot be larger than shares"));
+            }
         }
         if !pgp_keys.is_empty() {
             if pgp_keys.len() as i64 != shares {
@@ -573,7 +661,7 @@ impl Core {
         }
         let nonce = new_nonce();
         tracing::info!(nonce = %nonce, shares, threshold, verification_required = require_verification, "rekey initialized");
-        *slot = Some(Rekey {
+        let mut rk = Rekey {
             nonce,
             shares: shares as u8,
             threshold: threshold as u8,
@@ -581,8 +669,16 @@ impl Core {
             require_verification,
             progress: Vec::new(),
             verification: None,
-        });
-        Ok(())
+        };
+        if recovery && authority.shares() == 0 && d == Dialect::Rotate {
+            let done = finish_rekey(self, recovery, authority.as_ref(), &mut rk).await?;
+            if rk.verification.is_some() {
+                *slot = Some(rk);
+            }
+            return Ok(Some(done));
+        }
+        *slot = Some(rk);
+        Ok(None)
     }
 
     async fn rekey_cancel(&self, recovery: bool) -> Result<()> {
@@ -643,6 +739,11 @@ impl Core {
                 }
             }));
         }
+        if authority.threshold() == 0 {
+            return Err(bad(
+                "no recovery keys are set up on this node: start the recovery rekey with sys/rotate/recovery/init, which returns the new keys at once",
+            ));
+        }
         rk.progress.push(Zeroizing::new(key.to_vec()));
         if rk.progress.len() < authority.threshold() as usize {
             return Ok(None);
@@ -662,30 +763,10 @@ impl Core {
                 ShareKind::Recovery => format!("recovery key verification failed: {e}"),
             }));
         }
-        let (new_key, keys) = split_new_key(rk.shares, rk.threshold);
-        let mut done = RekeyDone {
-            nonce: rk.nonce.clone(),
-            keys,
-            backup: rk.backup,
-            verification_nonce: String::new(),
-        };
-        if rk.require_verification {
-            let vnonce = new_nonce();
-            done.verification_nonce = vnonce.clone();
-            rk.verification = Some(Verification {
-                nonce: vnonce,
-                key: new_key,
-                progress: Vec::new(),
-            });
-            return Ok(Some(done));
+        let done = finish_rekey(self, recovery, authority.as_ref(), rk).await?;
+        if rk.verification.is_none() {
+            *slot = None;
         }
-        authority.replace(&new_key, rk.shares, rk.threshold).await?;
-        tracing::info!(
-            shares = rk.shares,
-            threshold = rk.threshold,
-            "rekey finished: new key shares in effect"
-        );
-        *slot = None;
         Ok(Some(done))
     }
 
@@ -747,7 +828,7 @@ impl Core {
             }));
         }
         let authority = self.rekey_authority(recovery, d).await?;
-        authority.replace(&v.key, shares, threshold).await?;
+        authority.replace(self, &v.key, shares, threshold).await?;
         let vnonce = v.nonce.clone();
         tracing::info!(
             shares,
@@ -768,6 +849,50 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// The old shares checked out (or there were none): draw the new key and
+/// its shares and put it in effect, or hold it for verification when the
+/// rekey requires it (`rk.verification` is then set). The barrier key under
+/// an auto seal has no shares: its rekey rotates the root key at once.
+async fn finish_rekey(
+    core: &Core,
+    recovery: bool,
+    authority: &dyn ShareAuthority,
+    rk: &mut Rekey,
+) -> Result<RekeyDone> {
+    let mut done = RekeyDone {
+        nonce: rk.nonce.clone(),
+        keys: Vec::new(),
+        backup: rk.backup,
+        verification_nonce: String::new(),
+    };
+    if !recovery && authority.kind() == ShareKind::Recovery {
+        crate::rootkey::rotate(core, crate::rootkey::SealWrap::Auto).await?;
+        tracing::info!("rekey finished: root key rotated through the auto seal");
+        return Ok(done);
+    }
+    let (new_key, keys) = split_new_key(rk.shares, rk.threshold);
+    done.keys = keys;
+    if rk.require_verification {
+        let vnonce = new_nonce();
+        done.verification_nonce = vnonce.clone();
+        rk.verification = Some(Verification {
+            nonce: vnonce,
+            key: new_key,
+            progress: Vec::new(),
+        });
+        return Ok(done);
+    }
+    authority
+        .replace(core, &new_key, rk.shares, rk.threshold)
+        .await?;
+    tracing::info!(
+        shares = rk.shares,
+        threshold = rk.threshold,
+        "rekey finished: new key shares in effect"
+    );
+    Ok(done)
 }
 
 // ------------------------------------------------------------- responses
@@ -951,17 +1076,33 @@ pub async fn handle_sys(core: &Core, pattern: &str, ctx: &Ctx<'_>) -> Result<Opt
         (p, Op::Read) if p.ends_with("/init") => data(rekey_status(core, recovery, d).await?),
         (p, Op::Update | Op::Create) if p.ends_with("/init") => {
             let pgp = f.strings("pgp_keys").unwrap_or_default();
-            core.rekey_init(
-                recovery,
-                d,
+            let (shares, threshold) = (
                 f.int("secret_shares").unwrap_or(0),
                 f.int("secret_threshold").unwrap_or(0),
-                &pgp,
-                f.bool("backup").unwrap_or(false),
-                f.bool("require_verification").unwrap_or(false),
-            )
-            .await?;
-            data(rekey_status(core, recovery, d).await?)
+            );
+            let done = core
+                .rekey_init(
+                    recovery,
+                    d,
+                    shares,
+                    threshold,
+                    &pgp,
+                    f.bool("backup").unwrap_or(false),
+                    f.bool("require_verification").unwrap_or(false),
+                )
+                .await?;
+            match done {
+                // Recovery keys where there were none: the new ones at once,
+                // in OpenBao's shape (t/n instead of the nonce).
+                Some(done) => {
+                    let mut m = rekey_done_json(&done, d);
+                    m.remove("nonce");
+                    m.insert("t".into(), json!(threshold));
+                    m.insert("n".into(), json!(shares));
+                    data(m)
+                }
+                None => data(rekey_status(core, recovery, d).await?),
+            }
         }
         (p, Op::Delete) if p.ends_with("/init") => {
             core.rekey_cancel(recovery).await?;

@@ -490,7 +490,7 @@ impl Cluster {
             .filter(|(_, at)| at.elapsed() < CHALLENGE_TTL)
             .map(|(n, _)| n)
             .ok_or_else(|| CoreError::bad_request("no outstanding challenge for this server_id"))?;
-        let expected = answer_for(unsealed.root_key(), &nonce)?;
+        let expected = answer_for(&unsealed.root_key(), &nonce)?;
         drop(unsealed);
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             expected.as_slice(),
@@ -734,8 +734,14 @@ async fn apply_invalidation(core: &Core, inv: &Invalidation) -> Result<()> {
         return Ok(());
     }
     let u = core.unsealed()?;
-    if inv.keys.iter().any(|k| k == crate::barrier::KEYRING_PATH) {
-        core.barrier.unseal(u.root_key()).await?;
+    // A new keyring, or a rekey's new root key (crate::rootkey: the root
+    // key first, as the new keyring is sealed under it).
+    if inv
+        .keys
+        .iter()
+        .any(|k| k == crate::barrier::KEYRING_PATH || k == crate::barrier::ROOT_KEY_COPY_PATH)
+    {
+        crate::rootkey::follow(core).await?;
     }
     if inv
         .keys

@@ -86,15 +86,28 @@ pub struct Unsealed {
     /// `sys/audit-query`: set by `start_workers` when a device writes a
     /// local audit log.
     pub audit_query: std::sync::OnceLock<Arc<custos_audit::query::AuditQueryService>>,
-    root_key: Zeroizing<Vec<u8>>,
+    /// Replaced in place when a rekey rotates the root key
+    /// (`crate::rootkey`), here or on another node.
+    root_key: RwLock<Zeroizing<Vec<u8>>>,
     stop: watch::Sender<bool>,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Unsealed {
     /// The root key, for the cluster join challenge (`crate::cluster`).
-    pub(crate) fn root_key(&self) -> &[u8] {
-        &self.root_key
+    pub(crate) fn root_key(&self) -> Zeroizing<Vec<u8>> {
+        self.root_key
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Install a rotated root key (`crate::rootkey`; the caller stored it).
+    pub(crate) fn set_root_key(&self, key: Zeroizing<Vec<u8>>) {
+        match self.root_key.write() {
+            Ok(mut k) => *k = key,
+            Err(p) => *p.into_inner() = key,
+        }
     }
 }
 
@@ -392,14 +405,18 @@ impl Core {
     where
         F: std::future::Future<Output = Result<()>>,
     {
-        let root_key = self.unsealed()?.root_key.clone();
+        let root_key = self.unsealed()?.root_key();
         let _g = self.state_lock.lock().await;
+        // The keyring as it was, to follow a root key rotation the new
+        // state may hold (crate::rootkey).
+        let held = self.barrier.held_keyring();
         let taken = self.unsealed.write().ok().and_then(|mut s| s.take());
         self.barrier.seal();
         if let Some(u) = taken {
             self.teardown(u).await;
         }
         let applied = apply.await;
+        let root_key = crate::rootkey::current_root_key(self, held.as_ref(), root_key).await;
         self.seal.reset();
         // A rebuild, not an operator's unseal: the audit table is not
         // checked again (crate::audit).
@@ -421,7 +438,7 @@ impl Core {
     pub async fn rotate_barrier(&self) -> Result<crate::barrier::KeyStatus> {
         let u = self.unsealed()?;
         let _g = self.state_lock.lock().await;
-        let st = self.barrier.rotate(&u.root_key).await?;
+        let st = self.barrier.rotate(&u.root_key()).await?;
         self.publish_seal_metrics();
         Ok(st)
     }
@@ -510,7 +527,7 @@ impl Core {
             audit,
             system,
             audit_query: std::sync::OnceLock::new(),
-            root_key,
+            root_key: RwLock::new(root_key),
             stop,
             workers: std::sync::Mutex::new(Vec::new()),
         }))

@@ -146,7 +146,7 @@ fn client() -> &'static reqwest::Client {
 
 fn forwarding_key(core: &Core) -> Result<Vec<u8>> {
     let u = core.unsealed()?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(u.root_key()).map_err(CoreError::internal)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&u.root_key()).map_err(CoreError::internal)?;
     mac.update(KEY_CONTEXT);
     Ok(mac.finalize().into_bytes().to_vec())
 }

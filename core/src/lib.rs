@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod periodic;
 pub mod policy;
 pub mod raft_snapshot;
+pub mod rootkey;
 pub mod router;
 pub mod seal;
 pub mod server;

@@ -323,6 +323,15 @@ pub(crate) fn combine_shares(
     Ok(key)
 }
 
+/// Key ceremonies (`crate::ceremony`): the root key opened with an unseal
+/// key recombined from shares, or `None` when that is not the unseal key.
+pub(crate) fn open_wrapped_root_key(
+    unseal_key: &[u8],
+    wrapped: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    open_with_key(unseal_key, ROOT_KEY_PATH.as_bytes(), wrapped).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,46 +391,4 @@ mod tests {
         assert!(validate_shares(3, 1).is_err());
         assert!(validate_shares(256, 3).is_err());
     }
-}
-
-/// Key ceremonies (`crate::ceremony`): the root key opened with an unseal
-/// key recombined from shares, or `None` when that is not the unseal key.
-pub(crate) fn open_wrapped_root_key(
-    unseal_key: &[u8],
-    wrapped: &[u8],
-) -> Option<Zeroizing<Vec<u8>>> {
-    open_with_key(unseal_key, ROOT_KEY_PATH.as_bytes(), wrapped).ok()
-}
-
-/// Rekey (`crate::ceremony`): wrap the root key under `new_unseal_key` and
-/// record the new share numbers, in one batch, so the old unseal key shares
-/// stop opening the root key at once and the new ones unseal from the next
-/// seal on. The seal type and init time stay those of `current`.
-pub(crate) async fn replace_unseal_key(
-    physical: &dyn PhysicalStore,
-    current: &SealConfig,
-    new_unseal_key: &[u8],
-    root_key: &[u8],
-    shares: u8,
-    threshold: u8,
-) -> Result<()> {
-    validate_shares(shares as u64, threshold as u64)?;
-    let wrapped = seal_with_key(new_unseal_key, ROOT_KEY_PATH.as_bytes(), root_key)?;
-    let config = SealConfig {
-        secret_shares: shares,
-        secret_threshold: threshold,
-        ..current.clone()
-    };
-    physical
-        .batch(vec![
-            crate::storage::BatchOp::Put {
-                key: ROOT_KEY_PATH.into(),
-                value: wrapped,
-            },
-            crate::storage::BatchOp::Put {
-                key: SEAL_CONFIG_PATH.into(),
-                value: serde_json::to_vec(&config).map_err(CoreError::internal)?,
-            },
-        ])
-        .await
 }

@@ -3,7 +3,8 @@
 //! generate-root` and `bao operator rotate-keys` drive them.
 //!
 //! Both talk to the authenticated endpoints OpenBao 2.7.2's CLI uses
-//! (`sys/generate-root-token/*`, `sys/rotate/root/*`), so they need a token
+//! (`sys/generate-root-token/*`, `sys/rotate/root/*`, and with
+//! `-target=recovery` `sys/rotate/recovery/*`), so they need a token
 //! (`VAULT_TOKEN`) besides the key shares. A key share comes from the
 //! argument, or from stdin when the argument is `-`; the new root token is
 //! printed only by `-decode`, and new key shares only when a rekey finishes.
@@ -71,6 +72,11 @@ pub struct RekeyArgs {
     /// The nonce of the rekey (or with -verify, of its verification)
     #[arg(long, value_name = "NONCE")]
     pub nonce: Option<String>,
+    /// What to rekey: "barrier" (the unseal keys; under an auto seal, a new
+    /// root key authorised by recovery keys) or "recovery" (an auto seal's
+    /// recovery keys)
+    #[arg(long, default_value = "barrier", value_name = "TARGET")]
+    pub target: String,
 }
 
 /// The `data` of an enveloped response (or the body itself).
@@ -254,6 +260,7 @@ pub async fn generate_root(ctx: &Ctx, a: GenerateRootArgs) -> CmdResult {
 }
 
 const ROTATE: &str = "sys/rotate/root";
+const ROTATE_RECOVERY: &str = "sys/rotate/recovery";
 
 fn print_rekey_status(ctx: &Ctx, st: &Value, verify: bool) {
     if ctx.format == Format::Json {
@@ -307,6 +314,15 @@ fn print_new_keys(ctx: &Ctx, done: &Value) {
                 .collect()
         })
         .unwrap_or_default();
+    if keys.is_empty() {
+        // The barrier key under an auto seal: a new root key, no shares.
+        out(&format!(
+            "Success! Root key rotated through the auto seal (operation nonce: {}). \
+             The recovery keys are unchanged.",
+            s(done, "nonce")
+        ));
+        return;
+    }
     let mut text = String::new();
     for (i, k) in keys.iter().enumerate() {
         text.push_str(&format!("Key {}: {k}\n", i + 1));
@@ -332,8 +348,13 @@ fn print_new_keys(ctx: &Ctx, done: &Value) {
 }
 
 pub async fn rekey(ctx: &Ctx, a: RekeyArgs) -> CmdResult {
+    let rotate = match a.target.as_str() {
+        "barrier" => ROTATE,
+        "recovery" | "hsm" => ROTATE_RECOVERY,
+        other => return Err(Failure::local(format!("Unknown target: {other}"))),
+    };
     let sub = if a.verify { "verify" } else { "init" };
-    let path = format!("{ROTATE}/{sub}");
+    let path = format!("{rotate}/{sub}");
     if a.init {
         // `-init -verify` asks for verification too, as `bao operator
         // rotate-keys -init -verify` does.
@@ -344,10 +365,15 @@ pub async fn rekey(ctx: &Ctx, a: RekeyArgs) -> CmdResult {
         });
         let st = data_of(
             ctx.client
-                .write(&format!("{ROTATE}/init"), &body)
+                .write(&format!("{rotate}/init"), &body)
                 .await
                 .map_err(|e| Failure::api("Error initializing rekey", &e))?,
         );
+        if st["complete"] == json!(true) {
+            // Recovery keys where there were none: issued at once.
+            print_new_keys(ctx, &st);
+            return Ok(EXIT_OK);
+        }
         print_rekey_status(ctx, &st, false);
         return Ok(EXIT_OK);
     }
@@ -385,9 +411,9 @@ pub async fn rekey(ctx: &Ctx, a: RekeyArgs) -> CmdResult {
         .ok_or_else(|| Failure::local("Missing nonce value: specify it via the -nonce flag"))?;
     let key = key_from(&key)?;
     let update = if a.verify {
-        format!("{ROTATE}/verify")
+        format!("{rotate}/verify")
     } else {
-        format!("{ROTATE}/update")
+        format!("{rotate}/update")
     };
     let resp = data_of(
         ctx.client

@@ -569,3 +569,69 @@ async fn unauthenticated_ceremonies_are_off_by_default() {
         (400, "recovery keys not supported")
     );
 }
+
+/// A rekey rotates the root key in one storage batch: kill -9 right after
+/// it answers leaves a node that the new shares unseal (and the old ones do
+/// not), with the data written before the rekey readable.
+#[tokio::test]
+async fn rekey_survives_kill_9_right_after_it_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = ceremony_server(dir.path());
+    let old = init_and_unseal(&mut s, 3, 2).await;
+    let root = s.root_token.clone();
+    let tok = Some(root.as_str());
+    let policy = json!({"policy": "path \"b/*\" { capabilities = [\"read\"] }"});
+    let (st, _) = call(&s, "PUT", "sys/policies/acl/kept", tok, Some(policy)).await;
+    assert_eq!(st, 204);
+    let (st, r) = call(
+        &s,
+        "PUT",
+        "sys/rotate/root/init",
+        tok,
+        Some(json!({"secret_shares": 2, "secret_threshold": 2})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let nonce = r["data"]["nonce"].as_str().expect("nonce").to_string();
+    let mut done = Value::Null;
+    for k in &old[..2] {
+        let (st, r) = call(
+            &s,
+            "PUT",
+            "sys/rotate/root/update",
+            tok,
+            Some(json!({"key": k, "nonce": nonce})),
+        )
+        .await;
+        assert_eq!(st, 200, "{r}");
+        done = r;
+    }
+    let new: Vec<String> = done["data"]["keys"]
+        .as_array()
+        .expect("new keys")
+        .iter()
+        .map(|k| k.as_str().expect("key").to_string())
+        .collect();
+    assert_eq!(new.len(), 2, "{done}");
+    // The rekeyed node still serves (its in-memory root key followed).
+    let (st, _) = call(&s, "GET", "sys/policies/acl/kept", tok, None).await;
+    assert_eq!(st, 200);
+
+    s.kill9();
+    drop(s);
+    let s = start_with_config(dir.path(), &dir.path().join("server.hcl"));
+    let (_, status) = call(&s, "GET", "sys/seal-status", None, None).await;
+    assert_eq!(
+        (&status["sealed"], &status["n"], &status["t"]),
+        (&json!(true), &json!(2), &json!(2)),
+        "{status}"
+    );
+    assert!(!unseal_with(&s, &old[..2]).await, "old shares still unseal");
+    assert!(
+        !unseal_with(&s, &old[1..3]).await,
+        "old shares still unseal"
+    );
+    assert!(unseal_with(&s, &new).await, "new shares do not unseal");
+    let (st, r) = call(&s, "GET", "sys/policies/acl/kept", tok, None).await;
+    assert_eq!(st, 200, "{r}");
+}

@@ -824,7 +824,7 @@ pub async fn verify_recovery_shares(core: &Core, shares: &[Zeroizing<Vec<u8>>]) 
     }
     let key = combine_shares(&rc, shares)?;
     let u = core.unsealed()?;
-    check_recovery_key(core, u.root_key(), &key).await
+    check_recovery_key(core, &u.root_key(), &key).await
 }
 
 /// Replace the recovery key with a new one split into `shares` shares
@@ -858,7 +858,7 @@ pub async fn replace_recovery_key(
         let (key, s) = generate_shares(shares, threshold);
         ops.push(BatchOp::Put {
             key: RECOVERY_KEY_PATH.into(),
-            value: seal_recovery_key(u.root_key(), &key)?,
+            value: seal_recovery_key(&u.root_key(), &key)?,
         });
         out = s;
     } else {
@@ -868,6 +868,33 @@ pub async fn replace_recovery_key(
     }
     core.physical().batch(ops).await?;
     Ok(out)
+}
+
+/// The writes that move an auto seal to a new root key (a rekey of the
+/// barrier key, `crate::rootkey`): the new root key encrypted by the
+/// external key, and the recovery key re-sealed under it. The caller adds
+/// the keyring and writes them in one batch, holding the state lock.
+pub(crate) async fn root_key_rotation_ops(
+    core: &Core,
+    old_root: &[u8],
+    new_root: &[u8],
+) -> Result<Vec<BatchOp>> {
+    let wrapper = active(core).ok_or_else(|| CoreError::internal("no auto seal configured"))?;
+    let stored = encrypt_root_key(&wrapper, new_root).await?;
+    let mut ops = vec![BatchOp::Put {
+        key: AUTO_ROOT_KEY_PATH.into(),
+        value: json(&stored)?,
+    }];
+    if let Some(sealed) = core.physical().get(RECOVERY_KEY_PATH).await? {
+        let key = open_with_key(old_root, RECOVERY_KEY_PATH.as_bytes(), &sealed).map_err(|_| {
+            CoreError::internal("stored recovery key does not open with the root key")
+        })?;
+        ops.push(BatchOp::Put {
+            key: RECOVERY_KEY_PATH.into(),
+            value: seal_recovery_key(new_root, &key)?,
+        });
+    }
+    Ok(ops)
 }
 
 /// The recovery key in clear, opened with the root key of an unsealed node,
@@ -882,7 +909,7 @@ pub async fn recovery_key(core: &Core) -> Result<Option<(SealConfig, Zeroizing<V
     let Some(sealed) = core.physical().get(RECOVERY_KEY_PATH).await? else {
         return Ok(None);
     };
-    let key = open_with_key(u.root_key(), RECOVERY_KEY_PATH.as_bytes(), &sealed)
+    let key = open_with_key(&u.root_key(), RECOVERY_KEY_PATH.as_bytes(), &sealed)
         .map_err(|_| CoreError::internal("stored recovery key does not open with the root key"))?;
     Ok(Some((rc, key)))
 }
@@ -914,7 +941,7 @@ pub async fn set_recovery_key(
             },
             BatchOp::Put {
                 key: RECOVERY_KEY_PATH.into(),
-                value: seal_recovery_key(u.root_key(), new_key)?,
+                value: seal_recovery_key(&u.root_key(), new_key)?,
             },
         ])
         .await

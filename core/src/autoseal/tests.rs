@@ -279,3 +279,52 @@ fn recovery_numbers_are_validated_like_openbao() {
     assert!(validate_recovery(3, 5).is_err());
     assert!(validate_recovery(256, 3).is_err());
 }
+
+#[tokio::test]
+async fn a_barrier_rekey_under_an_auto_seal_rotates_the_root_key_and_keeps_recovery_keys() {
+    let store = Arc::new(MemoryStore::new());
+    let kms = FakeKms::new("transit");
+    let core = node(&store, Some(&kms), None).await.unwrap();
+    let (shares, _) = initialize(&core, &dyn_(&kms), 3, 2).await.unwrap();
+    let old_blob = store.get(AUTO_ROOT_KEY_PATH).await.unwrap().unwrap();
+    let old_root = core.unsealed().unwrap().root_key();
+    crate::rootkey::rotate(&core, crate::rootkey::SealWrap::Auto)
+        .await
+        .unwrap();
+    let new_root = core.unsealed().unwrap().root_key();
+    assert_ne!(old_root.as_slice(), new_root.as_slice());
+    // The recovery key was re-sealed under the new root key.
+    verify_recovery_shares(&core, &shares[..2]).await.unwrap();
+    // The old stored root key still decrypts through the KMS, but what it
+    // holds no longer opens the keyring.
+    let stored: StoredRootKey = serde_json::from_slice(&old_blob).unwrap();
+    let ct = B64.decode(stored.ciphertext).unwrap();
+    let from_old_blob = kms.decrypt(&ct).await.unwrap();
+    assert_eq!(from_old_blob.as_slice(), old_root.as_slice());
+    let keyring = store
+        .get(crate::barrier::KEYRING_PATH)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(open_with_key(&old_root, crate::barrier::KEYRING_PATH.as_bytes(), &keyring).is_err());
+    core.shutdown().await;
+    // A restart unseals through the KMS with the new root key; recovery
+    // shares still unseal after an operator's seal.
+    let core = node(&store, Some(&kms), None).await.unwrap();
+    assert!(unseal_with_stored_key(&core).await.unwrap());
+    assert_eq!(
+        core.unsealed().unwrap().root_key().as_slice(),
+        new_root.as_slice()
+    );
+    core.seal_now().await.unwrap();
+    assert!(
+        !submit_recovery_unseal_share(&core, &shares[2])
+            .await
+            .unwrap()
+    );
+    assert!(
+        submit_recovery_unseal_share(&core, &shares[0])
+            .await
+            .unwrap()
+    );
+}
