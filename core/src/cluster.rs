@@ -22,6 +22,14 @@
 //! encrypts the nonce under the barrier keyring: same proof, no keyring
 //! shipped before the node joined.
 //!
+//! Under an **auto seal** the challenge carries the root key as the cluster
+//! stores it, encrypted by the seal's external key (`crate::autoseal`); a
+//! joining node configured with the same `seal` stanza decrypts it through
+//! that seal, answers the challenge and unseals once the data arrived, with
+//! nobody giving keys (as Vault's auto-unseal join). Restarted, it unseals
+//! itself through the seal like any auto-sealed node. A node whose seal
+//! differs from the cluster's does not join.
+//!
 //! **Membership**: `sys/storage/raft/configuration` lists the servers as
 //! Vault does; `sys/storage/raft/remove-peer` removes one (on the leader).
 //!
@@ -242,7 +250,29 @@ impl Cluster {
         self.track(tokio::spawn(async move {
             loop {
                 match me.fetch_challenge().await {
+                    Ok((_, _, seal, wrapped_root)) if me.has_auto_seal() => {
+                        match me.open_with_auto_seal(&seal, &wrapped_root).await {
+                            Ok(root) => {
+                                if let Ok(mut p) = me.pending.lock() {
+                                    *p = Some(PendingJoin { seal, wrapped_root });
+                                }
+                                me.clone().complete_join(root).await;
+                                return;
+                            }
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "raft join: the cluster's root key does not open through this node's seal; retrying"
+                            ),
+                        }
+                    }
                     Ok((_, _, seal, wrapped_root)) => {
+                        if seal.seal_type != "shamir" {
+                            tracing::error!(
+                                cluster_seal = %seal.seal_type,
+                                "raft join: the cluster is sealed by an auto seal; give this node the same seal stanza (it then joins and unseals by itself)"
+                            );
+                            return;
+                        }
                         tracing::info!(
                             shares = seal.secret_shares,
                             threshold = seal.secret_threshold,
@@ -261,6 +291,37 @@ impl Cluster {
                 }
             }
         }));
+    }
+
+    fn has_auto_seal(&self) -> bool {
+        self.core()
+            .map(|c| crate::autoseal::active(&c).is_some())
+            .unwrap_or(false)
+    }
+
+    /// Auto seal (Vault's auto-unseal join): the cluster's root key, as the
+    /// leader stores it encrypted by the external key, decrypted by this
+    /// node's seal (the same key), so the node joins and unseals with nobody
+    /// present. The same proof as the unseal keys give: only a node that can
+    /// use the cluster's seal key learns the root key.
+    async fn open_with_auto_seal(
+        &self,
+        seal: &SealConfig,
+        stored: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let core = self.core()?;
+        let wrapper = crate::autoseal::active(&core)
+            .ok_or_else(|| CoreError::internal("no auto seal configured"))?;
+        if seal.seal_type != wrapper.seal_type() {
+            return Err(CoreError::bad_request(format!(
+                "the cluster's seal is {:?}, this node's is {:?}",
+                seal.seal_type,
+                wrapper.seal_type()
+            )));
+        }
+        crate::autoseal::open_stored_root_key(&wrapper, stored)
+            .await
+            .map_err(|e| CoreError::Unavailable(format!("seal ({}): {e}", e.class())))
     }
 
     /// Ask each leader address for a challenge; the first answer wins.
@@ -327,6 +388,11 @@ impl Cluster {
     /// when the data has arrived (in the background, as Vault does).
     pub fn submit_join_share(self: &Arc<Self>, share: &[u8]) -> Result<()> {
         let core = self.core()?;
+        if crate::autoseal::active(&core).is_some() {
+            return Err(CoreError::bad_request(
+                "this node joins through its auto seal and unseals by itself; no unseal keys are taken",
+            ));
+        }
         let root = {
             let pending = lock(&self.pending)?;
             let Some(p) = pending.as_ref() else {
@@ -424,7 +490,16 @@ impl Cluster {
         }
         // Fetch now so the caller learns whether the leader answers.
         let (_, _, seal, wrapped_root) = self.fetch_challenge().await?;
+        let auto_root = if self.has_auto_seal() {
+            Some(self.open_with_auto_seal(&seal, &wrapped_root).await?)
+        } else {
+            None
+        };
         *lock(&self.pending)? = Some(PendingJoin { seal, wrapped_root });
+        if let Some(root) = auto_root {
+            let me = self.clone();
+            self.track(tokio::spawn(async move { me.complete_join(root).await }));
+        }
         Ok(crate::sys::obj(json!({"joined": true})))
     }
 
@@ -441,9 +516,17 @@ impl Cluster {
             ));
         }
         let seal = core.seal_config().await?.ok_or(CoreError::NotInitialized)?;
-        let wrapped = crate::seal::wrapped_root_key(core.physical().as_ref())
-            .await?
-            .ok_or(CoreError::NotInitialized)?;
+        // Shamir: the root key sealed under the unseal key; an auto seal:
+        // the root key encrypted by the external key, which a joining node
+        // configured with the same seal decrypts (crate::autoseal).
+        let wrapped = if seal.seal_type == "shamir" {
+            crate::seal::wrapped_root_key(core.physical().as_ref()).await?
+        } else {
+            core.physical()
+                .get(crate::autoseal::AUTO_ROOT_KEY_PATH)
+                .await?
+        }
+        .ok_or(CoreError::NotInitialized)?;
         let mut nonce = Zeroizing::new(vec![0u8; 32]);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
         let challenge = b64().encode(nonce.as_slice());

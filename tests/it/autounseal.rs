@@ -17,8 +17,8 @@ use crate::harness::{
 
 /// A persistent Custos on a fixed port (so it can stop and come back at
 /// the same address) serving transit key `autounseal` at `transit/`.
-struct TransitServer {
-    server: Server,
+pub(crate) struct TransitServer {
+    pub(crate) server: Server,
     dir: PathBuf,
     cfg: PathBuf,
 }
@@ -45,7 +45,7 @@ listener "tcp" {{
     cfg
 }
 
-async fn start_transit() -> TransitServer {
+pub(crate) async fn start_transit() -> TransitServer {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let cfg = transit_config(&dir, free_port());
     let mut server = start_with_config(&dir, &cfg);
@@ -80,7 +80,7 @@ async fn start_transit() -> TransitServer {
 }
 
 impl TransitServer {
-    fn stanza(&self, token: &str, extra: &str) -> String {
+    pub(crate) fn stanza(&self, token: &str, extra: &str) -> String {
         format!(
             r#"seal "transit" {{
   address    = "http://{}"
@@ -111,14 +111,14 @@ impl TransitServer {
 
 /// The node under test: its data dir and a config with `seal` (HCL) and
 /// unauthenticated metrics.
-fn node_config(dir: &Path, seal: &str) -> PathBuf {
+pub(crate) fn node_config(dir: &Path, seal: &str) -> PathBuf {
     write_config_with(
         dir,
         &format!("telemetry {{\n  unauthenticated_metrics_access = true\n}}\n{seal}"),
     )
 }
 
-async fn status(s: &Server) -> Value {
+pub(crate) async fn status(s: &Server) -> Value {
     s.client()
         .get(s.url("sys/seal-status"))
         .send()
@@ -129,7 +129,7 @@ async fn status(s: &Server) -> Value {
         .expect("seal-status json")
 }
 
-async fn put(s: &Server, path: &str, token: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn put(s: &Server, path: &str, token: &str, body: Value) -> (u16, Value) {
     let r = s
         .client()
         .put(s.url(path))
@@ -154,7 +154,7 @@ async fn metrics(s: &Server) -> String {
 }
 
 /// Wait until `s` reads `secret/data/app` with `token`; returns the value.
-async fn wait_for_read(s: &Server, token: &str, limit: Duration) -> Value {
+pub(crate) async fn wait_for_read(s: &Server, token: &str, limit: Duration) -> Value {
     let c = s.client();
     let url = s.url("secret/data/app");
     wait_for("a KV read", limit, || async {
@@ -167,7 +167,7 @@ async fn wait_for_read(s: &Server, token: &str, limit: Duration) -> Value {
 }
 
 /// Init through `sys/init` with recovery keys: the node unseals at once.
-async fn init_with_recovery(s: &mut Server, shares: u64, threshold: u64) -> Vec<String> {
+pub(crate) async fn init_with_recovery(s: &mut Server, shares: u64, threshold: u64) -> Vec<String> {
     let (code, v) = put(
         s,
         "sys/init",

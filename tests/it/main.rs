@@ -10,6 +10,7 @@ mod auth_jwt;
 mod auth_kubernetes;
 mod auth_userpass;
 mod autounseal;
+mod autounseal_ceremony;
 mod ceremony;
 mod cli;
 mod cluster;

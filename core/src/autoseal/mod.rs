@@ -414,7 +414,17 @@ async fn decrypt_root_key(
                 "no root key stored for the auto seal: is the node initialized?".into(),
             )
         })?;
-    let stored: StoredRootKey = serde_json::from_slice(&raw)
+    open_stored_root_key(wrapper, &raw).await
+}
+
+/// The root key in `raw` (a [`StoredRootKey`] as stored at
+/// [`AUTO_ROOT_KEY_PATH`], here or handed over by a cluster's leader to a
+/// joining node, `crate::cluster`), decrypted by `wrapper`.
+pub(crate) async fn open_stored_root_key(
+    wrapper: &Arc<dyn KeyWrapper>,
+    raw: &[u8],
+) -> std::result::Result<Zeroizing<Vec<u8>>, WrapError> {
+    let stored: StoredRootKey = serde_json::from_slice(raw)
         .map_err(|_| WrapError::Config("stored root key is not readable".into()))?;
     if stored.seal_type != wrapper.seal_type() {
         return Err(WrapError::Config(format!(
@@ -547,8 +557,29 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let Some(wrapper) = active(&core) else {
         return;
     };
-    if !matches!(core.is_initialized().await, Ok(true)) || migration(&core).is_some() {
+    if migration(&core).is_some() {
         return;
+    }
+    if !matches!(core.is_initialized().await, Ok(true)) {
+        // A restarted member of a cluster finds its data once the Raft log
+        // is replayed (after the leader's first contact): wait for it. Any
+        // other uninitialized node is unsealed by `sys/init` or its join.
+        let member = match core.raft() {
+            Some(r) => r.raft().is_initialized().await.unwrap_or(false),
+            None => false,
+        };
+        if !member {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if matches!(core.is_initialized().await, Ok(true)) {
+                break;
+            }
+        }
     }
     let started = std::time::Instant::now();
     let mut wait = BACKOFF_START;
