@@ -5,11 +5,12 @@
 //!
 //! A fetched set lives in memory only ([`RemoteKeys`]): fetched on first
 //! use (or when the config is written), refetched when a token names a `kid`
-//! the cache lacks or no cached key verifies it (key rotation), and at most
-//! once an hour otherwise. Refetches go through one gate: one fetch at a
-//! time, and a token bucket (3 fetches, one more every 10 s) so that tokens
-//! with made-up `kid`s cannot turn into a stream of requests to the
-//! provider. Fetches have bounded connect and total timeouts and a bounded
+//! the cache lacks or no cached key verifies it (key rotation), and once
+//! the keys are an hour old by the next login that finds no other fetch
+//! under way (after a failure, not again for a minute). Refetches go
+//! through one gate: one fetch at a time, and a token bucket (3 fetches,
+//! one more every 10 s) so that tokens with made-up `kid`s cannot turn
+//! into a stream of requests to the provider. Fetches have bounded connect and total timeouts and a bounded
 //! response size; a failed fetch keeps the cached keys, so an endpoint that
 //! is down or answers garbage only affects keys not seen before. Every fetch
 //! is counted in `custos_auth_jwks_fetches_total{outcome}`.
@@ -34,6 +35,8 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Cached keys are refreshed at the first login after this long (a failed
 /// refresh keeps them).
 pub const REFRESH_AFTER: Duration = Duration::from_secs(3600);
+/// After a failed refresh of stale keys, the next is tried no sooner.
+const STALE_BACKOFF: Duration = Duration::from_secs(60);
 /// Token bucket for fetches: burst, and one more fetch per interval.
 const FETCH_BURST: f64 = 3.0;
 const FETCH_REFILL: Duration = Duration::from_secs(10);
@@ -199,6 +202,9 @@ struct Gate {
     refilled: Instant,
     /// Resolved from the discovery document.
     jwks_uri: Option<String>,
+    /// After a failed refresh of stale keys, no other is tried before this
+    /// (logins go on with the cached keys meanwhile).
+    stale_backoff_until: Option<Instant>,
 }
 
 impl Gate {
@@ -246,6 +252,7 @@ impl RemoteKeys {
                 tokens: FETCH_BURST,
                 refilled: Instant::now(),
                 jwks_uri: None,
+                stale_backoff_until: None,
             }),
         })
     }
@@ -285,17 +292,23 @@ impl RemoteKeys {
 
     async fn verify(&self, p: &Parsed<'_>) -> Result<(), TokenError> {
         let mut snap = self.snapshot();
-        let stale = snap.fetched.is_none_or(|t| t.elapsed() >= REFRESH_AFTER);
-        if stale {
-            match self.refresh(snap.generation).await {
+        match snap.fetched {
+            // Never fetched: nothing to fall back on.
+            None => match self.refresh(snap.generation).await {
                 Ok(s) => snap = s,
-                // Never fetched: nothing to fall back on.
-                Err(FetchError::Failed(e)) if snap.fetched.is_none() => {
+                Err(FetchError::Failed(e)) => {
                     return Err(TokenError::Signature(format!("fetching keys oidc: {e}")));
                 }
-                // Keep verifying with the cached keys.
-                Err(_) => {}
+                Err(FetchError::Limited) => {}
+            },
+            // Stale: refresh if no one else is fetching and no refresh
+            // failed lately; otherwise go on with the cached keys.
+            Some(t) if t.elapsed() >= REFRESH_AFTER => {
+                if let Ok(s) = self.refresh_stale(snap.generation).await {
+                    snap = s;
+                }
             }
+            Some(_) => {}
         }
         if try_keys(&snap.keys, p) {
             return Ok(());
@@ -316,6 +329,29 @@ impl RemoteKeys {
     /// Refetch unless someone else did since generation `seen`; gated.
     async fn refresh(&self, seen: u64) -> Result<Arc<Cached>, FetchError> {
         let mut gate = self.gate.lock().await;
+        self.refresh_locked(&mut gate, seen).await
+    }
+
+    /// The hourly refresh: never waits behind another fetch, and after a
+    /// failure leaves the endpoint alone for a minute, so an identity
+    /// provider that is down slows at most one login a minute.
+    async fn refresh_stale(&self, seen: u64) -> Result<Arc<Cached>, FetchError> {
+        let Ok(mut gate) = self.gate.try_lock() else {
+            return Err(FetchError::Limited);
+        };
+        let now = Instant::now();
+        if gate.stale_backoff_until.is_some_and(|t| now < t) {
+            return Err(FetchError::Limited);
+        }
+        let r = self.refresh_locked(&mut gate, seen).await;
+        gate.stale_backoff_until = match &r {
+            Err(FetchError::Failed(_)) => Some(Instant::now() + STALE_BACKOFF),
+            _ => None,
+        };
+        r
+    }
+
+    async fn refresh_locked(&self, gate: &mut Gate, seen: u64) -> Result<Arc<Cached>, FetchError> {
         let cur = self.snapshot();
         if cur.generation != seen {
             return Ok(cur);
@@ -324,7 +360,7 @@ impl RemoteKeys {
             m::counter_inc(m::AUTH_JWKS_FETCHES, &[("outcome", "rate_limited".into())]);
             return Err(FetchError::Limited);
         }
-        let fetched = self.fetch(&mut gate).await;
+        let fetched = self.fetch(gate).await;
         let outcome = match &fetched {
             Ok(_) => "success",
             Err((kind, _)) => kind,
@@ -477,6 +513,7 @@ mod tests {
             tokens: FETCH_BURST,
             refilled: t0,
             jwks_uri: None,
+            stale_backoff_until: None,
         };
         assert!(g.take(t0) && g.take(t0) && g.take(t0));
         assert!(!g.take(t0));
@@ -566,6 +603,54 @@ mod tests {
         // Keys of another family never verify.
         assert!(!ed_key.verifies(&parsed(&es)));
         assert!(!pem_key.verifies(&parsed(&tok)));
+    }
+
+    /// Keys an hour old are refreshed at a login; when the provider is down
+    /// the login still verifies with them, and the next refresh waits a
+    /// minute.
+    #[tokio::test]
+    async fn stale_keys_keep_working_while_the_provider_is_down() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use jsonwebtoken::{EncodingKey, Header};
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let sk = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let point = p256::ecdsa::VerifyingKey::from(&sk).to_encoded_point(false);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]});
+        let enc =
+            EncodingKey::from_ec_pem(sk.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("k".into());
+        let tok = jsonwebtoken::encode(&h, &serde_json::json!({"iat": 1}), &enc).unwrap();
+
+        // Nothing listens on port 1: every fetch fails at once.
+        let r = RemoteKeys::new(Source::Jwks("http://127.0.0.1:1/keys".into()), "").unwrap();
+        let Some(long_ago) = Instant::now().checked_sub(REFRESH_AFTER + Duration::from_secs(1))
+        else {
+            return; // a machine up for less than an hour cannot hold such an Instant
+        };
+        *r.cache.write().unwrap() = Arc::new(Cached {
+            keys: parse_jwks(jwks.to_string().as_bytes()).unwrap(),
+            generation: 1,
+            fetched: Some(long_ago),
+        });
+        assert!(r.verify(&parsed(&tok)).await.is_ok());
+        let backoff = r.gate.lock().await.stale_backoff_until;
+        assert!(
+            backoff.is_some_and(|t| t > Instant::now()),
+            "a failed refresh backs off"
+        );
+        let tokens = r.gate.lock().await.tokens;
+        assert!(r.verify(&parsed(&tok)).await.is_ok());
+        assert!(
+            r.gate.lock().await.tokens >= tokens,
+            "no fetch while backing off"
+        );
+        // Never fetched and unreachable: a clear error naming the fetch.
+        let fresh = RemoteKeys::new(Source::Jwks("http://127.0.0.1:1/keys".into()), "").unwrap();
+        let e = fresh.verify(&parsed(&tok)).await.unwrap_err().message();
+        assert!(e.contains("fetching keys oidc: get keys failed: "), "{e}");
     }
 
     #[test]
