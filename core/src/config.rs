@@ -202,12 +202,12 @@ pub struct ServerConfig {
     pub telemetry: TelemetryConfig,
     /// Audit devices in file order.
     pub audit: Vec<AuditDeviceConfig>,
-    /// Set only by [`ServerConfig::dev`]; a dev config may have no listener.
-    pub dev: bool,
     /// `seal "<type>" { ... }` stanzas (auto-unseal, `crate::autoseal`): at
     /// most one enabled and one `disabled = "true"` (the seal being migrated
     /// from). None means the Shamir seal.
     pub seals: Vec<SealStanza>,
+    /// Set only by [`ServerConfig::dev`]; a dev config may have no listener.
+    pub dev: bool,
 }
 
 /// `storage "raft" { ... }`: the only storage Custos has.
@@ -442,6 +442,7 @@ pub fn parse(src: &str, file: &str) -> Result<ServerConfig, ConfigError> {
     let storage = parse_storage(&top)?;
     let listeners = parse_listeners(&top, &telemetry)?;
     let audit = parse_audit(&top)?;
+    let seals = parse_seals(&top)?;
 
     let cfg = ServerConfig {
         ui: top.bool("ui")?.unwrap_or(false),
@@ -452,11 +453,11 @@ pub fn parse(src: &str, file: &str) -> Result<ServerConfig, ConfigError> {
         cluster_name: top.string("cluster_name")?,
         default_lease_ttl: top.duration("default_lease_ttl")?.filter(|s| *s > 0),
         max_lease_ttl: top.duration("max_lease_ttl")?.filter(|s| *s > 0),
-    let seals = parse_seals(&top)?;
         storage,
         listeners,
         telemetry,
         audit,
+        seals,
         dev: false,
     };
     cfg.validate(file)?;
@@ -467,7 +468,6 @@ impl ServerConfig {
     /// The dev-mode configuration: one plain-HTTP listener on `listen` with
     /// unauthenticated metrics, Raft in `data_dir/raft` as node
     /// [`DEV_NODE_ID`], and a file audit device at `file/` writing to
-        seals,
     /// `data_dir/audit`.
     pub fn dev(listen: SocketAddr, data_dir: &Path) -> ServerConfig {
         let mut options = BTreeMap::new();
@@ -505,6 +505,7 @@ impl ServerConfig {
                 local: false,
                 options,
             }],
+            seals: Vec::new(),
             dev: true,
         }
     }
@@ -515,7 +516,6 @@ impl ServerConfig {
         raft_node_id_from_name(&self.storage.node_id)
     }
 
-            seals: Vec::new(),
     /// Is this node configured for a multi-node cluster (`cluster_addr` set
     /// or `retry_join` blocks)? Only then does it listen for Raft RPCs.
     pub fn is_clustered(&self) -> bool {
@@ -1273,22 +1273,6 @@ fn parse_listeners(
     Ok(out)
 }
 
-fn parse_audit(top: &Section<'_>) -> Result<Vec<AuditDeviceConfig>, ConfigError> {
-    const EXAMPLE: &str = "audit \"file\" \"file\" { options { file_path = \"...\" } }";
-    let mut out: Vec<AuditDeviceConfig> = Vec::new();
-    for b in top.blocks("audit", EXAMPLE)? {
-        let labels: Vec<&str> = b.labels().iter().map(|l| l.as_str()).collect();
-        let [kind_name, raw_path] = labels.as_slice() else {
-            let key = match labels.first() {
-                Some(k) => format!("audit {k:?}"),
-                None => "audit".to_string(),
-            };
-            return Err(ConfigError::Invalid {
-                file: top.file.to_string(),
-                key,
-                message: format!(
-                    "expected two labels, the device type and its path, found {}; write {EXAMPLE}",
-                    labels.len()
 /// One `seal "<type>" { ... }` stanza: its type, whether it is the
 /// disabled (migrated-from) seal, and its other keys as strings, checked by
 /// [`crate::autoseal::check_stanza`]. `Debug` redacts credentials.
@@ -1385,6 +1369,22 @@ fn parse_seals(top: &Section<'_>) -> Result<Vec<SealStanza>, ConfigError> {
     Ok(out)
 }
 
+fn parse_audit(top: &Section<'_>) -> Result<Vec<AuditDeviceConfig>, ConfigError> {
+    const EXAMPLE: &str = "audit \"file\" \"file\" { options { file_path = \"...\" } }";
+    let mut out: Vec<AuditDeviceConfig> = Vec::new();
+    for b in top.blocks("audit", EXAMPLE)? {
+        let labels: Vec<&str> = b.labels().iter().map(|l| l.as_str()).collect();
+        let [kind_name, raw_path] = labels.as_slice() else {
+            let key = match labels.first() {
+                Some(k) => format!("audit {k:?}"),
+                None => "audit".to_string(),
+            };
+            return Err(ConfigError::Invalid {
+                file: top.file.to_string(),
+                key,
+                message: format!(
+                    "expected two labels, the device type and its path, found {}; write {EXAMPLE}",
+                    labels.len()
                 ),
             });
         };
@@ -1583,6 +1583,7 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
                     options: opts(&[("url", "http://127.0.0.1:9200"), ("index", "custos-audit")]),
                 },
             ],
+            seals: Vec::new(),
             dev: false,
         };
         assert_eq!(cfg, expected);
@@ -1601,7 +1602,6 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
             cfg.audit[1].options.get("topic").map(String::as_str),
             Some("custos-audit")
         );
-            seals: Vec::new(),
     }
 
     #[test]

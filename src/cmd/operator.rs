@@ -61,29 +61,29 @@ pub struct InitArgs {
     /// Only report whether the server is initialized (exit 0 yes, 2 no)
     #[arg(long)]
     pub status: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct UnsealArgs {
     /// Number of recovery key shares (auto seal only)
     #[arg(long = "recovery-shares", default_value_t = 5, value_name = "N")]
     pub recovery_shares: u32,
     /// Number of recovery key shares required (auto seal only)
     #[arg(long = "recovery-threshold", default_value_t = 3, value_name = "T")]
     pub recovery_threshold: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct UnsealArgs {
     /// The unseal key share; prompted for (or read from stdin) when absent
     #[arg(value_name = "KEY")]
     pub key: Option<String>,
     /// Discard the key shares provided so far
     #[arg(long)]
     pub reset: bool,
+    /// Drive a seal migration (the old seal's unseal or recovery keys)
+    #[arg(long)]
+    pub migrate: bool,
 }
 
 pub async fn run(ctx: &Ctx, cmd: OperatorCmd) -> CmdResult {
     match cmd {
-    /// Drive a seal migration (the old seal's unseal or recovery keys)
-    #[arg(long)]
-    pub migrate: bool,
         OperatorCmd::Init(a) => init(ctx, a).await,
         OperatorCmd::Unseal(a) => unseal(ctx, a).await,
         OperatorCmd::Raft(c) => super::raft::run(ctx, c).await,
@@ -272,12 +272,6 @@ async fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
             Ok(EXIT_REMOTE)
         };
     }
-    if a.key_threshold == 0 || a.key_shares == 0 || a.key_threshold > a.key_shares {
-        return Err(Failure::local(format!(
-            "Invalid key shares/threshold: threshold ({}) must be between 1 and the number of shares ({})",
-            a.key_threshold, a.key_shares
-        )));
-    }
     // As `vault operator init`: an auto seal (`recovery_seal`) takes
     // recovery shares instead of unseal key shares.
     let recovery_seal = ctx
@@ -290,6 +284,12 @@ async fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
         .unwrap_or(false);
     if recovery_seal {
         return init_recovery(ctx, &a).await;
+    }
+    if a.key_threshold == 0 || a.key_shares == 0 || a.key_threshold > a.key_shares {
+        return Err(Failure::local(format!(
+            "Invalid key shares/threshold: threshold ({}) must be between 1 and the number of shares ({})",
+            a.key_threshold, a.key_shares
+        )));
     }
     let body = json!({ "secret_shares": a.key_shares, "secret_threshold": a.key_threshold });
     let resp = ctx
@@ -309,12 +309,6 @@ async fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
     Ok(EXIT_OK)
 }
 
-/// Read an unseal key: prompt with echo off on a terminal, else one line.
-fn read_key() -> Result<String, Failure> {
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
-    let mut line = String::new();
-    if tty {
 /// `operator init` against an auto seal: recovery shares, and the node
 /// unseals itself.
 async fn init_recovery(ctx: &Ctx, a: &InitArgs) -> CmdResult {
@@ -380,6 +374,12 @@ pub fn init_recovery_text(resp: &Value, shares: u32, threshold: u32) -> String {
     text
 }
 
+/// Read an unseal key: prompt with echo off on a terminal, else one line.
+fn read_key() -> Result<String, Failure> {
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let mut line = String::new();
+    if tty {
         eprint!("Unseal Key (will be hidden): ");
         let _ = std::io::stderr().flush();
         // Best effort: `stty` is on every Unix; if it fails the key echoes.
