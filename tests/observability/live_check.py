@@ -64,12 +64,19 @@ ALLOW_EMPTY = {
     "custos_ha_forwarded_requests_total": "a one-node dev server has no standby to forward from",
     "custos_snapshot_copy_behind_seconds": "the dev server's automated snapshots have no copy_to destination",
     "custos_snapshot_failures_total": "failure counters are created on the first failure; none on a healthy node",
+    "custos_seal_autounseal_": "the dev node uses the Shamir seal; auto-unseal series exist only on a node with a seal stanza "
+    "(tests/it/autounseal.rs checks them)",
+    "custos_auth_jwks_fetches_total": "no JWT/OIDC mount with a JWKS or discovery URL on the dev node; the first key fetch "
+    "creates the counter (tests/it/auth_jwt.rs)",
+    "custos_auth_kubernetes_token_reviews_total": "no Kubernetes auth mount on the dev node; the first TokenReview call "
+    "creates the counter (tests/it/auth_kubernetes.rs)",
 }
 # Alerts whose expression is expected to be true on the healthy node after
 # the generated traffic (the traffic uses the root token and writes a policy).
 EXPECT_FIRING = {
     "CustosSensitiveOperation": "the traffic uses the root token and writes a policy",
     "RotationHeld": "the check's rotation job declares a consumer that never reads, so its run is held",
+    "WrappingUnwrapFailed": "the traffic unwraps a bogus wrapping token (twice)",
 }
 
 DECLARED_RE = re.compile(r'=\s*"(custos_[a-z0-9_]+)"\s*,\s*(Counter|Gauge|Histogram)')
@@ -86,11 +93,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 5):
+def http(method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 5,
+         headers: dict[str, str] | None = None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if token:
         req.add_header("X-Vault-Token", token)
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -228,7 +238,9 @@ class Prom:
 
 class Traffic(threading.Thread):
     """Background API traffic: root KV writes/reads, an app token's reads,
-    token creation, policy writes and a denied request."""
+    token creation, policy writes and a denied request; userpass logins (one
+    user logging in, another failing until locked out); wrapped reads
+    unwrapped once, and one unwrap of a bogus wrapping token."""
 
     def __init__(self, addr: str):
         super().__init__(daemon=True)
@@ -240,6 +252,11 @@ class Traffic(threading.Thread):
         http("PUT", f"{a}/v1/sys/policy/reader", {"policy": 'path "secret/*" { capabilities = ["read"] }'}, "root")
         _, tok = http("POST", f"{a}/v1/auth/token/create", {"policies": ["reader"], "display_name": "app"}, "root")
         app = (tok or {}).get("auth", {}).get("client_token")
+        http("POST", f"{a}/v1/sys/auth/userpass", {"type": "userpass"}, "root")
+        http("POST", f"{a}/v1/sys/auth/userpass/tune", {"user_lockout_config": {"lockout_threshold": "2"}}, "root")
+        http("POST", f"{a}/v1/auth/userpass/users/svc",
+             {"password": "live-check-pw", "token_policies": "reader", "token_ttl": "1h"}, "root")
+        http("POST", f"{a}/v1/auth/userpass/users/victim", {"password": "right"}, "root")
         i = 0
         while not self.stop.is_set():
             try:
@@ -256,6 +273,15 @@ class Traffic(threading.Thread):
                     http("POST", f"{a}/v1/auth/token/create", {"ttl": "1h"}, "root")
                 if i % 10 == 0:
                     http("PUT", f"{a}/v1/sys/policy/p{i % 3}", {"policy": 'path "kv/*" { capabilities = ["read"] }'}, "root")
+                    http("POST", f"{a}/v1/auth/userpass/login/svc", {"password": "live-check-pw"})
+                    http("POST", f"{a}/v1/auth/userpass/login/victim", {"password": "wrong"})
+                if i in (0, 60):  # twice, so the counter has a rise Prometheus sees
+                    http("POST", f"{a}/v1/sys/wrapping/unwrap", {"token": "not-a-wrapping-token"}, "root")
+                if i % 10 == 5:
+                    _, w = http("GET", f"{a}/v1/secret/data/app/db0", token="root", headers={"X-Vault-Wrap-TTL": "60"})
+                    wrapped = ((w or {}).get("wrap_info") or {}).get("token")
+                    if wrapped:
+                        http("POST", f"{a}/v1/sys/wrapping/unwrap", {}, wrapped)
                 http("GET", f"{a}/v1/secret/data/x", token="not-a-token")  # denied
             except Exception as e:  # noqa: BLE001 - traffic is best effort, reported below
                 self.errors.append(repr(e))
