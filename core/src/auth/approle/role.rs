@@ -392,9 +392,6 @@ impl AppRoleBackend {
             json!(role.secret_id_prefix == SECRET_ID_LOCAL_PREFIX),
         );
         role.login_token().populate(&mut data);
-        // OpenBao's tokenutil shows this field; this server has no
-        // strict IP binding, so it is always false.
-        data.entry("token_strictly_bind_ip").or_insert(json!(false));
         if role.period != 0 {
             data.insert("period".into(), json!(role.period));
         }
