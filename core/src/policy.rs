@@ -77,6 +77,9 @@ pub const DEFAULT_POLICY: &str = "default";
 /// Vault's response-wrapping policy, the only policy of a wrapping token
 /// (`crate::wrapping`): built in, never stored, immutable, not listed.
 pub const RESPONSE_WRAPPING_POLICY: &str = "response-wrapping";
+/// Policies no token may be given, by a token creation or a login
+/// (Vault's `NonAssignablePolicies`).
+pub const NON_ASSIGNABLE_POLICIES: &[&str] = &[RESPONSE_WRAPPING_POLICY, "control-group"];
 
 /// Vault's `ResponseWrappingPolicy` (`vault/policy/policy_store.go`): a
 /// wrapping token may read its `cubbyhole/response` and unwrap itself.

@@ -14,10 +14,6 @@ use crate::logical::{AuthResponse, LoginAuth, Request};
 use crate::router::MountEntry;
 use crate::token::{CreateTokenRequest, TtlLimits, calculate_ttl_in};
 
-/// Policies no token may be given by a login (Vault's
-/// `NonAssignablePolicies`, and `root`).
-const NON_ASSIGNABLE: &[&str] = &["response-wrapping", "control-group", "root"];
-
 /// The `display_name` Vault gives a login's token: the mount path without
 /// `auth/`, slashes as dashes, then the method's name (`userpass-alice`).
 fn display_name(mount: &MountEntry, name: &str) -> String {
@@ -68,7 +64,7 @@ pub async fn issue(
                 "auth methods cannot create root tokens",
             ));
         }
-        if NON_ASSIGNABLE.contains(&pol.as_str()) {
+        if crate::policy::NON_ASSIGNABLE_POLICIES.contains(&pol.as_str()) {
             return Err(CoreError::bad_request(format!(
                 "cannot assign policy {pol:?}"
             )));

@@ -23,7 +23,7 @@ use crate::logical::{
 };
 
 /// Policies no token may be given.
-const NON_ASSIGNABLE_POLICIES: &[&str] = &["response-wrapping", "control-group"];
+use crate::policy::NON_ASSIGNABLE_POLICIES;
 
 const CREATE_FIELDS: &[FieldSpec] = &[
     FieldSpec::new("id", FieldKind::String),
