@@ -1035,8 +1035,8 @@ impl Core {
     pub async fn handle(&self, mut req: Request) -> Result<Response> {
         // One OpenTelemetry span per sampled request (crate::traces), with
         // the stages below as its children: mount, operation and status
-        // only. Sampled or not, the request's trace id (`req.trace_id`)
-        // reaches its audit events.
+        // only. The trace id of a sampled request, or the caller's, reaches
+        // its audit events (`req.trace_id`).
         let Some(span) = crate::traces::RequestSpan::start(&mut req) else {
             return self.handle_request(req).await;
         };

@@ -115,8 +115,8 @@ pub struct Request {
     /// Request headers that backends may need (kept for audit).
     pub headers: BTreeMap<String, String>,
     /// The W3C trace id of this request: the caller's (a valid
-    /// `traceparent`), or the one `Core::handle` gave it when tracing is on
-    /// (sampled or not); written into its audit events. Set by
+    /// `traceparent`), or its own trace's when tracing is on and it is
+    /// sampled; written into its audit events. Set by
     /// `traces::RequestSpan::start`.
     pub trace_id: Option<[u8; 16]>,
     /// Response wrapping asked for with `X-Vault-Wrap-TTL`, in seconds; 0 =

@@ -7,9 +7,14 @@
 //! HTTP layer) when the header is valid, or draws a new one, and asks the
 //! configured sampler up front, before any span exists: only a sampled
 //! request gets an SDK span (continuing the caller's context, with that
-//! sampling result handed to the SDK so it is not decided twice). Either
-//! way the trace id is stored on the request (`Request::trace_id`), and
-//! `audit.rs` writes it into the request's audit events ([`trace_id_of`]).
+//! sampling result handed to the SDK so it is not decided twice). The trace
+//! id of a sampled request, and the caller's trace id whether sampled or
+//! not, is stored on the request (`Request::trace_id`), and `audit.rs`
+//! writes it into the request's audit events ([`trace_id_of`]), so an audit
+//! line leads to its trace or to the caller's. An unsampled request without
+//! a caller's context carries none: its new id would name a trace that
+//! exists nowhere, and 99 of 100 requests at 1% sampling would write it
+//! into both audit events for nothing.
 //! While a sampled request runs, its context is current (attached to the
 //! request's future), and each stage opens a child of whatever span is
 //! current with [`in_span`]: `token.lookup`, `acl`, `audit.write` (with the
@@ -48,8 +53,8 @@
 //! invented (a caller's valid `traceparent` still reaches the audit events).
 //! With an exporter, an unsampled request costs a trace id from the SDK's
 //! thread-local generator and one sampler call — no SDK span, no `Context`,
-//! no allocation — and its stages find no current span, so [`in_span`] runs
-//! them as they are. Span names are static per operation.
+//! no allocation, no trace id in its audit events — and its stages find no
+//! current span, so [`in_span`] runs them as they are. Span names are static per operation.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -179,7 +184,7 @@ impl TraceContext {
 }
 
 /// The trace id (32 lowercase hex digits) of a request whose caller sent a
-/// valid trace context, or that `Core::handle` traced (sampled or not).
+/// valid trace context, or that `Core::handle` sampled.
 pub fn trace_id_of(req: &Request) -> Option<String> {
     let id = req.trace_id?;
     // `hex::encode` collects char by char; this writes the 32 bytes at once.
@@ -513,6 +518,22 @@ fn decide(
     (trace_id, parent, sampling)
 }
 
+/// The trace id a request's audit events carry: the caller's, sampled or
+/// not (the caller's system knows it); else the new trace's when it is
+/// sampled. An id drawn for a trace nobody records names nothing — no span
+/// is exported under it and no caller knows it — so it is not written.
+fn audited_trace_id(
+    incoming: Option<&TraceContext>,
+    trace_id: TraceId,
+    sampling: &SamplingResult,
+) -> Option<[u8; 16]> {
+    match incoming {
+        Some(c) => Some(c.trace_id),
+        None if sampling.decision == SamplingDecision::Drop => None,
+        None => Some(trace_id.to_bytes()),
+    }
+}
+
 /// The root span of one sampled API request (see the module docs).
 pub struct RequestSpan {
     /// The request's context with its span.
@@ -524,8 +545,9 @@ impl RequestSpan {
     /// samples it, start its span, continuing the caller's `traceparent`.
     ///
     /// The trace id (`Request::trace_id`) is the caller's when its
-    /// `traceparent` is valid; with tracing on and no valid caller context
-    /// it is a new one, sampled or not; with tracing off there is none. The
+    /// `traceparent` is valid (sampled or not, tracing on or off); with
+    /// tracing on and no valid caller context it is the new trace's id when
+    /// the request is sampled, and none when it is not. The
     /// sampler is asked as the SDK would ask it for this span (parent,
     /// trace id, name, kind), and its result handed to the SDK; `None` (no
     /// span, nothing allocated) when tracing is off or the request is not
@@ -546,7 +568,7 @@ impl RequestSpan {
         let guard = PIPELINE.read().ok()?;
         let pipeline = guard.as_ref()?;
         let (trace_id, parent, sampling) = decide(pipeline.sampler.as_ref(), incoming, name);
-        req.trace_id = Some(trace_id.to_bytes());
+        req.trace_id = audited_trace_id(incoming.as_ref(), trace_id, &sampling);
         if sampling.decision == SamplingDecision::Drop {
             return None;
         }
@@ -777,6 +799,31 @@ mod tests {
             "{kept} of 20000 sampled at 0.01"
         );
         assert_eq!(span_name(Operation::Read), "custos read");
+    }
+
+    #[test]
+    fn only_a_callers_or_a_sampled_trace_id_is_audited() {
+        let caller = |sampled| TraceContext {
+            trace_id: [0x4b; 16],
+            span_id: [0x0f; 8],
+            sampled,
+        };
+        let never = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.0)));
+        let always = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
+        // A caller's trace id is kept whatever the decision.
+        for sampled in [true, false] {
+            for s in [&never, &always] {
+                let c = caller(sampled);
+                let (id, _, r) = decide(s, Some(c), "custos read");
+                assert_eq!(audited_trace_id(Some(&c), id, &r), Some([0x4b; 16]));
+            }
+        }
+        // A new trace: its id only when it is sampled.
+        let (id, _, r) = decide(&never, None, "custos read");
+        assert_eq!(r.decision, SamplingDecision::Drop);
+        assert_eq!(audited_trace_id(None, id, &r), None);
+        let (id, _, r) = decide(&always, None, "custos read");
+        assert_eq!(audited_trace_id(None, id, &r), Some(id.to_bytes()));
         assert_eq!(span_name(Operation::List), "custos list");
     }
 

@@ -6,7 +6,7 @@
 //! mount, operation and status but never the token, a secret value or the
 //! request path; a caller's `traceparent` is continued, and a caller's trace
 //! it did not sample gets no span; and the audit events of a request carry
-//! its trace id, sampled or not.
+//! its trace id, and a caller's trace id even when it was not sampled.
 //!
 //! Its own test binary because the trace pipeline is process-global state.
 
