@@ -121,6 +121,8 @@ pub struct Cluster {
     pending: Mutex<Option<PendingJoin>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    /// Autopilot's memory of this node (`crate::autopilot`).
+    autopilot: Arc<crate::autopilot::Autopilot>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
@@ -146,6 +148,7 @@ impl Cluster {
             pending: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             stop,
+            autopilot: Arc::default(),
         });
         core.set_cluster(cluster.clone())
             .map_err(|_| CoreError::internal("cluster registered twice"))?;
@@ -168,11 +171,22 @@ impl Cluster {
             self.stop.subscribe(),
         ));
         self.track(watch);
+        let pilot = tokio::spawn(crate::autopilot::run(
+            self.core.clone(),
+            self.autopilot.clone(),
+            self.stop.subscribe(),
+        ));
+        self.track(pilot);
         let joined = raft.raft().is_initialized().await.unwrap_or(true);
         if !joined && !lock(&self.leaders)?.is_empty() {
             self.spawn_join_loop();
         }
         Ok(())
+    }
+
+    /// Autopilot's view of the cluster from this node (`crate::autopilot`).
+    pub fn autopilot(&self) -> &crate::autopilot::Autopilot {
+        &self.autopilot
     }
 
     /// `sys/step-down`: hand leadership to the most up-to-date other voter
@@ -697,7 +711,7 @@ pub fn leader_cluster_addr(raft: &RaftStorage) -> Option<String> {
 }
 
 /// `http://host:port/...` → `host:port` (Vault lists bare addresses).
-fn host_port(url: &str) -> String {
+pub(crate) fn host_port(url: &str) -> String {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))

@@ -106,7 +106,14 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "seal",
 ];
-const RAFT_KEYS: &[&str] = &["path", "node_id", "retry_join"];
+const RAFT_KEYS: &[&str] = &[
+    "path",
+    "node_id",
+    "retry_join",
+    "snapshot_threshold",
+    "trailing_logs",
+    "snapshot_interval",
+];
 const RETRY_JOIN_KEYS: &[&str] = &["leader_api_addr"];
 const LISTENER_KEYS: &[&str] = &[
     "address",
@@ -117,6 +124,7 @@ const LISTENER_KEYS: &[&str] = &[
     "telemetry",
     "disable_unauthed_generate_root_endpoints",
     "disable_unauthed_rekey_endpoints",
+    "cluster_address",
 ];
 const LISTENER_TELEMETRY_KEYS: &[&str] = &["unauthenticated_metrics_access"];
 const TELEMETRY_KEYS: &[&str] = &[
@@ -221,6 +229,9 @@ pub struct StorageConfig {
     /// `retry_join { leader_api_addr }` blocks: a node with any joins the
     /// cluster through them instead of starting a cluster of its own.
     pub retry_join: Vec<RetryJoin>,
+    /// `snapshot_threshold`, `trailing_logs`, `snapshot_interval` (Vault's
+    /// names): when snapshots are built and how much log stays behind them.
+    pub snapshot: crate::storage::raft::SnapshotTuning,
 }
 
 /// One `retry_join { ... }` block of `storage "raft"`.
@@ -247,6 +258,10 @@ pub struct ListenerConfig {
     /// as in OpenBao 2.7.2.
     pub unauthed_generate_root: bool,
     pub unauthed_rekey: bool,
+    /// `cluster_address`: where the cluster listener binds when it must
+    /// differ from the advertised top-level `cluster_addr` (NAT, a proxy in
+    /// front of the node), as in Vault.
+    pub cluster_address: Option<String>,
 }
 
 impl Default for ListenerConfig {
@@ -260,6 +275,7 @@ impl Default for ListenerConfig {
             telemetry: ListenerTelemetry::default(),
             unauthed_generate_root: false,
             unauthed_rekey: false,
+            cluster_address: None,
         }
     }
 }
@@ -488,6 +504,7 @@ impl ServerConfig {
                 path: data_dir.join("raft"),
                 node_id: DEV_NODE_ID.to_string(),
                 retry_join: Vec::new(),
+                snapshot: Default::default(),
             },
             listeners: vec![ListenerConfig {
                 address: listen.to_string(),
@@ -551,6 +568,7 @@ impl ServerConfig {
                         format!("{host}:{p}")
                     }
                 };
+                let bind = listener.cluster_address.clone().unwrap_or(bind);
                 Some((bind, url.trim_end_matches('/').to_string()))
             }
             None => {
@@ -1214,10 +1232,26 @@ fn parse_storage(top: &Section<'_>) -> Result<StorageConfig, ConfigError> {
             leader_api_addr: addr,
         });
     }
+    let mut snapshot = crate::storage::raft::SnapshotTuning::default();
+    for (key, slot) in [
+        ("snapshot_threshold", &mut snapshot.threshold),
+        ("trailing_logs", &mut snapshot.trailing_logs),
+    ] {
+        if let Some(n) = sec.int(key)? {
+            *slot = u64::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| sec.invalid(key, format!("must be a positive integer, got {n}")))?;
+        }
+    }
+    if let Some(secs) = sec.duration("snapshot_interval")? {
+        snapshot.interval = std::time::Duration::from_secs(secs.unsigned_abs());
+    }
     Ok(StorageConfig {
         path: PathBuf::from(path),
         node_id,
         retry_join,
+        snapshot,
     })
 }
 
@@ -1268,6 +1302,7 @@ fn parse_listeners(
             unauthed_rekey: !sec
                 .bool("disable_unauthed_rekey_endpoints")?
                 .unwrap_or(true),
+            cluster_address: sec.string("cluster_address")?,
         });
     }
     Ok(out)
@@ -1540,6 +1575,7 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
                 path: "/var/lib/custos/raft".into(),
                 node_id: "node1".into(),
                 retry_join: Vec::new(),
+                snapshot: Default::default(),
             },
             listeners: vec![ListenerConfig {
                 address: "127.0.0.1:8200".into(),
@@ -1552,6 +1588,7 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
                 },
                 unauthed_generate_root: false,
                 unauthed_rekey: false,
+                cluster_address: None,
             }],
             telemetry: TelemetryConfig {
                 metrics_prefix: "custos".into(),

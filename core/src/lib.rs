@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod autopilot;
 pub mod autoseal;
 pub mod background;
 pub mod barrier;

@@ -72,6 +72,8 @@ custos_audit::declare_metrics! {
         "Time to append and fsync entries to the Raft log.";
     RAFT_SNAPSHOT_BUILD_SECONDS = "custos_raft_snapshot_build_duration_seconds", Histogram, [],
         "Time to build a Raft snapshot (stream the state machine to the snapshot file and fsync it).";
+    RAFT_SNAPSHOTS_INSTALLED = "custos_raft_snapshots_installed_total", Counter, [],
+        "Snapshots a leader sent this node and it installed (a follower too far behind for log replay catches up this way).";
     RAFT_WRITE_GROUP = "custos_raft_write_group_writes", Histogram, [],
         "Callers' write batches committed together in one Raft entry (group commit).";
     RAFT_LAST_INDEX = "custos_raft_last_applied_index", Gauge, [],
@@ -84,6 +86,12 @@ custos_audit::declare_metrics! {
         "1 on the Raft leader.";
     RAFT_VOTERS = "custos_raft_voters", Gauge, [],
         "Voters in the Raft configuration as this node sees it.";
+    RAFT_AUTOPILOT_HEALTHY = "custos_raft_autopilot_healthy", Gauge, [],
+        "On the leader: 1 when autopilot finds every server healthy (heard from within last_contact_threshold, at the leader's term, at most max_trailing_logs behind), else 0; NaN on a node that stopped leading.";
+    RAFT_AUTOPILOT_FAILURE_TOLERANCE = "custos_raft_autopilot_failure_tolerance", Gauge, [],
+        "On the leader: healthy voters beyond the quorum, i.e. how many more voters can fail before writes stop (autopilot's failure_tolerance); NaN on a node that stopped leading.";
+    RAFT_AUTOPILOT_REMOVED = "custos_raft_autopilot_dead_servers_removed_total", Counter, [],
+        "Dead voters autopilot removed from the Raft configuration (cleanup_dead_servers).";
     RAFT_HEALTHY_VOTERS = "custos_raft_healthy_voters", Gauge, [],
         "On the leader: voters heard from within the last-contact threshold (10s), the leader included. QuorumAtRisk fires when this is at most the quorum.";
     RAFT_FOLLOWER_LAG = "custos_raft_follower_lag_entries", Gauge, ["peer"],

@@ -104,6 +104,7 @@ fn core_options(cfg: &ServerConfig) -> CoreOptions {
 pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
     crate::metrics::install();
     crate::metrics::set_prefix(&cfg.telemetry.metrics_prefix);
+    crate::storage::raft::set_snapshot_tuning(cfg.storage.snapshot);
     let opts = core_options(cfg);
     std::fs::create_dir_all(&cfg.storage.path).map_err(|e| {
         startup(format!(

@@ -118,6 +118,8 @@ const R_HA_STATUS: usize = 33;
 const R_AUDIT_TABLE: usize = 34;
 const R_LOCKED_USERS: usize = 35;
 const R_UNLOCK_USER: usize = 36;
+const R_AUTOPILOT_STATE: usize = 37;
+const R_AUTOPILOT_CONFIG: usize = 38;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -393,6 +395,29 @@ static PATHS: &[PathSpec] = &[
         fields: &[],
         existence_check: false,
         help: "Lift a login lockout.",
+    },
+    // Autopilot (crate::autopilot).
+    PathSpec {
+        pattern: "storage/raft/autopilot/state",
+        operations: &[Op::Read],
+        fields: &[],
+        existence_check: false,
+        help: "Returns the state of the raft cluster under integrated storage as seen by autopilot.",
+    },
+    PathSpec {
+        pattern: "storage/raft/autopilot/configuration",
+        operations: &[Op::Read, Op::Update],
+        fields: &[
+            F::new("cleanup_dead_servers", K::Bool),
+            F::new("last_contact_threshold", K::Duration),
+            F::new("dead_server_last_contact_threshold", K::Duration),
+            F::new("max_trailing_logs", K::Int),
+            F::new("min_quorum", K::Int),
+            F::new("server_stabilization_time", K::Duration),
+            F::new("disable_upgrade_migration", K::Bool),
+        ],
+        existence_check: false,
+        help: "Returns autopilot configuration.",
     },
     // Key ceremonies (crate::ceremony), matched there by pattern.
     PathSpec {
@@ -918,6 +943,20 @@ impl Backend for SystemBackend {
                     .raft()
                     .ok_or_else(|| CoreError::bad_request("this server has no Raft storage"))?;
                 Ok(Some(Response::data(crate::cluster::configuration(raft))))
+            }
+            R_AUTOPILOT_STATE => Ok(crate::autopilot::read_state(&core)
+                .await?
+                .map(Response::data)),
+            R_AUTOPILOT_CONFIG => {
+                core.raft()
+                    .ok_or_else(|| CoreError::bad_request("raft storage is not in use"))?;
+                if op == Op::Read {
+                    return Ok(Some(Response::data(
+                        crate::autopilot::read_config(&core).await?,
+                    )));
+                }
+                crate::autopilot::write_config(&core, f).await?;
+                Ok(None)
             }
             R_RAFT_REMOVE_PEER => {
                 let raft = core

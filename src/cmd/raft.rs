@@ -2,6 +2,11 @@
 //! membership through `sys/storage/raft/configuration`, `join` and
 //! `remove-peer`, printed as `vault operator raft` prints them.
 //!
+//! `custos operator raft autopilot state|get-config|set-config`: autopilot
+//! through `sys/storage/raft/autopilot/state` and `…/configuration`,
+//! printed as `bao operator raft autopilot` prints them (`-format=json`
+//! prints the state with the Go field names the bao CLI uses).
+//!
 //! `custos operator raft snapshot save|restore`: Raft snapshots through
 //! `sys/storage/raft/snapshot` (and `snapshot-force`), streamed to and from
 //! a file as `vault operator raft snapshot` does.
@@ -32,6 +37,41 @@ pub enum RaftCmd {
     Join(JoinArgs),
     /// Remove a server from the Raft cluster
     RemovePeer(RemovePeerArgs),
+    /// Autopilot: the cluster's health and its configuration
+    #[command(subcommand)]
+    Autopilot(AutopilotCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AutopilotCmd {
+    /// Show the state of the Raft cluster as autopilot sees it
+    State,
+    /// Show autopilot's configuration
+    GetConfig,
+    /// Change autopilot's configuration
+    SetConfig(SetConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetConfigArgs {
+    /// Remove dead voters from the Raft configuration (needs -min-quorum >= 3)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub cleanup_dead_servers: Option<bool>,
+    /// How long a server may go without the leader's contact and stay healthy, e.g. 10s
+    #[arg(long, value_name = "DURATION")]
+    pub last_contact_threshold: Option<String>,
+    /// How long a server may go without the leader's contact before it is dead (at least 1m)
+    #[arg(long, value_name = "DURATION")]
+    pub dead_server_last_contact_threshold: Option<String>,
+    /// How many entries a server may trail the leader by and stay healthy
+    #[arg(long, value_name = "N")]
+    pub max_trailing_logs: Option<u64>,
+    /// Voters below which autopilot removes no dead server
+    #[arg(long, value_name = "N")]
+    pub min_quorum: Option<u64>,
+    /// How long a server must be healthy before it counts as stable, e.g. 10s
+    #[arg(long, value_name = "DURATION")]
+    pub server_stabilization_time: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +119,9 @@ pub async fn run(ctx: &Ctx, cmd: RaftCmd) -> CmdResult {
         RaftCmd::Snapshot(SnapshotCmd::Save(a)) => save(ctx, &a.file).await,
         RaftCmd::Snapshot(SnapshotCmd::Restore(a)) => restore(ctx, &a.file, a.force).await,
         RaftCmd::ListPeers => list_peers(ctx).await,
+        RaftCmd::Autopilot(AutopilotCmd::State) => autopilot_state(ctx).await,
+        RaftCmd::Autopilot(AutopilotCmd::GetConfig) => autopilot_get_config(ctx).await,
+        RaftCmd::Autopilot(AutopilotCmd::SetConfig(a)) => autopilot_set_config(ctx, a).await,
         RaftCmd::Join(a) => {
             let body = serde_json::json!({"leader_api_addr": a.leader_api_addr});
             let resp = ctx
@@ -145,6 +188,183 @@ async fn list_peers(ctx: &Ctx) -> CmdResult {
         ]);
     }
     super::out(&crate::output::table(&rows));
+    Ok(EXIT_OK)
+}
+
+/// The `data` of a response (or the response itself).
+fn data_of(resp: &serde_json::Value) -> &serde_json::Value {
+    if resp["data"].is_object() {
+        &resp["data"]
+    } else {
+        resp
+    }
+}
+
+async fn autopilot_state(ctx: &Ctx) -> CmdResult {
+    let resp = ctx
+        .client
+        .read("sys/storage/raft/autopilot/state")
+        .await
+        .map_err(|e| Failure::api("Error checking autopilot state", &e))?;
+    let Some(resp) = resp else { return Ok(EXIT_OK) };
+    let d = data_of(&resp);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default()
+    };
+    let servers = d["servers"].as_object().cloned().unwrap_or_default();
+    if let crate::output::Format::Json = ctx.format {
+        // The bao CLI prints api.AutopilotState: Go field names.
+        let servers: serde_json::Map<String, serde_json::Value> = servers
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    serde_json::json!({
+                        "ID": s["id"], "Name": s["name"], "Address": s["address"],
+                        "NodeStatus": s["node_status"], "LastContact": s["last_contact"],
+                        "LastTerm": s["last_term"], "LastIndex": s["last_index"],
+                        "Healthy": s["healthy"], "StableSince": s["stable_since"],
+                        "Status": s["status"], "Version": s["version"],
+                        "UpgradeVersion": s["upgrade_version"].as_str().unwrap_or_default(),
+                        "NodeType": s["node_type"].as_str().unwrap_or_default(),
+                    }),
+                )
+            })
+            .collect();
+        let non_voters = if d["non_voters"].is_array() {
+            d["non_voters"].clone()
+        } else {
+            serde_json::Value::Null
+        };
+        let out = serde_json::json!({
+            "Healthy": d["healthy"], "FailureTolerance": d["failure_tolerance"],
+            "Servers": servers, "Leader": d["leader"], "Voters": d["voters"],
+            "NonVoters": non_voters, "Upgrade": null, "OptimisticFailureTolerance": 0,
+        });
+        super::out(&crate::output::json_pretty(&out));
+        return Ok(EXIT_OK);
+    }
+    let mut b = String::new();
+    b.push_str(&format!(
+        "Healthy:                         {}\n",
+        d["healthy"]
+    ));
+    b.push_str(&format!(
+        "Failure Tolerance:               {}\n",
+        d["failure_tolerance"]
+    ));
+    b.push_str(&format!(
+        "Leader:                          {}\n",
+        text(&d["leader"])
+    ));
+    b.push_str("Voters:\n");
+    for v in names(&d["voters"]) {
+        b.push_str(&format!("   {v}\n"));
+    }
+    let non_voters = names(&d["non_voters"]);
+    if !non_voters.is_empty() {
+        b.push_str("Non Voters:\n");
+        for v in non_voters {
+            b.push_str(&format!("   {v}\n"));
+        }
+    }
+    b.push_str("Servers:\n");
+    for (id, s) in &servers {
+        b.push_str(&format!("   {id}\n"));
+        for (label, key) in [
+            ("Name", "name"),
+            ("Address", "address"),
+            ("Status", "status"),
+            ("Node Status", "node_status"),
+            ("Healthy", "healthy"),
+            ("Last Contact", "last_contact"),
+            ("Last Term", "last_term"),
+            ("Last Index", "last_index"),
+            ("Version", "version"),
+            ("Node Type", "node_type"),
+        ] {
+            let v = match &s[key] {
+                serde_json::Value::String(t) => t.clone(),
+                serde_json::Value::Null => continue,
+                other => other.to_string(),
+            };
+            b.push_str(&format!("      {:<19}{v}\n", format!("{label}:")));
+        }
+    }
+    super::out(&b);
+    Ok(EXIT_OK)
+}
+
+async fn autopilot_get_config(ctx: &Ctx) -> CmdResult {
+    let resp = ctx
+        .client
+        .read("sys/storage/raft/autopilot/configuration")
+        .await
+        .map_err(|e| Failure::api("Error reading the autopilot configuration", &e))?;
+    let Some(resp) = resp else { return Ok(EXIT_OK) };
+    let d = data_of(&resp);
+    if let crate::output::Format::Json = ctx.format {
+        super::out(&crate::output::json_pretty(d));
+        return Ok(EXIT_OK);
+    }
+    let s = |k: &str| match &d[k] {
+        serde_json::Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    super::out(&crate::output::table(&[
+        vec!["Key".into(), "Value".into()],
+        vec!["Cleanup Dead Servers".into(), s("cleanup_dead_servers")],
+        vec!["Last Contact Threshold".into(), s("last_contact_threshold")],
+        vec![
+            "Dead Server Last Contact Threshold".into(),
+            s("dead_server_last_contact_threshold"),
+        ],
+        vec![
+            "Server Stabilization Time".into(),
+            s("server_stabilization_time"),
+        ],
+        vec!["Min Quorum".into(), s("min_quorum")],
+        vec!["Max Trailing Logs".into(), s("max_trailing_logs")],
+    ]));
+    Ok(EXIT_OK)
+}
+
+async fn autopilot_set_config(ctx: &Ctx, a: SetConfigArgs) -> CmdResult {
+    // As the bao CLI: only flags given (and non-zero) are sent.
+    let mut body = serde_json::Map::new();
+    if let Some(b) = a.cleanup_dead_servers {
+        body.insert("cleanup_dead_servers".into(), b.into());
+    }
+    for (k, v) in [
+        ("max_trailing_logs", a.max_trailing_logs),
+        ("min_quorum", a.min_quorum),
+    ] {
+        if let Some(n) = v.filter(|n| *n > 0) {
+            body.insert(k.into(), n.into());
+        }
+    }
+    for (k, v) in [
+        ("last_contact_threshold", a.last_contact_threshold),
+        (
+            "dead_server_last_contact_threshold",
+            a.dead_server_last_contact_threshold,
+        ),
+        ("server_stabilization_time", a.server_stabilization_time),
+    ] {
+        if let Some(d) = v {
+            body.insert(k.into(), d.into());
+        }
+    }
+    ctx.client
+        .write(
+            "sys/storage/raft/autopilot/configuration",
+            &serde_json::Value::Object(body),
+        )
+        .await
+        .map_err(|e| Failure::api("Error setting the autopilot configuration", &e))?;
     Ok(EXIT_OK)
 }
 

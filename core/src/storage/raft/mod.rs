@@ -129,6 +129,46 @@ pub const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(30);
 const SNAPSHOT_COST_FACTOR: u32 = 10;
 /// How often [`snapshot_scheduler`] looks.
 const SNAPSHOT_CHECK: Duration = Duration::from_secs(2);
+
+/// The snapshot knobs of Vault's `storage "raft"` stanza: build a snapshot
+/// after `threshold` entries (`snapshot_threshold`, default
+/// [`SNAPSHOT_EVERY`]) but no sooner than `interval` after the previous one
+/// (`snapshot_interval`, default [`SNAPSHOT_MIN_INTERVAL`]), and keep
+/// `trailing_logs` entries behind a snapshot when purging the log (default
+/// 1000); a follower further behind than that catches up by an
+/// install-snapshot instead of log replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotTuning {
+    pub threshold: u64,
+    pub trailing_logs: u64,
+    pub interval: Duration,
+}
+
+impl Default for SnapshotTuning {
+    fn default() -> Self {
+        SnapshotTuning {
+            threshold: SNAPSHOT_EVERY,
+            trailing_logs: 1000,
+            interval: SNAPSHOT_MIN_INTERVAL,
+        }
+    }
+}
+
+/// The tuning of the Raft storage this process opens next: the server sets
+/// it from its config before opening (one node per process).
+static SNAPSHOT_TUNING: std::sync::RwLock<Option<SnapshotTuning>> = std::sync::RwLock::new(None);
+
+/// Set the snapshot knobs for the Raft storage opened after this call.
+pub fn set_snapshot_tuning(t: SnapshotTuning) {
+    *SNAPSHOT_TUNING.write().unwrap_or_else(|p| p.into_inner()) = Some(t);
+}
+
+fn snapshot_tuning() -> SnapshotTuning {
+    SNAPSHOT_TUNING
+        .read()
+        .map(|t| t.unwrap_or_default())
+        .unwrap_or_default()
+}
 /// How long [`RaftStorage::open`] waits for this node to become leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long [`RaftStorage::snapshot_bytes`] waits for a snapshot to be built.
@@ -567,7 +607,7 @@ fn raft_config(clustered: bool) -> Result<Config> {
         election_timeout_max,
         // Decided by `snapshot_scheduler`, which also weighs the build cost.
         snapshot_policy: SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: snapshot_tuning().trailing_logs,
         purge_batch_size: 256,
         // Snapshots travel to followers in chunks of this size, each within
         // this time (see `network`).
@@ -993,6 +1033,7 @@ impl RaftStorage {
 /// busy (hashicorp/raft, under Vault, likewise checks its 8,192-entry
 /// threshold only every two minutes). Ends when Raft shuts down.
 async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>) {
+    let tuning = snapshot_tuning();
     let mut metrics_rx = raft.metrics();
     let mut last_trigger = Instant::now();
     loop {
@@ -1010,8 +1051,8 @@ async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>)
             (None, _) => 0,
         };
         let last_build = Duration::from_micros(last_build_micros.load(Ordering::Relaxed));
-        let gap = SNAPSHOT_MIN_INTERVAL.max(last_build * SNAPSHOT_COST_FACTOR);
-        if since < SNAPSHOT_EVERY || last_trigger.elapsed() < gap {
+        let gap = tuning.interval.max(last_build * SNAPSHOT_COST_FACTOR);
+        if since < tuning.threshold || last_trigger.elapsed() < gap {
             continue;
         }
         if raft.trigger().snapshot().await.is_err() {

@@ -660,6 +660,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         blocking(move || install_snapshot_in(&db, &snapshots, &meta_owned, &data))
             .await
             .map_err(|e| to_err(meta, &e))?;
+        metrics::counter_inc(metrics::RAFT_SNAPSHOTS_INSTALLED, &[]);
         self.announce(Invalidation {
             keys: Vec::new(),
             all: true,
