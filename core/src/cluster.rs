@@ -37,8 +37,10 @@
 //! of other nodes change in cached keys (keyring, mount tables, policies,
 //! tokens, transit keys) is announced by the state machine and dropped or
 //! reloaded here ([`follow_log`]), so a standby that becomes active serves
-//! current state with nothing to rebuild. Standbys forward requests to the
-//! active node (`crate::forward`).
+//! current state with nothing to rebuild; the index each announcement was
+//! acted upon at is recorded (`ApplyProgress::note_followed`), so a standby
+//! serves a client's `X-Vault-Index` read only from caches that caught up.
+//! Standbys forward requests to the active node (`crate::forward`).
 //!
 //! **Leadership**: `sys/step-down` and a graceful shutdown of the leader
 //! hand leadership to the most up-to-date voter ([`Cluster::step_down`]);
@@ -803,21 +805,32 @@ async fn follow_log(
                 Ok(inv) => inv,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "cache invalidations missed; rebuilding the unsealed state");
-                    Arc::new(Invalidation { keys: Vec::new(), all: true })
+                    // The rebuild reads storage that holds every change
+                    // announced so far.
+                    let index = core
+                        .upgrade()
+                        .and_then(|c| c.raft().map(|r| r.progress().announced()))
+                        .unwrap_or_default();
+                    Arc::new(Invalidation { keys: Vec::new(), all: true, index })
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = stop.changed() => return,
         };
         let Some(core) = core.upgrade() else { return };
-        if core.is_sealed() {
-            continue;
-        }
-        if let Err(e) = apply_invalidation(&core, &inv).await {
+        // A sealed node holds no caches: it builds them from storage when
+        // unsealed, so there is nothing to follow.
+        if !core.is_sealed()
+            && let Err(e) = apply_invalidation(&core, &inv).await
+        {
             tracing::warn!(error = %e, "applying a replicated change to the caches failed; rebuilding");
             if let Err(e) = core.replace_state(async { Ok(()) }).await {
                 tracing::error!(error = %e, "rebuilding the unsealed state failed");
             }
+        }
+        // Reads a standby serves for an X-Vault-Index wait for this.
+        if let Some(raft) = core.raft() {
+            raft.progress().note_followed(inv.index);
         }
     }
 }
@@ -852,6 +865,8 @@ async fn apply_invalidation(core: &Core, inv: &Invalidation) -> Result<()> {
             u.policies.invalidate(name);
         } else if let Some(rest) = key.strip_prefix("sys/token/") {
             u.tokens.invalidate(rest);
+        } else if key.starts_with("sys/identity/") {
+            u.identity.invalidate(key);
         } else if let Some(rest) = key.strip_prefix("logical/")
             && let Some((uuid, rel)) = rest.split_once('/')
             && let Some(m) = u

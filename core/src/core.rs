@@ -10,6 +10,13 @@
 //! to and from HTTP; unauthenticated `sys/` endpoints (init, unseal, health)
 //! are served by `crate::sys` without this pipeline, as in Vault.
 //!
+//! A standby serving a read for a client's `X-Vault-Index`
+//! ([`Request::standby_read`], `crate::forward`) runs the same pipeline, but
+//! first checks that the route may be served there
+//! (`Backend::serves_on_standby`) and that the token has no use limit;
+//! otherwise it answers [`CoreError::ForwardToActive`] before anything is
+//! audited or changed, and the HTTP layer forwards the request.
+//!
 //! Everything that needs the barrier's keyring (router, token store, policy
 //! store, audit devices with their salts) lives in [`Unsealed`], built at
 //! unseal and dropped at seal.
@@ -1059,6 +1066,26 @@ impl Core {
 
     async fn handle_request(&self, mut req: Request) -> Result<Response> {
         let u = self.unsealed()?;
+        // A standby serving a read for an X-Vault-Index (crate::forward):
+        // only a route that declares it writes nothing, decided before
+        // anything is recorded or changed; the rest goes to the active node.
+        if req.standby_read {
+            let servable = u.router.route(&req.path).is_some_and(|(mounted, rel)| {
+                let login = mounted.entry.is_auth()
+                    && crate::auth::is_unauthenticated(
+                        mounted.backend.unauthenticated_paths(),
+                        &rel,
+                    );
+                !login
+                    && req.wrap_ttl == 0
+                    && mounted
+                        .resolve(&rel, req.operation)
+                        .is_ok_and(|r| r.serves_on_standby(&req))
+            });
+            if !servable {
+                return Err(CoreError::ForwardToActive);
+            }
+        }
         // `sys/wrapping/lookup|unwrap|rewrap` check the wrapping token first
         // (and lookup is answered there, without a client token).
         if let Some(answered) = crate::wrapping::intercept(&u, &mut req).await {
@@ -1078,9 +1105,14 @@ impl Core {
             Some(t) if !t.is_empty() => t.clone(),
             _ => return Err(permission_denied()),
         };
-        let entry = in_span("token.lookup", &[], u.tokens.lookup(token.expose()))
-            .await?
-            .ok_or_else(permission_denied)?;
+        let entry = in_span("token.lookup", &[], u.tokens.lookup(token.expose())).await?;
+        // On a standby serving a read: a token unknown here (or expired) is
+        // the active node's to refuse (and revoke), and a use-limited one's
+        // uses are counted there.
+        if req.standby_read && entry.as_ref().is_none_or(|e| e.num_uses != 0) {
+            return Err(CoreError::ForwardToActive);
+        }
+        let entry = entry.ok_or_else(permission_denied)?;
         if !crate::auth::cidrs_admit(&entry.bound_cidrs, req.remote_addr.map(|a| a.ip())) {
             return Err(permission_denied());
         }

@@ -12,17 +12,23 @@
 //! older by design. So a restore is a sequence of ordinary Raft entries,
 //! replicated and replayed like any write:
 //!
-//! 1. `RestoreBegin(id)` drops whatever an unfinished earlier restore staged;
-//! 2. `RestoreChunk(id, pairs)` entries (about [`CHUNK_BYTES`] each) stage
-//!    the pairs in the state machine's `kv` table under
-//!    [`STAGE_PREFIX`]`<id>/` — a prefix no live key has, skipped by every
-//!    listing — so live data is untouched, memory holds one chunk, and the
-//!    staged pairs travel in Raft snapshots like any other key (a follower
-//!    that catches up by snapshot mid-restore has them too);
+//! 1. `RestoreBegin(id)` drops whatever an unfinished earlier restore staged
+//!    and records `id` as the restore being staged;
+//! 2. `RestoreChunk(id, pairs)` entries (about [`CHUNK_BYTES`] each, up to
+//!    [`CHUNKS_IN_FLIGHT`] proposed at a time so their log appends share
+//!    fsyncs) stage the pairs in the state machine's own `kv_restore` table,
+//!    in key order into an empty table, so live data is untouched and memory
+//!    holds a few chunks. The staged pairs travel in Raft snapshots under
+//!    [`STAGE_PREFIX`]`<id>/` (a prefix that sorts before every live key), so
+//!    a follower that catches up by snapshot mid-restore has them too;
 //! 3. `RestoreCommit(id, count)` swaps them in, in one redb write
-//!    transaction: every live key goes and each staged pair moves to its own
-//!    name. It is refused, changing nothing, unless exactly `count` pairs are
-//!    staged.
+//!    transaction: the live `kv` table is deleted and `kv_restore` renamed to
+//!    it — no per-key copy, so the commit's cost does not grow with the
+//!    number of pairs. It is refused, changing nothing, unless `id` is the
+//!    restore being staged and exactly `count` pairs are staged.
+//!
+//! Versions before `kv_restore` staged pairs in `kv` under [`STAGE_PREFIX`];
+//! a begin or an abort drops any such leftovers.
 //!
 //! A crash (kill -9) anywhere leaves the old state or the new one: before
 //! the commit entry is in the log the live keys were never touched (staged
@@ -35,6 +41,8 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::snapshot::read_header;
@@ -49,6 +57,8 @@ pub const STAGE_PREFIX: &str = "\u{0}restore/";
 const CHUNK_BYTES: usize = 1 << 20;
 /// …and at most this many pairs.
 const CHUNK_PAIRS: usize = 4096;
+/// Restore chunks proposed and not yet applied, at most.
+const CHUNKS_IN_FLIGHT: usize = 4;
 /// Keys a restored state must hold, or no unseal key could ever open it.
 const REQUIRED_KEYS: &[&str] = &["core/seal/config", "core/seal/keyring"];
 
@@ -268,23 +278,35 @@ impl RaftStorage {
         });
         let mut count = 0u64;
         let mut result = Ok(());
-        while let Some(chunk) = rx.recv().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    result = Err(CoreError::BadRequest(e.to_string()));
-                    break;
+        let mut in_flight = FuturesUnordered::new();
+        let mut reading = true;
+        while reading || !in_flight.is_empty() {
+            tokio::select! {
+                chunk = rx.recv(), if reading && in_flight.len() < CHUNKS_IN_FLIGHT => {
+                    match chunk {
+                        Some(Ok(c)) => {
+                            count += c.len() as u64;
+                            in_flight.push(self.propose(Command::RestoreChunk(id.to_string(), c)));
+                        }
+                        Some(Err(e)) => {
+                            result = Err(CoreError::BadRequest(e.to_string()));
+                            reading = false;
+                        }
+                        None => reading = false,
+                    }
                 }
-            };
-            count += chunk.len() as u64;
-            if let Err(e) = self
-                .propose(Command::RestoreChunk(id.to_string(), chunk))
-                .await
-            {
-                result = Err(e);
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(e) = done {
+                        result = Err(e);
+                        reading = false;
+                    }
+                }
+            }
+            if result.is_err() {
                 break;
             }
         }
+        drop(in_flight);
         drop(rx);
         let _ = reader.await;
         result.map(|()| count)

@@ -16,8 +16,10 @@
 //! redb reclaims the pages of non-durable commits only at a durable one.
 //!
 //! Tables: `kv` (key → value bytes; the values are already sealed by the
-//! barrier, and a streamed restore stages its pairs here under a reserved
-//! prefix until its commit swaps them in, see [`restore`](super::restore)) and `sm_meta` (`last_applied`, `last_membership`, JSON).
+//! barrier), `kv_restore` (the pairs a streamed restore stages until its
+//! commit swaps them in by deleting `kv` and renaming `kv_restore` to it, see
+//! [`restore`](super::restore)) and `sm_meta` (`last_applied`,
+//! `last_membership`, JSON; `restore_id`, the restore being staged).
 //! [`RaftStorage`](super::RaftStorage) reads `kv` directly (`get`, `list`)
 //! through redb read transactions, which never block the writer.
 //!
@@ -38,7 +40,7 @@ use openraft::{
 };
 use redb::{
     Database, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
-    TableError,
+    TableError, WriteTransaction,
 };
 use tokio::sync::broadcast;
 
@@ -48,12 +50,16 @@ use super::{Command, CommandResponse, StoreError, TypeConfig, blocking};
 use crate::metrics;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// The pairs of the restore being staged (see [`restore`](super::restore)).
+const STAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_restore");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// Where versions before the snapshot file kept the current snapshot.
 const LEGACY_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "last_membership";
 const KEY_LAST_SNAPSHOT: &str = "last_snapshot";
+/// The id of the restore whose pairs `kv_restore` holds.
+const KEY_RESTORE_ID: &str = "restore_id";
 const KEY_SNAP_META: &str = "meta";
 const KEY_SNAP_DATA: &str = "data";
 
@@ -270,13 +276,25 @@ pub(crate) fn get(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreErro
     Ok(kv.get(key)?.map(|v| v.value().to_vec()))
 }
 
-/// Whether a restore has pairs staged (see [`restore`](super::restore)).
+/// Whether a restore has pairs staged (see [`restore`](super::restore)),
+/// in `kv_restore` or, as versions before it staged them, in `kv` under
+/// [`STAGE_PREFIX`].
 pub(crate) fn any_staged(db: &Database) -> Result<bool, StoreError> {
     let txn = db.begin_read()?;
+    if txn.open_table(SM_META)?.get(KEY_RESTORE_ID)?.is_some() {
+        return Ok(true);
+    }
+    match txn.open_table(STAGE) {
+        Ok(t) if !t.is_empty()? => return Ok(true),
+        Ok(_) | Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let kv = txn.open_table(KV)?;
-    let first = kv.range(STAGE_PREFIX..)?.next().transpose()?;
-    Ok(first.is_some_and(|(k, _)| k.value().starts_with(STAGE_PREFIX)))
+    Ok(kv.range(STAGE_PREFIX..STAGE_END)?.next().is_some())
 }
+
+/// The end of the range of keys [`STAGE_PREFIX`] starts (`/` + 1 = `0`).
+const STAGE_END: &str = "\u{0}restore0";
 
 /// Every key starting with `prefix`, in order: a range scan from `prefix`
 /// that stops at the first key outside it.
@@ -323,19 +341,102 @@ fn apply_command(kv: &mut Table<&str, &[u8]>, cmd: Command) -> Result<CommandRes
             }
             Ok(applied(n))
         }
-        Command::RestoreBegin(_) | Command::RestoreAbort => {
-            kv.retain_in(STAGE_PREFIX.., |k, _| !k.starts_with(STAGE_PREFIX))?;
+        Command::RestoreBegin(_)
+        | Command::RestoreAbort
+        | Command::RestoreChunk(..)
+        | Command::RestoreCommit(..) => Err(StoreError::Format(
+            "a restore step applied outside apply_restore_step".to_string(),
+        )),
+    }
+}
+
+/// Whether applying `payload` deletes or renames a table (see
+/// [`apply_entries`]).
+fn drops_a_table(payload: &EntryPayload<TypeConfig>) -> bool {
+    matches!(
+        payload,
+        EntryPayload::Normal(
+            Command::RestoreBegin(_) | Command::RestoreAbort | Command::RestoreCommit(..)
+        )
+    )
+}
+
+fn is_restore_step(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::RestoreBegin(_)
+            | Command::RestoreAbort
+            | Command::RestoreChunk(..)
+            | Command::RestoreCommit(..)
+    )
+}
+
+/// Apply one step of a streamed restore (see [`restore`](super::restore))
+/// in the batch's write transaction; `kv` is not open (the commit deletes
+/// it).
+fn apply_restore_step(
+    txn: &WriteTransaction,
+    meta: &mut Table<&str, &[u8]>,
+    cmd: Command,
+) -> Result<CommandResponse, StoreError> {
+    let staging = meta
+        .get(KEY_RESTORE_ID)?
+        .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    match cmd {
+        Command::RestoreBegin(id) => {
+            drop_staged(txn, meta)?;
+            meta.insert(KEY_RESTORE_ID, id.as_bytes())?;
             Ok(applied(0))
         }
-        Command::RestoreChunk(id, pairs) => {
+        Command::RestoreAbort => {
+            drop_staged(txn, meta)?;
+            Ok(applied(0))
+        }
+        // A chunk of a restore that is no longer the one staged (a newer
+        // begin dropped it) stages nothing; its commit will be refused.
+        Command::RestoreChunk(id, _) if staging.as_deref() != Some(id.as_str()) => Ok(applied(0)),
+        Command::RestoreChunk(_, pairs) => {
+            let mut stage = txn.open_table(STAGE)?;
             let n = pairs.len();
             for (key, value) in pairs {
-                kv.insert(staged_key(&id, &key).as_str(), value.as_slice())?;
+                stage.insert(key.as_str(), value.as_slice())?;
             }
             Ok(applied(n))
         }
-        Command::RestoreCommit(id, count) => commit_restore(kv, &id, count),
+        Command::RestoreCommit(id, count) => {
+            let staged = match staging.as_deref() == Some(id.as_str()) {
+                true => txn.open_table(STAGE)?.len()?,
+                false => 0,
+            };
+            if staged != count {
+                return Ok(CommandResponse {
+                    applied: 0,
+                    refused: Some(format!(
+                        "restore {id}: {staged} pairs staged, {count} expected"
+                    )),
+                });
+            }
+            // The swap: the live table goes whole and the staged one takes
+            // its name, in this one transaction.
+            txn.delete_table(KV)?;
+            txn.rename_table(STAGE, KV)?;
+            meta.remove(KEY_RESTORE_ID)?;
+            Ok(applied(count as usize))
+        }
+        other => Err(StoreError::Format(format!(
+            "{other:?} is not a restore step"
+        ))),
     }
+}
+
+/// Drop whatever a restore staged: the `kv_restore` table, its id, and
+/// pairs versions before it staged in `kv` under [`STAGE_PREFIX`].
+fn drop_staged(txn: &WriteTransaction, meta: &mut Table<&str, &[u8]>) -> Result<(), StoreError> {
+    txn.delete_table(STAGE)?;
+    meta.remove(KEY_RESTORE_ID)?;
+    let mut kv = txn.open_table(KV)?;
+    kv.retain_in(STAGE_PREFIX..STAGE_END, |_, _| false)?;
+    Ok(())
 }
 
 fn applied(n: usize) -> CommandResponse {
@@ -345,69 +446,14 @@ fn applied(n: usize) -> CommandResponse {
     }
 }
 
-/// Swap the pairs staged for restore `id` in as the whole key space, in the
-/// caller's (one) write transaction: live keys and other restores' leftovers
-/// go, each staged key moves to its own name. Refused, changing nothing,
-/// unless exactly `count` pairs are staged.
-fn commit_restore(
-    kv: &mut Table<&str, &[u8]>,
-    id: &str,
-    count: u64,
-) -> Result<CommandResponse, StoreError> {
-    let prefix = staged_key(id, "");
-    let mut staged = 0u64;
-    for item in kv.range(prefix.as_str()..)? {
-        let (k, _) = item?;
-        if !k.value().starts_with(&prefix) {
-            break;
-        }
-        staged += 1;
-    }
-    if staged != count {
-        return Ok(CommandResponse {
-            applied: 0,
-            refused: Some(format!(
-                "restore {id}: {staged} pairs staged, {count} expected"
-            )),
-        });
-    }
-    kv.retain(|k, _| k.starts_with(&prefix))?;
-    // Move the staged pairs to their own names, a bounded batch at a time
-    // (read from the staged range, then written: redb does not allow both
-    // at once on one table).
-    loop {
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        for item in kv.range(prefix.as_str()..)? {
-            let (k, v) = item?;
-            let Some(name) = k.value().strip_prefix(&prefix) else {
-                break;
-            };
-            bytes += k.value().len() + v.value().len();
-            batch.push((name.to_string(), v.value().to_vec()));
-            if batch.len() >= COMMIT_BATCH_PAIRS || bytes >= COMMIT_BATCH_BYTES {
-                break;
-            }
-        }
-        if batch.is_empty() {
-            break;
-        }
-        for (name, value) in batch {
-            kv.remove(staged_key(id, &name).as_str())?;
-            kv.insert(name.as_str(), value.as_slice())?;
-        }
-    }
-    Ok(applied(count as usize))
-}
-
-/// A restore commit moves staged pairs in batches of at most this many…
-const COMMIT_BATCH_PAIRS: usize = 4096;
-/// …and about this many bytes.
-const COMMIT_BATCH_BYTES: usize = 4 << 20;
-
-/// The name a pair of restore `id` is staged under in `kv`.
+/// The name a pair of restore `id` travels under in a snapshot.
 fn staged_key(id: &str, key: &str) -> String {
     format!("{STAGE_PREFIX}{id}/{key}")
+}
+
+/// The restore id and the pair's own name of a [`staged_key`].
+fn split_staged_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(STAGE_PREFIX)?.split_once('/')
 }
 
 fn apply_entries(
@@ -417,13 +463,20 @@ fn apply_entries(
 ) -> Result<Vec<CommandResponse>, StoreError> {
     let mut txn = db.begin_write()?;
     // See the module docs: the log is durable, the state machine need not be
-    // (except every DURABLE_EVERY batches, to let redb reclaim pages).
+    // (except every DURABLE_EVERY batches, to let redb reclaim pages). A
+    // batch that deletes or renames a table (a restore's begin, abort and
+    // commit) commits durably: with those in non-durable commits, a kill -9
+    // left a state.redb that redb could not open ("All roots are
+    // corrupted", 2 of 6 runs of the kill -9 restore test).
+    let durable = durable || entries.iter().any(|e| drops_a_table(&e.payload));
     if !durable {
         txn.set_durability(redb::Durability::None);
     }
     let mut out = Vec::with_capacity(entries.len());
     {
-        let mut kv = txn.open_table(KV)?;
+        // `kv` is opened when a command needs it and closed for a restore
+        // step (whose commit deletes and replaces the table).
+        let mut kv = None;
         let mut meta = txn.open_table(SM_META)?;
         let mut last_applied = None;
         let mut membership = None;
@@ -431,7 +484,18 @@ fn apply_entries(
             last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => out.push(CommandResponse::default()),
-                EntryPayload::Normal(cmd) => out.push(apply_command(&mut kv, cmd)?),
+                EntryPayload::Normal(cmd) if is_restore_step(&cmd) => {
+                    drop(kv.take());
+                    out.push(apply_restore_step(&txn, &mut meta, cmd)?);
+                }
+                EntryPayload::Normal(cmd) => {
+                    if kv.is_none() {
+                        kv = Some(txn.open_table(KV)?);
+                    }
+                    if let Some(table) = kv.as_mut() {
+                        out.push(apply_command(table, cmd)?);
+                    }
+                }
                 EntryPayload::Membership(m) => {
                     membership = Some(Membership::new(Some(entry.log_id), m));
                     out.push(CommandResponse::default());
@@ -475,7 +539,35 @@ fn build_snapshot_in(
     let (path, out) = snapshots.create(&meta.snapshot_id)?;
     let written = (|| {
         let kv = rtxn.open_table(KV)?;
-        let mut w = SnapshotWriter::new(out, &meta, kv.len()?)?;
+        // A restore being staged travels too (its pairs under
+        // STAGE_PREFIX<id>/, which sorts before every live key), so a
+        // follower that installs this snapshot can apply the restore's
+        // commit like every other node.
+        let staging = rtxn
+            .open_table(SM_META)?
+            .get(KEY_RESTORE_ID)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        let stage = match (&staging, rtxn.open_table(STAGE)) {
+            (Some(_), Ok(t)) => Some(t),
+            (_, Ok(_)) | (_, Err(TableError::TableDoesNotExist(_))) => None,
+            (_, Err(e)) => return Err(e.into()),
+        };
+        let staged = match &stage {
+            Some(t) => t.len()?,
+            None => 0,
+        };
+        let mut w = SnapshotWriter::new(out, &meta, kv.len()? + staged)?;
+        if let (Some(id), Some(stage)) = (&staging, &stage) {
+            let prefix = staged_key(id, "");
+            let mut name = String::new();
+            for item in stage.iter()? {
+                let (k, v) = item?;
+                name.clear();
+                name.push_str(&prefix);
+                name.push_str(k.value());
+                w.pair(&name, v.value())?;
+            }
+        }
         for item in kv.iter()? {
             let (k, v) = item?;
             w.pair(k.value(), v.value())?;
@@ -510,12 +602,26 @@ fn install_snapshot_in(
     let decoded = decode_snapshot(data)?;
     let txn = db.begin_write()?;
     {
+        let mut sm_meta = txn.open_table(SM_META)?;
+        drop_staged(&txn, &mut sm_meta)?;
         let mut kv = txn.open_table(KV)?;
         kv.retain(|_, _| false)?;
+        let mut stage = None;
         for (key, value) in &decoded.pairs {
+            // The pairs of a restore that was being staged (see
+            // build_snapshot_in) go back to kv_restore.
+            if let Some((id, name)) = split_staged_key(key) {
+                if stage.is_none() {
+                    sm_meta.insert(KEY_RESTORE_ID, id.as_bytes())?;
+                    stage = Some(txn.open_table(STAGE)?);
+                }
+                if let Some(table) = stage.as_mut() {
+                    table.insert(name, value.as_slice())?;
+                }
+                continue;
+            }
             kv.insert(key.as_str(), value.as_slice())?;
         }
-        let mut sm_meta = txn.open_table(SM_META)?;
         sm_meta.insert(KEY_LAST_APPLIED, json(&meta.last_log_id)?.as_slice())?;
         sm_meta.insert(KEY_MEMBERSHIP, json(&meta.last_membership)?.as_slice())?;
         sm_meta.insert(KEY_LAST_SNAPSHOT, meta.snapshot_id.as_bytes())?;
@@ -727,5 +833,115 @@ mod invalidation_tests {
             payload: EntryPayload::Normal(Command::Restore(vec![])),
         };
         assert!(invalidation_of(&[restore], 1).expect("restore").all);
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::storage::BatchOp;
+
+    fn apply(db: &Database, index: u64, cmd: Command) -> CommandResponse {
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        };
+        let mut out = apply_entries(db, vec![entry], true).expect("apply");
+        out.pop().expect("one response")
+    }
+
+    fn put(key: &str, value: &[u8]) -> BatchOp {
+        BatchOp::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn pairs(kv: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_restore_staged_when_a_snapshot_is_taken_commits_on_the_node_that_installs_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("a")).expect("dir a");
+        let a = StateMachineStore::open(&dir.path().join("a").join("state.redb")).expect("open a");
+        let db = a.db();
+        apply(&db, 1, Command::Batch(vec![put("live/old", b"o")]));
+        apply(&db, 2, Command::RestoreBegin("r1".into()));
+        let staged = pairs(&[("live/new", b"n"), ("z/last", b"z")]);
+        assert_eq!(
+            apply(&db, 3, Command::RestoreChunk("r1".into(), staged)).applied,
+            2
+        );
+        // A chunk of another restore stages nothing.
+        let other = pairs(&[("x", b"x")]);
+        assert_eq!(
+            apply(&db, 4, Command::RestoreChunk("r0".into(), other)).applied,
+            0
+        );
+        assert!(any_staged(&db).expect("staged"));
+        assert_eq!(
+            get(&db, "live/new").expect("get"),
+            None,
+            "staged is not live"
+        );
+
+        // The snapshot carries the staged pairs; another node installs it.
+        let (meta, mut file) = build_snapshot_in(&db, &a.snapshots).expect("build");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).expect("read");
+        std::fs::create_dir_all(dir.path().join("b")).expect("dir b");
+        let b = StateMachineStore::open(&dir.path().join("b").join("state.redb")).expect("open b");
+        let bdb = b.db();
+        apply(&bdb, 1, Command::Batch(vec![put("b/only", b"b")]));
+        install_snapshot_in(&bdb, &b.snapshots, &meta, &bytes).expect("install");
+        assert_eq!(get(&bdb, "live/old").expect("get"), Some(b"o".to_vec()));
+        assert_eq!(get(&bdb, "b/only").expect("get"), None);
+        assert!(any_staged(&bdb).expect("staged"));
+
+        // Both nodes apply the same commit alike; a wrong count or id is
+        // refused and changes nothing.
+        for db in [&db, &bdb] {
+            let refused = apply(db, 5, Command::RestoreCommit("r1".into(), 3));
+            assert!(refused.refused.is_some(), "{refused:?}");
+            let refused = apply(db, 6, Command::RestoreCommit("r0".into(), 2));
+            assert!(refused.refused.is_some(), "{refused:?}");
+            assert_eq!(get(db, "live/old").expect("get"), Some(b"o".to_vec()));
+            let ok = apply(db, 7, Command::RestoreCommit("r1".into(), 2));
+            assert_eq!((ok.applied, ok.refused), (2, None));
+            assert_eq!(get(db, "live/old").expect("get"), None);
+            assert_eq!(get(db, "live/new").expect("get"), Some(b"n".to_vec()));
+            assert_eq!(
+                keys_with_prefix(db, "").expect("keys"),
+                ["live/new", "z/last"]
+            );
+            assert!(!any_staged(db).expect("staged"));
+            // Writes go on into the renamed table.
+            apply(db, 8, Command::Batch(vec![put("after", b"a")]));
+            assert_eq!(get(db, "after").expect("get"), Some(b"a".to_vec()));
+        }
+    }
+
+    #[test]
+    fn begin_and_abort_drop_what_earlier_versions_staged_in_kv() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sm = StateMachineStore::open(&dir.path().join("state.redb")).expect("open");
+        let db = sm.db();
+        let legacy = staged_key("old", "live/x");
+        apply(
+            &db,
+            1,
+            Command::Batch(vec![put(&legacy, b"x"), put("live/y", b"y")]),
+        );
+        assert!(any_staged(&db).expect("staged"));
+        apply(&db, 2, Command::RestoreAbort);
+        assert!(!any_staged(&db).expect("staged"));
+        assert_eq!(get(&db, &legacy).expect("get"), None);
+        assert_eq!(get(&db, "live/y").expect("get"), Some(b"y".to_vec()));
     }
 }
