@@ -31,7 +31,11 @@ pub enum CoreError {
     /// 405: the path exists but not for this operation.
     #[error("unsupported operation")]
     UnsupportedOperation,
-    /// 409 / 412 and friends are not needed yet; 413 for oversize bodies.
+    /// 412: a standby has not reached the `X-Vault-Index` the client
+    /// asked for and was told not to forward (`crate::forward`).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// 413 for oversize bodies.
     #[error("{0}")]
     PayloadTooLarge(String),
     /// 429 from health-style endpoints is a response, not an error; this is
@@ -56,6 +60,11 @@ pub enum CoreError {
     /// 500: an internal invariant failed. Never put secrets in the message.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Not an answer: a standby asked to serve a read itself found, before
+    /// doing or recording anything, that only the active node may serve it
+    /// (`crate::forward` forwards it then). 503 should it ever reach a client.
+    #[error("this request must be served by the active node")]
+    ForwardToActive,
 }
 
 impl CoreError {
@@ -65,10 +74,11 @@ impl CoreError {
             CoreError::PermissionDenied | CoreError::Forbidden(_) => 403,
             CoreError::NotFound(_) => 404,
             CoreError::UnsupportedOperation => 405,
+            CoreError::PreconditionFailed(_) => 412,
             CoreError::PayloadTooLarge(_) => 413,
             CoreError::TooManyRequests(_) => 429,
             CoreError::NotInitialized => 501,
-            CoreError::Sealed | CoreError::Unavailable(_) => 503,
+            CoreError::Sealed | CoreError::Unavailable(_) | CoreError::ForwardToActive => 503,
             CoreError::Audit(_) | CoreError::Storage(_) | CoreError::Internal(_) => 500,
         }
     }

@@ -30,9 +30,37 @@
 //! replayed to claim that client address for another request: the API
 //! listener's TLS protects it like the token it travels with.
 //!
-//! **Stale reads** served by a standby from its own state (Vault's
-//! performance standbys with `X-Vault-Index`) are not offered yet: every
-//! request but the node-local ones is forwarded.
+//! **Reads served by a standby** (Vault's consistency headers, as Vault
+//! Enterprise's performance standbys take them). Every answer of the
+//! request pipeline on a cluster node carries [`INDEX_HEADER`]
+//! (`X-Vault-Index`): the Raft index this node had applied when it answered
+//! — after a write, at least the index the write was applied at — opaque to
+//! clients: base64 of `v1:<index>:<hex HMAC-SHA256>`, the MAC under
+//! `HMAC(root key, "custos-index")`, so only the cluster mints one. A
+//! client that sends it back asks for state at least that new:
+//!
+//! - on a standby, a `GET`/`LIST` outside `sys/`, without response
+//!   wrapping, to a route whose backend says a standby may serve it
+//!   ([`crate::logical::Backend::serves_on_standby`]: KV v1 and v2 reads,
+//!   metadata and lists, cubbyhole reads) with a token of unlimited uses is
+//!   served by the standby from its own state once it has applied that
+//!   index and its caches have followed every change up to it
+//!   ([`crate::storage::raft::ApplyProgress`]), audited in the standby's own
+//!   audit log; the answer carries the standby's index;
+//! - if the standby has not got there within [`INDEX_WAIT`] (2 s), the read
+//!   is forwarded to the active node, or answered `412` with `required index
+//!   state not present` when the client sent `X-Vault-Inconsistent: fail`;
+//!   with `X-Vault-Inconsistent: forward-active-node` it is forwarded at once;
+//! - everything else (writes, logins, renewals, anything touching leases or
+//!   use counts, `sys/`) is forwarded as without the header; a header that
+//!   is not an index this cluster issued is refused with `400` on any node.
+//!
+//! So a client that passes on the index of its last answer reads its own
+//! writes on any node; a read whose index is older may see state as old as
+//! that index (never older than what the client already saw). Without the
+//! header, reads are forwarded as before: read-your-writes by default. An
+//! index is tied to the root key: after a rekey rotates it, indexes issued
+//! before are refused with `400` and the client starts afresh.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -55,6 +83,16 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(3);
 pub const FORWARD_SKEW: Duration = Duration::from_secs(60);
 /// Domain separation of the forwarding key.
 const KEY_CONTEXT: &[u8] = b"custos-forward";
+/// The index of the state an answer reflects, or a client asks for.
+pub const INDEX_HEADER: &str = "x-vault-index";
+/// What a standby does when it has not reached the client's index.
+pub const INCONSISTENT_HEADER: &str = "x-vault-inconsistent";
+/// How long a standby waits to reach a client's index.
+pub const INDEX_WAIT: Duration = Duration::from_secs(2);
+/// Domain separation of the index key.
+const INDEX_CONTEXT: &[u8] = b"custos-index";
+/// Vault's answer when a standby is behind and may not forward.
+pub const INDEX_NOT_PRESENT: &str = "required index state not present";
 
 /// Headers that describe one hop, not the request.
 const HOP_BY_HOP: &[&str] = &[
@@ -130,6 +168,165 @@ async fn leader_addr(core: &Core, me: u64) -> Result<String> {
     crate::cluster::leader_api_addr(raft)
         .filter(|a| !a.is_empty())
         .ok_or_else(|| CoreError::Unavailable("the active node has no api_addr".into()))
+}
+
+/// What the client wants when the node it asked is behind its index
+/// (`X-Vault-Inconsistent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBehind {
+    /// Wait up to [`INDEX_WAIT`], then forward (no header, or `await-state`).
+    WaitThenForward,
+    /// Wait up to [`INDEX_WAIT`], then answer 412 (`fail`).
+    WaitThenFail,
+    /// Forward at once (`forward-active-node`).
+    Forward,
+}
+
+/// A client's `X-Vault-Index`, verified, with its `X-Vault-Inconsistent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WantedIndex {
+    pub index: u64,
+    pub when_behind: WhenBehind,
+}
+
+fn index_key(core: &Core) -> Result<Vec<u8>> {
+    let u = core.unsealed()?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&u.root_key()).map_err(CoreError::internal)?;
+    mac.update(INDEX_CONTEXT);
+    Ok(mac.finalize().into_bytes().to_vec())
+}
+
+fn index_mac(key: &[u8], index: u64) -> Result<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(CoreError::internal)?;
+    mac.update(format!("v1:{index}").as_bytes());
+    Ok(mac)
+}
+
+fn encode_index(key: &[u8], index: u64) -> Result<String> {
+    use base64::Engine as _;
+    let tag = hex::encode(index_mac(key, index)?.finalize().into_bytes());
+    Ok(base64::engine::general_purpose::STANDARD.encode(format!("v1:{index}:{tag}")))
+}
+
+fn bad_index() -> CoreError {
+    CoreError::bad_request("invalid X-Vault-Index header: not an index this cluster issued")
+}
+
+/// The index in `value`, when its MAC verifies under `key`.
+fn decode_index(key: &[u8], value: &str) -> Result<u64> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| bad_index())?;
+    let text = String::from_utf8(raw).map_err(|_| bad_index())?;
+    let mut parts = text.split(':');
+    let (Some("v1"), Some(index), Some(tag), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad_index());
+    };
+    let index: u64 = index.parse().map_err(|_| bad_index())?;
+    let tag = hex::decode(tag).map_err(|_| bad_index())?;
+    index_mac(key, index)?
+        .verify_slice(&tag)
+        .map_err(|_| bad_index())?;
+    Ok(index)
+}
+
+/// The `X-Vault-Index` of this node's state now (see the module docs);
+/// `None` without Raft or while sealed.
+pub fn index_header(core: &Core) -> Option<HeaderValue> {
+    let applied = core.raft()?.progress().applied();
+    let key = index_key(core).ok()?;
+    HeaderValue::from_str(&encode_index(&key, applied).ok()?).ok()
+}
+
+/// The client's `X-Vault-Index` and `X-Vault-Inconsistent`: `None` without
+/// an index; 400 for an index this cluster did not issue or an unknown
+/// `X-Vault-Inconsistent` (see the module docs).
+pub fn wanted_index(core: &Core, headers: &HeaderMap) -> Result<Option<WantedIndex>> {
+    let Some(raw) = headers.get(INDEX_HEADER) else {
+        return Ok(None);
+    };
+    let raw = raw.to_str().map_err(|_| bad_index())?;
+    let index = decode_index(&index_key(core)?, raw)?;
+    let mut when_behind = WhenBehind::WaitThenForward;
+    for v in headers.get_all(INCONSISTENT_HEADER) {
+        for item in v.to_str().unwrap_or("\u{0}").split(',') {
+            when_behind = match item.trim() {
+                "fail" => WhenBehind::WaitThenFail,
+                "forward-active-node" => WhenBehind::Forward,
+                "await-state" => when_behind,
+                _ => {
+                    return Err(CoreError::bad_request(
+                        "invalid X-Vault-Inconsistent header: expected \"fail\" or \"forward-active-node\"",
+                    ));
+                }
+            };
+        }
+    }
+    Ok(Some(WantedIndex { index, when_behind }))
+}
+
+/// Is this node an unsealed standby of a cluster (not the active node)?
+pub fn is_standby(core: &Core) -> bool {
+    let Some(raft) = core.raft() else {
+        return false;
+    };
+    core.cluster().is_some() && !core.is_sealed() && (!raft.is_leader() || raft.is_stepping_down())
+}
+
+/// Might a standby serve this request itself for an `X-Vault-Index`?
+/// Reads and lists outside `sys/` (ceremonies, raft, metrics and every
+/// node-local endpoint live there) without response wrapping; the route
+/// and the token are checked by the pipeline
+/// ([`crate::logical::Request::standby_read`]).
+pub fn may_read_locally(path: &str, method: &Method, list: bool, headers: &HeaderMap) -> bool {
+    let read = matches!(method.as_str(), "GET" | "HEAD" | "LIST") || list;
+    read && !path.starts_with("sys/")
+        && !is_local(path)
+        && !headers.contains_key("x-vault-wrap-ttl")
+        && !headers.contains_key(FORWARDED_HEADER)
+}
+
+/// What a standby does with a read that wants `wanted`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StandbyRead {
+    /// Reached: serve it here.
+    Local,
+    /// Send it to the active node.
+    Forward,
+    /// 412 (`X-Vault-Inconsistent: fail`).
+    Inconsistent,
+}
+
+/// Wait (see [`WhenBehind`]) until this node reached `wanted.index`.
+pub async fn standby_read(core: &Core, wanted: WantedIndex) -> StandbyRead {
+    let Some(raft) = core.raft() else {
+        return StandbyRead::Forward;
+    };
+    let progress = raft.progress();
+    if progress.reached(wanted.index) {
+        return StandbyRead::Local;
+    }
+    if wanted.when_behind == WhenBehind::Forward {
+        return StandbyRead::Forward;
+    }
+    if progress.wait_for(wanted.index, INDEX_WAIT).await {
+        return StandbyRead::Local;
+    }
+    match wanted.when_behind {
+        WhenBehind::WaitThenFail => StandbyRead::Inconsistent,
+        _ => StandbyRead::Forward,
+    }
+}
+
+/// Count a standby read by outcome (`custos_standby_reads_total`).
+pub fn count_standby_read(outcome: &'static str) {
+    crate::metrics::counter_inc(
+        crate::metrics::STANDBY_READS,
+        &[("outcome", outcome.to_string())],
+    );
 }
 
 fn client() -> &'static reqwest::Client {
@@ -395,6 +592,74 @@ mod tests {
         ] {
             assert!(!is_local(p), "{p}");
         }
+    }
+
+    #[test]
+    fn indexes_verify_only_under_their_key() {
+        let key = b"k1".to_vec();
+        let v = encode_index(&key, 42).unwrap();
+        assert_eq!(decode_index(&key, &v).unwrap(), 42);
+        // Another cluster's (or a rotated root key's) index.
+        assert!(decode_index(b"k2", &v).is_err());
+        // A forged index: the same tag on another number.
+        use base64::Engine as _;
+        let raw = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(&v)
+                .unwrap(),
+        )
+        .unwrap();
+        let forged = raw.replacen("v1:42:", "v1:43:", 1);
+        let forged = base64::engine::general_purpose::STANDARD.encode(forged);
+        assert!(decode_index(&key, &forged).is_err());
+        for junk in ["", "!!", "djE6NDI=", "djE6eDpmZg=="] {
+            let e = decode_index(&key, junk).unwrap_err();
+            assert_eq!(e.status(), 400, "{junk}");
+        }
+    }
+
+    #[test]
+    fn only_plain_reads_outside_sys_may_be_served_by_a_standby() {
+        let none = HeaderMap::new();
+        let get = Method::GET;
+        let list = Method::from_bytes(b"LIST").unwrap();
+        assert!(may_read_locally("secret/data/x", &get, false, &none));
+        assert!(may_read_locally("secret/metadata/", &list, false, &none));
+        assert!(may_read_locally("secret/metadata/", &get, true, &none));
+        assert!(!may_read_locally(
+            "secret/data/x",
+            &Method::POST,
+            false,
+            &none
+        ));
+        assert!(!may_read_locally(
+            "secret/data/x",
+            &Method::PUT,
+            false,
+            &none
+        ));
+        assert!(!may_read_locally(
+            "secret/data/x",
+            &Method::DELETE,
+            false,
+            &none
+        ));
+        assert!(!may_read_locally(
+            "secret/data/x",
+            &Method::PATCH,
+            false,
+            &none
+        ));
+        assert!(!may_read_locally("sys/mounts", &get, false, &none));
+        assert!(!may_read_locally(
+            "sys/generate-root/attempt",
+            &get,
+            false,
+            &none
+        ));
+        let mut wrap = HeaderMap::new();
+        wrap.insert("x-vault-wrap-ttl", HeaderValue::from_static("60"));
+        assert!(!may_read_locally("secret/data/x", &get, false, &wrap));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Requests arrive from the listeners in `crate::server` (plain TCP or TLS);
 //! this module turns them into [`Request`]s — method to operation (`LIST`
 //! and `?list=true` to list), `X-Vault-Token` or `Authorization: Bearer`,
-//! `X-Vault-Wrap-TTL` (`crate::wrapping`),
+//! `X-Vault-Wrap-TTL` (`crate::wrapping`), `X-Vault-Index` and
+//! `X-Vault-Inconsistent` (a standby's own reads, `crate::forward`; every
+//! answer of the pipeline on a cluster node carries `X-Vault-Index`),
 //! JSON body or query string to data, a body size limit — and renders the
 //! outcome in Vault's envelope (`request_id`, `lease_id`, `renewable`,
 //! `lease_duration`, `data`, `wrap_info`, `warnings`, `auth`) or as
@@ -310,7 +312,44 @@ async fn handle_request(
     if let Some(e) = crate::ceremony::refused(st.unauthed_ceremonies, &path) {
         return core_error(&e);
     }
-    if st.core.cluster().is_some() {
+    // A read a standby serves from its own state for the client's
+    // X-Vault-Index (crate::forward); forwarded if the pipeline finds the
+    // route or token needs the active node.
+    let mut standby_read = false;
+    if st.core.cluster().is_some()
+        && let Some(wanted) = headers
+            .contains_key(crate::forward::INDEX_HEADER)
+            .then(|| crate::forward::wanted_index(&st.core, &headers))
+    {
+        use crate::forward::StandbyRead;
+        let wanted = match wanted {
+            Ok(w) => w,
+            // Sealed: say so rather than judge the index.
+            Err(_) if st.core.is_sealed() => None,
+            Err(e) => return core_error(&e),
+        };
+        let list = uri.query().is_some_and(|q| {
+            form_urlencoded_pairs(q)
+                .iter()
+                .any(|(k, v)| k == "list" && matches!(v.as_str(), "true" | "1"))
+        });
+        if let Some(wanted) = wanted
+            && crate::forward::is_standby(&st.core)
+            && crate::forward::may_read_locally(&path, &method, list, &headers)
+        {
+            match crate::forward::standby_read(&st.core, wanted).await {
+                StandbyRead::Local => standby_read = true,
+                StandbyRead::Forward => crate::forward::count_standby_read("forwarded"),
+                StandbyRead::Inconsistent => {
+                    crate::forward::count_standby_read("inconsistent");
+                    return core_error(&CoreError::PreconditionFailed(
+                        crate::forward::INDEX_NOT_PRESENT.into(),
+                    ));
+                }
+            }
+        }
+    }
+    if st.core.cluster().is_some() && !standby_read {
         match crate::forward::target(&st.core, &path, &headers).await {
             Some(Ok(base)) => {
                 return forward(&st, base, &method, &uri, &headers, body, client).await;
@@ -440,8 +479,27 @@ async fn handle_request(
         req.headers
             .insert(crate::traces::TRACEPARENT.into(), tp.to_string());
     }
+    req.standby_read = standby_read;
     let req_id = req.id.clone();
     let result = st.core.handle(req).await;
+    if standby_read {
+        if matches!(result, Err(CoreError::ForwardToActive)) {
+            crate::forward::count_standby_read("forwarded");
+            let base = match crate::forward::target(&st.core, &path, &headers).await {
+                Some(Ok(base)) => base,
+                Some(Err(e)) => return core_error(&e),
+                // Became the active node meanwhile: the client retries here.
+                None => {
+                    return core_error(&CoreError::Unavailable(
+                        "leadership moved to this node; retry".into(),
+                    ));
+                }
+            };
+            let outgoing = crate::forward::Outgoing::Buffered(bytes);
+            return forward_body(&st, base, &method, &uri, &headers, outgoing, client).await;
+        }
+        crate::forward::count_standby_read("local");
+    }
     let mount = match st.core.unsealed() {
         Ok(u) => u
             .router
@@ -456,6 +514,15 @@ async fn handle_request(
         Err(e) => core_error(&e),
     };
     record_mount(&mount, op, resp.status().as_u16(), started);
+    let mut resp = resp;
+    if st.core.cluster().is_some()
+        && let Some(index) = crate::forward::index_header(&st.core)
+    {
+        resp.headers_mut().insert(
+            http::HeaderName::from_static(crate::forward::INDEX_HEADER),
+            index,
+        );
+    }
     head_strip(&method, resp)
 }
 
@@ -481,6 +548,19 @@ async fn forward(
             Err(e) => return core_error(&e),
         }
     };
+    forward_body(st, base, method, uri, headers, outgoing, client).await
+}
+
+/// Forward a request whose body is in hand.
+async fn forward_body(
+    st: &HttpState,
+    base: String,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    outgoing: crate::forward::Outgoing,
+    client: ClientAddr,
+) -> axum::response::Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     match crate::forward::forward(
         &st.core,

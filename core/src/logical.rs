@@ -126,6 +126,12 @@ pub struct Request {
     /// cubbyhole held, read by `crate::wrapping::intercept` before the
     /// pipeline spends the token's one use (which empties the cubbyhole).
     pub unwrapping: Option<Arc<crate::wrapping::Unwrapping>>,
+    /// A standby serves this read from its own state for the client's
+    /// `X-Vault-Index` (`crate::forward`): the pipeline answers
+    /// [`CoreError::ForwardToActive`] before recording or changing anything
+    /// when the route ([`Backend::serves_on_standby`]) or the token (limited
+    /// uses) needs the active node.
+    pub standby_read: bool,
 }
 
 impl Request {
@@ -146,6 +152,7 @@ impl Request {
             trace_id: None,
             wrap_ttl: 0,
             unwrapping: None,
+            standby_read: false,
         }
     }
 }
@@ -652,6 +659,16 @@ pub trait Backend: Send + Sync {
     /// with its response event; the response is still held back until both
     /// are durable. When unsure, say `false` (the default).
     fn is_pure(&self, _route: usize, _req: &Request) -> bool {
+        false
+    }
+
+    /// May a standby serve this routed read or list from its own state
+    /// (for a client's `X-Vault-Index`, `crate::forward`)? Only where the
+    /// handler writes nothing to storage and starts nothing (no lease, no
+    /// counter, no lazy clean-up) and every cache it reads follows the Raft
+    /// log. Everything else is forwarded to the active node. When unsure,
+    /// say `false` (the default).
+    fn serves_on_standby(&self, _route: usize, _req: &Request) -> bool {
         false
     }
 

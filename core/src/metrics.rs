@@ -100,6 +100,8 @@ custos_audit::declare_metrics! {
         "On the leader: seconds since a follower last answered an RPC (heartbeats included).";
     HA_FORWARDED = "custos_ha_forwarded_requests_total", Counter, ["outcome"],
         "Requests a standby forwarded to the active node, by outcome: forwarded (the active node answered), leader_moved (this node became active meanwhile; the client is told to retry), failed (no active node could be reached).";
+    STANDBY_READS = "custos_standby_reads_total", Counter, ["outcome"],
+        "Reads a standby received with X-Vault-Index, by outcome: local (served from this node's own state once it had applied the index), forwarded (sent to the active node: the index was not reached in time, X-Vault-Inconsistent: forward-active-node, or the route or token needs the active node), inconsistent (answered 412 for X-Vault-Inconsistent: fail).";
     BARRIER_TERM = "custos_barrier_key_term", Gauge, [],
         "Active keyring term of the barrier.";
     BARRIER_KEY_AGE = "custos_barrier_key_install_timestamp_seconds", Gauge, [],
@@ -170,7 +172,7 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("source", "audit query source: `local`, `elasticsearch`"),
     (
         "outcome",
-        "a fixed set per metric: transit automatic rotations `rotated`, `failed`; forwarded requests `forwarded`, `leader_moved`, `failed`; logins `success`, `invalid_credentials`, `locked`, `error`; Kubernetes TokenReviews `authenticated`, `rejected`, `unreachable`, `timeout`, `invalid_response`; unwraps `success`, `invalid`; JWKS fetches `success`, `unreachable`, `invalid`, `rate_limited`",
+        "a fixed set per metric: transit automatic rotations `rotated`, `failed`; forwarded requests `forwarded`, `leader_moved`, `failed`; standby reads `local`, `forwarded`, `inconsistent`; logins `success`, `invalid_credentials`, `locked`, `error`; Kubernetes TokenReviews `authenticated`, `rejected`, `unreachable`, `timeout`, `invalid_response`; unwraps `success`, `invalid`; JWKS fetches `success`, `unreachable`, `invalid`, `rate_limited`",
     ),
     (
         "mount_type",

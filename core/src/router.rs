@@ -248,6 +248,12 @@ impl Resolved<'_> {
         self.mounted.backend.is_pure(self.route, req)
     }
 
+    /// See [`Backend::serves_on_standby`]; only ever a read or a list.
+    pub fn serves_on_standby(&self, req: &Request) -> bool {
+        matches!(req.operation, Operation::Read | Operation::List)
+            && self.mounted.backend.serves_on_standby(self.route, req)
+    }
+
     /// Validate fields and run the backend's existence check.
     pub async fn exists(&self, req: &Request) -> Result<bool> {
         if !self.spec.existence_check {

@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 
 use crate::harness::{self, Server, free_port, get, wait_for};
 
-struct Node {
-    name: String,
-    dir: PathBuf,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
     api: u16,
     cluster: u16,
     join: Option<u16>,
@@ -98,24 +98,25 @@ listener "tcp" {{
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/v1/{path}", self.api)
     }
 }
 
-struct TestCluster {
+/// A cluster of real server processes (also used by `standby_reads`).
+pub(crate) struct TestCluster {
     _tmp: tempfile::TempDir,
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
     key: String,
-    token: String,
-    c: reqwest::Client,
+    pub(crate) token: String,
+    pub(crate) c: reqwest::Client,
 }
 
 impl TestCluster {
     /// `n` nodes: node1 initializes, the others join through `retry_join`
     /// and are unsealed with node1's key. With `audit`, every node declares
     /// a file audit device (its own file).
-    async fn start(n: usize, audit: bool) -> TestCluster {
+    pub(crate) async fn start(n: usize, audit: bool) -> TestCluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let c = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -210,7 +211,7 @@ impl TestCluster {
     }
 
     /// The index of the node that says it leads (waits for one).
-    async fn leader(&self) -> usize {
+    pub(crate) async fn leader(&self) -> usize {
         wait_for("a leader", Duration::from_secs(30), || async {
             for (i, n) in self.nodes.iter().enumerate() {
                 if n.server.is_none() {

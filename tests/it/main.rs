@@ -26,5 +26,6 @@ mod netfault;
 mod raft_snapshot;
 mod rotator;
 mod snapshot_auto;
+mod standby_reads;
 mod tls;
 mod wrapping;

@@ -62,6 +62,8 @@ ALLOW_EMPTY = {
     "custos_raft_snapshot_build_duration_seconds": "a Raft snapshot is built after 10,000 entries and 30 s at the earliest; the check's short-lived node builds none",
     "custos_raft_follower_": "a one-node dev server has no followers",
     "custos_ha_forwarded_requests_total": "a one-node dev server has no standby to forward from",
+    "custos_standby_reads_total": "a one-node dev server has no standby to serve X-Vault-Index reads "
+    "(tests/it/standby_reads.rs checks them)",
     "custos_snapshot_copy_behind_seconds": "the dev server's automated snapshots have no copy_to destination",
     "custos_snapshot_failures_total": "failure counters are created on the first failure; none on a healthy node",
     "custos_seal_autounseal_": "the dev node uses the Shamir seal; auto-unseal series exist only on a node with a seal stanza "

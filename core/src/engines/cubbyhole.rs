@@ -68,6 +68,12 @@ impl Backend for CubbyholeBackend {
         Ok(ctx.storage.get(&entry_key(token, path)).await?.is_some())
     }
 
+    /// Reads and lists only read storage: a standby may serve them (a
+    /// wrapping token's single use sends its reads to the active node).
+    fn serves_on_standby(&self, _route: usize, req: &crate::logical::Request) -> bool {
+        matches!(req.operation, Op::Read | Op::List)
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let token = token_of(&ctx)?;
         let path = ctx.fields.capture("path").unwrap_or_default();

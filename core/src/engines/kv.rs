@@ -459,6 +459,17 @@ impl Backend for KvBackend {
         &PATHS
     }
 
+    /// Reads of data, metadata, subkeys and the mount's config, and
+    /// metadata lists, read storage only (nothing cached, nothing written on
+    /// the way: versions past `delete_version_after` are hidden, not
+    /// removed), so a standby may serve them.
+    fn serves_on_standby(&self, route: usize, req: &crate::logical::Request) -> bool {
+        matches!(
+            (route, req.operation),
+            (R_CONFIG | R_DATA | R_METADATA | R_SUBKEYS, Op::Read) | (R_METADATA, Op::List)
+        )
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let op = ctx.req.operation;
         match (ctx.route, op) {
@@ -1302,6 +1313,33 @@ mod tests {
     struct Harness {
         kv: Arc<KvBackend>,
         storage: StorageView,
+    }
+
+    /// A standby serves only reads and lists that write nothing: every
+    /// route's write-ish operations (and v1-style paths) go to the active node.
+    #[test]
+    fn standbys_serve_only_plain_reads() {
+        let kv = KvBackend::new();
+        for (route, spec) in PATHS.iter().enumerate() {
+            for op in [
+                Operation::Read,
+                Operation::List,
+                Operation::Create,
+                Operation::Update,
+                Operation::Patch,
+                Operation::Delete,
+            ] {
+                let req = Request::new(op, "secret/x");
+                let served = kv.serves_on_standby(route, &req);
+                let plain_read = matches!(
+                    (spec.pattern, op),
+                    ("config" | "data/(?P<path>.*?[^/])", Operation::Read)
+                        | ("metadata/(?P<path>.*)", Operation::Read | Operation::List)
+                        | ("subkeys/(?P<path>.*)", Operation::Read)
+                );
+                assert_eq!(served, plain_read, "{} {op:?}", spec.pattern);
+            }
+        }
     }
 
     impl Harness {

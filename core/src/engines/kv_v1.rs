@@ -100,6 +100,11 @@ impl Backend for KvV1Backend {
         &PATHS
     }
 
+    /// Reads and lists only read storage: a standby may serve them.
+    fn serves_on_standby(&self, _route: usize, req: &crate::logical::Request) -> bool {
+        matches!(req.operation, Op::Read | Op::List)
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let path = path_of(&ctx)?;
         match ctx.req.operation {

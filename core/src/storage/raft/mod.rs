@@ -24,9 +24,10 @@
 //! `get` and `list` read the local state machine through redb read
 //! transactions (MVCC, never blocked by the writer). On a single node the local
 //! state machine is the leader's, and because `batch` returns only after
-//! apply, a read that follows a write always sees it. Followers in the coming
-//! HA setup serve possibly stale reads or forward; that choice belongs to the
-//! HA issue, not to the storage.
+//! apply, a read that follows a write always sees it. A follower's reads may
+//! be stale: [`RaftStorage::progress`] says which index it applied and how
+//! far its caches followed, and `crate::forward` serves a standby read only
+//! once the index the client asks for is reached.
 //!
 //! # Types
 //!
@@ -93,7 +94,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use log_store::LogStore;
 pub use network::{CustosNode, HttpNetwork};
 pub use snapshot::SNAPSHOT_FILE;
-pub use state_machine::{Invalidation, StateMachineStore, is_cached_key};
+pub use state_machine::{ApplyProgress, Invalidation, StateMachineStore, is_cached_key};
 
 use super::{BatchOp, PhysicalStore, one_level};
 use crate::error::{CoreError, Result};
@@ -468,6 +469,8 @@ pub struct RaftStorage {
     invalidations: broadcast::Sender<Arc<Invalidation>>,
     /// Set while this leader hands leadership over ([`Self::step_down`]).
     stepping_down: AtomicBool,
+    /// Applied index and how far the caches followed ([`ApplyProgress`]).
+    progress: Arc<ApplyProgress>,
 }
 
 /// One caller's atomic batch, waiting for the group writer.
@@ -684,6 +687,7 @@ impl RaftStorage {
                 .announce_to(node_id, invalidations.clone())
         };
         let (state, snapshots, last_build) = (sm.db(), sm.snapshots(), sm.last_build_micros());
+        let progress = sm.progress();
         let log_db = log.liveness();
 
         let config = Arc::new(raft_config(!node.cluster_addr.is_empty())?);
@@ -709,6 +713,7 @@ impl RaftStorage {
             writer: Mutex::new(Some(writer)),
             invalidations,
             stepping_down: AtomicBool::new(false),
+            progress,
         });
         if let Err(e) = storage.start(node, bootstrap).await {
             storage.shutdown().await;
@@ -876,6 +881,12 @@ impl RaftStorage {
     /// nobody subscribes.
     pub fn subscribe_invalidations(&self) -> broadcast::Receiver<Arc<Invalidation>> {
         self.invalidations.subscribe()
+    }
+
+    /// The applied index and how far this node's caches followed it, for
+    /// reads served by a standby (`crate::forward`).
+    pub fn progress(&self) -> &Arc<ApplyProgress> {
+        &self.progress
     }
 
     /// Is this leader handing leadership over ([`Self::step_down`])?

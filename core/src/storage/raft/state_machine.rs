@@ -82,6 +82,8 @@ pub struct StateMachineStore {
     /// Where applied writes of other nodes to cached keys are announced
     /// (see [`Invalidation`]).
     invalidations: Option<broadcast::Sender<Arc<Invalidation>>>,
+    /// Applied and announced indexes (see [`ApplyProgress`]).
+    progress: Arc<ApplyProgress>,
 }
 
 /// What an apply batch changed that some node-local cache holds, for the
@@ -93,6 +95,79 @@ pub struct StateMachineStore {
 pub struct Invalidation {
     pub keys: Vec<String>,
     pub all: bool,
+    /// The log index of the last entry of the apply batch (or of the
+    /// installed snapshot) this announces; 0 when unknown. Whoever acts on
+    /// the announcement reports it to [`ApplyProgress::note_followed`].
+    pub index: u64,
+}
+
+/// How far this node's state machine, and the caches that follow it, have
+/// come: the Raft index applied, the index of the last cache change
+/// announced (an [`Invalidation`]) and of the last one acted upon
+/// (`crate::cluster`'s log follower). A standby serves a read from its own
+/// state for a client's `X-Vault-Index` only once it [`reached`](Self::reached)
+/// that index (`crate::forward`).
+#[derive(Debug, Default)]
+pub struct ApplyProgress {
+    applied: AtomicU64,
+    announced: AtomicU64,
+    followed: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl ApplyProgress {
+    /// The index of the last entry applied to the local state machine.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// The index of the last announced cache change.
+    pub fn announced(&self) -> u64 {
+        self.announced.load(Ordering::SeqCst)
+    }
+
+    /// The caches followed every announcement up to `index`.
+    pub fn note_followed(&self, index: u64) {
+        self.followed.fetch_max(index, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn note_applied(&self, index: u64) {
+        self.applied.fetch_max(index, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn note_announced(&self, index: u64) {
+        self.announced.fetch_max(index, Ordering::SeqCst);
+    }
+
+    /// Has this node applied `index`, and have its caches followed every
+    /// change announced up to it? (An announcement is recorded before the
+    /// apply that carries it is, so a node that applied `index` knows of
+    /// every announcement up to it.)
+    pub fn reached(&self, index: u64) -> bool {
+        if self.applied() < index {
+            return false;
+        }
+        let announced = self.announced();
+        self.followed.load(Ordering::SeqCst) >= index.min(announced)
+    }
+
+    /// Wait until [`Self::reached`] `index`, at most `limit`; whether it did.
+    pub async fn wait_for(&self, index: u64, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.reached(index) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.reached(index);
+            }
+        }
+    }
 }
 
 /// More changed cached keys than this in one apply batch: announce `all`.
@@ -100,12 +175,14 @@ const MAX_INVALIDATED_KEYS: usize = 1024;
 
 /// Keys whose values some node caches in memory: the mount tables
 /// (`core/mounts`, `core/auth`), the barrier keyring (`core/seal/keyring`),
-/// ACL policies (`sys/policy/`), tokens (`sys/token/`), the audit device
+/// ACL policies (`sys/policy/`), identity (`sys/identity/`), tokens
+/// (`sys/token/`), the audit device
 /// table (`sys/audit-table`) and the engines' own cached state under
 /// `logical/<uuid>/` (transit key policies). Cheap: a few prefix checks.
 pub fn is_cached_key(key: &str) -> bool {
     key.starts_with("core/")
         || key.starts_with("sys/policy/")
+        || key.starts_with("sys/identity/")
         || key.starts_with("sys/token/id/")
         || key.starts_with("sys/audit")
         || (key.starts_with("logical/") && key.contains("/policy/"))
@@ -171,7 +248,12 @@ impl StateMachineStore {
         let dir = path.parent().unwrap_or(Path::new("."));
         let snapshots = SnapshotFile::open(dir)?;
         migrate_legacy_snapshot(&db, &snapshots)?;
+        let progress = Arc::new(ApplyProgress::default());
+        if let Some(l) = last_applied(&db)? {
+            progress.note_applied(l.index);
+        }
         Ok(StateMachineStore {
+            progress,
             db: Arc::new(db),
             unsynced: Arc::default(),
             snapshots: Arc::new(snapshots),
@@ -194,10 +276,20 @@ impl StateMachineStore {
     }
 
     fn announce(&self, inv: Invalidation) {
-        if let Some(tx) = &self.invalidations {
-            // No subscriber (sealed, single node): nothing to tell.
+        if let Some(tx) = &self.invalidations
+            && tx.receiver_count() > 0
+        {
+            // Recorded before it is sent (and before the apply is): see
+            // ApplyProgress::reached. No subscriber (single node): nothing
+            // to tell, and nobody to wait for.
+            self.progress.note_announced(inv.index);
             let _ = tx.send(Arc::new(inv));
         }
+    }
+
+    /// Applied and announced indexes, shared with [`RaftStorage`](super::RaftStorage).
+    pub(crate) fn progress(&self) -> Arc<ApplyProgress> {
+        self.progress.clone()
     }
 
     /// The database, shared with [`RaftStorage`](super::RaftStorage) for local reads.
@@ -692,6 +784,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        let last_index = entries.last().map(|e| e.log_id.index);
         let invalidation = match &self.invalidations {
             Some(tx) if tx.receiver_count() > 0 => invalidation_of(&entries, self.node_id),
             _ => None,
@@ -717,8 +810,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let stage = crate::traces::RaftStage::Apply;
             crate::traces::raft_io(stage, indexes, at, std::time::SystemTime::now());
         }
-        if let (Ok(_), Some(inv)) = (&res, invalidation) {
+        // Announced before the apply is recorded: a reader that sees the
+        // index applied also sees the announcement (ApplyProgress::reached).
+        if let (Ok(_), Some(mut inv)) = (&res, invalidation) {
+            inv.index = last_index.unwrap_or_default();
             self.announce(inv);
+        }
+        if let (Ok(_), Some(i)) = (&res, last_index) {
+            self.progress.note_applied(i);
         }
         res.map_err(sm_write_err)
     }
@@ -767,10 +866,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| to_err(meta, &e))?;
         metrics::counter_inc(metrics::RAFT_SNAPSHOTS_INSTALLED, &[]);
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or_default();
         self.announce(Invalidation {
             keys: Vec::new(),
             all: true,
+            index,
         });
+        self.progress.note_applied(index);
         Ok(())
     }
 
