@@ -30,6 +30,20 @@
 //! itself through the seal like any auto-sealed node. A node whose seal
 //! differs from the cluster's does not join.
 //!
+//! **TLS.** The cluster port is mutual TLS with certificates made at init
+//! and kept in the barrier (`crate::cluster_tls`): the challenge carries
+//! them encrypted under the root key, and the joining node opens and loads
+//! them before it answers, so the leader's first append-entries find it
+//! serving TLS. Talking to the leader's API takes Vault's `retry_join` TLS
+//! keys (`leader_ca_cert_file`, `leader_client_cert_file`,
+//! `leader_client_key_file`, their inline forms, `leader_tls_servername`)
+//! or the same fields of `sys/storage/raft/join`: with a CA only that CA is
+//! trusted, without one the web PKI. A standby forwarding to the active
+//! node's `https://` `api_addr` trusts the web PKI plus every CA given for
+//! joining, in `retry_join` or `sys/storage/raft/join`
+//! ([`forwarding_client`]): the CA that signed the leader's API certificate
+//! is the one operators already gave for joining.
+//!
 //! **Membership**: `sys/storage/raft/configuration` lists the servers as
 //! Vault does; `sys/storage/raft/remove-peer` removes one (on the leader).
 //!
@@ -97,12 +111,133 @@ pub struct ClusterOptions {
     pub api_addr: String,
     /// This node's advertised `cluster_addr` (Raft RPCs).
     pub cluster_addr: String,
-    /// `retry_join { leader_api_addr }`, in file order.
-    pub retry_join: Vec<String>,
+    /// `retry_join { leader_api_addr ... }`, in file order.
+    pub retry_join: Vec<JoinTarget>,
+}
+
+/// A leader to join through: its API address and how to talk TLS to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinTarget {
+    pub addr: String,
+    pub tls: crate::config::LeaderTls,
+}
+
+/// The client a standby forwards with (`crate::forward`), and the CAs it
+/// trusts beside the web PKI for the active node's `https://` `api_addr`:
+/// those of `retry_join` and of `sys/storage/raft/join` (see the module
+/// docs). Rebuilt when a CA is added.
+static FORWARDING: Mutex<Option<(Vec<String>, reqwest::Client)>> = Mutex::new(None);
+
+fn build_forwarding_client(cas: &[String]) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90));
+    for pem in cas {
+        for ca in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap_or_default() {
+            builder = builder.add_root_certificate(ca);
+        }
+    }
+    builder.build().unwrap_or_default()
+}
+
+/// The HTTP client for forwarding to the active node.
+pub fn forwarding_client() -> reqwest::Client {
+    let Ok(mut slot) = FORWARDING.lock() else {
+        return build_forwarding_client(&[]);
+    };
+    slot.get_or_insert_with(|| (Vec::new(), build_forwarding_client(&[])))
+        .1
+        .clone()
+}
+
+/// Trust `ca_pem` (a join CA) when forwarding.
+fn trust_for_forwarding(ca_pem: &str) {
+    if let Ok(mut slot) = FORWARDING.lock() {
+        let mut cas = slot.take().map(|(c, _)| c).unwrap_or_default();
+        if !cas.iter().any(|c| c == ca_pem) {
+            cas.push(ca_pem.to_string());
+        }
+        let client = build_forwarding_client(&cas);
+        *slot = Some((cas, client));
+    }
+}
+
+/// An HTTP client for a leader's API with `tls` (Vault's `retry_join` TLS
+/// keys): the given CA only, else the web PKI; the client certificate if
+/// given; the leader's certificate checked under `servername` if given.
+pub fn leader_client(tls: &crate::config::LeaderTls) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(CATCH_UP + Duration::from_secs(10));
+    if !tls.is_custom() {
+        return builder.build().map_err(CoreError::internal);
+    }
+    tls.check()
+        .map_err(|(key, m)| CoreError::bad_request(format!("{key}: {m}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_cert {
+        Some(pem) => {
+            let certs = crate::storage::raft::tls::parse_certs(pem.as_bytes())
+                .map_err(|m| CoreError::bad_request(format!("leader_ca_cert: {m}")))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| CoreError::bad_request(format!("leader_ca_cert: {e}")))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let roots = Arc::new(roots);
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &tls.servername {
+        Some(name) => Arc::new(crate::storage::raft::tls::FixedNameVerifier::new(
+            roots,
+            name,
+            provider.clone(),
+        )?),
+        None => {
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| CoreError::bad_request(format!("leader_ca_cert: {e}")))?
+        }
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(CoreError::internal)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = crate::storage::raft::tls::parse_certs(cert.as_bytes())
+                .map_err(|m| CoreError::bad_request(format!("leader_client_cert: {m}")))?;
+            let key = crate::storage::raft::tls::parse_key(key.expose().as_bytes())
+                .map_err(|m| CoreError::bad_request(format!("leader_client_key: {m}")))?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| CoreError::bad_request(format!("leader_client_cert: {e}")))?
+        }
+        _ => config.with_no_client_auth(),
+    };
+    builder
+        .use_preconfigured_tls(config)
+        .build()
+        .map_err(CoreError::internal)
 }
 
 /// An outstanding challenge: its nonce and when it was issued.
 type Challenge = (Zeroizing<Vec<u8>>, Instant);
+
+/// A leader's answer to `bootstrap/challenge`.
+struct ChallengeReply {
+    /// The leader address that answered.
+    addr: String,
+    challenge: String,
+    seal: SealConfig,
+    wrapped_root: Vec<u8>,
+    /// The cluster TLS, encrypted under the root key (`crate::cluster_tls`).
+    cluster_tls: Option<String>,
+}
 
 /// What a joining node learnt from a leader's challenge.
 struct PendingJoin {
@@ -114,9 +249,9 @@ struct PendingJoin {
 pub struct Cluster {
     opts: ClusterOptions,
     core: Weak<Core>,
-    http: reqwest::Client,
-    /// Leader addresses to join through (config, or `sys/storage/raft/join`).
-    leaders: Mutex<Vec<String>>,
+    /// Leaders to join through (config, or `sys/storage/raft/join`), each
+    /// with its HTTP client.
+    leaders: Mutex<Vec<(JoinTarget, reqwest::Client)>>,
     /// Leader side: outstanding challenges by joining node name.
     challenges: Mutex<HashMap<String, Challenge>>,
     /// Joining side: the cluster's seal, once a leader answered.
@@ -135,17 +270,18 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
 impl Cluster {
     /// Build the service for `core` and register it there. Starts nothing.
     pub fn register(core: &Arc<Core>, opts: ClusterOptions) -> Result<Arc<Cluster>> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(CATCH_UP + Duration::from_secs(10))
-            .build()
-            .map_err(CoreError::internal)?;
+        let mut leaders = Vec::new();
+        for t in &opts.retry_join {
+            leaders.push((t.clone(), leader_client(&t.tls)?));
+            if let Some(pem) = &t.tls.ca_cert {
+                trust_for_forwarding(pem);
+            }
+        }
         let (stop, _) = watch::channel(false);
         let cluster = Arc::new(Cluster {
-            leaders: Mutex::new(opts.retry_join.clone()),
+            leaders: Mutex::new(leaders),
             opts,
             core: Arc::downgrade(core),
-            http,
             challenges: Mutex::new(HashMap::new()),
             pending: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
@@ -266,7 +402,7 @@ impl Cluster {
         self.track(tokio::spawn(async move {
             loop {
                 match me.fetch_challenge().await {
-                    Ok((_, _, seal, wrapped_root)) if me.has_auto_seal() => {
+                    Ok(ChallengeReply { seal, wrapped_root, .. }) if me.has_auto_seal() => {
                         match me.open_with_auto_seal(&seal, &wrapped_root).await {
                             Ok(root) => {
                                 if let Ok(mut p) = me.pending.lock() {
@@ -281,7 +417,7 @@ impl Cluster {
                             ),
                         }
                     }
-                    Ok((_, _, seal, wrapped_root)) => {
+                    Ok(ChallengeReply { seal, wrapped_root, .. }) => {
                         if seal.seal_type != "shamir" {
                             tracing::error!(
                                 cluster_seal = %seal.seal_type,
@@ -341,21 +477,21 @@ impl Cluster {
     }
 
     /// Ask each leader address for a challenge; the first answer wins.
-    /// Returns that address, the challenge, the seal config and wrapped root key.
-    async fn fetch_challenge(&self) -> Result<(String, String, SealConfig, Vec<u8>)> {
+    async fn fetch_challenge(&self) -> Result<ChallengeReply> {
         let leaders = lock(&self.leaders)?.clone();
         let mut last = CoreError::Unavailable("no leader_api_addr configured".into());
-        for addr in leaders {
+        for (target, http) in leaders {
+            let addr = target.addr;
             let url = format!(
                 "{}/v1/sys/storage/raft/bootstrap/challenge",
                 addr.trim_end_matches('/')
             );
             let body = json!({"server_id": self.opts.node_name});
-            match self.post_json(&url, &body).await {
+            match post_json(&http, &url, &body).await {
                 Ok(v) => {
                     let seal: SealConfig = serde_json::from_value(v["seal_config"].clone())
                         .map_err(|e| CoreError::Unavailable(format!("{addr}: seal_config: {e}")))?;
-                    let wrapped = v["root_key"]
+                    let wrapped_root = v["root_key"]
                         .as_str()
                         .and_then(|s| b64().decode(s).ok())
                         .ok_or_else(|| CoreError::Unavailable(format!("{addr}: no root_key")))?;
@@ -363,7 +499,14 @@ impl Cluster {
                         .as_str()
                         .ok_or_else(|| CoreError::Unavailable(format!("{addr}: no challenge")))?
                         .to_string();
-                    return Ok((addr, challenge, seal, wrapped));
+                    let cluster_tls = v["cluster_tls"].as_str().map(str::to_string);
+                    return Ok(ChallengeReply {
+                        addr,
+                        challenge,
+                        seal,
+                        wrapped_root,
+                        cluster_tls,
+                    });
                 }
                 Err(e) => last = e,
             }
@@ -371,23 +514,13 @@ impl Cluster {
         Err(last)
     }
 
-    async fn post_json(&self, url: &str, body: &Value) -> Result<Value> {
-        let resp = self
-            .http
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| CoreError::Unavailable(format!("{url}: {e}")))?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(CoreError::Unavailable(format!(
-                "{url}: {status}: {}",
-                v["errors"]
-            )));
-        }
-        Ok(v)
+    /// The HTTP client of leader address `addr`.
+    fn client_for(&self, addr: &str) -> Result<reqwest::Client> {
+        lock(&self.leaders)?
+            .iter()
+            .find(|(t, _)| t.addr == addr)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| CoreError::Unavailable(format!("{addr}: no longer a leader address")))
     }
 
     /// Is this node waiting for unseal keys to join? Then the seal config
@@ -468,9 +601,17 @@ impl Cluster {
     }
 
     async fn answer_challenge(&self, root: &[u8]) -> Result<()> {
-        let (addr, challenge, _, _) = self.fetch_challenge().await?;
+        let reply = self.fetch_challenge().await?;
+        let addr = reply.addr;
+        // The cluster TLS first: the leader replicates to this node as soon
+        // as it accepts the answer (crate::cluster_tls).
+        let sealed_tls = reply.cluster_tls.ok_or_else(|| {
+            CoreError::Unavailable(format!("{addr}: the leader sent no cluster TLS"))
+        })?;
+        let material = crate::cluster_tls::open_from_join(root, &sealed_tls)?;
+        self.raft()?.install_cluster_tls(&material)?;
         let nonce = b64()
-            .decode(&challenge)
+            .decode(&reply.challenge)
             .map_err(|_| CoreError::Unavailable("leader sent a bad challenge".into()))?;
         let answer = answer_for(root, &nonce)?;
         let url = format!(
@@ -483,11 +624,19 @@ impl Cluster {
             "api_addr": self.opts.api_addr,
             "cluster_addr": self.opts.cluster_addr,
         });
-        self.post_json(&url, &body).await.map(|_| ())
+        post_json(&self.client_for(&addr)?, &url, &body)
+            .await
+            .map(|_| ())
     }
 
-    /// `POST sys/storage/raft/join`: join through `leader_api_addr` now.
-    pub async fn join(self: &Arc<Self>, leader_api_addr: &str) -> Result<Map<String, Value>> {
+    /// `POST sys/storage/raft/join`: join through `leader_api_addr` now,
+    /// talking TLS to it as `data` says (`leader_ca_cert`,
+    /// `leader_client_cert`, `leader_client_key`, `leader_tls_servername`).
+    pub async fn join(
+        self: &Arc<Self>,
+        leader_api_addr: &str,
+        data: &Map<String, Value>,
+    ) -> Result<Map<String, Value>> {
         let raft = self.raft()?;
         if raft.raft().is_initialized().await.unwrap_or(true) {
             return Err(CoreError::bad_request(
@@ -499,13 +648,37 @@ impl Cluster {
                 "leader_api_addr: expected an http:// or https:// URL",
             ));
         }
+        let text = |k: &str| -> Result<Option<String>> {
+            match data.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.is_empty() => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(CoreError::bad_request(format!("{k}: expected a string"))),
+            }
+        };
+        let tls = crate::config::LeaderTls {
+            ca_cert: text("leader_ca_cert")?,
+            client_cert: text("leader_client_cert")?,
+            client_key: text("leader_client_key")?.map(crate::logical::Secret::new),
+            servername: text("leader_tls_servername")?,
+        };
+        let http = leader_client(&tls)?;
+        if let Some(pem) = &tls.ca_cert {
+            trust_for_forwarding(pem);
+        }
         {
             let mut leaders = lock(&self.leaders)?;
-            leaders.retain(|a| a != leader_api_addr);
-            leaders.insert(0, leader_api_addr.to_string());
+            leaders.retain(|(t, _)| t.addr != leader_api_addr);
+            let target = JoinTarget {
+                addr: leader_api_addr.to_string(),
+                tls,
+            };
+            leaders.insert(0, (target, http));
         }
         // Fetch now so the caller learns whether the leader answers.
-        let (_, _, seal, wrapped_root) = self.fetch_challenge().await?;
+        let ChallengeReply {
+            seal, wrapped_root, ..
+        } = self.fetch_challenge().await?;
         let auto_root = if self.has_auto_seal() {
             Some(self.open_with_auto_seal(&seal, &wrapped_root).await?)
         } else {
@@ -556,10 +729,21 @@ impl Cluster {
             }
             ch.insert(server_id.to_string(), (nonce, Instant::now()));
         }
+        // The cluster TLS, readable only with the root key the joining node
+        // must recover anyway (crate::cluster_tls).
+        let cluster_tls = match crate::cluster_tls::read(&core).await? {
+            Some(m) => crate::cluster_tls::seal_for_join(&core.unsealed()?.root_key(), &m)?,
+            None => {
+                return Err(CoreError::Unavailable(
+                    "this cluster has no cluster TLS yet; unseal its active node again".into(),
+                ));
+            }
+        };
         Ok(crate::sys::obj(json!({
             "challenge": challenge,
             "seal_config": seal,
             "root_key": b64().encode(wrapped),
+            "cluster_tls": cluster_tls,
         })))
     }
 
@@ -624,6 +808,38 @@ impl Cluster {
         }
         Ok(crate::sys::obj(json!({"joined": true})))
     }
+}
+
+/// POST `body` to `url`; the JSON answer, or why there is none.
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
+    let resp = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| CoreError::Unavailable(format!("{url}: {}", error_chain(&e))))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        return Err(CoreError::Unavailable(format!(
+            "{url}: {status}: {}",
+            v["errors"]
+        )));
+    }
+    Ok(v)
+}
+
+/// An error with its sources ("error sending request: ...: invalid peer
+/// certificate: UnknownIssuer"), so a TLS failure says why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// HMAC-SHA256 of the join context and nonce under the root key.

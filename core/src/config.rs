@@ -28,7 +28,11 @@
 //!   path    = "/var/lib/custos/raft" # required
 //!   node_id = "node1"                # required; see ServerConfig::raft_node_id_u64
 //!   retry_join {                     # any number: join a cluster through these
-//!     leader_api_addr = "http://127.0.0.1:8200"
+//!     leader_api_addr = "https://10.0.0.1:8200"
+//!     leader_ca_cert_file     = "/etc/custos/ca.pem"     # trust only this CA (or leader_ca_cert = PEM)
+//!     leader_client_cert_file = "/etc/custos/client.pem" # client certificate (or leader_client_cert)
+//!     leader_client_key_file  = "/etc/custos/client.key" # its key (or leader_client_key)
+//!     leader_tls_servername   = "custos.example.com"     # name the leader's certificate must carry
 //!   }
 //! }
 //!
@@ -114,7 +118,16 @@ const RAFT_KEYS: &[&str] = &[
     "trailing_logs",
     "snapshot_interval",
 ];
-const RETRY_JOIN_KEYS: &[&str] = &["leader_api_addr"];
+const RETRY_JOIN_KEYS: &[&str] = &[
+    "leader_api_addr",
+    "leader_ca_cert_file",
+    "leader_client_cert_file",
+    "leader_client_key_file",
+    "leader_ca_cert",
+    "leader_client_cert",
+    "leader_client_key",
+    "leader_tls_servername",
+];
 const LISTENER_KEYS: &[&str] = &[
     "address",
     "tls_disable",
@@ -234,11 +247,153 @@ pub struct StorageConfig {
     pub snapshot: crate::storage::raft::SnapshotTuning,
 }
 
-/// One `retry_join { ... }` block of `storage "raft"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `retry_join { ... }` block of `storage "raft"`: where to join, and
+/// (Vault's keys) how to talk TLS to that leader's API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryJoin {
     /// The API address of a node of the cluster to join.
     pub leader_api_addr: String,
+    /// PEM file of the CA the leader's API certificate must chain to (then
+    /// only that CA is trusted).
+    pub leader_ca_cert_file: Option<PathBuf>,
+    /// PEM file of a client certificate to present to the leader.
+    pub leader_client_cert_file: Option<PathBuf>,
+    /// PEM file of that client certificate's key.
+    pub leader_client_key_file: Option<PathBuf>,
+    /// The same three, inline (PEM text).
+    pub leader_ca_cert: Option<String>,
+    pub leader_client_cert: Option<String>,
+    pub leader_client_key: Option<crate::logical::Secret>,
+    /// The name the leader's certificate must carry, when it is not the
+    /// host of `leader_api_addr`.
+    pub leader_tls_servername: Option<String>,
+}
+
+/// A `retry_join` block's TLS settings with the files read: PEM text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderTls {
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<crate::logical::Secret>,
+    pub servername: Option<String>,
+}
+
+impl LeaderTls {
+    /// Does this ask for anything but the default HTTPS client?
+    pub fn is_custom(&self) -> bool {
+        self.ca_cert.is_some()
+            || self.client_cert.is_some()
+            || self.client_key.is_some()
+            || self.servername.is_some()
+    }
+
+    /// Check the PEM text: `Err((key, message))` names the offending key.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        use crate::storage::raft::tls::{parse_certs, parse_key};
+        if let Some(ca) = &self.ca_cert {
+            parse_certs(ca.as_bytes()).map_err(|m| ("leader_ca_cert", m))?;
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(c), Some(k)) => {
+                parse_certs(c.as_bytes()).map_err(|m| ("leader_client_cert", m))?;
+                parse_key(k.expose().as_bytes()).map_err(|m| ("leader_client_key", m))?;
+            }
+            (Some(_), None) => {
+                return Err((
+                    "leader_client_key",
+                    "is required with leader_client_cert".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "leader_client_cert",
+                    "is required with leader_client_key".into(),
+                ));
+            }
+            (None, None) => {}
+        }
+        if let Some(name) = &self.servername
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            return Err((
+                "leader_tls_servername",
+                format!("{:?} is not a DNS name or IP address", truncate(name)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RetryJoin {
+    /// Read the TLS files and check the PEM text. `Err((key, message))`
+    /// names the key (and, for a file, its path).
+    pub fn leader_tls(&self) -> Result<LeaderTls, (&'static str, String)> {
+        fn pick(
+            file_key: &'static str,
+            file: &Option<PathBuf>,
+            inline_key: &'static str,
+            inline: Option<&str>,
+        ) -> Result<Option<String>, (&'static str, String)> {
+            match (file, inline) {
+                (Some(_), Some(_)) => Err((
+                    file_key,
+                    format!("set {file_key} or {inline_key}, not both"),
+                )),
+                (Some(f), None) => std::fs::read_to_string(f)
+                    .map(Some)
+                    .map_err(|e| (file_key, format!("cannot read {}: {e}", f.display()))),
+                (None, Some(pem)) => Ok(Some(pem.to_string())),
+                (None, None) => Ok(None),
+            }
+        }
+        let tls = LeaderTls {
+            ca_cert: pick(
+                "leader_ca_cert_file",
+                &self.leader_ca_cert_file,
+                "leader_ca_cert",
+                self.leader_ca_cert.as_deref(),
+            )?,
+            client_cert: pick(
+                "leader_client_cert_file",
+                &self.leader_client_cert_file,
+                "leader_client_cert",
+                self.leader_client_cert.as_deref(),
+            )?,
+            client_key: pick(
+                "leader_client_key_file",
+                &self.leader_client_key_file,
+                "leader_client_key",
+                self.leader_client_key.as_ref().map(|k| k.expose()),
+            )?
+            .map(crate::logical::Secret::new),
+            servername: self.leader_tls_servername.clone(),
+        };
+        // A PEM problem in text read from a file names the file.
+        tls.check().map_err(|(key, m)| {
+            let file = match key {
+                "leader_ca_cert" => self
+                    .leader_ca_cert_file
+                    .as_ref()
+                    .map(|f| ("leader_ca_cert_file", f)),
+                "leader_client_cert" => self
+                    .leader_client_cert_file
+                    .as_ref()
+                    .map(|f| ("leader_client_cert_file", f)),
+                "leader_client_key" => self
+                    .leader_client_key_file
+                    .as_ref()
+                    .map(|f| ("leader_client_key_file", f)),
+                _ => None,
+            };
+            match file {
+                Some((fk, f)) if !m.starts_with("is required") => {
+                    (fk, format!("{}: {m}", f.display()))
+                }
+                _ => (key, m),
+            }
+        })?;
+        Ok(tls)
+    }
 }
 
 /// One `listener "tcp" { ... }` block.
@@ -675,6 +830,12 @@ impl ServerConfig {
                     }
                 }
             }
+        }
+
+        for (i, rj) in self.storage.retry_join.iter().enumerate() {
+            rj.leader_tls().map_err(|(key, m)| {
+                invalid(&format!("storage \"raft\".retry_join[{i}].{key}"), m)
+            })?;
         }
 
         check_metrics_prefix(&self.telemetry.metrics_prefix)
@@ -1228,8 +1389,21 @@ fn parse_storage(top: &Section<'_>) -> Result<StorageConfig, ConfigError> {
                 )
             })?;
         check_url(&addr).map_err(|m| rj.invalid("leader_api_addr", m))?;
+        let non_empty = |k: &str| -> Result<Option<String>, ConfigError> {
+            match rj.string(k)? {
+                Some(v) if v.trim().is_empty() => Err(rj.invalid(k, "must not be empty".into())),
+                other => Ok(other),
+            }
+        };
         retry_join.push(RetryJoin {
             leader_api_addr: addr,
+            leader_ca_cert_file: non_empty("leader_ca_cert_file")?.map(PathBuf::from),
+            leader_client_cert_file: non_empty("leader_client_cert_file")?.map(PathBuf::from),
+            leader_client_key_file: non_empty("leader_client_key_file")?.map(PathBuf::from),
+            leader_ca_cert: non_empty("leader_ca_cert")?,
+            leader_client_cert: non_empty("leader_client_cert")?,
+            leader_client_key: non_empty("leader_client_key")?.map(crate::logical::Secret::new),
+            leader_tls_servername: non_empty("leader_tls_servername")?,
         });
     }
     let mut snapshot = crate::storage::raft::SnapshotTuning::default();
@@ -2139,5 +2313,136 @@ mod otlp_tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod retry_join_tls_tests {
+    use super::*;
+
+    fn err(src: &str) -> String {
+        match parse(src, "server.hcl") {
+            Ok(c) => panic!("expected an error, parsed {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn minimal() -> String {
+        "storage \"raft\" {\n  path = \"/tmp/r\"\n  node_id = \"n1\"\n}\nlistener \"tcp\" {\n  address = \"127.0.0.1:8200\"\n  tls_disable = true\n}\n".to_string()
+    }
+
+    fn with_join(keys: &str) -> String {
+        format!(
+            "storage \"raft\" {{\n  path = \"/tmp/r\"\n  node_id = \"n2\"\n  retry_join {{\n    leader_api_addr = \"https://127.0.0.1:8200\"\n{keys}\n  }}\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:8210\"\n  tls_disable = true\n}}\n"
+        )
+    }
+
+    #[test]
+    fn retry_join_tls_keys_parse_and_read_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = crate::storage::raft::tls::ClusterTlsMaterial::generate().unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("c.key"),
+        );
+        std::fs::write(&ca, &m.ca_cert).unwrap();
+        std::fs::write(&cert, &m.cert).unwrap();
+        std::fs::write(&key, m.key.expose()).unwrap();
+        let cfg = parse(
+            &with_join(&format!(
+                "leader_ca_cert_file = \"{}\"\nleader_client_cert_file = \"{}\"\nleader_client_key_file = \"{}\"\nleader_tls_servername = \"custos.example\"",
+                ca.display(),
+                cert.display(),
+                key.display()
+            )),
+            "server.hcl",
+        )
+        .unwrap();
+        let rj = &cfg.storage.retry_join[0];
+        assert_eq!(rj.leader_ca_cert_file.as_deref(), Some(ca.as_path()));
+        let tls = rj.leader_tls().unwrap();
+        assert_eq!(tls.ca_cert.as_deref(), Some(m.ca_cert.as_str()));
+        assert_eq!(
+            tls.client_key.as_ref().map(|k| k.expose()),
+            Some(m.key.expose())
+        );
+        assert_eq!(tls.servername.as_deref(), Some("custos.example"));
+        assert!(
+            !format!("{rj:?}{tls:?}").contains("PRIVATE KEY"),
+            "keys are redacted"
+        );
+
+        // Inline PEM, as Vault's leader_ca_cert.
+        let inline = m.ca_cert.replace('\n', "\\n");
+        let cfg = parse(
+            &with_join(&format!("leader_ca_cert = \"{inline}\"")),
+            "server.hcl",
+        )
+        .unwrap();
+        let tls = cfg.storage.retry_join[0].leader_tls().unwrap();
+        assert_eq!(tls.ca_cert.as_deref(), Some(m.ca_cert.as_str()));
+        assert!(tls.client_cert.is_none());
+
+        // A plain join has nothing custom.
+        let cfg = parse(&minimal(), "server.hcl").unwrap();
+        assert!(cfg.storage.retry_join.is_empty());
+    }
+
+    #[test]
+    fn retry_join_tls_errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let e = err(&with_join(&format!(
+            "leader_ca_cert_file = \"{}\"",
+            missing.display()
+        )));
+        assert!(
+            e.starts_with(
+                "server.hcl: storage \"raft\".retry_join[0].leader_ca_cert_file: cannot read "
+            ) && e.contains("nope.pem"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = err(&with_join(&format!(
+            "leader_ca_cert_file = \"{}\"",
+            junk.display()
+        )));
+        assert!(
+            e.contains("retry_join[0].leader_ca_cert_file: ")
+                && e.contains("junk.pem: no PEM certificate found"),
+            "{e}"
+        );
+        let e = err(&with_join(&format!(
+            "leader_client_cert_file = \"{}\"",
+            junk.display()
+        )));
+        assert!(
+            e.contains("retry_join[0].leader_client_key: is required with leader_client_cert"),
+            "{e}"
+        );
+        let e = err(&with_join(&format!(
+            "leader_ca_cert_file = \"{}\"\nleader_ca_cert = \"x\"",
+            junk.display()
+        )));
+        assert!(
+            e.contains("set leader_ca_cert_file or leader_ca_cert, not both"),
+            "{e}"
+        );
+        let e = err(&with_join("leader_tls_servername = \"not a name!\""));
+        assert!(e.contains("retry_join[0].leader_tls_servername: "), "{e}");
+        let e = err(&with_join("leader_ca_cert = 5"));
+        assert!(e.contains("leader_ca_cert: expected a string"), "{e}");
+        let e = err(&with_join("leader_ca_cert_file = \"\""));
+        assert!(e.contains("leader_ca_cert_file: must not be empty"), "{e}");
+        let e = err(&with_join("leader_cert_file = \"x\""));
+        assert!(e.contains("unknown key \"leader_cert_file\""), "{e}");
+        // An inline key that is no key never shows in the message.
+        let e = err(&with_join(&format!(
+            "leader_client_cert_file = \"{}\"\nleader_client_key = \"s3cret-not-a-key\"",
+            junk.display()
+        )));
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }

@@ -306,6 +306,8 @@ impl Core {
                 .await?;
             u.policies.ensure_default().await?;
             let (root_token, _) = u.tokens.create_root_token(None).await?;
+            // The cluster port's certificates (crate::cluster_tls).
+            crate::cluster_tls::generate(&StorageView::new(self.barrier.clone(), "")).await?;
             self.teardown(u).await;
             Ok::<_, CoreError>(root_token)
         }
@@ -374,6 +376,7 @@ impl Core {
                 if let Ok(mut slot) = self.unsealed.write() {
                     *slot = Some(u);
                 }
+                crate::cluster_tls::load_at_unseal(self).await;
                 self.publish_seal_metrics();
                 tracing::info!("core unsealed");
                 Ok(())
@@ -392,6 +395,7 @@ impl Core {
         self.barrier.seal();
         self.seal.reset();
         self.ceremonies.reset();
+        crate::cluster_tls::forget(self);
         if let Some(u) = taken {
             self.teardown(u).await;
         }

@@ -63,7 +63,7 @@
 //! before are refused with `400` and the client starts afresh.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -329,16 +329,10 @@ pub fn count_standby_read(outcome: &'static str) {
     );
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .unwrap_or_default()
-    })
+/// An https:// api_addr is checked against the web PKI and the CAs given
+/// for joining (`crate::cluster::forwarding_client`).
+fn client() -> reqwest::Client {
+    crate::cluster::forwarding_client()
 }
 
 fn forwarding_key(core: &Core) -> Result<Vec<u8>> {

@@ -20,6 +20,7 @@ pub mod background;
 pub mod barrier;
 pub mod ceremony;
 pub mod cluster;
+pub mod cluster_tls;
 pub mod config;
 pub mod core;
 pub mod engines;

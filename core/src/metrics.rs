@@ -98,6 +98,8 @@ custos_audit::declare_metrics! {
         "On the leader: entries a follower is behind the leader's last log index (peer = its Raft node id).";
     RAFT_FOLLOWER_CONTACT = "custos_raft_follower_last_contact_seconds", Gauge, ["peer"],
         "On the leader: seconds since a follower last answered an RPC (heartbeats included).";
+    CLUSTER_TLS_HANDSHAKE_FAILURES = "custos_cluster_tls_handshake_failures_total", Counter, ["reason"],
+        "Connections to the cluster port (Raft RPCs, mutual TLS) this node did not take, by reason: sealed (no cluster TLS loaded, the connection is closed at once), handshake (plain HTTP, no client certificate, a certificate not of this cluster's CA, or a handshake timeout).";
     HA_FORWARDED = "custos_ha_forwarded_requests_total", Counter, ["outcome"],
         "Requests a standby forwarded to the active node, by outcome: forwarded (the active node answered), leader_moved (this node became active meanwhile; the client is told to retry), failed (no active node could be reached).";
     STANDBY_READS = "custos_standby_reads_total", Counter, ["outcome"],
@@ -158,7 +160,7 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("status", "status class: `1xx`, `2xx`, `3xx`, `4xx`, `5xx`"),
     (
         "reason",
-        "a fixed set per metric: token revocations `revoke`, `expired`, `parent`, `uses`; sink failures `unavailable`, `rejected`, `corrupt`; OTLP drops `queue_full`, `export_failed`; auto-unseal failures `unreachable`, `refused`, `decrypt`, `config`",
+        "a fixed set per metric: token revocations `revoke`, `expired`, `parent`, `uses`; sink failures `unavailable`, `rejected`, `corrupt`; OTLP drops `queue_full`, `export_failed`; auto-unseal failures `unreachable`, `refused`, `decrypt`, `config`; cluster TLS handshake failures `sealed`, `handshake`",
     ),
     ("type", "seal type: `shamir`, `transit`, `awskms`"),
     (

@@ -124,8 +124,19 @@ pub async fn open_core(cfg: &ServerConfig) -> Result<Arc<Core>, ServerError> {
                     .storage
                     .retry_join
                     .iter()
-                    .map(|r| r.leader_api_addr.clone())
-                    .collect(),
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let tls = r.leader_tls().map_err(|(key, m)| {
+                            ServerError::Config(format!(
+                                "storage \"raft\".retry_join[{i}].{key}: {m}"
+                            ))
+                        })?;
+                        Ok(crate::cluster::JoinTarget {
+                            addr: r.leader_api_addr.clone(),
+                            tls,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ServerError>>()?,
             })
         }
         None => None,
@@ -250,7 +261,8 @@ pub async fn start_with(
 }
 
 /// The cluster listener: Raft RPCs from the other nodes
-/// (`storage::raft::network`). Plain HTTP for now.
+/// (`storage::raft::network`), mutual TLS with the cluster's certificates
+/// (`storage::raft::tls`; connections are refused while the node is sealed).
 async fn bind_cluster_listener(
     bind: &str,
     raft: &RaftStorage,
@@ -261,12 +273,17 @@ async fn bind_cluster_listener(
         .map_err(|e| startup(format!("cluster_addr: cannot bind {bind}: {e}")))?;
     let addr = tcp.local_addr().map_err(startup)?;
     let app = crate::storage::raft::network::cluster_router(raft.raft().clone());
-    tracing::info!(%addr, "cluster listener (Raft RPCs, plain HTTP)");
+    let listener =
+        crate::storage::raft::tls::ClusterTlsListener::new(tcp, raft.cluster_tls().clone());
+    tracing::info!(%addr, "cluster listener (Raft RPCs, mutual TLS)");
     Ok(tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "cluster listener failed");
         }
     }))

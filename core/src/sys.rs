@@ -1537,7 +1537,7 @@ pub async fn unauthenticated(
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| CoreError::bad_request("leader_api_addr is required"))?;
-                Ok(Response::raw(cluster_of(core)?.join(addr).await?))
+                Ok(Response::raw(cluster_of(core)?.join(addr, data).await?))
             }
             (RAFT_CHALLENGE, Op::Update) => {
                 let id = data.get("server_id").and_then(Value::as_str).unwrap_or("");

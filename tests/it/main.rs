@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod cluster_faults;
 mod cluster_ha;
+mod cluster_tls;
 mod crash;
 mod drill;
 mod harness;

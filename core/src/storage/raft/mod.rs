@@ -67,6 +67,12 @@
 //! without `bootstrap` (it has `retry_join`) stays uninitialized until a
 //! leader adds it (`crate::cluster`). A member of a multi-voter membership
 //! does not wait for a leader at open: elections need its peers.
+//!
+//! The cluster port is mutual TLS ([`tls`]): [`RaftStorage::cluster_tls`]
+//! holds what this node serves and presents, loaded while it is unsealed
+//! ([`RaftStorage::install_cluster_tls`]). A member of a multi-voter
+//! membership without it (restarted, still sealed) stands for no election:
+//! it could reach nobody and would only raise its term.
 
 mod log_store;
 pub mod network;
@@ -75,6 +81,7 @@ mod snapshot;
 mod state_machine;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -471,6 +478,8 @@ pub struct RaftStorage {
     stepping_down: AtomicBool,
     /// Applied index and how far the caches followed ([`ApplyProgress`]).
     progress: Arc<ApplyProgress>,
+    /// The cluster port's TLS, loaded while unsealed ([`tls`]).
+    cluster_tls: Arc<tls::ClusterTls>,
 }
 
 /// One caller's atomic batch, waiting for the group writer.
@@ -691,7 +700,9 @@ impl RaftStorage {
         let log_db = log.liveness();
 
         let config = Arc::new(raft_config(!node.cluster_addr.is_empty())?);
-        let raft = Raft::new(node_id, config, HttpNetwork::new(node_id), log, sm)
+        let cluster_tls = Arc::new(tls::ClusterTls::default());
+        let network = HttpNetwork::new(node_id, cluster_tls.clone());
+        let raft = Raft::new(node_id, config, network, log, sm)
             .await
             .map_err(fatal_to_core)?;
 
@@ -714,6 +725,7 @@ impl RaftStorage {
             invalidations,
             stepping_down: AtomicBool::new(false),
             progress,
+            cluster_tls,
         });
         if let Err(e) = storage.start(node, bootstrap).await {
             storage.shutdown().await;
@@ -762,6 +774,10 @@ impl RaftStorage {
                 node_id,
                 "member of a multi-node Raft cluster: not waiting for a leader"
             );
+            // No cluster TLS until unsealed: no elections until then.
+            if !self.cluster_tls.is_loaded() {
+                self.raft.runtime_config().elect(false);
+            }
             return Ok(());
         }
         // A re-opened node that led before (its committed vote is its own)
@@ -883,6 +899,35 @@ impl RaftStorage {
         self.invalidations.subscribe()
     }
 
+    /// The cluster port's TLS of this node ([`tls`]).
+    pub fn cluster_tls(&self) -> &Arc<tls::ClusterTls> {
+        &self.cluster_tls
+    }
+
+    /// Load the cluster TLS (unsealed, or joining): the listener serves it,
+    /// RPCs use it, and this node stands for elections again.
+    pub fn install_cluster_tls(&self, m: &tls::ClusterTlsMaterial) -> Result<()> {
+        if self.cluster_tls.install(m)? {
+            tracing::info!(node_id = self.node_id, "cluster TLS loaded");
+        }
+        self.raft.runtime_config().elect(true);
+        Ok(())
+    }
+
+    /// Forget the cluster TLS (sealed): the cluster port refuses
+    /// connections and, in a multi-voter cluster, this node stands for no
+    /// election until [`Self::install_cluster_tls`].
+    pub fn forget_cluster_tls(&self) {
+        if !self.cluster_tls.is_loaded() {
+            return;
+        }
+        self.cluster_tls.forget();
+        if self.voter_count() > 1 {
+            self.raft.runtime_config().elect(false);
+        }
+        tracing::info!(node_id = self.node_id, "cluster TLS forgotten (sealed)");
+    }
+
     /// The applied index and how far this node's caches followed it, for
     /// reads served by a standby (`crate::forward`).
     pub fn progress(&self) -> &Arc<ApplyProgress> {
@@ -943,7 +988,7 @@ impl RaftStorage {
             tokio::time::sleep(lease).await;
             let mut leader = self.leader_rx.clone();
             for _ in 0..3 {
-                network::request_election(&node)
+                network::request_election(&self.cluster_tls, &node)
                     .await
                     .map_err(|e| CoreError::Unavailable(format!("step-down: {e}")))?;
                 let waited = tokio::time::timeout(

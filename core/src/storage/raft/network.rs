@@ -22,9 +22,15 @@
 //! `POST /raft/elect` asks a follower to start an election at once: the
 //! leader's step-down hands leadership over with it (`RaftStorage::step_down`).
 //!
+//! **TLS.** The cluster port speaks mutual TLS only (`super::tls`): the
+//! listener takes connections with a client certificate chained to the
+//! cluster CA, and each peer's client verifies the server against that CA
+//! under a fixed name, whatever scheme or address `cluster_addr` names.
+//! While this node has no cluster TLS loaded (sealed) its RPCs fail as
+//! [`Unreachable`] and openraft retries them.
+//!
 //! JSON is the encoding for now (entries already carry base64 values); a
-//! binary encoding and TLS between nodes are still to come — this transport
-//! is plain HTTP, for loopback and trusted networks only.
+//! binary encoding is still to come.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +54,7 @@ use openraft::{SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::tls::{ClusterTls, https_base, peer_http_client};
 use super::{CustosRaft, TypeConfig};
 
 /// Bytes of snapshot per `install_snapshot` request.
@@ -85,15 +92,36 @@ impl fmt::Display for CustosNode {
 #[derive(Debug, Clone)]
 pub struct HttpNetwork {
     id: u64,
-    clients: Arc<Mutex<HashMap<u64, reqwest::Client>>>,
+    tls: Arc<ClusterTls>,
+    /// Per peer: the client, and the TLS generation it was built for.
+    clients: Arc<Mutex<HashMap<u64, (u64, reqwest::Client)>>>,
 }
 
 impl HttpNetwork {
-    pub fn new(id: u64) -> Self {
+    pub fn new(id: u64, tls: Arc<ClusterTls>) -> Self {
         HttpNetwork {
             id,
+            tls,
             clients: Arc::default(),
         }
+    }
+
+    /// The HTTP client of `target` for the cluster TLS loaded now (built
+    /// again when the material changed), or why there is none.
+    fn http(&self, target: u64) -> Result<reqwest::Client, String> {
+        let (generation, config) = self
+            .tls
+            .client_config()
+            .ok_or("this node has no cluster TLS loaded (sealed)")?;
+        let mut clients = self.clients.lock().map_err(|_| "client cache poisoned")?;
+        if let Some((g, c)) = clients.get(&target)
+            && *g == generation
+        {
+            return Ok(c.clone());
+        }
+        let built = peer_http_client(&config, CONNECT_TIMEOUT)?;
+        clients.insert(target, (generation, built.clone()));
+        Ok(built)
     }
 }
 
@@ -103,36 +131,22 @@ pub struct PeerClient {
     id: u64,
     target: u64,
     base: String,
-    http: Option<reqwest::Client>,
+    network: HttpNetwork,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &CustosNode) -> Self::Network {
-        let http = match self.clients.lock() {
-            Ok(mut clients) => match clients.get(&target) {
-                Some(c) => Some(c.clone()),
-                None => {
-                    let built = reqwest::Client::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .pool_idle_timeout(Duration::from_secs(90))
-                        .tcp_nodelay(true)
-                        .build()
-                        .ok();
-                    if let Some(c) = &built {
-                        clients.insert(target, c.clone());
-                    }
-                    built
-                }
-            },
-            Err(_) => None,
-        };
         PeerClient {
             id: self.id,
             target,
-            base: node.cluster_addr.trim_end_matches('/').to_string(),
-            http,
+            base: if node.cluster_addr.is_empty() {
+                String::new()
+            } else {
+                https_base(&node.cluster_addr)
+            },
+            network: self.clone(),
         }
     }
 }
@@ -156,11 +170,10 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let Some(http) = &self.http else {
-            return Err(RPCError::Unreachable(
-                self.unreachable("no HTTP client could be built"),
-            ));
-        };
+        let http = self
+            .network
+            .http(self.target)
+            .map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
         if self.base.is_empty() {
             return Err(RPCError::Unreachable(
                 self.unreachable("the node has no cluster address"),
@@ -361,22 +374,19 @@ async fn elect(State(raft): State<CustosRaft>) -> Result<StatusCode, (StatusCode
 }
 
 /// Ask `node` to start an election now (`POST /raft/elect` on its cluster
-/// address).
-pub async fn request_election(node: &CustosNode) -> Result<(), String> {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let http = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default()
-    });
+/// address, over the cluster TLS `tls`).
+pub async fn request_election(tls: &ClusterTls, node: &CustosNode) -> Result<(), String> {
     if node.cluster_addr.is_empty() {
         return Err(format!("node {node} has no cluster address"));
     }
-    let url = format!("{}/raft/elect", node.cluster_addr.trim_end_matches('/'));
+    let (_, config) = tls
+        .client_config()
+        .ok_or("this node has no cluster TLS loaded (sealed)")?;
+    let http = peer_http_client(&config, CONNECT_TIMEOUT)?;
+    let url = format!("{}/raft/elect", https_base(&node.cluster_addr));
     let resp = http
         .post(&url)
+        .timeout(Duration::from_secs(2))
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
