@@ -376,6 +376,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = self.buf.split().freeze();
+        // A whole chunk up front: growing from empty reallocated and copied
+        // it several times per chunk.
+        self.buf.reserve(STREAM_CHUNK);
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
