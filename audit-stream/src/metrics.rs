@@ -116,6 +116,12 @@ crate::declare_metrics! {
         "Times the audit query index was cleared to be rebuilt from the local log.";
     INDEX_FLUSHES = "custos_audit_index_flushes_total", Counter, [],
         "Fsynced writes of the postings held in memory to the audit query index file.";
+    INDEX_BYTES = "custos_audit_index_bytes", Gauge, [],
+        "Size of the audit query index file (it follows the local log's retention).";
+    INDEX_POSTINGS = "custos_audit_index_postings", Gauge, [],
+        "Postings (indexed successful response events) held in the audit query index file.";
+    INDEX_PRUNED_POSTINGS = "custos_audit_index_pruned_postings_total", Counter, [],
+        "Postings dropped from the audit query index because retention deleted their log segments.";
     QUERY_SECONDS = "custos_audit_query_duration_seconds", Histogram, ["source"],
         "Time to answer one sys/audit-query, by source (local, elasticsearch).";
     SENSITIVE_OPERATIONS = "custos_audit_sensitive_operations_total", Counter, ["kind"],

@@ -15,7 +15,8 @@
 //!   and keeps a redb index beside it (`<log dir>/audit.index.redb`): one
 //!   [`Posting`] per successful response event, keyed by
 //!   `(request path, event time, sequence number)`. A query reads only the
-//!   postings of one path inside the time range — never the whole log.
+//!   postings of one path inside the time range — never the whole log — and
+//!   only of records the log still holds: the index follows retention.
 //! * **elasticsearch** ([`elasticsearch`]): the same question as an `_search`
 //!   over the documents an `elasticsearch` audit sink shipped
 //!   (`<index>-*`, `_id` = event id), turned into the same postings.
@@ -419,9 +420,15 @@ impl AuditQueryService {
                     )));
                 }
                 let index = self.index.clone();
-                tokio::task::spawn_blocking(move || index.query(&q))
-                    .await
-                    .map_err(|e| QueryError::Index(e.to_string()))??
+                let dir = self.log.log_dir().clone();
+                tokio::task::spawn_blocking(move || {
+                    // Never answer a record retention deleted, even before
+                    // the worker prunes it.
+                    index.follow_retention(&dir)?;
+                    index.query(&q)
+                })
+                .await
+                .map_err(|e| QueryError::Index(e.to_string()))??
             }
             Source::Elasticsearch => match &self.es {
                 Some(es) => es.query(&q).await?,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use custos_audit::access::{AccessDetector, AccessOptions};
 use custos_audit::event::format_rfc3339;
+use custos_audit::log::Retention;
 use custos_audit::query::{
     AuditIndex, ClientReads, EsOptions, EsQuery, QueryAnswer, QueryParams, run_indexer,
 };
@@ -508,6 +509,336 @@ async fn query_time_with_100k_events() {
         "audit query bench: 100000 events in the log, index build {build:?}, query over one path (250 postings, {} clients) {per_query:?}, one-day range ({} postings) {narrow_time:?}",
         answer.clients.len(),
         a2.events_scanned
+    );
+    dev.shutdown().await;
+}
+
+/// Every posting the log in `dir` still holds, as a fresh index would
+/// answer: the reference the pruned index must equal.
+fn answers_from_scratch(dir: &LogDir, queries: &[QueryParams]) -> Vec<QueryAnswer> {
+    let scratch = tempfile::tempdir().unwrap();
+    let fresh = AuditIndex::open_with_bucket_bits(&scratch.path().join("fresh.redb"), 4).unwrap();
+    fresh.catch_up(dir).unwrap();
+    queries.iter().map(|q| fresh.query(q).unwrap()).collect()
+}
+
+/// Retention deletes the oldest segments; the index answers only what the
+/// log still holds (at once, before any pruning), then drops the buckets
+/// below the log's first record and the ids nothing uses any more; a crash
+/// between the segment deletion and the pruning is caught up at reopen.
+/// Buckets of 16 records and segments of ~10 records make it visible.
+#[tokio::test]
+async fn index_follows_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = FileOptions {
+        min_free_bytes: 0,
+        segment_size: 10 * 1024,
+        ..FileOptions::default()
+    };
+    let dev = FileDevice::open(tmp.path().to_path_buf(), salt(), opts).expect("open file device");
+    let paths = ["secret/data/a", "secret/data/b", "secret/data/c"];
+    // 120 reads: 240 records, seq 2i+2 the response of read i. A new client
+    // every 10 reads, so old clients' ids become unused.
+    for i in 0..120i64 {
+        let who = format!("c{}", i / 10);
+        dev.log_all(&kv_read(
+            &format!("k{i}"),
+            &format!("acc-{who}"),
+            &who,
+            paths[(i % 3) as usize],
+            1 + (i / 40) as u64,
+            T0 + i,
+        ))
+        .await
+        .unwrap();
+    }
+    let log = dev.audit_log().clone();
+    let dir = log.log_dir().clone();
+    assert!(dir.segments().unwrap().len() > 10, "small segments");
+    let index_path = AuditIndex::path_for(&dir);
+    let index = AuditIndex::open_with_bucket_bits(&index_path, 4).unwrap();
+    assert_eq!(index.catch_up(&dir).unwrap(), 120);
+    assert_eq!(index.postings().unwrap(), 120);
+    assert_eq!(index.profiles().unwrap(), 12);
+    let queries: Vec<QueryParams> = paths.iter().map(|p| QueryParams::new(*p)).collect();
+    let reads = |index: &AuditIndex| -> u64 {
+        queries
+            .iter()
+            .map(|q| {
+                index
+                    .query(q)
+                    .unwrap()
+                    .clients
+                    .iter()
+                    .map(|c| c.reads)
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    assert_eq!(reads(&index), 120);
+
+    // Retention keeps about half the log.
+    let half = log.size_bytes() / 2;
+    let report = log
+        .prune(
+            None,
+            &Retention {
+                max_age: None,
+                max_bytes: Some(half),
+            },
+        )
+        .unwrap();
+    assert!(!report.deleted.is_empty());
+    let first = dir.segments().unwrap()[0].first_seq;
+    assert!(first > 100, "first record left: {first}");
+    // Responses still in the log: even seq ≥ first.
+    let held = (first..=240).filter(|s| s % 2 == 0).count() as u64;
+
+    // The floor moves first: nothing below it is answered, before any
+    // pruning (the query service does this before every query).
+    assert_eq!(index.follow_retention(&dir).unwrap(), first);
+    assert_eq!(reads(&index), held);
+    assert_eq!(
+        queries
+            .iter()
+            .map(|q| index.query(q).unwrap())
+            .collect::<Vec<_>>(),
+        answers_from_scratch(&dir, &queries),
+        "the same answers as an index of what the log holds"
+    );
+    assert_eq!(index.postings().unwrap(), 120, "not pruned yet");
+
+    // Pruning: whole buckets below the first record go, in bounded steps.
+    let mut steps = 0;
+    while index.prune_step().unwrap().more {
+        steps += 1;
+        assert!(steps < 100, "prune terminates");
+    }
+    let bucket_start = first & !15;
+    let kept = (bucket_start..=240).filter(|s| s % 2 == 0).count() as u64;
+    assert_eq!(
+        index.postings().unwrap(),
+        kept,
+        "buckets below {bucket_start} dropped"
+    );
+    let profiles_held = index.profiles().unwrap();
+    // Client c(i/10) read at seq 2i+2; the ones whose last read is below
+    // the bucket start are gone.
+    let clients_kept = (0..12)
+        .filter(|c| 2 * (10 * c + 9) + 2 >= bucket_start)
+        .count() as u64;
+    assert_eq!(profiles_held, clients_kept);
+    assert_eq!(reads(&index), held);
+    assert_eq!(
+        queries
+            .iter()
+            .map(|q| index.query(q).unwrap())
+            .collect::<Vec<_>>(),
+        answers_from_scratch(&dir, &queries)
+    );
+
+    // More reads after the pruning index as before (ids of gone clients
+    // come back new).
+    for i in 0..20i64 {
+        dev.log_all(&kv_read(
+            &format!("n{i}"),
+            "acc-c0",
+            "c0",
+            paths[0],
+            9,
+            T0 + 1000 + i,
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(index.catch_up(&dir).unwrap(), 20);
+    let c0 = index.query(&QueryParams::new(paths[0])).unwrap();
+    assert_eq!(by_accessor(&c0, "acc-c0").unwrap().versions, vec![9]);
+
+    // Crash between the deletion of segments and the pruning: the index is
+    // dropped, retention deletes more, the reopened index reconciles.
+    drop(index);
+    let quarter = log.size_bytes() / 4;
+    let report = log
+        .prune(
+            None,
+            &Retention {
+                max_age: None,
+                max_bytes: Some(quarter),
+            },
+        )
+        .unwrap();
+    assert!(!report.deleted.is_empty());
+    let first = dir.segments().unwrap()[0].first_seq;
+    let reopened = AuditIndex::open_with_bucket_bits(&index_path, 4).unwrap();
+    assert!(
+        !reopened.reconcile(&dir, log.durable_seq()).unwrap(),
+        "kept, not rebuilt"
+    );
+    assert_eq!(reopened.floor(), first);
+    let bucket_start = first & !15;
+    let kept = (bucket_start..=280).filter(|s| s % 2 == 0).count() as u64;
+    assert_eq!(reopened.postings().unwrap(), kept);
+    let all: Vec<QueryParams> = queries.clone();
+    assert_eq!(
+        all.iter()
+            .map(|q| reopened.query(q).unwrap())
+            .collect::<Vec<_>>(),
+        answers_from_scratch(&dir, &all)
+    );
+    dev.shutdown().await;
+}
+
+/// An index file of format 1 (JSON postings keyed by path) is replaced by an
+/// empty one at open and rebuilt from the log — once: reopening keeps it.
+#[tokio::test]
+async fn an_old_format_index_is_rebuilt_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let mut ev = Vec::new();
+    for i in 0..5 {
+        ev.extend(kv_read(&format!("o{i}"), "acc-o", "o", PATH, 1, T0 + i));
+    }
+    dev.log_all(&ev).await.unwrap();
+    let dir = dev.audit_log().log_dir().clone();
+    let path = AuditIndex::path_for(&dir);
+    {
+        // What a server before format 2 left: a stale posting and its position.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<(&str, i64, u64), &[u8]> =
+                redb::TableDefinition::new("postings");
+            let mut t = txn.open_table(def).unwrap();
+            t.insert(
+                (PATH, 1i64, 2u64),
+                br#"{"s":2,"t":1,"o":"read","a":"x"}"#.as_slice(),
+            )
+            .unwrap();
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            let mut m = txn.open_table(meta).unwrap();
+            m.insert("format", 1).unwrap();
+            m.insert("next_seq", 11).unwrap();
+            m.insert("last_seq", 10).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let index = AuditIndex::open_for(&dir).unwrap();
+    assert_eq!(index.next_seq(), 1, "replaced: indexes from the start");
+    assert_eq!(index.postings().unwrap(), 0);
+    assert_eq!(index.catch_up(&dir).unwrap(), 5);
+    let before = index.query(&QueryParams::new(PATH)).unwrap();
+    assert_eq!(before.clients[0].reads, 5);
+    drop(index);
+    let again = AuditIndex::open_for(&dir).unwrap();
+    assert_eq!(again.postings().unwrap(), 5, "kept at the second open");
+    assert_eq!(again.catch_up(&dir).unwrap(), 0);
+    assert_eq!(again.query(&QueryParams::new(PATH)).unwrap(), before);
+    dev.shutdown().await;
+}
+
+/// The bench's kv-read as the audit log records it: the root token reads
+/// `secret/data/bench/r/<random of keys>` (64-byte value, version 1) from
+/// 127.0.0.1; a request event and a response event per read.
+fn bench_kv_read(i: u64, key: u64, t: i64) -> [AuditEvent; 2] {
+    let auth = AuditAuth {
+        client_token: "hvs.bench-root-token".into(),
+        accessor: "bench-root-accessor".into(),
+        display_name: "root".into(),
+        policies: vec!["root".into()],
+        token_type: "service".into(),
+        ..Default::default()
+    };
+    let path = format!("secret/data/bench/r/{key}");
+    let mut req = AuditRequest::new(format!("{i:08x}-0000-4000-8000-{i:012x}"), "read", &path);
+    req.mount_point = "secret/".into();
+    req.mount_type = "kv".into();
+    req.mount_accessor = "kv_6a1e7f0b".into();
+    req.client_token = auth.client_token.clone();
+    req.client_token_accessor = auth.accessor.clone();
+    req.remote_address = "127.0.0.1".into();
+    let resp = AuditResponse {
+        mount_point: "secret/".into(),
+        mount_type: "kv".into(),
+        data: Some(json!({
+            "data": {"value": "x".repeat(64)},
+            "metadata": {"created_time": "2026-11-24T00:10:00.123456789Z",
+                "custom_metadata": null, "deletion_time": "", "destroyed": false, "version": 1},
+        })),
+        ..Default::default()
+    };
+    let mut request = AuditEvent::request(Some(auth.clone()), req.clone());
+    let mut response = AuditEvent::response(Some(auth), req, resp, None);
+    let when =
+        format_rfc3339(OffsetDateTime::from_unix_timestamp_nanos(i128::from(t)).expect("time"));
+    request.time = when.clone();
+    response.time = when;
+    [request, response]
+}
+
+/// Not a test: the index's size and indexing rate for the bench's kv-read
+/// mix. `CUSTOS_INDEX_BENCH_EVENTS` reads (default 100,000) over
+/// `CUSTOS_INDEX_BENCH_KEYS` paths (default 10,000, the bench's `--keys`),
+/// 10,000 reads a second of event time; prints file bytes per posting and
+/// records indexed per second (catch-up from the log, one thread).
+/// `cargo test -p custos-audit --release --test it query::index_size_bench -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: run by hand"]
+async fn index_size_bench() {
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let events = env("CUSTOS_INDEX_BENCH_EVENTS", 100_000);
+    let keys = env("CUSTOS_INDEX_BENCH_KEYS", 10_000).max(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = device(tmp.path());
+    let mut batch = Vec::with_capacity(2048);
+    // A fixed LCG: the same "random" keys every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let t0 = nanos(T0 + 1_000_000);
+    for i in 0..events {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let key = (x >> 33) % keys;
+        batch.extend(bench_kv_read(i, key, t0 + (i as i64) * 100_000));
+        if batch.len() >= 2048 {
+            dev.log_all(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    dev.log_all(&batch).await.unwrap();
+    let dir = dev.audit_log().log_dir().clone();
+    let log_bytes = dev.audit_log().size_bytes();
+    let records = dev.audit_log().durable_seq();
+    let index = AuditIndex::open_for(&dir).unwrap();
+    let started = Instant::now();
+    let n = index.catch_up(&dir).unwrap();
+    let took = started.elapsed();
+    assert_eq!(n as u64, events);
+    let bytes = std::fs::metadata(AuditIndex::path_for(&dir)).unwrap().len();
+    println!(
+        "audit index bench: {events} kv reads over {keys} paths ({records} records, log {log_bytes} bytes): \
+         index file {bytes} bytes = {:.1} bytes per posting; indexed in {took:?} = {:.0} records/s",
+        bytes as f64 / n as f64,
+        records as f64 / took.as_secs_f64()
+    );
+    let [
+        allocated,
+        leaves,
+        branches,
+        stored,
+        metadata,
+        fragmented,
+        page,
+    ] = index.storage_stats().unwrap();
+    println!(
+        "redb: {allocated} pages allocated ({} bytes), {leaves} leaf + {branches} branch pages, \
+         stored {stored} bytes, metadata {metadata}, fragmented {fragmented}",
+        allocated * page
     );
     dev.shutdown().await;
 }
