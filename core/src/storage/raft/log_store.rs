@@ -21,6 +21,16 @@
 //!
 //! - `meta.json`: `{"vote": …, "last_purged": …}`, replaced atomically (write
 //!   `meta.json.tmp`, fsync, rename, fsync the directory).
+//! - `committed`: the last committed log id this node knows of
+//!   ([`RaftLogStorage::save_committed`]), one record (`u32` length, `u32`
+//!   CRC-32C, JSON `LogId`, little-endian) rewritten in place at offset 0
+//!   and not fsynced: it survives a killed process (the page cache), and a
+//!   power cut can only make it older or unreadable (then ignored), which is
+//!   safe — it is a hint that lets a restarted node re-apply its own
+//!   committed entries at once, before it hears from a leader. Without it a
+//!   restarted node whose last state-machine commits were not durable came
+//!   back behind (even uninitialized) and, sealed, could not learn the commit
+//!   index from a leader over the cluster port's TLS, so it never caught up.
 //! - `<first index, 20 digits>.seg`: [`SEGMENT_MAGIC`] (8 bytes) and the
 //!   format version (`u32`), then records: `u32` body length, `u32` CRC-32C of
 //!   the body, body. The body is `u32` length + the JSON [`LogId`], then the
@@ -84,6 +94,9 @@ const RECORD_HEADER: usize = 8;
 /// base64 in JSON); a larger length field is corruption, not an allocation.
 const MAX_RECORD: usize = 256 * 1024 * 1024;
 const META_FILE: &str = "meta.json";
+const COMMITTED_FILE: &str = "committed";
+/// A `committed` record longer than this is damage, not a log id.
+const MAX_COMMITTED: usize = 512;
 
 /// The log store; cheap to clone (it is its own log reader).
 #[derive(Clone)]
@@ -100,6 +113,8 @@ struct Inner {
     /// it (openraft calls them one at a time; the lock makes it certain).
     writer: Mutex<Writer>,
     poisoned: AtomicBool,
+    /// The `committed` file, rewritten in place (see the module docs).
+    committed: Mutex<File>,
     /// [`SEGMENT_BYTES`], smaller in tests.
     segment_bytes: u64,
 }
@@ -424,12 +439,21 @@ impl LogStore {
                 w
             }
         };
+        let committed_path = dir.join(COMMITTED_FILE);
+        let committed = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&committed_path)
+            .map_err(|e| io_err("opening", &committed_path, e))?;
         Ok(LogStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 state: Mutex::new(state),
                 writer: Mutex::new(writer),
                 poisoned: AtomicBool::new(false),
+                committed: Mutex::new(committed),
                 segment_bytes,
             }),
         })
@@ -749,6 +773,68 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Record `committed` in the `committed` file (not fsynced, see the
+    /// module docs). One small positional write: no blocking pool needed.
+    pub(super) fn save_committed_now(
+        &self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StoreError> {
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        let body = serde_json::to_vec(&committed)?;
+        let mut record = Vec::with_capacity(RECORD_HEADER + body.len());
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        record.extend_from_slice(&body);
+        let file = self.inner.committed.lock().map_err(poisoned_lock)?;
+        file.write_all_at(&record, 0)
+            .map_err(|e| io_err("writing", &self.inner.dir.join(COMMITTED_FILE), e))
+    }
+
+    /// The committed log id last saved, as far as this log holds it: a
+    /// damaged record is none, and one past the local log's end (its entries
+    /// were not durable) is cut back to the last local entry — every entry up
+    /// to a committed one that this node holds is committed too.
+    pub(super) fn read_committed_now(&self) -> Result<Option<LogId<u64>>, StoreError> {
+        let mut bytes = Vec::new();
+        {
+            let mut file = self.inner.committed.lock().map_err(poisoned_lock)?;
+            let _ = io::Seek::rewind(&mut *file);
+            file.read_to_end(&mut bytes)
+                .map_err(|e| io_err("reading", &self.inner.dir.join(COMMITTED_FILE), e))?;
+        }
+        if bytes.len() < RECORD_HEADER {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let Some(body) = bytes.get(RECORD_HEADER..RECORD_HEADER + len) else {
+            return Ok(None);
+        };
+        if len > MAX_COMMITTED || crc32c::crc32c(body) != crc {
+            return Ok(None);
+        }
+        let Ok(saved) = serde_json::from_slice::<LogId<u64>>(body) else {
+            return Ok(None);
+        };
+        let st = self.state()?;
+        if let Some((_, last)) = st.locs.last_key_value()
+            && last.log_id.index < saved.index
+        {
+            return Ok(Some(last.log_id));
+        }
+        match st.locs.get(&saved.index) {
+            Some(loc) if loc.log_id == saved => Ok(Some(saved)),
+            // Not in the log as saved: purged (a snapshot covers it) or
+            // something this node cannot vouch for; openraft starts from
+            // what the state machine applied.
+            _ => Ok(None),
+        }
+    }
+}
+
 fn poisoned_lock<T>(_: std::sync::PoisonError<T>) -> StoreError {
     StoreError::Log("the Raft log's lock is poisoned".into())
 }
@@ -843,6 +929,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Err(write_err(e))
             }
         }
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        self.save_committed_now(committed).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        self.check()
+            .and_then(|_| self.read_committed_now())
+            .map_err(read_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {

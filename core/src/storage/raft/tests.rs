@@ -391,6 +391,42 @@ fn log_reopens_across_segments_and_cuts_a_torn_tail() -> Result<()> {
     Ok(())
 }
 
+/// The committed log id survives a reopen (a killed process); one past the
+/// log's end is cut back to the last entry held; a damaged record, or one
+/// naming an entry this log holds under another term, is none.
+#[test]
+fn committed_survives_reopen_and_is_checked_against_the_log() -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let dir = tmp.path().join(LOG_DIR);
+    {
+        let log = LogStore::open_with(&dir, 300)?;
+        assert_eq!(log.read_committed_now()?, None, "nothing saved yet");
+        log.append_blocking(entries(1, 10))?;
+        log.save_committed_now(Some(lid(4)))?;
+        log.save_committed_now(Some(lid(7)))?;
+    }
+    let log = LogStore::open_with(&dir, 300)?;
+    assert_eq!(log.read_committed_now()?, Some(lid(7)));
+    // Saved past what the log holds (entries not durable): the last entry.
+    log.save_committed_now(Some(lid(15)))?;
+    assert_eq!(log.read_committed_now()?, Some(lid(10)));
+    // An entry of another term at that index: not vouched for.
+    let other = LogId::new(openraft::CommittedLeaderId::new(2, 1), 9);
+    log.save_committed_now(Some(other))?;
+    assert_eq!(log.read_committed_now()?, None);
+    // A damaged record: none, not an error.
+    log.save_committed_now(Some(lid(8)))?;
+    drop(log);
+    let path = dir.join("committed");
+    let mut bytes = std::fs::read(&path).map_err(CoreError::internal)?;
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x55;
+    std::fs::write(&path, bytes).map_err(CoreError::internal)?;
+    let log = LogStore::open_with(&dir, 300)?;
+    assert_eq!(log.read_committed_now()?, None);
+    Ok(())
+}
+
 #[test]
 fn a_damaged_record_before_the_last_segment_is_an_error() -> Result<()> {
     let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
