@@ -826,6 +826,28 @@ async fn index_size_bench() {
         bytes as f64 / n as f64,
         records as f64 / took.as_secs_f64()
     );
+    // Retention takes the older half: time the prune steps.
+    index.set_floor(records / 2);
+    let started = Instant::now();
+    let (mut steps, mut slowest, mut dropped) = (0, Duration::ZERO, 0);
+    loop {
+        let t = Instant::now();
+        let step = index.prune_step().unwrap();
+        slowest = slowest.max(t.elapsed());
+        steps += 1;
+        dropped += step.postings;
+        if !step.more {
+            break;
+        }
+    }
+    println!(
+        "prune to seq {}: {dropped} postings dropped in {steps} steps, {:?} in all, slowest step {slowest:?}; \
+         {} postings left, file {} bytes",
+        records / 2,
+        started.elapsed(),
+        index.postings().unwrap(),
+        std::fs::metadata(AuditIndex::path_for(&dir)).unwrap().len()
+    );
     let [
         allocated,
         leaves,
