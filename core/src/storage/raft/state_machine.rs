@@ -44,8 +44,8 @@ use redb::{
 };
 use tokio::sync::broadcast;
 
-use super::restore::STAGE_PREFIX;
-use super::snapshot::{SnapshotFile, SnapshotWriter, decode_snapshot};
+use super::restore::{PairReader, STAGE_PREFIX};
+use super::snapshot::{SnapshotFile, SnapshotWriter};
 use super::{Command, CommandResponse, StoreError, TypeConfig, blocking};
 use crate::metrics;
 
@@ -683,26 +683,79 @@ fn build_snapshot_in(
     snapshots.commit(&path, &meta, false)
 }
 
-/// Replace the state machine by the snapshot `data` (sent by a leader) and
-/// make it the current snapshot.
+/// Replace the state machine by the snapshot a leader sent, received in
+/// `file`, and make that file the current snapshot. The pairs are streamed
+/// from the file one at a time ([`PairReader`], every length checked
+/// against what is left of it), so memory does not grow with the snapshot.
+/// The file is normally the receive file of [`SnapshotFile::receive_path`]
+/// (see `begin_receiving_snapshot`), which is then renamed into place; any
+/// other file is first copied, streamed, to a new snapshot file.
 fn install_snapshot_in(
     db: &Database,
     snapshots: &SnapshotFile,
     meta: &Meta,
-    data: &[u8],
+    mut file: std::fs::File,
 ) -> Result<(), StoreError> {
-    let decoded = decode_snapshot(data)?;
-    let txn = db.begin_write()?;
+    use std::io::Seek;
+    use std::os::unix::fs::MetadataExt;
+    let file_err = |what: &str, e: std::io::Error| {
+        StoreError::SnapshotFile(format!("{what} a received snapshot: {e}"))
+    };
+    let received = snapshots.receive_path();
+    let handle = file.metadata().map_err(|e| file_err("reading", e))?;
+    let is_received = std::fs::metadata(&received)
+        .is_ok_and(|m| (m.dev(), m.ino()) == (handle.dev(), handle.ino()));
+    let (path, copied) = if is_received {
+        file.sync_all().map_err(|e| file_err("syncing", e))?;
+        (received, false)
+    } else {
+        let (path, mut out) = snapshots.create(&meta.snapshot_id)?;
+        let copy = file
+            .rewind()
+            .and_then(|()| std::io::copy(&mut file, &mut out))
+            .map_err(|e| file_err("copying", e));
+        if let Err(e) = copy.and_then(|_| super::snapshot::sync(out, &path)) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        (path, true)
+    };
+    drop(file);
+    let installed = install_pairs(db, meta, &path);
+    if let Err(e) = installed {
+        if copied {
+            let _ = std::fs::remove_file(&path);
+        }
+        return Err(e);
+    }
+    // The state is durable before the snapshot file says so: after a crash
+    // in between, the older snapshot file is simply older than the state.
+    snapshots.commit(&path, meta, true)?;
+    Ok(())
+}
+
+/// Stream the pairs of the snapshot file `path` into `kv` (emptied first),
+/// in one durable write transaction with the snapshot's applied state.
+fn install_pairs(db: &Database, meta: &Meta, path: &Path) -> Result<(), StoreError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| StoreError::SnapshotFile(format!("opening {}: {e}", path.display())))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::SnapshotFile(format!("reading {}: {e}", path.display())))?
+        .len();
+    let (_, _, mut reader) = PairReader::new(file, len)?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate);
     {
         let mut sm_meta = txn.open_table(SM_META)?;
         drop_staged(&txn, &mut sm_meta)?;
         let mut kv = txn.open_table(KV)?;
         kv.retain(|_, _| false)?;
         let mut stage = None;
-        for (key, value) in &decoded.pairs {
+        while let Some((key, value)) = reader.next_pair()? {
             // The pairs of a restore that was being staged (see
             // build_snapshot_in) go back to kv_restore.
-            if let Some((id, name)) = split_staged_key(key) {
+            if let Some((id, name)) = split_staged_key(&key) {
                 if stage.is_none() {
                     sm_meta.insert(KEY_RESTORE_ID, id.as_bytes())?;
                     stage = Some(txn.open_table(STAGE)?);
@@ -718,16 +771,7 @@ fn install_snapshot_in(
         sm_meta.insert(KEY_MEMBERSHIP, json(&meta.last_membership)?.as_slice())?;
         sm_meta.insert(KEY_LAST_SNAPSHOT, meta.snapshot_id.as_bytes())?;
     }
-    // Durable before the snapshot file says so: after a crash in between, the
-    // older snapshot file is simply older than the state machine.
     txn.commit()?;
-    snapshots.replace_with(meta, data)?;
-    let received = snapshots.receive_path();
-    if received.exists() {
-        std::fs::remove_file(&received).map_err(|e| {
-            StoreError::SnapshotFile(format!("removing {}: {e}", received.display()))
-        })?;
-    }
     Ok(())
 }
 
@@ -850,19 +894,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(e)).into()
         }
         // Whatever file the snapshot was written to (normally the receive
-        // file), read it from its first byte.
-        use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+        // file): its pending writes done, read from disk pair by pair.
+        use tokio::io::AsyncWriteExt;
         let mut file = *snapshot;
         file.flush().await.map_err(|e| to_err(meta, &e))?;
-        file.rewind().await.map_err(|e| to_err(meta, &e))?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data)
-            .await
-            .map_err(|e| to_err(meta, &e))?;
-        drop(file);
+        let file = file.into_std().await;
         let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
         let meta_owned = meta.clone();
-        blocking(move || install_snapshot_in(&db, &snapshots, &meta_owned, &data))
+        blocking(move || install_snapshot_in(&db, &snapshots, &meta_owned, file))
             .await
             .map_err(|e| to_err(meta, &e))?;
         metrics::counter_inc(metrics::RAFT_SNAPSHOTS_INSTALLED, &[]);
@@ -994,14 +1033,15 @@ mod restore_tests {
         );
 
         // The snapshot carries the staged pairs; another node installs it.
-        let (meta, mut file) = build_snapshot_in(&db, &a.snapshots).expect("build");
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes).expect("read");
+        let (meta, file) = build_snapshot_in(&db, &a.snapshots).expect("build");
         std::fs::create_dir_all(dir.path().join("b")).expect("dir b");
         let b = StateMachineStore::open(&dir.path().join("b").join("state.redb")).expect("open b");
         let bdb = b.db();
         apply(&bdb, 1, Command::Batch(vec![put("b/only", b"b")]));
-        install_snapshot_in(&bdb, &b.snapshots, &meta, &bytes).expect("install");
+        // Not b's receive file: copied into place, streamed.
+        install_snapshot_in(&bdb, &b.snapshots, &meta, file).expect("install");
+        let current = b.snapshots.open_current().expect("current");
+        assert_eq!(current.map(|(m, _)| m), Some(meta.clone()));
         assert_eq!(get(&bdb, "live/old").expect("get"), Some(b"o".to_vec()));
         assert_eq!(get(&bdb, "b/only").expect("get"), None);
         assert!(any_staged(&bdb).expect("staged"));
@@ -1027,6 +1067,51 @@ mod restore_tests {
             apply(db, 8, Command::Batch(vec![put("after", b"a")]));
             assert_eq!(get(db, "after").expect("get"), Some(b"a".to_vec()));
         }
+    }
+
+    /// A snapshot received in the receive file is installed from it, pair
+    /// by pair, and the file becomes the current snapshot; a truncated one
+    /// is refused and changes nothing.
+    #[test]
+    fn a_received_snapshot_is_streamed_in_and_renamed_into_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("a")).expect("dir a");
+        let a = StateMachineStore::open(&dir.path().join("a").join("state.redb")).expect("open a");
+        let db = a.db();
+        let many: Vec<BatchOp> = (0..500)
+            .map(|i| put(&format!("k/{i:04}"), format!("v{i}").as_bytes()))
+            .collect();
+        apply(&db, 1, Command::Batch(many));
+        let (meta, mut file) = build_snapshot_in(&db, &a.snapshots).expect("build");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).expect("read");
+
+        std::fs::create_dir_all(dir.path().join("b")).expect("dir b");
+        let b = StateMachineStore::open(&dir.path().join("b").join("state.redb")).expect("open b");
+        let bdb = b.db();
+        apply(&bdb, 1, Command::Batch(vec![put("b/only", b"b")]));
+        let received = b.snapshots.receive_path();
+        let receive = |bytes: &[u8]| {
+            std::fs::write(&received, bytes).expect("write recv");
+            std::fs::File::open(&received).expect("open recv")
+        };
+        let truncated = receive(&bytes[..bytes.len() - 3]);
+        assert!(install_snapshot_in(&bdb, &b.snapshots, &meta, truncated).is_err());
+        assert_eq!(get(&bdb, "b/only").expect("get"), Some(b"b".to_vec()));
+        assert!(b.snapshots.open_current().expect("current").is_none());
+
+        let whole = receive(&bytes);
+        install_snapshot_in(&bdb, &b.snapshots, &meta, whole).expect("install");
+        assert!(
+            !received.exists(),
+            "the receive file was renamed into place"
+        );
+        assert_eq!(get(&bdb, "b/only").expect("get"), None);
+        assert_eq!(keys_with_prefix(&bdb, "k/").expect("keys").len(), 500);
+        assert_eq!(get(&bdb, "k/0499").expect("get"), Some(b"v499".to_vec()));
+        assert_eq!(last_applied(&bdb).expect("applied"), meta.last_log_id);
+        let (current, _) = b.snapshots.open_current().expect("current").expect("some");
+        assert_eq!(current, meta);
     }
 
     #[test]
