@@ -605,10 +605,14 @@ impl AuditIndex {
         }
     }
 
-    /// Drop every posting and start again from the first record.
+    /// Drop every posting and start again from the first record. The floor
+    /// goes back to 1: the log may be another one now (a fresh log in the
+    /// same directory, a restore); [`AuditIndex::follow_retention`] moves it
+    /// to that log's first record.
     pub fn clear(&self) -> Result<(), QueryError> {
         let mut mem = self.mem();
         *mem = MemTable::default();
+        self.floor.store(1, Ordering::Release);
         let txn = self.db.begin_write().map_err(idx_err)?;
         let tables: Vec<_> = txn.list_tables().map_err(idx_err)?.collect();
         for table in tables {
