@@ -61,6 +61,10 @@ ALLOW_EMPTY = {
     "custos_audit_device_failure_total": "failure counters are created on the first failure; none on a healthy node",
     "custos_raft_snapshot_build_duration_seconds": "a Raft snapshot is built after 10,000 entries and 30 s at the earliest; the check's short-lived node builds none",
     "custos_raft_follower_": "a one-node dev server has no followers",
+    "custos_raft_autopilot_": "autopilot runs on the leader of a node with a cluster_addr; the dev server is not "
+    "clustered (the unit tests of core/src/autopilot.rs check health and failure tolerance)",
+    "custos_raft_snapshots_installed_total": "a node installs a snapshot only when it fell behind a leader's purged "
+    "log; a one-node dev server has no leader to send one (tests/it/cluster_faults.rs checks it)",
     "custos_ha_forwarded_requests_total": "a one-node dev server has no standby to forward from",
     "custos_standby_reads_total": "a one-node dev server has no standby to serve X-Vault-Index reads "
     "(tests/it/standby_reads.rs checks them)",
