@@ -130,6 +130,10 @@ pub async fn run(ctx: &Ctx, a: QueryArgs) -> CmdResult {
         out(&output::json_pretty(&data));
         return Ok(EXIT_OK);
     }
+    // Set once retention deleted the local log's oldest segments.
+    let complete = data["complete_from"].as_str().map(|t| {
+        format!("Complete from {t}: older events were deleted by the audit log's retention.")
+    });
     if data["clients"].as_array().is_none_or(|c| c.is_empty()) {
         out(&format!(
             "No client read {} in that range ({} events scanned, source {}).",
@@ -137,9 +141,12 @@ pub async fn run(ctx: &Ctx, a: QueryArgs) -> CmdResult {
             data["events_scanned"],
             data["source"].as_str().unwrap_or("local")
         ));
-        return Ok(EXIT_OK);
+    } else {
+        out(&clients_table(&data));
     }
-    out(&clients_table(&data));
+    if let Some(note) = complete {
+        out(&note);
+    }
     Ok(EXIT_OK)
 }
 

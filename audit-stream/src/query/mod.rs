@@ -246,6 +246,11 @@ pub struct QueryAnswer {
     pub source: String,
     /// More clients matched than `limit`.
     pub truncated: bool,
+    /// Local answers once retention deleted the log's oldest segments: the
+    /// time of the oldest record the log still holds. The answer is complete
+    /// from there on; events before it are gone from the log and the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_from: Option<String>,
 }
 
 #[derive(Default)]
@@ -336,6 +341,7 @@ impl<'q> Aggregator<'q> {
             events_scanned: self.scanned,
             source: source.to_owned(),
             truncated,
+            complete_from: None,
         }
     }
 }
@@ -424,8 +430,12 @@ impl AuditQueryService {
                 tokio::task::spawn_blocking(move || {
                     // Never answer a record retention deleted, even before
                     // the worker prunes it.
-                    index.follow_retention(&dir)?;
-                    index.query(&q)
+                    let floor = index.follow_retention(&dir)?;
+                    let mut answer = index.query(&q)?;
+                    if floor > 1 {
+                        answer.complete_from = oldest_record_time(&dir, floor);
+                    }
+                    Ok::<_, QueryError>(answer)
                 })
                 .await
                 .map_err(|e| QueryError::Index(e.to_string()))??
@@ -443,6 +453,15 @@ impl AuditQueryService {
             .record(started.elapsed().as_secs_f64());
         Ok(answer)
     }
+}
+
+/// The event time of the first record at or after `seq` in the log in
+/// `dir`, as the event has it; `None` when there is none or it cannot be read.
+fn oldest_record_time(dir: &crate::log::LogDir, seq: u64) -> Option<String> {
+    let mut reader = crate::log::LogReader::open(dir.clone(), seq).ok()?;
+    let rec = reader.try_next().ok()??;
+    let time = EventView::parse(&rec.event).ok()?.time;
+    (!time.is_empty()).then_some(time)
 }
 
 /// Turn `secret/app/db` into `secret/data/app/db` for a KV v2 mount at

@@ -701,6 +701,67 @@ async fn index_follows_retention() {
     dev.shutdown().await;
 }
 
+/// Through the query service (what `sys/audit-query` calls): once
+/// retention deleted segments, a local answer says from when it is complete
+/// (the oldest record the log holds) and leaves out everything before.
+#[tokio::test]
+async fn local_answers_say_from_when_they_are_complete() {
+    use custos_audit::query::{AuditQueryService, Source};
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = FileOptions {
+        min_free_bytes: 0,
+        segment_size: 10 * 1024,
+        ..FileOptions::default()
+    };
+    let dev = FileDevice::open(tmp.path().to_path_buf(), salt(), opts).expect("open file device");
+    for i in 0..40i64 {
+        dev.log_all(&kv_read(&format!("s{i}"), "acc-s", "s", PATH, 1, T0 + i))
+            .await
+            .unwrap();
+    }
+    let log = dev.audit_log().clone();
+    let dir = log.log_dir().clone();
+    let index = Arc::new(AuditIndex::open_for(&dir).unwrap());
+    index.catch_up(&dir).unwrap();
+    let service = AuditQueryService::new("file/".into(), log.clone(), index.clone(), None);
+    let whole = service
+        .query(QueryParams::new(PATH), Source::Local)
+        .await
+        .unwrap();
+    assert_eq!(whole.clients[0].reads, 40);
+    assert_eq!(whole.complete_from, None, "nothing deleted yet");
+
+    let half = log.size_bytes() / 2;
+    log.prune(
+        None,
+        &Retention {
+            max_age: None,
+            max_bytes: Some(half),
+        },
+    )
+    .unwrap();
+    let first = dir.segments().unwrap()[0].first_seq;
+    assert!(first > 1);
+    // Read i is records 2i+1 (request) and 2i+2 (response), at T0 + i.
+    let oldest = ((first - 1) / 2) as i64;
+    let held = (first..=80).filter(|s| s % 2 == 0).count() as u64;
+    let answer = service
+        .query(QueryParams::new(PATH), Source::Local)
+        .await
+        .unwrap();
+    assert_eq!(answer.clients[0].reads, held);
+    assert_eq!(answer.complete_from, Some(at(T0 + oldest)));
+    let json = serde_json::to_value(&answer).unwrap();
+    assert_eq!(json["complete_from"], json!(at(T0 + oldest)));
+    assert!(
+        serde_json::to_value(&whole)
+            .unwrap()
+            .get("complete_from")
+            .is_none()
+    );
+    dev.shutdown().await;
+}
+
 /// An index file of format 1 (JSON postings keyed by path) is replaced by an
 /// empty one at open and rebuilt from the log — once: reopening keeps it.
 #[tokio::test]
