@@ -14,6 +14,11 @@
 //! Segments are deleted oldest first and pruning stops at the first one that
 //! must stay, so the log never gets a hole. The newest segment (the active
 //! one) is never deleted.
+//!
+//! The audit query index ([`crate::query::index`]) follows without being
+//! told: it takes the first remaining segment's name as the first record it
+//! may answer, before each query and every few seconds, and drops what lies
+//! below (also after a crash between a deletion here and its pruning).
 
 use std::fs;
 use std::io;

@@ -667,8 +667,8 @@ impl AuditIndex {
     }
 
     /// One bounded step of pruning below the floor: drop up to
-    /// [`PRUNE_BUCKETS_PER_STEP`] buckets wholly below it, or else sweep up
-    /// to [`PRUNE_SCAN_PER_STEP`] profile ids for ones no remaining
+    /// `PRUNE_BUCKETS_PER_STEP` (4) buckets wholly below it, or else sweep up
+    /// to `PRUNE_SCAN_PER_STEP` (8,192) profile ids for ones no remaining
     /// bucket uses. One write transaction; call again while `more`.
     pub fn prune_step(&self) -> Result<PruneStep, QueryError> {
         let floor = self.floor();
@@ -1065,7 +1065,7 @@ fn sweep_ids(
 /// The index worker: follows `log` from the index's position and indexes
 /// every fsynced record until `stop` turns true or the log closes. Reading
 /// and redb writes run on the blocking pool, never on the request path;
-/// every [`PRUNE_EVERY`] it moves the floor to the log's first record and
+/// every `PRUNE_EVERY` (5 s) it moves the floor to the log's first record and
 /// prunes below it (a bounded round).
 pub async fn run_indexer(index: Arc<AuditIndex>, log: Arc<AuditLog>, stop: watch::Receiver<bool>) {
     follow(index.clone(), log, stop).await;
@@ -1076,7 +1076,7 @@ pub async fn run_indexer(index: Arc<AuditIndex>, log: Arc<AuditLog>, stop: watch
 }
 
 /// Move the index's floor to the log's first record and prune below it, at
-/// most [`PRUNE_ROUND_STEPS`] bounded steps (the rest at the next round).
+/// most `PRUNE_ROUND_STEPS` bounded steps (the rest at the next round).
 fn prune_round(index: &AuditIndex, dir: &LogDir) {
     if let Err(e) = index.follow_retention(dir) {
         tracing::warn!(error = %e, "audit index: reading the log's first segment failed");
