@@ -1105,14 +1105,15 @@ async fn follow(index: Arc<AuditIndex>, log: Arc<AuditLog>, mut stop: watch::Rec
         Ok(Err(e)) => tracing::warn!(error = %e, "audit index check failed"),
         Err(e) => tracing::warn!(error = %e, "audit index check failed"),
     }
-    let mut pruned_at = Instant::now();
+    // tokio's clock, so a test with a paused clock sees the rounds.
+    let mut pruned_at = tokio::time::Instant::now();
     let mut reader = Some(log.reader(index.next_seq()));
     let mut batch: Vec<Record> = Vec::with_capacity(FOLLOW_BATCH);
     // The last batch stopped at FOLLOW_BATCH records, not at the end of the log.
     let mut behind = false;
     loop {
         if pruned_at.elapsed() >= PRUNE_EVERY {
-            pruned_at = Instant::now();
+            pruned_at = tokio::time::Instant::now();
             let (idx, dir) = (index.clone(), log.log_dir().clone());
             if let Err(e) = tokio::task::spawn_blocking(move || prune_round(&idx, &dir)).await {
                 tracing::warn!(error = %e, "audit index prune task failed");

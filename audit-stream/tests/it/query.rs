@@ -762,6 +762,66 @@ async fn local_answers_say_from_when_they_are_complete() {
     dev.shutdown().await;
 }
 
+/// The worker follows retention by itself: after segments are deleted, its
+/// next prune round (every 5 s, on tokio's paused clock here) moves the
+/// floor to the log's first record and drops the buckets below it.
+#[tokio::test(start_paused = true)]
+async fn worker_prunes_after_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = FileOptions {
+        min_free_bytes: 0,
+        segment_size: 10 * 1024,
+        ..FileOptions::default()
+    };
+    let dev = FileDevice::open(tmp.path().to_path_buf(), salt(), opts).expect("open file device");
+    for i in 0..60i64 {
+        dev.log_all(&kv_read(&format!("w{i}"), "acc-w", "w", PATH, 1, T0 + i))
+            .await
+            .unwrap();
+    }
+    let log = dev.audit_log().clone();
+    let dir = log.log_dir().clone();
+    let index =
+        Arc::new(AuditIndex::open_with_bucket_bits(&AuditIndex::path_for(&dir), 4).unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(run_indexer(index.clone(), log.clone(), stop_rx));
+    assert!(
+        index
+            .wait_for(log.durable_seq(), Duration::from_secs(60))
+            .await
+    );
+    assert_eq!(index.postings().unwrap(), 60);
+
+    let half = log.size_bytes() / 2;
+    log.prune(
+        None,
+        &Retention {
+            max_age: None,
+            max_bytes: Some(half),
+        },
+    )
+    .unwrap();
+    let first = dir.segments().unwrap()[0].first_seq;
+    let kept = ((first & !15)..=120).filter(|s| s % 2 == 0).count() as u64;
+    assert!(kept < 60);
+    let mut rounds = 0;
+    while index.floor() != first || index.postings().unwrap() != kept {
+        rounds += 1;
+        assert!(
+            rounds < 120,
+            "the worker did not prune: floor {}",
+            index.floor()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let held = (first..=120).filter(|s| s % 2 == 0).count() as u64;
+    let a = index.query(&QueryParams::new(PATH)).unwrap();
+    assert_eq!(a.clients[0].reads, held);
+    stop_tx.send(true).unwrap();
+    worker.await.unwrap();
+    dev.shutdown().await;
+}
+
 /// An index file of format 1 (JSON postings keyed by path) is replaced by an
 /// empty one at open and rebuilt from the log — once: reopening keeps it.
 #[tokio::test]
