@@ -447,6 +447,7 @@ async fn catch_up_through_snapshot(writes: usize, clients: usize) -> (Duration, 
     let mut cl = FaultCluster::start(3, false, LOW_SNAPSHOT_KNOBS).await;
     let leader = cl.leader_among(&[0, 1, 2]).await;
     let down = (leader + 2) % 3;
+    let (killed_at, _) = cl.indexes(leader).await.expect("indexes");
     cl.kill9(down);
     let cl = Arc::new(tokio::sync::Mutex::new(cl));
     let mut tasks = Vec::new();
@@ -478,15 +479,43 @@ async fn catch_up_through_snapshot(writes: usize, clients: usize) -> (Duration, 
         t.await.expect("writer");
     }
     let mut cl = Arc::try_unwrap(cl).ok().expect("one owner").into_inner();
-    // The leader's log is purged past what node3 has: it can only catch up
-    // from a snapshot. Wait until a snapshot covers the writes (the
-    // scheduler looks every 2 s).
+    // Node3 can only catch up from a snapshot once the leader's log is
+    // purged past what it has. The leader builds snapshots on its own (the
+    // scheduler looks every 2 s) but openraft postpones a purge while a
+    // replication to node3 (failing, retried every 500 ms) holds those
+    // entries in flight, and retries it on replication progress: a trickle
+    // of writes gives it that progress until the log's meta.json says so.
+    let meta = cl.nodes[leader]
+        .dir
+        .join("raft")
+        .join("raft-log")
+        .join("meta.json");
+    let purged = || {
+        std::fs::read(&meta)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|m| m["last_purged"]["index"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut nudges = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while purged() <= killed_at {
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not purge its log past node{} (index {killed_at}) within 120 s",
+            down + 1
+        );
+        cl.write_until_acked(leader, &format!("nudge{nudges}"), nudges)
+            .await;
+        nudges += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let (committed, _) = cl.indexes(leader).await.expect("indexes");
     println!(
-        "{writes} writes while node{} was down; the leader's committed index is {committed}",
-        down + 1
+        "{writes} writes while node{} was down (killed at index {killed_at}); the leader's committed index is {committed}, its log purged up to {} after {nudges} more writes",
+        down + 1,
+        purged()
     );
-    tokio::time::sleep(Duration::from_secs(5)).await;
     let before = snapshots_installed(&cl, leader).await;
     assert_eq!(before, 0.0, "the leader installed no snapshot");
     let started = Instant::now();
@@ -582,15 +611,18 @@ async fn catch_up_through_snapshot(writes: usize, clients: usize) -> (Duration, 
         cl.kill9(other);
     }
     let mut missing = Vec::new();
-    for n in 0..writes {
+    let acked = (0..writes)
+        .map(|n| (format!("w{n}"), n))
+        .chain((0..nudges).map(|n| (format!("nudge{n}"), n)));
+    for (path, n) in acked {
         let got = get(
             &cl.c,
-            &cl.nodes[down].url(&format!("secret/data/w{n}")),
+            &cl.nodes[down].url(&format!("secret/data/{path}")),
             &cl.token,
         )
         .await;
         if !matches!(&got, Some((200, v)) if v["data"]["data"]["n"] == json!(n)) {
-            missing.push(n);
+            missing.push(path);
         }
     }
     assert!(
