@@ -96,6 +96,9 @@ pub struct Unsealed {
     /// Replaced in place when a rekey rotates the root key
     /// (`crate::rootkey`), here or on another node.
     root_key: RwLock<Zeroizing<Vec<u8>>>,
+    /// The `X-Vault-Index` key derived from the root key and the last index
+    /// header issued (`crate::forward`); emptied when the root key rotates.
+    pub(crate) index_cache: std::sync::Mutex<crate::forward::IndexCache>,
     stop: watch::Sender<bool>,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -111,10 +114,15 @@ impl Unsealed {
 
     /// Install a rotated root key (`crate::rootkey`; the caller stored it).
     pub(crate) fn set_root_key(&self, key: Zeroizing<Vec<u8>>) {
+        // The index cache's lock is held across the swap, so no index key
+        // derived from the old root key is cached after it (the cache takes
+        // its lock before it reads the root key).
+        let mut cache = self.index_cache.lock().unwrap_or_else(|p| p.into_inner());
         match self.root_key.write() {
             Ok(mut k) => *k = key,
             Err(p) => *p.into_inner() = key,
         }
+        *cache = crate::forward::IndexCache::default();
     }
 }
 
@@ -539,6 +547,7 @@ impl Core {
             system,
             audit_query: std::sync::OnceLock::new(),
             root_key: RwLock::new(root_key),
+            index_cache: std::sync::Mutex::default(),
             stop,
             workers: std::sync::Mutex::new(Vec::new()),
         }))
