@@ -66,6 +66,8 @@ ALLOW_EMPTY = {
     "custos_raft_snapshots_installed_total": "a node installs a snapshot only when it fell behind a leader's purged "
     "log; a one-node dev server has no leader to send one (tests/it/cluster_faults.rs checks it)",
     "custos_ha_forwarded_requests_total": "a one-node dev server has no standby to forward from",
+    "custos_cluster_tls_handshake_failures_total": "failure counters are created on the first refused connection; "
+    "nobody dials the dev server's cluster port (tests/it/cluster_tls.rs checks the refusals)",
     "custos_standby_reads_total": "a one-node dev server has no standby to serve X-Vault-Index reads "
     "(tests/it/standby_reads.rs checks them)",
     "custos_snapshot_copy_behind_seconds": "the dev server's automated snapshots have no copy_to destination",
