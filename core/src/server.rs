@@ -273,8 +273,7 @@ async fn bind_cluster_listener(
         .map_err(|e| startup(format!("cluster_addr: cannot bind {bind}: {e}")))?;
     let addr = tcp.local_addr().map_err(startup)?;
     let app = crate::storage::raft::network::cluster_router(raft.raft().clone());
-    let listener =
-        crate::storage::raft::tls::ClusterTlsListener::new(tcp, raft.cluster_tls().clone());
+    let listener = crate::storage::raft::tls::cluster_listener(tcp, raft.cluster_tls().clone());
     tracing::info!(%addr, "cluster listener (Raft RPCs, mutual TLS)");
     Ok(tokio::spawn(async move {
         let shutdown = async move {
@@ -443,6 +442,16 @@ impl TlsListener {
                 }
             }
         });
+        TlsListener::from_parts(rx, local, task)
+    }
+
+    /// A listener over the streams `task` sends to `rx` (the cluster port's
+    /// handshakes too, `crate::storage::raft::tls`); `task` ends with it.
+    pub(crate) fn from_parts(
+        rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+        local: SocketAddr,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Self {
         TlsListener {
             rx,
             local,

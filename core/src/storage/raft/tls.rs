@@ -14,7 +14,7 @@
 //! `core/raft/tls`), with a CA beside the node certificate because webpki
 //! refuses a CA certificate as an end entity.
 //!
-//! **Server side** ([`ClusterTlsListener`]): every accepted connection is
+//! **Server side** ([`cluster_listener`]): every accepted connection is
 //! handed to rustls with the configuration loaded now. A client must present
 //! a certificate chained to the cluster CA. While nothing is loaded (the
 //! node is sealed, or has not joined yet) connections are closed at once:
@@ -37,10 +37,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::error::{CoreError, Result};
 use crate::logical::Secret;
@@ -366,84 +365,53 @@ fn count_failure(reason: &'static str) {
 
 /// The cluster listener for `axum::serve`: TCP accepted here, one task per
 /// handshake with the configuration loaded at that moment (see the module
-/// docs); finished streams arrive through a channel.
-pub struct ClusterTlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ClusterTlsListener {
-    pub fn new(tcp: TcpListener, tls: Arc<ClusterTls>) -> Self {
-        let local = tcp
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cluster listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    break;
-                }
-                let Some(config) = tls.server_config() else {
-                    // Sealed (or not joined yet): no TLS to serve.
-                    count_failure("sealed");
-                    tracing::debug!(%peer, "cluster connection refused: no cluster TLS loaded (sealed)");
-                    drop(stream);
-                    continue;
-                };
-                let conn_tx = tx.clone();
-                tokio::spawn(async move {
-                    let acceptor = TlsAcceptor::from(config);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = conn_tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            count_failure("handshake");
-                            tracing::debug!(%peer, error = %e, "cluster TLS handshake failed");
-                        }
-                        Err(_) => {
-                            count_failure("handshake");
-                            tracing::debug!(%peer, "cluster TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        ClusterTlsListener { rx, local, task }
-    }
-}
-
-impl Drop for ClusterTlsListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl axum::serve::Listener for ClusterTlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+/// docs); finished streams arrive through the listener's channel, as on the
+/// API listener ([`crate::server::TlsListener`]).
+pub fn cluster_listener(tcp: TcpListener, tls: Arc<ClusterTls>) -> crate::server::TlsListener {
+    let local = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
         loop {
-            if let Some(x) = self.rx.recv().await {
-                return x;
+            let (stream, peer) = match tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                break;
             }
-            std::future::pending::<()>().await;
+            let Some(config) = tls.server_config() else {
+                // Sealed (or not joined yet): no TLS to serve.
+                count_failure("sealed");
+                tracing::debug!(%peer, "cluster connection refused: no cluster TLS loaded (sealed)");
+                drop(stream);
+                continue;
+            };
+            let conn_tx = tx.clone();
+            tokio::spawn(async move {
+                let acceptor = TlsAcceptor::from(config);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => {
+                        count_failure("handshake");
+                        tracing::debug!(%peer, error = %e, "cluster TLS handshake failed");
+                    }
+                    Err(_) => {
+                        count_failure("handshake");
+                        tracing::debug!(%peer, "cluster TLS handshake timed out");
+                    }
+                }
+            });
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+    });
+    crate::server::TlsListener::from_parts(rx, local, task)
 }
 
 #[cfg(test)]
