@@ -1859,7 +1859,8 @@ audit "elasticsearch" "es" { options = { url = "http://127.0.0.1:9200", index = 
             err(src),
             "server.hcl: unknown key \"adress\" in listener \"tcp\" (expected one of: address, tls_disable, \
              tls_cert_file, tls_key_file, max_request_size, telemetry, \
-             disable_unauthed_generate_root_endpoints, disable_unauthed_rekey_endpoints)"
+             disable_unauthed_generate_root_endpoints, disable_unauthed_rekey_endpoints, \
+             cluster_address)"
         );
     }
 
