@@ -603,10 +603,7 @@ mod tests {
     use super::*;
 
     fn fields(v: Value) -> FieldData {
-        FieldData::from_parts(
-            v.as_object().cloned().unwrap_or_default(),
-            Default::default(),
-        )
+        FieldData::from_json(&v)
     }
 
     fn view(id: u64, voter: bool, leader: bool, contact: Option<u64>, index: u64) -> ServerView {

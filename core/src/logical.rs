@@ -418,6 +418,15 @@ impl FieldData {
         FieldData { values, captures }
     }
 
+    /// For tests: the fields of a JSON object body (anything else: none).
+    #[cfg(test)]
+    pub fn from_json(body: &Value) -> Self {
+        Self::from_parts(
+            body.as_object().cloned().unwrap_or_default(),
+            BTreeMap::new(),
+        )
+    }
+
     /// A path capture, e.g. the `path` in `data/(?P<path>.+)`.
     pub fn capture(&self, name: &str) -> Option<&str> {
         self.captures.get(name).map(String::as_str)

@@ -257,10 +257,9 @@ pub fn sanitize_policies(p: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn fields(v: Value) -> FieldData {
-        FieldData::from_parts(v.as_object().cloned().unwrap_or_default(), BTreeMap::new())
+        FieldData::from_json(&v)
     }
 
     #[test]

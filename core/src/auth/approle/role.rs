@@ -713,13 +713,7 @@ mod tests {
 
     #[test]
     fn pages_follow_after_and_limit() {
-        let f = FieldData::from_parts(
-            json!({"after": "b", "limit": 1})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-            Default::default(),
-        );
+        let f = FieldData::from_json(&json!({"after": "b", "limit": 1}));
         let keys = vec!["c".to_string(), "a".into(), "b".into(), "d".into()];
         assert_eq!(page(keys.clone(), &f), vec!["c"]);
         assert_eq!(page(keys, &FieldData::default()), vec!["a", "b", "c", "d"]);

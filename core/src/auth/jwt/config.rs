@@ -255,10 +255,7 @@ mod tests {
     use serde_json::json;
 
     fn fields(v: Value) -> FieldData {
-        FieldData::from_parts(
-            v.as_object().cloned().unwrap_or_default(),
-            Default::default(),
-        )
+        FieldData::from_json(&v)
     }
 
     const EC: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEf83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEXH8UTNG72bfocs3+257rn0s2ldbqkLJK2KRiMohYjlrQ==\n-----END PUBLIC KEY-----\n";

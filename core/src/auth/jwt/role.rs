@@ -466,10 +466,7 @@ mod tests {
     use serde_json::json;
 
     fn fields(v: Value) -> FieldData {
-        FieldData::from_parts(
-            v.as_object().cloned().unwrap_or_default(),
-            Default::default(),
-        )
+        FieldData::from_json(&v)
     }
 
     fn write(v: Value) -> Result<JwtRole> {
