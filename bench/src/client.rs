@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
@@ -38,6 +38,8 @@ pub struct Conn {
     addr: String,
     host: HeaderValue,
     token: HeaderValue,
+    /// Headers sent on every request (see [`VaultClient::with_header`]).
+    extra: Vec<(HeaderName, HeaderValue)>,
     live: Option<(Sender, Driver)>,
 }
 
@@ -81,13 +83,18 @@ impl Conn {
             .method(method)
             .uri(format!("/v1/{path}"))
             .header(http::header::HOST, self.host.clone());
-        let req = finish_request(req, &self.token, body)?;
+        let req = finish_request(req, &self.token, &self.extra, body)?;
         let (sender, driver) = self.ready().await?;
         let res = async {
             let resp = drive(driver, sender.send_request(req)).await??;
             let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
             let body = drive(driver, resp.into_body().collect()).await??.to_bytes();
-            Ok::<_, anyhow::Error>(Reply { status, body })
+            Ok::<_, anyhow::Error>(Reply {
+                status,
+                headers,
+                body,
+            })
         }
         .await;
         if res.is_err() {
@@ -106,15 +113,19 @@ impl Conn {
     }
 }
 
-/// The Vault token header (when there is a token), the JSON content type
-/// (when there is a body), and the body.
+/// The Vault token header (when there is a token), the client's extra
+/// headers, the JSON content type (when there is a body), and the body.
 fn finish_request(
     mut req: http::request::Builder,
     token: &HeaderValue,
+    extra: &[(HeaderName, HeaderValue)],
     body: Option<Bytes>,
 ) -> Result<Request<Full<Bytes>>> {
     if !token.is_empty() {
         req = req.header("X-Vault-Token", token.clone());
+    }
+    for (k, v) in extra {
+        req = req.header(k.clone(), v.clone());
     }
     if body.is_some() {
         req = req.header("Content-Type", "application/json");
@@ -151,6 +162,7 @@ async fn drive<F: Future>(driver: &mut Driver, fut: F) -> Result<F::Output> {
 /// One HTTP reply: status and full body.
 pub struct Reply {
     pub status: u16,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -174,6 +186,7 @@ pub struct VaultClient {
     http: Client<HttpConnector, Full<Bytes>>,
     base: String,
     token: HeaderValue,
+    extra: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl VaultClient {
@@ -192,7 +205,19 @@ impl VaultClient {
             http,
             base: addr.trim_end_matches('/').to_string(),
             token,
+            extra: Vec::new(),
         })
+    }
+
+    /// This client, also sending `name: value` on every request (e.g.
+    /// `X-Vault-Index` for reads served by a cluster's standbys).
+    pub fn with_header(mut self, name: &str, value: &str) -> Result<Self> {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .with_context(|| format!("{name:?} is not a header name"))?;
+        let value = HeaderValue::from_str(value)
+            .with_context(|| format!("the value of {name} is not a valid header value"))?;
+        self.extra.push((name, value));
+        Ok(self)
     }
 
     pub fn addr(&self) -> &str {
@@ -224,6 +249,7 @@ impl VaultClient {
                 authority.port_u16().unwrap_or(80)
             ),
             token: self.token.clone(),
+            extra: self.extra.clone(),
             live: None,
         })
     }
@@ -236,17 +262,23 @@ impl VaultClient {
         let req = finish_request(
             Request::builder().method(method).uri(uri),
             &self.token,
+            &self.extra,
             body,
         )?;
         let resp = self.http.request(req).await.map_err(|e| anyhow!("{e}"))?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| anyhow!("reading body: {e}"))?
             .to_bytes();
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Reply> {
@@ -312,7 +344,10 @@ mod tests {
             }
             seen
         });
-        let client = VaultClient::new(&format!("http://{addr}"), "tok-1", 1).unwrap();
+        let client = VaultClient::new(&format!("http://{addr}"), "tok-1", 1)
+            .unwrap()
+            .with_header("X-Vault-Index", "djE6MTI=")
+            .unwrap();
         let mut conn = client.conn().unwrap();
         let mut bodies = Vec::new();
         for _ in 0..3 {
@@ -335,6 +370,7 @@ mod tests {
         let lower = seen[0].to_ascii_lowercase();
         assert!(lower.contains("x-vault-token: tok-1\r\n"), "{}", seen[0]);
         assert!(lower.contains(&format!("host: {addr}\r\n")), "{}", seen[0]);
+        assert!(lower.contains("x-vault-index: dje6mti=\r\n"), "{}", seen[0]);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! and send it, and latency is measured from the **intended** send time, so a
 //! stalled server is charged for the queue it causes (no coordinated
 //! omission). Only operations that complete inside the measured window
-//! (after warm-up, before the end) are counted.
+//! (after warm-up, before the end) are counted. [`run_spread`] spreads the
+//! workers over several addresses (a cluster's standbys, `cluster.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,6 +183,26 @@ pub async fn run(
     spec: &LoadSpec,
     server_pid: Option<u32>,
 ) -> Result<RunStats> {
+    let pids: Vec<u32> = server_pid.into_iter().collect();
+    run_spread(w, fx, std::slice::from_ref(client), spec, &pids).await
+}
+
+/// [`run`] with the workers spread round-robin over `clients` (worker *i*
+/// talks to `clients[i % n]`: e.g. the standbys of a cluster). The server
+/// CPU reported is the sum over `server_pids`; the durable-commit counters
+/// are scraped only when there is one client.
+pub async fn run_spread(
+    w: Workload,
+    fx: Arc<Fixture>,
+    clients: &[VaultClient],
+    spec: &LoadSpec,
+    server_pids: &[u32],
+) -> Result<RunStats> {
+    let Some(client) = clients.first() else {
+        return Err(anyhow!("load::run_spread: no client"));
+    };
+    let single = clients.len() == 1;
+    let pids = server_pids.to_vec();
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.duration;
@@ -195,13 +216,26 @@ pub async fn run(
     let scraper = client.clone();
     let window = spec.duration;
     let meter = tokio::spawn(async move {
+        let servers_cpu = || -> Option<Duration> {
+            (!pids.is_empty())
+                .then(|| {
+                    pids.iter()
+                        .map(|p| sysinfo::proc_cpu(*p))
+                        .sum::<Option<Duration>>()
+                })
+                .flatten()
+        };
         tokio::time::sleep_until(measure_from).await;
-        let (c0, s0) = (sysinfo::self_cpu(), server_pid.and_then(sysinfo::proc_cpu));
-        let syncs0 = SyncCounters::scrape(&scraper).await;
+        let (c0, s0) = (sysinfo::self_cpu(), servers_cpu());
+        let syncs0 = if single {
+            SyncCounters::scrape(&scraper).await
+        } else {
+            None
+        };
         tokio::time::sleep_until(end).await;
-        let (c1, s1) = (sysinfo::self_cpu(), server_pid.and_then(sysinfo::proc_cpu));
+        let (c1, s1) = (sysinfo::self_cpu(), servers_cpu());
         let syncs = match (syncs0, SyncCounters::scrape(&scraper).await) {
-            (Some(a), Some(b)) => b.since(&a),
+            (Some(a), Some(b)) if single => b.since(&a),
             _ => None,
         };
         let server = match (s0, s1) {
@@ -221,7 +255,7 @@ pub async fn run(
     let mut workers = tokio::task::JoinSet::new();
     for wid in 0..spec.concurrency.max(1) {
         let (fx, slot) = (fx.clone(), slot.clone());
-        let mut conn = client.conn()?;
+        let mut conn = clients[wid % clients.len()].conn()?;
         let mut tally = Tally {
             hist: new_hist()?,
             requests: 0,

@@ -13,12 +13,17 @@
 //!   Custos (`audit_modes.rs`).
 //! * `snapshot --secrets N` measures Raft snapshot save and restore on
 //!   both servers and a Custos restore drill (`snapshot.rs`).
+//! * `cluster` starts a 3-node Custos and a 3-node OpenBao Raft cluster and
+//!   measures writes through the leader, reads through the standbys and
+//!   failover after kill -9 of the active node (issue 19's goals;
+//!   `cluster.rs`).
 //! * `plot` redraws the PNG from a JSON report.
 //!
 //! A run whose error rate exceeds 0.1% makes the command exit non-zero.
 
 mod audit_modes;
 mod client;
+mod cluster;
 mod durability;
 mod kek;
 mod load;
@@ -92,6 +97,12 @@ enum Cmd {
     /// OpenBao at --secrets KV v2 secrets, plus a Custos restore drill
     /// (issue 18's goals; a measurement, not a test).
     Snapshot(snapshot::SnapshotArgs),
+    /// A 3-node Custos cluster beside a 3-node OpenBao cluster: writes
+    /// through the leader, reads through the standbys (Custos forwarded and
+    /// with X-Vault-Index), failover after kill -9 of the active node with
+    /// lost/duplicated writes counted (issue 19's goals; a measurement, not
+    /// a test).
+    Cluster(Box<cluster::ClusterArgs>),
     /// Draw the scaling-curve PNG from a JSON report.
     Plot {
         #[arg(long, default_value = "target/bench/latest.json")]
@@ -284,6 +295,7 @@ fn main() -> ExitCode {
                 Ok(true)
             }
             Cmd::Snapshot(a) => snapshot::run(a).await,
+            Cmd::Cluster(a) => cluster::run(*a).await,
             Cmd::Plot { input, output } => {
                 let r: Report = serde_json::from_slice(
                     &std::fs::read(&input)

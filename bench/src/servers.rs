@@ -276,7 +276,7 @@ impl Server {
     }
 }
 
-fn log_tail(dir: &Path) -> String {
+pub(crate) fn log_tail(dir: &Path) -> String {
     let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -284,7 +284,7 @@ fn log_tail(dir: &Path) -> String {
 
 /// A port `p` such that `p` and `p + 1` are both free (OpenBao binds its
 /// cluster listener on the API port + 1).
-fn free_port_pair() -> Result<u16> {
+pub(crate) fn free_port_pair() -> Result<u16> {
     for _ in 0..100 {
         let a = TcpListener::bind("127.0.0.1:0")?;
         let p = a.local_addr()?.port();
@@ -361,7 +361,7 @@ audit "file" "file" {{
 }
 
 /// A value inside an HCL double-quoted string.
-fn hcl_escape(s: &str) -> String {
+pub(crate) fn hcl_escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -422,7 +422,7 @@ pub async fn start_as(
 
 /// The OpenTelemetry variables a server started here never inherits from
 /// the shell, so a run measures only what its mode sets.
-const OTEL_VARS: &[&str] = &[
+pub(crate) const OTEL_VARS: &[&str] = &[
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -640,7 +640,7 @@ async fn bootstrap(s: &mut Server) -> Result<()> {
 }
 
 /// Mount an engine; an existing mount of the same path is fine.
-async fn mount(c: &VaultClient, path: &str, body: serde_json::Value) -> Result<()> {
+pub(crate) async fn mount(c: &VaultClient, path: &str, body: serde_json::Value) -> Result<()> {
     let r = c
         .post(
             &format!("sys/mounts/{path}"),
