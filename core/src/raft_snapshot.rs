@@ -8,10 +8,13 @@
 //! | file | content |
 //! |---|---|
 //! | `meta.json` | Vault's snapshot meta (`Version`, `ID`, `Index`, `Term`, `Size`) plus `CustosStateVersion` |
-//! | `state.bin` | the state machine's pairs in the Raft snapshot format (`CUSTOSNP`, a `u32` format version, see `storage::raft::snapshot`); values are barrier ciphertext, as stored |
+//! | `state.bin` | the state machine's pairs in the snapshot format (`CUSTOSNP`, a `u32` format version, see `storage::raft::snapshot`): version 2, batched, transcoded from Raft's version 1 file as it streams; values are barrier ciphertext, as stored |
 //! | `SHA256SUMS` | `sha256  name` lines for `meta.json` and `state.bin` |
 //! | `SHA256SUMS.sealed` | the same lines sealed by the barrier (AES-256-GCM under the active keyring term) |
 //!
+//! The gzip stream deflates `state.bin`'s keys sections at level 1 and
+//! stores its values sections (level 0: ciphertext does not compress, and
+//! deflating it was most of a save's CPU); it is still one gzip member.
 //! The archive is produced on a blocking thread into a bounded channel that
 //! is the response body, so memory stays flat whatever the data's size; a
 //! failure mid-stream aborts the response, and without its last file the
@@ -28,7 +31,7 @@
 //! with this barrier's keyring (skipped by `snapshot-force`, which is how a
 //! snapshot from another cluster is told apart, as in Vault); both sum files
 //! match; `meta.json` decodes and its state version is not newer than
-//! [`STATE_VERSION`]; `state.bin` parses completely and holds a seal config
+//! [`STATE_VERSION`] (older ones are read); `state.bin` parses completely and holds a seal config
 //! and keyring. Then the pairs are staged and swapped in through Raft (see
 //! `storage::raft::restore`), with the unsealed subsystems torn down
 //! ([`Core::replace_state`]); afterwards the node reopens with its root key
@@ -59,6 +62,7 @@ use crate::core::{Core, Unsealed};
 use crate::error::{CoreError, Result};
 use crate::logical::{Operation, Request, Response, Secret};
 use crate::state_digest::StateDigest;
+use crate::storage::raft::snapshot::{SectionSink, batched_len, transcode_batched};
 use crate::storage::raft::{RaftStorage, SnapshotInfo};
 use crate::token::TokenEntry;
 
@@ -66,8 +70,10 @@ use crate::token::TokenEntry;
 pub const SNAPSHOT_PATH: &str = "sys/storage/raft/snapshot";
 /// Restore from any cluster (POST).
 pub const SNAPSHOT_FORCE_PATH: &str = "sys/storage/raft/snapshot-force";
-/// The newest `state.bin` format this server reads and the one it writes.
-pub const STATE_VERSION: u32 = 1;
+/// The newest `state.bin` format this server reads and the one it writes
+/// (2: batched, see `storage::raft::snapshot`; 1, Raft's own layout, is
+/// still read).
+pub const STATE_VERSION: u32 = 2;
 
 const META_FILE: &str = "meta.json";
 const STATE_FILE: &str = "state.bin";
@@ -272,12 +278,13 @@ fn archive_of(
     info: &SnapshotInfo,
     file: std::fs::File,
 ) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let state_len = info.size;
     let meta = ArchiveMeta {
         version: 1,
         id: info.snapshot_id.clone(),
         index: info.last_log_index,
         term: info.last_log_term,
-        size: info.size,
+        size: batched_len(state_len),
         state_version: Some(STATE_VERSION),
         pairs: info.key_count,
     };
@@ -286,7 +293,7 @@ fn archive_of(
     let writer_tx = tx.clone();
     let task = tokio::task::spawn_blocking(move || {
         let out = ChannelWriter::new(writer_tx);
-        if let Err(e) = write_archive(out, &meta, file, &barrier) {
+        if let Err(e) = write_archive(out, &meta, file, state_len, &barrier) {
             tracing::warn!(error = %e, "raft snapshot stream aborted");
             let _ = tx.blocking_send(Err(e));
         }
@@ -436,14 +443,146 @@ fn sums_text(meta: &[u8; 32], state: &[u8; 32]) -> String {
     )
 }
 
-/// Write the archive (see the module docs) to `out`.
+/// A gzip writer that deflates some sections (level 1) and stores others
+/// (deflate's stored blocks: a copy and a CRC) — barrier ciphertext, which
+/// no level shrinks and whose deflating took most of a save's CPU. One
+/// gzip member, one deflate stream: before stored blocks the compressor is
+/// sync-flushed (byte-aligned, an empty stored block, 5 bytes) and reset,
+/// so what it writes afterwards never refers back across the stored bytes
+/// it did not see. (flate2's `set_level` cannot serve: on the zlib-rs
+/// backend it fails whenever it would have to flush.)
+struct LevelledGz<W: Write> {
+    out: W,
+    deflate: flate2::Compress,
+    crc: flate2::Crc,
+    buf: Vec<u8>,
+    stored: bool,
+}
+
+/// Output buffer of [`LevelledGz`] per deflate call.
+const GZ_OUT: usize = 256 * 1024;
+/// Largest stored block (its length is a `u16`).
+const STORED_BLOCK: usize = 65_535;
+
+impl<W: Write> LevelledGz<W> {
+    fn new(mut out: W) -> io::Result<Self> {
+        // ID1 ID2, CM deflate, no flags, no mtime, XFL 0, OS unknown.
+        out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
+        Ok(LevelledGz {
+            out,
+            deflate: flate2::Compress::new(flate2::Compression::fast(), false),
+            crc: flate2::Crc::new(),
+            buf: Vec::with_capacity(GZ_OUT),
+            stored: false,
+        })
+    }
+
+    /// Deflate `input` with `flush`, writing all output produced.
+    fn run(&mut self, mut input: &[u8], flush: flate2::FlushCompress) -> io::Result<()> {
+        loop {
+            self.buf.clear();
+            let before = self.deflate.total_in();
+            let status = self
+                .deflate
+                .compress_vec(input, &mut self.buf, flush)
+                .map_err(io::Error::other)?;
+            let used =
+                usize::try_from(self.deflate.total_in() - before).map_err(io::Error::other)?;
+            input = &input[used..];
+            if !self.buf.is_empty() {
+                self.out.write_all(&self.buf)?;
+            }
+            let full = self.buf.len() == self.buf.capacity();
+            let done = match flush {
+                flate2::FlushCompress::Finish => status == flate2::Status::StreamEnd,
+                flate2::FlushCompress::None => input.is_empty(),
+                _ => input.is_empty() && !full,
+            };
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Store (`true`) or deflate what is written from now on.
+    fn set_stored(&mut self, stored: bool) -> io::Result<()> {
+        if stored && !self.stored {
+            self.run(&[], flate2::FlushCompress::Sync)?;
+            self.deflate.reset();
+        }
+        self.stored = stored;
+        Ok(())
+    }
+
+    /// `data` as non-final stored blocks.
+    fn store(&mut self, data: &[u8]) -> io::Result<()> {
+        for block in data.chunks(STORED_BLOCK) {
+            let len = block.len() as u16;
+            let [l0, l1] = len.to_le_bytes();
+            let [n0, n1] = (!len).to_le_bytes();
+            self.out.write_all(&[0, l0, l1, n0, n1])?;
+            self.out.write_all(block)?;
+        }
+        Ok(())
+    }
+
+    /// End the deflate stream (the compressor's final block), write the
+    /// gzip trailer, hand back the output.
+    fn finish(mut self) -> io::Result<W> {
+        self.run(&[], flate2::FlushCompress::Finish)?;
+        self.out.write_all(&self.crc.sum().to_le_bytes())?;
+        self.out.write_all(&self.crc.amount().to_le_bytes())?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for LevelledGz<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.crc.update(data);
+        if self.stored {
+            self.store(data)?;
+        } else {
+            self.run(data, flate2::FlushCompress::None)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `state.bin` into the archive: keys compressed, values stored, all hashed.
+struct StateSink<'a, W: Write> {
+    gz: &'a mut LevelledGz<W>,
+    hash: Sha256,
+}
+
+impl<W: Write> SectionSink for StateSink<'_, W> {
+    fn keys(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hash.update(bytes);
+        self.gz.set_stored(false)?;
+        self.gz.write_all(bytes)
+    }
+
+    fn values(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hash.update(bytes);
+        self.gz.set_stored(true)?;
+        self.gz.write_all(bytes)
+    }
+}
+
+/// Write the archive (see the module docs) to `out`; `state` is the Raft
+/// snapshot file (version 1, `state_len` bytes), written as `state.bin` in
+/// the batched layout (version 2) of `meta.size` bytes.
 fn write_archive(
     out: ChannelWriter,
     meta: &ArchiveMeta,
     state: std::fs::File,
+    state_len: u64,
     barrier: &Barrier,
 ) -> io::Result<()> {
-    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let gz = LevelledGz::new(out)?;
     let mut tar = tar::Builder::new(gz);
     let mut meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
     meta_json.push(b'\n');
@@ -452,12 +591,20 @@ fn write_archive(
         &tar_header(META_FILE, meta_json.len() as u64)?,
         &meta_json[..],
     )?;
-    let mut reader = HashingReader {
-        inner: io::BufReader::with_capacity(STREAM_CHUNK, state).take(meta.size),
+    // state.bin by hand (header, data, padding to the 512-byte record), so
+    // its sections go through the gzip writer at their own levels.
+    let gz = tar.get_mut();
+    gz.write_all(tar_header(STATE_FILE, meta.size)?.as_bytes())?;
+    let mut sink = StateSink {
+        gz,
         hash: Sha256::new(),
     };
-    tar.append(&tar_header(STATE_FILE, meta.size)?, &mut reader)?;
-    let state_sum: [u8; 32] = reader.hash.finalize().into();
+    transcode_batched(&state, state_len, &mut sink)?;
+    let state_sum: [u8; 32] = sink.hash.finalize().into();
+    let gz = sink.gz;
+    gz.set_stored(false)?;
+    let pad = (512 - (meta.size % 512) as usize) % 512;
+    gz.write_all(&[0u8; 512][..pad])?;
     let sums = sums_text(&meta_sum, &state_sum);
     tar.append(&tar_header(SUMS_FILE, sums.len() as u64)?, sums.as_bytes())?;
     let sealed = barrier
@@ -851,5 +998,51 @@ async fn refuse_if<T>(grant: Option<&Grant>, e: CoreError) -> Result<T> {
     match grant {
         Some(g) => refuse(g, e).await,
         None => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sections written at either level come back whole from one gzip
+    /// member, and the stored ones are stored (incompressible input does
+    /// not grow beyond the stored blocks' framing; compressible input
+    /// written as keys shrinks).
+    #[test]
+    fn levelled_gzip_round_trips() {
+        let mut noise = vec![0u8; 300_000];
+        let mut x: u32 = 0x1234_5678;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        let text: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("logical/key-{i:06}/").into_bytes())
+            .collect();
+        let mut gz = LevelledGz::new(Vec::new()).expect("header");
+        let mut want = Vec::new();
+        for round in 0..3 {
+            gz.set_stored(false).expect("level 1");
+            gz.write_all(&text).expect("keys");
+            gz.set_stored(true).expect("level 0");
+            gz.write_all(&noise[round * 1000..]).expect("values");
+            want.extend_from_slice(&text);
+            want.extend_from_slice(&noise[round * 1000..]);
+        }
+        gz.set_stored(false).expect("level 1");
+        gz.write_all(b"tail").expect("tail");
+        want.extend_from_slice(b"tail");
+        let out = gz.finish().expect("finish");
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .expect("gunzip");
+        assert!(back == want, "round trip differs");
+        let stored: usize = (0..3).map(|r| noise.len() - r * 1000).sum();
+        assert!(out.len() < stored + 3 * text.len() / 2, "{}", out.len());
+        assert!(out.len() > stored, "{}", out.len());
     }
 }

@@ -192,7 +192,7 @@ fn check_archive(archive: &[u8]) {
         ["meta.json", "state.bin", "SHA256SUMS", "SHA256SUMS.sealed"]
     );
     let meta: Value = serde_json::from_slice(file(&files, "meta.json")).expect("meta.json");
-    assert_eq!(meta["CustosStateVersion"], json!(1), "{meta}");
+    assert_eq!(meta["CustosStateVersion"], json!(2), "{meta}");
     assert_eq!(
         meta["Size"],
         json!(file(&files, "state.bin").len()),
@@ -204,7 +204,7 @@ fn check_archive(archive: &[u8]) {
         hex(&Sha256::digest(file(&files, "state.bin")))
     )));
     assert!(!file(&files, "SHA256SUMS.sealed").is_empty());
-    assert!(file(&files, "state.bin").starts_with(b"CUSTOSNP"));
+    assert!(file(&files, "state.bin").starts_with(b"CUSTOSNP\0\0\0\x02"));
     let needle = SECRET.as_bytes();
     let clear = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
     assert!(!clear(archive), "secret in clear in the archive");
@@ -222,6 +222,62 @@ async fn initialized_server() -> Server {
     let mut s = config_server(&dir);
     init_unseal_mount(&mut s).await;
     s
+}
+
+/// The file `name` somewhere under `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// An archive from before the batched `state.bin` (version 1: Raft's own
+/// snapshot file, as earlier versions archived it, `CustosStateVersion` 1)
+/// still restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_archive_still_restores() {
+    let s = initialized_server().await;
+    let root = s.root_token.clone();
+    put_secret(&s, &root, "app", SECRET).await;
+    let r = s
+        .client()
+        .get(s.url("sys/storage/raft/snapshot"))
+        .header("X-Vault-Token", &root)
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(r.status().as_u16(), 200);
+    let mut files = unpack(&r.bytes().await.expect("body"));
+    // The save built Raft's snapshot file: the same pairs, version 1.
+    let raft_file = find_file(&s.dir, "raft-snapshot.bin").expect("raft-snapshot.bin");
+    let v1 = std::fs::read(raft_file).expect("read");
+    assert_eq!(&v1[..12], b"CUSTOSNP\0\0\0\x01");
+    assert_eq!(v1.len() + 4, file(&files, "state.bin").len());
+    let mut meta: Value = serde_json::from_slice(file(&files, "meta.json")).expect("meta");
+    meta["CustosStateVersion"] = json!(1);
+    meta["Size"] = json!(v1.len());
+    set_file(
+        &mut files,
+        "meta.json",
+        serde_json::to_vec(&meta).expect("json"),
+    );
+    set_file(&mut files, "state.bin", v1);
+    resum(&mut files);
+    put_secret(&s, &root, "app", "changed-after").await;
+    put_secret(&s, &root, "later", "written-after").await;
+    let (st, body) =
+        post_snapshot(&s, "sys/storage/raft/snapshot-force", &root, pack(&files)).await;
+    assert_eq!(st, 204, "{body}");
+    assert_eq!(get_secret(&s, &root, "app").await.as_deref(), Some(SECRET));
+    assert_eq!(get_secret(&s, &root, "later").await, None);
 }
 
 /// Save with both CLIs, write after the snapshot, restore: the later write
@@ -510,7 +566,7 @@ async fn bad_archives_are_refused_and_data_kept() {
     // endpoint would already refuse the altered meta.json by them).
     let mut future = files.clone();
     let mut meta: Value = serde_json::from_slice(file(&future, "meta.json")).expect("meta");
-    meta["CustosStateVersion"] = json!(2);
+    meta["CustosStateVersion"] = json!(3);
     set_file(
         &mut future,
         "meta.json",
@@ -521,7 +577,7 @@ async fn bad_archives_are_refused_and_data_kept() {
         "future meta version",
         "snapshot-force",
         pack(&future),
-        "state version 2 is newer than this server supports (1)",
+        "state version 3 is newer than this server supports (2)",
     ));
     cases.push((
         "future meta version, this cluster",
@@ -531,14 +587,14 @@ async fn bad_archives_are_refused_and_data_kept() {
     ));
     let mut future_bin = files.clone();
     let mut bin = file(&future_bin, "state.bin").to_vec();
-    bin[8..12].copy_from_slice(&2u32.to_be_bytes());
+    bin[8..12].copy_from_slice(&3u32.to_be_bytes());
     set_file(&mut future_bin, "state.bin", bin);
     resum(&mut future_bin);
     cases.push((
         "future state.bin format",
         "snapshot-force",
         pack(&future_bin),
-        "unsupported snapshot format version 2",
+        "unsupported snapshot format version 3",
     ));
     let mut cut_bin = files.clone();
     let bin = file(&cut_bin, "state.bin");

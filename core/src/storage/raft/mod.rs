@@ -77,7 +77,7 @@
 mod log_store;
 pub mod network;
 pub mod restore;
-mod snapshot;
+pub(crate) mod snapshot;
 mod state_machine;
 #[cfg(test)]
 mod tests;

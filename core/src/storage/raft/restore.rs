@@ -45,7 +45,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
-use super::snapshot::read_header;
+use super::snapshot::{read_header, read_state_header};
 use super::state_machine::{self, Meta};
 use super::{Command, RaftStorage, SnapshotInfo, StoreError, blocking, snapshot_info};
 use crate::error::{CoreError, Result};
@@ -75,15 +75,18 @@ fn bad(msg: impl std::fmt::Display) -> StoreError {
     StoreError::Format(format!("state.bin: {msg}"))
 }
 
-/// Reads a state file (the snapshot format of [`snapshot`](super::snapshot))
-/// one pair at a time, every length checked against what is left of the file
-/// before anything is allocated.
+/// Reads a state file (the snapshot format of [`snapshot`](super::snapshot),
+/// version 1 or 2) one pair at a time, every length checked against what is
+/// left of the file before anything is allocated.
 pub(crate) struct PairReader<R: Read = File> {
     r: BufReader<R>,
     /// Bytes of the file not read yet.
     left: u64,
     /// Pairs the header announced and not read yet.
     pairs_left: u64,
+    /// A version 2 file's batch size, and the keys and value lengths of the
+    /// current batch not yet returned (in reverse order).
+    batch: Option<(u64, Vec<(String, u64)>)>,
 }
 
 impl PairReader<File> {
@@ -109,14 +112,15 @@ impl<R: Read> PairReader<R> {
             inner: &mut r,
             read: 0,
         };
-        let (meta, count) = read_header(&mut counted).map_err(|e| bad(e.to_string()))?;
+        let header = read_state_header(&mut counted).map_err(|e| bad(e.to_string()))?;
         let pos = counted.read;
         let reader = PairReader {
             r,
             left: len.saturating_sub(pos),
-            pairs_left: count,
+            pairs_left: header.count,
+            batch: header.batch.map(|b| (u64::from(b), Vec::new())),
         };
-        Ok((meta, count, reader))
+        Ok((header.meta, header.count, reader))
     }
 
     fn take(&mut self, n: u64) -> std::result::Result<Vec<u8>, StoreError> {
@@ -136,6 +140,11 @@ impl<R: Read> PairReader<R> {
         Ok(u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
     }
 
+    fn key(&mut self) -> std::result::Result<String, StoreError> {
+        let klen = self.len()?;
+        String::from_utf8(self.take(klen)?).map_err(|_| bad("a key is not UTF-8"))
+    }
+
     /// The next pair in key order, `None` after the last one.
     pub(crate) fn next_pair(
         &mut self,
@@ -147,9 +156,32 @@ impl<R: Read> PairReader<R> {
                 Err(bad("trailing bytes after the last pair"))
             };
         }
-        let klen = self.len()?;
-        let key = String::from_utf8(self.take(klen)?).map_err(|_| bad("a key is not UTF-8"))?;
-        let vlen = self.len()?;
+        let (key, vlen) = match self.batch.take() {
+            None => {
+                let key = self.key()?;
+                (key, self.len()?)
+            }
+            Some((size, mut pending)) => {
+                if pending.is_empty() {
+                    // A new batch: its keys section, then its values.
+                    let n = self.pairs_left.min(size);
+                    let mut vlens = 0u64;
+                    for _ in 0..n {
+                        let key = self.key()?;
+                        let vlen = self.len()?;
+                        vlens += vlen;
+                        if vlens > self.left {
+                            return Err(bad("truncated (a length runs past the end)"));
+                        }
+                        pending.push((key, vlen));
+                    }
+                    pending.reverse();
+                }
+                let next = pending.pop();
+                self.batch = Some((size, pending));
+                next.ok_or_else(|| bad("empty batch"))?
+            }
+        };
         let value = self.take(vlen)?;
         self.pairs_left -= 1;
         Ok(Some((key, value)))

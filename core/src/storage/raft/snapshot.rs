@@ -19,10 +19,22 @@
 //! `b"CUSTOSNP"`, `u32` version, `u32` header length, header (JSON
 //! `SnapshotMeta`: last log id, membership, snapshot id), `u64` pair count,
 //! then per pair `u32` key length, key (UTF-8), `u32` value length, value.
-//! Pairs are in key order. Nothing after the last pair.
+//! Pairs are in key order. Nothing after the last pair. Raft's own snapshot
+//! file (what followers are sent) is always version 1.
+//!
+//! Version 2 (*batched*) is the `state.bin` of a DR archive
+//! (`crate::raft_snapshot`), transcoded from the version 1 file as the
+//! archive streams ([`transcode_batched`]): the same bytes in another order,
+//! so the archive can deflate what compresses and store what does not.
+//! After the header and pair count comes a `u32` batch size `B`; then the
+//! pairs in batches of `B` (the last one shorter), each batch a *keys
+//! section* (per pair `u32` key length, key, `u32` value length) followed by
+//! its *values section* (the values, concatenated in the same order). Keys
+//! and lengths compress; the values are barrier ciphertext, which does not.
+//! [`PairReader`](super::restore::PairReader) reads both versions.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -34,6 +46,13 @@ pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
 
 const MAGIC: &[u8; 8] = b"CUSTOSNP";
 pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The batched layout of a DR archive's `state.bin` (see the module docs).
+pub(crate) const FORMAT_BATCHED: u32 = 2;
+/// Pairs per batch written by [`transcode_batched`] (the keys of one batch,
+/// about 100 KiB, are what the transcoder holds in memory).
+pub(crate) const BATCH_PAIRS: u32 = 1024;
+/// Largest batch size a reader accepts (its keys are held in memory).
+pub(crate) const MAX_BATCH_PAIRS: u32 = 1 << 16;
 /// Upper bound of the JSON header (membership and ids: a few hundred bytes).
 const MAX_HEADER: usize = 1 << 20;
 /// Write buffer of a snapshot being built.
@@ -104,8 +123,26 @@ fn write_err(e: io::Error) -> StoreError {
     StoreError::SnapshotFile(format!("writing a snapshot: {e}"))
 }
 
-/// Read the header: meta and pair count.
+/// Read the header of a version 1 file (Raft's snapshot): meta and pair count.
 pub(crate) fn read_header(r: &mut impl Read) -> Result<(Meta, u64), StoreError> {
+    let h = read_header_of(r, false)?;
+    Ok((h.meta, h.count))
+}
+
+/// The header of a state file of either version.
+pub(crate) struct StateHeader {
+    pub meta: Meta,
+    pub count: u64,
+    /// The batch size of a version 2 (batched) file; `None` for version 1.
+    pub batch: Option<u32>,
+}
+
+/// Read the header of a version 1 or 2 file (a DR archive's `state.bin`).
+pub(crate) fn read_state_header(r: &mut impl Read) -> Result<StateHeader, StoreError> {
+    read_header_of(r, true)
+}
+
+fn read_header_of(r: &mut impl Read, batched_ok: bool) -> Result<StateHeader, StoreError> {
     let truncated = |e: io::Error| match e.kind() {
         io::ErrorKind::UnexpectedEof => StoreError::Format("snapshot is truncated".into()),
         _ => StoreError::SnapshotFile(format!("reading a snapshot: {e}")),
@@ -118,7 +155,7 @@ pub(crate) fn read_header(r: &mut impl Read) -> Result<(Meta, u64), StoreError> 
         ));
     }
     let version = u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && !(batched_ok && version == FORMAT_BATCHED) {
         return Err(StoreError::Format(format!(
             "unsupported snapshot format version {version}"
         )));
@@ -134,7 +171,164 @@ pub(crate) fn read_header(r: &mut impl Read) -> Result<(Meta, u64), StoreError> 
     let meta: Meta = serde_json::from_slice(&header)?;
     let mut count = [0u8; 8];
     r.read_exact(&mut count).map_err(truncated)?;
-    Ok((meta, u64::from_be_bytes(count)))
+    let batch = if version == FORMAT_BATCHED {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).map_err(truncated)?;
+        let b = u32::from_be_bytes(b);
+        if b == 0 || b > MAX_BATCH_PAIRS {
+            return Err(StoreError::Format(format!(
+                "snapshot batch size {b} is out of range (1 to {MAX_BATCH_PAIRS})"
+            )));
+        }
+        Some(b)
+    } else {
+        None
+    };
+    Ok(StateHeader {
+        meta,
+        count: u64::from_be_bytes(count),
+        batch,
+    })
+}
+
+/// Where [`transcode_batched`] sends the batched file, section by section.
+pub(crate) trait SectionSink {
+    /// Header, keys and lengths: bytes that compress.
+    fn keys(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Values (barrier ciphertext): bytes that do not.
+    fn values(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// The size of the batched file [`transcode_batched`] makes of a version 1
+/// file of `len` bytes: the same bytes plus the batch size.
+pub(crate) fn batched_len(len: u64) -> u64 {
+    len + 4
+}
+
+/// `pread` at a moving position, so two buffered readers can walk one file.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Seek for ReadAt<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        self.pos = match to {
+            io::SeekFrom::Start(p) => p,
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+            })?,
+            io::SeekFrom::End(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "seek from the end",
+                ));
+            }
+        };
+        Ok(self.pos)
+    }
+}
+
+/// Bytes of values handed to the sink at a time.
+const VALUES_CHUNK: usize = 256 * 1024;
+
+/// Stream the version 1 file `file` (`len` bytes, from its first byte) to
+/// `sink` as a version 2 (batched) file of [`batched_len`] bytes. Two
+/// buffered readers walk the file, one over the keys and lengths of a batch,
+/// then one over its values, so memory holds one batch's keys whatever the
+/// values' sizes. Blocking.
+pub(crate) fn transcode_batched(
+    file: &File,
+    len: u64,
+    sink: &mut impl SectionSink,
+) -> io::Result<()> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {m}"));
+    let mut keys = io::BufReader::with_capacity(1 << 20, ReadAt { file, pos: 0 });
+    let mut vals = io::BufReader::with_capacity(1 << 20, ReadAt { file, pos: 0 });
+    let mut fixed = [0u8; 16];
+    keys.read_exact(&mut fixed)?;
+    if &fixed[..8] != MAGIC || fixed[8..12] != FORMAT_VERSION.to_be_bytes() {
+        return Err(bad("not a version 1 snapshot"));
+    }
+    let header_len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+    if header_len > MAX_HEADER {
+        return Err(bad("header too large"));
+    }
+    let mut head = vec![0u8; 16 + header_len + 8];
+    head[..16].copy_from_slice(&fixed);
+    head[8..12].copy_from_slice(&FORMAT_BATCHED.to_be_bytes());
+    keys.read_exact(&mut head[16..])?;
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&head[16 + header_len..]);
+    let count = u64::from_be_bytes(count);
+    let mut pos = head.len() as u64;
+    head.extend_from_slice(&BATCH_PAIRS.to_be_bytes());
+    sink.keys(&head)?;
+    io::Seek::seek(&mut vals, io::SeekFrom::Start(pos))?;
+    let mut kbuf = Vec::with_capacity(128 * 1024);
+    let mut lens: Vec<(u32, u32)> = Vec::with_capacity(BATCH_PAIRS as usize);
+    let mut vbuf = Vec::with_capacity(VALUES_CHUNK);
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(u64::from(BATCH_PAIRS));
+        kbuf.clear();
+        lens.clear();
+        for _ in 0..n {
+            let mut l = [0u8; 4];
+            keys.read_exact(&mut l)?;
+            let klen = u32::from_be_bytes(l);
+            kbuf.extend_from_slice(&l);
+            let at = kbuf.len();
+            kbuf.resize(at + klen as usize, 0);
+            keys.read_exact(&mut kbuf[at..])?;
+            keys.read_exact(&mut l)?;
+            let vlen = u32::from_be_bytes(l);
+            kbuf.extend_from_slice(&l);
+            keys.seek_relative(i64::from(vlen))?;
+            lens.push((klen, vlen));
+            pos += 8 + u64::from(klen) + u64::from(vlen);
+            if pos > len {
+                return Err(bad("a length runs past the end"));
+            }
+        }
+        sink.keys(&kbuf)?;
+        for &(klen, vlen) in &lens {
+            vals.seek_relative(8 + i64::from(klen))?;
+            let mut want = vlen as usize;
+            while want > 0 {
+                let avail = vals.fill_buf()?;
+                if avail.is_empty() {
+                    return Err(bad("truncated"));
+                }
+                let take = avail.len().min(want).min(VALUES_CHUNK - vbuf.len());
+                vbuf.extend_from_slice(&avail[..take]);
+                vals.consume(take);
+                want -= take;
+                if vbuf.len() == VALUES_CHUNK {
+                    sink.values(&vbuf)?;
+                    vbuf.clear();
+                }
+            }
+        }
+        if !vbuf.is_empty() {
+            sink.values(&vbuf)?;
+            vbuf.clear();
+        }
+        left -= n;
+    }
+    if pos != len {
+        return Err(bad("trailing bytes after the last pair"));
+    }
+    Ok(())
 }
 
 /// A parsed snapshot.
@@ -314,4 +508,125 @@ pub(crate) fn sync(out: BufWriter<File>, path: &Path) -> Result<(), StoreError> 
         .into_inner()
         .map_err(|e| io_err("flushing", path, e.into_error()))?;
     file.sync_all().map_err(|e| io_err("syncing", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::restore::PairReader;
+    use super::*;
+
+    #[derive(Default)]
+    struct Sections {
+        all: Vec<u8>,
+        keys: usize,
+        values: usize,
+    }
+
+    impl SectionSink for Sections {
+        fn keys(&mut self, b: &[u8]) -> io::Result<()> {
+            self.keys += b.len();
+            self.all.extend_from_slice(b);
+            Ok(())
+        }
+        fn values(&mut self, b: &[u8]) -> io::Result<()> {
+            self.values += b.len();
+            self.all.extend_from_slice(b);
+            Ok(())
+        }
+    }
+
+    fn pairs(n: usize) -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                // One value larger than a values chunk, one empty.
+                let len = match i {
+                    3 => VALUES_CHUNK * 2 + 7,
+                    5 => 0,
+                    _ => 40 + i % 300,
+                };
+                (format!("logical/{i:08}"), vec![(i % 251) as u8; len])
+            })
+            .collect()
+    }
+
+    fn v1_file(pairs: &[(String, Vec<u8>)]) -> (tempfile::NamedTempFile, u64) {
+        let meta = Meta {
+            snapshot_id: "1-7-0".to_string(),
+            ..Default::default()
+        };
+        let mut data = Vec::new();
+        let mut w = SnapshotWriter::new(&mut data, &meta, pairs.len() as u64).expect("header");
+        for (k, v) in pairs {
+            w.pair(k, v).expect("pair");
+        }
+        w.finish().expect("finish");
+        let mut f = tempfile::NamedTempFile::new().expect("temp");
+        f.write_all(&data).expect("write");
+        (f, data.len() as u64)
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (_, _, mut r) = PairReader::new(bytes, bytes.len() as u64)?;
+        let mut out = Vec::new();
+        while let Some(p) = r.next_pair()? {
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// The batched file holds the same pairs in the same order, whatever
+    /// the count against the batch size, is the announced size, and sends
+    /// the values (and only them) as values sections.
+    #[test]
+    fn transcoded_state_reads_back_the_same_pairs() {
+        for n in [0, 1, BATCH_PAIRS as usize, BATCH_PAIRS as usize * 2 + 3] {
+            let want = pairs(n);
+            let (f, len) = v1_file(&want);
+            let mut sink = Sections::default();
+            transcode_batched(f.as_file(), len, &mut sink).expect("transcode");
+            assert_eq!(sink.all.len() as u64, batched_len(len), "{n} pairs");
+            let value_bytes: usize = want.iter().map(|(_, v)| v.len()).sum();
+            assert_eq!(sink.values, value_bytes, "{n} pairs");
+            assert_eq!(&sink.all[8..12], &FORMAT_BATCHED.to_be_bytes());
+            assert_eq!(read_all(&sink.all).expect("read back"), want, "{n} pairs");
+            // The version 1 file still reads.
+            let v1 = std::fs::read(f.path()).expect("read");
+            assert_eq!(read_all(&v1).expect("v1"), want, "{n} pairs");
+        }
+    }
+
+    /// A damaged batched file is refused, never read short or past its end.
+    #[test]
+    fn damaged_batched_state_is_refused() {
+        let (f, len) = v1_file(&pairs(BATCH_PAIRS as usize + 10));
+        let mut sink = Sections::default();
+        transcode_batched(f.as_file(), len, &mut sink).expect("transcode");
+        let good = sink.all;
+        for cut in [20, good.len() / 3, good.len() - 1] {
+            assert!(read_all(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(read_all(&trailing).is_err());
+        // A batch size of 0 or beyond the maximum.
+        let at = {
+            let hl = u32::from_be_bytes([good[12], good[13], good[14], good[15]]) as usize;
+            16 + hl + 8
+        };
+        for b in [0, MAX_BATCH_PAIRS + 1] {
+            let mut bad = good.clone();
+            bad[at..at + 4].copy_from_slice(&b.to_be_bytes());
+            let e = read_all(&bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("batch size"), "{e}");
+        }
+        // A key length that runs past the end.
+        let mut bad = good.clone();
+        bad[at + 4..at + 8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(read_all(&bad).is_err());
+        // Raft's own reader takes version 1 only.
+        assert!(read_header(&mut &good[..]).is_err());
+    }
 }
