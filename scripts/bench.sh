@@ -25,6 +25,12 @@
 #                                             growth, and a Custos restore drill of the same data;
 #                                             target/bench/snapshot.json (runs `custos-bench snapshot
 #                                             --secrets N`; further flags go to it, e.g. --no-drill)
+#   scripts/bench.sh --cluster                HA (issue 19): a 3-node Custos and a 3-node OpenBao Raft
+#                                             cluster (file audit on each node): kv-write through the
+#                                             leader, kv-read through the standbys, kill -9 failover
+#                                             x3 per side with lost/duplicated writes counted;
+#                                             target/bench/cluster.json (~4 min; runs `custos-bench
+#                                             cluster`, further flags go to it)
 #   scripts/bench.sh --help                   every flag
 #
 # Output: a table on stdout, target/bench/latest.json (key `audit_modes` with
@@ -87,6 +93,10 @@ info "cargo build --release -p custos -p custos-bench"
 cargo build --release -p custos -p custos-bench
 
 # Snapshot mode: its own subcommand; no sink services.
+if [[ ${1:-} == --cluster ]]; then
+  shift
+  exec target/release/custos-bench cluster --custos-bin target/release/custos "$@"
+fi
 if [[ ${1:-} == --snapshot || ${1:-} == --snapshot=* ]]; then
   if [[ $1 == --snapshot=* ]]; then n=${1#*=}; shift; else n=${2:-}; shift 2 || true; fi
   [[ $n =~ ^[0-9]+$ ]] || die "--snapshot needs a number of secrets, e.g. --snapshot 100000"

@@ -50,6 +50,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::client::VaultClient;
+use crate::durability::SyncCounters;
 use crate::load::{self, LoadSpec, RunStats};
 use crate::report::{Row, Side};
 use crate::servers::{self, Kind};
@@ -557,6 +558,9 @@ struct ReadRun {
     /// Custos: `custos_standby_reads_total` increase on the standbys, by outcome.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     standby_reads: Vec<(String, f64)>,
+    /// Custos: each node's audit and Raft log syncs over the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    node_syncs: Vec<NodeSyncs>,
 }
 
 #[derive(Serialize)]
@@ -564,6 +568,83 @@ struct NodeCpu {
     node: String,
     leader: bool,
     cpu_seconds: f64,
+}
+
+/// What one Custos node's logs synced during a run (from its own metrics,
+/// `crate::durability`): where a run's time goes when the disk bounds it.
+#[derive(Serialize)]
+struct NodeSyncs {
+    node: String,
+    leader: bool,
+    audit_commits_per_s: f64,
+    /// Share of the run its audit writer spent committing (write + fdatasync).
+    audit_writer_busy: f64,
+    audit_events_per_commit: f64,
+    audit_commit_mean_ms: f64,
+    raft_appends_per_s: f64,
+    raft_append_busy: f64,
+    raft_append_mean_ms: f64,
+}
+
+/// Every live node's sync counters now (empty for OpenBao, which has none).
+async fn scrape_syncs(cl: &Cluster) -> Vec<Option<SyncCounters>> {
+    let mut out = Vec::new();
+    for i in 0..NODES {
+        out.push(match cl.client(i, 1) {
+            Ok(c) if cl.nodes[i].alive() && cl.kind == Kind::Custos => {
+                SyncCounters::scrape(&c).await
+            }
+            _ => None,
+        });
+    }
+    out
+}
+
+/// Per node: what its logs synced between two scrapes `seconds` apart.
+fn node_syncs(
+    cl: &Cluster,
+    leader: usize,
+    before: &[Option<SyncCounters>],
+    after: &[Option<SyncCounters>],
+    seconds: f64,
+) -> Vec<NodeSyncs> {
+    let per = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .filter_map(|(i, (b, a))| {
+            let d = a.as_ref()?.since(b.as_ref()?)?;
+            Some(NodeSyncs {
+                node: cl.nodes[i].name.clone(),
+                leader: i == leader,
+                audit_commits_per_s: per(d.audit_commits, seconds),
+                audit_writer_busy: per(d.audit_commit_seconds, seconds),
+                audit_events_per_commit: per(d.audit_events, d.audit_commits),
+                audit_commit_mean_ms: per(d.audit_commit_seconds * 1000.0, d.audit_commits),
+                raft_appends_per_s: per(d.raft_appends, seconds),
+                raft_append_busy: per(d.raft_append_seconds, seconds),
+                raft_append_mean_ms: per(d.raft_append_seconds * 1000.0, d.raft_appends),
+            })
+        })
+        .collect()
+}
+
+fn print_syncs(syncs: &[NodeSyncs]) {
+    for s in syncs {
+        println!(
+            "    {}{}: audit {:.0} commits/s, writer busy {:.0}%, {:.1} events/commit, {:.2} ms/commit; Raft log {:.0} appends/s, busy {:.0}%, {:.2} ms/append",
+            s.node,
+            if s.leader { " (active)" } else { "" },
+            s.audit_commits_per_s,
+            s.audit_writer_busy * 100.0,
+            s.audit_events_per_commit,
+            s.audit_commit_mean_ms,
+            s.raft_appends_per_s,
+            s.raft_append_busy * 100.0,
+            s.raft_append_mean_ms
+        );
+    }
 }
 
 /// Write on the leader, read the same key at once on a standby.
@@ -869,9 +950,18 @@ async fn read_run(
     } else {
         Vec::new()
     };
+    let syncs0 = scrape_syncs(cl).await;
     let cpu0 = cl.cpu();
+    let t0 = Instant::now();
     let stats = load::run_spread(Workload::KvRead, fx, &clients, spec, &pids).await?;
     let cpu1 = cl.cpu();
+    let syncs = node_syncs(
+        cl,
+        leader,
+        &syncs0,
+        &scrape_syncs(cl).await,
+        t0.elapsed().as_secs_f64(),
+    );
     let mut standby_delta: Vec<(String, f64)> = Vec::new();
     if cl.kind == Kind::Custos {
         let mut after = Vec::new();
@@ -897,6 +987,7 @@ async fn read_run(
             })
             .collect(),
         standby_reads: standby_delta,
+        node_syncs: syncs,
     };
     Ok((run, stats))
 }
@@ -1069,9 +1160,12 @@ pub async fn run(a: ClusterArgs) -> Result<bool> {
         a.concurrency
     );
     let mut writes: Vec<Option<RunStats>> = vec![None, None];
+    let mut write_syncs = Vec::new();
     for (ci, cl) in clusters.iter().enumerate() {
         let leader = cl.leader().await?;
         let c = cl.client(leader, a.concurrency)?;
+        let syncs0 = scrape_syncs(cl).await;
+        let t0 = Instant::now();
         let s = load::run(
             Workload::KvWrite,
             fixtures[ci].clone(),
@@ -1080,7 +1174,16 @@ pub async fn run(a: ClusterArgs) -> Result<bool> {
             Some(cl.nodes[leader].pid),
         )
         .await?;
+        let syncs = node_syncs(
+            cl,
+            leader,
+            &syncs0,
+            &scrape_syncs(cl).await,
+            t0.elapsed().as_secs_f64(),
+        );
         crate::print_stats(&format!("  {}", cl.kind.name()), &s);
+        print_syncs(&syncs);
+        write_syncs.extend(syncs);
         if s.error_rate > MAX_ERROR_RATE {
             failures.push(format!(
                 "writes through the leader on {}: error rate {:.3}%: {:?}",
@@ -1125,6 +1228,7 @@ pub async fn run(a: ClusterArgs) -> Result<bool> {
             })
             .collect();
         println!("    CPU per node: {}", cpu.join(", "));
+        print_syncs(&run.node_syncs);
         if !run.standby_reads.is_empty() {
             println!(
                 "    custos_standby_reads_total on the standbys: {:?}",
@@ -1298,6 +1402,7 @@ pub async fn run(a: ClusterArgs) -> Result<bool> {
             "config_node2": cl.config_text(),
         })).collect::<Vec<_>>(),
         "writes_through_leader": write_row,
+        "writes_node_syncs": write_syncs,
         "reads_through_standbys": read_rows,
         "read_runs": reads,
         "read_after_write": probes,
