@@ -677,6 +677,9 @@ struct Round {
     lost: usize,
     duplicated: usize,
     failed_writes: u64,
+    /// Of those, the ones sent to a surviving node (the rest went to the
+    /// killed node: refused connections until the round ends).
+    failed_on_survivors: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     first_errors: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -725,6 +728,7 @@ struct Ack {
 }
 
 struct WriterOut {
+    node: usize,
     acks: Vec<Ack>,
     errors: u64,
     first_errors: Vec<String>,
@@ -744,6 +748,7 @@ async fn failover_round(cl: &mut Cluster, round: usize, a: &ClusterArgs) -> Resu
         let prefix = format!("failover/{}-r{round}/w{w}", cl.kind.name());
         writers.spawn(async move {
             let mut out = WriterOut {
+                node,
                 acks: Vec::new(),
                 errors: 0,
                 first_errors: Vec::new(),
@@ -823,13 +828,16 @@ async fn failover_round(cl: &mut Cluster, round: usize, a: &ClusterArgs) -> Resu
     }
     stop.store(true, Ordering::Relaxed);
     let mut acks = Vec::new();
-    let (mut failed, mut first_errors) = (0, Vec::new());
+    let (mut failed, mut failed_on_survivors, mut first_errors) = (0, 0, Vec::new());
     while let Some(out) = writers.join_next().await {
         let out = out.map_err(|e| anyhow!("failover writer: {e}"))?;
         acks.extend(out.acks);
         failed += out.errors;
+        if out.node != killed {
+            failed_on_survivors += out.errors;
+        }
         for e in out.first_errors {
-            if first_errors.len() < 6 {
+            if first_errors.len() < 9 {
                 first_errors.push(e);
             }
         }
@@ -862,6 +870,7 @@ async fn failover_round(cl: &mut Cluster, round: usize, a: &ClusterArgs) -> Resu
         lost,
         duplicated,
         failed_writes: failed,
+        failed_on_survivors,
         first_errors,
         lost_examples,
     })
@@ -1288,7 +1297,7 @@ pub async fn run(a: ClusterArgs) -> Result<bool> {
         for (ci, cl) in clusters.iter_mut().enumerate() {
             let r = failover_round(cl, round, &a).await?;
             println!(
-                "  {} round {round}: killed {}, {} leads; failover {} (first ack of any write {}); acked {} ({} after the kill), lost {}, duplicated {}, failed writes {}",
+                "  {} round {round}: killed {}, {} leads; failover {} (first ack of any write {}); acked {} ({} after the kill), lost {}, duplicated {}, failed writes {} ({} through survivors)",
                 cl.kind.name(),
                 r.killed,
                 r.new_leader,
@@ -1300,7 +1309,8 @@ pub async fn run(a: ClusterArgs) -> Result<bool> {
                 r.acked_after_kill,
                 r.lost,
                 r.duplicated,
-                r.failed_writes
+                r.failed_writes,
+                r.failed_on_survivors
             );
             for e in r.first_errors.iter().take(3) {
                 println!("    error: {e}");
@@ -1559,6 +1569,7 @@ mod tests {
             lost: 0,
             duplicated: 1,
             failed_writes: 0,
+            failed_on_survivors: 0,
             first_errors: vec![],
             lost_examples: vec![],
         };
