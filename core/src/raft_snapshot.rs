@@ -15,7 +15,8 @@
 //! The gzip stream deflates `state.bin`'s keys sections at level 1 and
 //! stores its values sections (level 0: ciphertext does not compress, and
 //! deflating it was most of a save's CPU); it is still one gzip member.
-//! The archive is produced on a blocking thread into a bounded channel that
+//! The archive is produced on a blocking thread (with a second one reading,
+//! transcoding and hashing `state.bin` for it) into a bounded channel that
 //! is the response body, so memory stays flat whatever the data's size; a
 //! failure mid-stream aborts the response, and without its last file the
 //! real CLI reports the snapshot incomplete.
@@ -552,29 +553,43 @@ impl<W: Write> Write for LevelledGz<W> {
     }
 }
 
-/// `state.bin` into the archive: keys compressed, values stored, all hashed.
-struct StateSink<'a, W: Write> {
-    gz: &'a mut LevelledGz<W>,
+/// A section of `state.bin` on its way from the transcoding thread to the
+/// gzip writer: `true` for a values section (stored), `false` for keys.
+type Section = (bool, Vec<u8>);
+/// Sections in flight between the two threads of a save.
+const SECTIONS_IN_FLIGHT: usize = 4;
+
+/// The transcoding side of a save: hashes `state.bin` and hands its
+/// sections to the gzip writer on the other thread.
+struct SectionSender {
+    tx: std::sync::mpsc::SyncSender<Section>,
     hash: Sha256,
 }
 
-impl<W: Write> SectionSink for StateSink<'_, W> {
-    fn keys(&mut self, bytes: &[u8]) -> io::Result<()> {
+impl SectionSender {
+    fn send(&mut self, stored: bool, bytes: &[u8]) -> io::Result<()> {
         self.hash.update(bytes);
-        self.gz.set_stored(false)?;
-        self.gz.write_all(bytes)
+        self.tx
+            .send((stored, bytes.to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the archive writer stopped"))
+    }
+}
+
+impl SectionSink for SectionSender {
+    fn keys(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.send(false, bytes)
     }
 
     fn values(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.hash.update(bytes);
-        self.gz.set_stored(true)?;
-        self.gz.write_all(bytes)
+        self.send(true, bytes)
     }
 }
 
 /// Write the archive (see the module docs) to `out`; `state` is the Raft
 /// snapshot file (version 1, `state_len` bytes), written as `state.bin` in
-/// the batched layout (version 2) of `meta.size` bytes.
+/// the batched layout (version 2) of `meta.size` bytes. Two threads share
+/// the work: a scoped one reads and transcodes the file and hashes it, this
+/// one deflates or stores each section and frames the archive.
 fn write_archive(
     out: ChannelWriter,
     meta: &ArchiveMeta,
@@ -595,13 +610,32 @@ fn write_archive(
     // its sections go through the gzip writer at their own levels.
     let gz = tar.get_mut();
     gz.write_all(tar_header(STATE_FILE, meta.size)?.as_bytes())?;
-    let mut sink = StateSink {
-        gz,
-        hash: Sha256::new(),
-    };
-    transcode_batched(&state, state_len, &mut sink)?;
-    let state_sum: [u8; 32] = sink.hash.finalize().into();
-    let gz = sink.gz;
+    let state_sum: [u8; 32] = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Section>(SECTIONS_IN_FLIGHT);
+        let state = &state;
+        let reader = scope.spawn(move || {
+            let mut sink = SectionSender {
+                tx,
+                hash: Sha256::new(),
+            };
+            transcode_batched(state, state_len, &mut sink)?;
+            Ok::<_, io::Error>(sink.hash.finalize().into())
+        });
+        let mut written = Ok(());
+        for (stored, bytes) in rx.iter() {
+            if let Err(e) = gz.set_stored(stored).and_then(|()| gz.write_all(&bytes)) {
+                written = Err(e);
+                break;
+            }
+        }
+        // After a failed write, dropping the receiver stops the reader.
+        drop(rx);
+        let read = reader
+            .join()
+            .map_err(|_| io::Error::other("the snapshot transcoder panicked"))?;
+        written?;
+        read
+    })?;
     gz.set_stored(false)?;
     let pad = (512 - (meta.size % 512) as usize) % 512;
     gz.write_all(&[0u8; 512][..pad])?;
