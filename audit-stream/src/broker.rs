@@ -112,6 +112,8 @@ pub struct AuditBroker {
     /// Local logs of `file` devices, by device path.
     logs: RwLock<Vec<(String, Arc<AuditLog>)>>,
     shippers: RwLock<Vec<Arc<Shipper>>>,
+    /// Stamped into every event's `node_id` on a cluster (empty: none).
+    node_id: std::sync::OnceLock<String>,
 }
 
 fn read<T: Clone>(l: &RwLock<Vec<T>>) -> Vec<T> {
@@ -143,6 +145,22 @@ impl AuditBroker {
         AuditBroker {
             devices: RwLock::new(devices),
             ..AuditBroker::default()
+        }
+    }
+
+    /// Name the node this broker writes for: every event it records from
+    /// now on carries it in `node_id`, on every device and sink alike. Set
+    /// once, when the server is a cluster member; later calls are ignored.
+    pub fn set_node_id(&self, node_id: impl Into<String>) {
+        let _ = self.node_id.set(node_id.into());
+    }
+
+    /// Put this node's id into an event that has none.
+    fn stamp(&self, event: &mut AuditEvent) {
+        if let Some(id) = self.node_id.get()
+            && event.node_id.is_empty()
+        {
+            event.node_id.clone_from(id);
         }
     }
 
@@ -322,12 +340,14 @@ impl AuditBroker {
     }
 
     /// Record a request event; fails only if devices exist and none recorded it.
-    pub async fn log_request(&self, event: AuditEvent) -> Result<(), AuditError> {
+    pub async fn log_request(&self, mut event: AuditEvent) -> Result<(), AuditError> {
+        self.stamp(&mut event);
         self.log(&event).await
     }
 
     /// Record a response event; fails only if devices exist and none recorded it.
-    pub async fn log_response(&self, event: AuditEvent) -> Result<(), AuditError> {
+    pub async fn log_response(&self, mut event: AuditEvent) -> Result<(), AuditError> {
+        self.stamp(&mut event);
         self.log(&event).await
     }
 
@@ -339,7 +359,10 @@ impl AuditBroker {
         request: AuditEvent,
         response: AuditEvent,
     ) -> Result<(), AuditError> {
-        let events = [request, response];
+        let mut events = [request, response];
+        for e in &mut events {
+            self.stamp(e);
+        }
         let devices = self.snapshot();
         if devices.is_empty() {
             return Ok(());
@@ -441,6 +464,7 @@ mod tests {
         path: String,
         fail: bool,
         logged: AtomicUsize,
+        nodes: std::sync::Mutex<Vec<String>>,
     }
 
     impl Fake {
@@ -449,6 +473,7 @@ mod tests {
                 path: path.into(),
                 fail,
                 logged: AtomicUsize::new(0),
+                nodes: std::sync::Mutex::new(Vec::new()),
             })
         }
     }
@@ -467,11 +492,12 @@ mod tests {
         fn options(&self) -> BTreeMap<String, String> {
             BTreeMap::new()
         }
-        async fn log(&self, _event: &AuditEvent) -> Result<(), AuditError> {
+        async fn log(&self, event: &AuditEvent) -> Result<(), AuditError> {
             if self.fail {
                 return Err(AuditError::Closed);
             }
             self.logged.fetch_add(1, Ordering::SeqCst);
+            self.nodes.lock().unwrap().push(event.node_id.clone());
             Ok(())
         }
         fn hash(&self, input: &str) -> String {
@@ -485,6 +511,28 @@ mod tests {
 
     fn ev() -> AuditEvent {
         AuditEvent::request(None, AuditRequest::new("id", "read", "sys/health"))
+    }
+
+    #[tokio::test]
+    async fn every_device_gets_the_node_id() {
+        let (a, b) = (Fake::new("a/", false), Fake::new("b/", false));
+        let broker = AuditBroker::with_devices(vec![a.clone(), b.clone()]);
+        broker.log_request(ev()).await.unwrap();
+        broker.set_node_id("node2");
+        broker.set_node_id("ignored");
+        broker.log_response(ev()).await.unwrap();
+        broker.log_pair(ev(), ev()).await.unwrap();
+        for d in [a, b] {
+            assert_eq!(*d.nodes.lock().unwrap(), ["", "node2", "node2", "node2"]);
+        }
+        let json = serde_json::to_value({
+            let mut e = ev();
+            broker.stamp(&mut e);
+            e
+        })
+        .unwrap();
+        assert_eq!(json["node_id"], "node2");
+        assert!(serde_json::to_value(ev()).unwrap().get("node_id").is_none());
     }
 
     #[tokio::test]

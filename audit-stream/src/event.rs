@@ -73,6 +73,12 @@ pub struct AuditEvent {
     /// The OpenTelemetry trace id of the request, when traced.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_id: String,
+    /// The node that wrote the event (`storage "raft" { node_id }`), on a
+    /// cluster; stamped by the broker ([`crate::AuditBroker::set_node_id`])
+    /// so every device and sink carries the same value. Absent on a server
+    /// without a cluster. Not in Vault's format: parsers ignore it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
     /// Top-level keys of `request.data` whose string values are kept clear
     /// (a mount's `audit_non_hmac_request_keys`). Not serialized.
     #[serde(skip)]
@@ -107,6 +113,7 @@ impl AuditEvent {
             response: None,
             error: String::new(),
             trace_id: String::new(),
+            node_id: String::new(),
             non_hmac_request_keys: Vec::new(),
             non_hmac_response_keys: Vec::new(),
         }
@@ -128,6 +135,7 @@ impl AuditEvent {
             response: Some(resp),
             error: error.unwrap_or_default(),
             trace_id: String::new(),
+            node_id: String::new(),
             non_hmac_request_keys: Vec::new(),
             non_hmac_response_keys: Vec::new(),
         }

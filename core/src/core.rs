@@ -516,6 +516,10 @@ impl Core {
         let audit = Arc::new(
             audit::build_broker(&self.opts.audit_devices, &system, role, &root_key).await?,
         );
+        // On a cluster every event says which node wrote it (audit_nodes).
+        if self.cluster().is_some() {
+            audit.set_node_id(self.node_label());
+        }
         let router = Router::new();
         let mut entries: Vec<MountEntry> =
             root_view.get_json(MOUNTS_PATH).await?.unwrap_or_default();

@@ -388,8 +388,13 @@ fn now_ms() -> u128 {
         .unwrap_or_default()
 }
 
-/// The value of [`FORWARDED_HEADER`] for a request from `client`.
-fn origin_header(core: &Core, client: SocketAddr, request_id: &str) -> Result<HeaderValue> {
+/// The value of [`FORWARDED_HEADER`] for a request from `client` (also
+/// sent by `crate::audit_nodes` when it asks a peer for its own answer).
+pub(crate) fn origin_header(
+    core: &Core,
+    client: SocketAddr,
+    request_id: &str,
+) -> Result<HeaderValue> {
     let key = forwarding_key(core)?;
     let at = now_ms();
     let mac = mac_of(&key, &client.to_string(), request_id, at)?;

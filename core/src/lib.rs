@@ -13,6 +13,7 @@
 //! turns into tokens tied to an identity entity ([`identity`]).
 
 pub mod audit;
+pub mod audit_nodes;
 pub mod auth;
 pub mod autopilot;
 pub mod autoseal;

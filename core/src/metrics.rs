@@ -102,6 +102,8 @@ custos_audit::declare_metrics! {
         "Connections to the cluster port (Raft RPCs, mutual TLS) this node did not take, by reason: sealed (no cluster TLS loaded, the connection is closed at once), handshake (plain HTTP, no client certificate, a certificate not of this cluster's CA, or a handshake timeout).";
     HA_FORWARDED = "custos_ha_forwarded_requests_total", Counter, ["outcome"],
         "Requests a standby forwarded to the active node, by outcome: forwarded (the active node answered), leader_moved (this node became active meanwhile; the client is told to retry), failed (no active node could be reached).";
+    AUDIT_QUERY_PEER_FAILURES = "custos_audit_query_peer_failures_total", Counter, ["peer", "reason"],
+        "Cluster members that did not answer when this node asked every node for its audit log (sys/audit-query from the local logs, sys/audit-verify), by member and reason: unreachable (no connection or no answer in time), error (an error answer). Each one made an answer partial; the answer named the node.";
     STANDBY_READS = "custos_standby_reads_total", Counter, ["outcome"],
         "Reads a standby received with X-Vault-Index, by outcome: local (served from this node's own state once it had applied the index), forwarded (sent to the active node: the index was not reached in time, X-Vault-Inconsistent: forward-active-node, or the route or token needs the active node), inconsistent (answered 412 for X-Vault-Inconsistent: fail).";
     BARRIER_TERM = "custos_barrier_key_term", Gauge, [],
@@ -147,7 +149,7 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("node_id", "the node's Raft node id (one per node)"),
     (
         "peer",
-        "a follower's Raft node id, on the leader (one per cluster member: 3 or 5)",
+        "a follower's Raft node id, on the leader; for audit fan-out failures, the member's node_id (one per cluster member: 3 or 5)",
     ),
     (
         "mount",
@@ -160,7 +162,7 @@ pub const LABEL_VALUES: &[(&str, &str)] = &[
     ("status", "status class: `1xx`, `2xx`, `3xx`, `4xx`, `5xx`"),
     (
         "reason",
-        "a fixed set per metric: token revocations `revoke`, `expired`, `parent`, `uses`; sink failures `unavailable`, `rejected`, `corrupt`; OTLP drops `queue_full`, `export_failed`; auto-unseal failures `unreachable`, `refused`, `decrypt`, `config`; cluster TLS handshake failures `sealed`, `handshake`",
+        "a fixed set per metric: token revocations `revoke`, `expired`, `parent`, `uses`; sink failures `unavailable`, `rejected`, `corrupt`; OTLP drops `queue_full`, `export_failed`; auto-unseal failures `unreachable`, `refused`, `decrypt`, `config`; cluster TLS handshake failures `sealed`, `handshake`; audit fan-out peer failures `unreachable`, `error`",
     ),
     ("type", "seal type: `shamir`, `transit`, `awskms`"),
     (

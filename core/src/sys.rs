@@ -120,6 +120,7 @@ const R_LOCKED_USERS: usize = 35;
 const R_UNLOCK_USER: usize = 36;
 const R_AUTOPILOT_STATE: usize = 37;
 const R_AUTOPILOT_CONFIG: usize = 38;
+const R_AUDIT_VERIFY: usize = 39;
 
 static PATHS: &[PathSpec] = &[
     PathSpec {
@@ -308,9 +309,10 @@ static PATHS: &[PathSpec] = &[
             F::new("accessor", K::String),
             F::new("limit", K::Int),
             F::new("source", K::String),
+            F::new("node", K::String),
         ],
         existence_check: false,
-        help: "Which clients read a path, at which KV versions (or, for transit, under which key versions: max_key_version=N keeps the events that used a version <= N), in a time range: from the local audit log's index, or from Elasticsearch (source=elasticsearch).",
+        help: "Which clients read a path, at which KV versions (or, for transit, under which key versions: max_key_version=N keeps the events that used a version <= N), in a time range: from the local audit log's index (on a cluster, every node's, merged; node=<node_id> asks one node), or from Elasticsearch (source=elasticsearch; node=<node_id> keeps that node's events).",
     },
     PathSpec {
         pattern: "audit-rotate",
@@ -418,6 +420,13 @@ static PATHS: &[PathSpec] = &[
         ],
         existence_check: false,
         help: "Returns autopilot configuration.",
+    },
+    PathSpec {
+        pattern: "audit-verify",
+        operations: &[Op::Read],
+        fields: &[F::new("node", K::String)],
+        existence_check: false,
+        help: "Check the local audit log of every node (or of `node`): CRCs, sequence gaps, records out of order, a torn tail, as `custos audit verify --dir` does on one directory. Needs sudo.",
     },
     // Key ceremonies (crate::ceremony), matched there by pattern.
     PathSpec {
@@ -1172,9 +1181,7 @@ impl Backend for SystemBackend {
             R_LEADER => Ok(Some(Response::data(leader_json(&core)))),
             R_METRICS => Ok(Some(Response::default())),
             R_AUDIT_QUERY => {
-                use custos_audit::query::{
-                    QueryError, QueryParams, Source, kv2_data_path, parse_time_param,
-                };
+                use custos_audit::query::{QueryParams, Source, kv2_data_path, parse_time_param};
                 let u = core.unsealed()?;
                 let service = u.audit_query.get().cloned().ok_or_else(|| {
                     CoreError::bad_request(
@@ -1237,14 +1244,50 @@ impl Backend for SystemBackend {
                 }
                 let source = Source::parse(f.str("source").unwrap_or_default())
                     .map_err(|e| CoreError::bad_request(e.to_string()))?;
-                let answer = service.query(q, source).await.map_err(|e| match e {
-                    QueryError::BadRequest(m) => CoreError::bad_request(m),
-                    QueryError::Unavailable(m) => CoreError::Unavailable(m),
-                    other => CoreError::Internal(other.to_string()),
-                })?;
-                Ok(Some(Response::data(obj(
-                    serde_json::to_value(&answer).map_err(CoreError::internal)?
-                ))))
+                let node = f.str("node").filter(|s| !s.is_empty()).map(str::to_owned);
+                if source == Source::Elasticsearch {
+                    q.node = node;
+                    let answer = service
+                        .query(q, source)
+                        .await
+                        .map_err(crate::audit_nodes::query_error)?;
+                    return Ok(Some(Response::data(obj(
+                        serde_json::to_value(&answer).map_err(CoreError::internal)?
+                    ))));
+                }
+                // The local logs: this node's, or every node's on a cluster.
+                let forwarded = |name: &'static str| f.str(name).map(|v| (name, v.to_owned()));
+                let mut params: Vec<(&str, String)> =
+                    ["path", "since", "until", "operation", "accessor"]
+                        .into_iter()
+                        .filter_map(forwarded)
+                        .collect();
+                for name in ["min_version", "max_key_version"] {
+                    if let Some(v) = f.int(name) {
+                        params.push((name, v.to_string()));
+                    }
+                }
+                crate::audit_nodes::query(&core, ctx.req, &service, q, node, params).await
+            }
+            R_AUDIT_VERIFY => {
+                let u = core.unsealed()?;
+                // Root-protected like sys/audit-rotate: the caller needs sudo.
+                let policies = ctx
+                    .req
+                    .auth
+                    .as_deref()
+                    .map(|e| e.policies.clone())
+                    .unwrap_or_default();
+                let caps = u
+                    .policies
+                    .acl_for(&policies)
+                    .await?
+                    .capabilities("sys/audit-verify");
+                if !caps.iter().any(|c| c == "sudo" || c == "root") {
+                    return Err(CoreError::PermissionDenied);
+                }
+                let node = f.str("node").filter(|s| !s.is_empty()).map(str::to_owned);
+                crate::audit_nodes::verify(&core, ctx.req, node).await
             }
             r if crate::ceremony::SYS_PATTERNS.contains(&PATHS[r].pattern) => {
                 crate::ceremony::handle_sys(&core, PATHS[r].pattern, &ctx).await

@@ -6,11 +6,17 @@
 //!   server config, so there is no `enable`/`disable` here.
 //! * `rotate`: `PUT sys/audit-rotate` (sudo): every local audit log starts a
 //!   new segment, as SIGHUP does on the server's host.
-//! * `verify`: local, no server needed. Reads the local audit log directory
-//!   (CRCs, sequence, torn tail) and, given sink addresses, reconciles it with
-//!   Elasticsearch (exactly the same event ids) and Kafka (every event id at
-//!   least once) through `custos_audit::ship::reconcile`. Prints every gap
-//!   and exits 1 when there is one (2 when a sink cannot be read).
+//! * `verify --dir DIR`: local, no server needed. Reads the local audit log
+//!   directory (CRCs, sequence, torn tail) and, given sink addresses,
+//!   reconciles it with Elasticsearch (exactly the same event ids) and Kafka
+//!   (every event id at least once) through `custos_audit::ship::reconcile`.
+//!   Prints every gap and exits 1 when there is one (2 when a sink cannot be
+//!   read).
+//! * `verify --all-nodes` (or `--node ID`): through the server at
+//!   `-address`, `GET sys/audit-verify` (sudo): every cluster node runs the
+//!   same log checks on its own log directory and the answer holds one
+//!   report per node. Prints each node's result; exits 1 when a node's log
+//!   has a gap, else 2 when a node did not answer, else 0.
 
 use super::{CmdResult, Ctx, EXIT_LOCAL, EXIT_OK, EXIT_REMOTE, Failure, err, out, str_field};
 use crate::output::{self, Format};
@@ -37,8 +43,14 @@ pub enum AuditCmd {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The local audit log directory (the file device's file_path)
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["all_nodes", "node"])]
+    pub dir: Option<PathBuf>,
+    /// Ask the server to check every cluster node's audit log (sys/audit-verify, sudo)
+    #[arg(long = "all-nodes", conflicts_with_all = ["dir", "node"])]
+    pub all_nodes: bool,
+    /// Ask the server to check this cluster node's audit log only
+    #[arg(long, value_name = "ID", conflicts_with = "dir")]
+    pub node: Option<String>,
     /// Kafka bootstrap servers (host:port,...)
     #[arg(long = "kafka-brokers", value_name = "LIST", requires = "kafka_topic")]
     pub kafka_brokers: Option<String>,
@@ -290,12 +302,88 @@ pub fn report_text(r: &Reconciliation) -> String {
     lines.join("\n")
 }
 
+/// One node's entry of a `sys/audit-verify` answer as text lines.
+pub fn node_report_text(node: &str, v: &Value) -> String {
+    let r = &v["report"];
+    let seq = |k: &str| r[k].as_u64().map_or("-".into(), |s| s.to_string());
+    let mut lines = vec![format!(
+        "{node}: {} records in {} segments (sequence {}..{}) in {}",
+        r["records"].as_u64().unwrap_or_default(),
+        r["segments"].as_u64().unwrap_or_default(),
+        seq("first_seq"),
+        seq("last_seq"),
+        str_field(v, "dir"),
+    )];
+    let list = |k: &str| r[k].as_array().cloned().unwrap_or_default();
+    for g in list("gaps") {
+        lines.push(format!("  gap: records {}..{} missing", g[0], g[1]));
+    }
+    for e in list("crc_errors") {
+        lines.push(format!(
+            "  damaged record: {} line {}",
+            e[0].as_str().unwrap_or_default(),
+            e[1]
+        ));
+    }
+    for e in list("out_of_order") {
+        lines.push(format!(
+            "  record out of order: {} line {}",
+            e[0].as_str().unwrap_or_default(),
+            e[1]
+        ));
+    }
+    if r["torn_tail"].as_bool() == Some(true) {
+        lines.push("  torn tail: the last segment ends in a partial record".into());
+    }
+    if v["clean"].as_bool() == Some(true) {
+        lines.push("  No gaps.".into());
+    }
+    lines.join("\n")
+}
+
+/// `verify --all-nodes` / `--node`: the server checks the nodes' logs.
+async fn verify_nodes(ctx: &Ctx, a: &VerifyArgs) -> CmdResult {
+    let query: Vec<(&str, String)> = a.node.iter().map(|n| ("node", n.clone())).collect();
+    let resp = ctx
+        .client
+        .read_with("sys/audit-verify", &query)
+        .await
+        .map_err(|e| Failure::api("Error verifying the nodes' audit logs", &e))?
+        .unwrap_or(Value::Null);
+    let data = &resp["data"];
+    let nodes = data["nodes"].as_object().cloned().unwrap_or_default();
+    let missing = data["nodes_missing"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let dirty = nodes.values().any(|v| v["clean"].as_bool() != Some(true));
+    if ctx.format == Format::Json {
+        out(&output::json_pretty(&resp));
+    } else {
+        let mut lines: Vec<String> = nodes.iter().map(|(n, v)| node_report_text(n, v)).collect();
+        for w in resp["warnings"].as_array().into_iter().flatten() {
+            lines.push(format!("WARNING: {}", w.as_str().unwrap_or_default()));
+        }
+        out(&lines.join("\n"));
+    }
+    Ok(if dirty {
+        EXIT_LOCAL
+    } else if !missing.is_empty() || nodes.is_empty() {
+        EXIT_REMOTE
+    } else {
+        EXIT_OK
+    })
+}
+
 async fn verify(ctx: &Ctx, a: VerifyArgs) -> CmdResult {
-    let dir = LogDir::from_file_path(&a.dir);
+    let Some(path) = a.dir.clone().filter(|_| !a.all_nodes && a.node.is_none()) else {
+        return verify_nodes(ctx, &a).await;
+    };
+    let dir = LogDir::from_file_path(&path);
     if !dir.dir().is_dir() {
         return Err(Failure::local(format!(
             "{}: no such directory (give the file device's file_path with --dir)",
-            a.dir.display()
+            path.display()
         )));
     }
     let (es, kafka) = targets(&a)?;

@@ -11,9 +11,11 @@
 //! still decrypts under the old version?": `custos audit query
 //! transit/decrypt/orders --operation update --max-key-version 1`). Accessors are as
 //! the audit log holds them (HMAC'd); `-accessor` takes a raw accessor and
-//! the server hashes it with the audit device's salt.
+//! the server hashes it with the audit device's salt. On a cluster the
+//! answer holds every node's log (the nodes are printed under the table, a
+//! node that did not answer as a warning on stderr); `--node ID` asks one.
 
-use super::{CmdResult, Ctx, EXIT_OK, Failure, out};
+use super::{CmdResult, Ctx, EXIT_OK, Failure, err, out};
 use crate::output::{self, Format};
 use clap::Args;
 use serde_json::Value;
@@ -46,6 +48,9 @@ pub struct QueryArgs {
     /// Where to answer from: local (the audit log's index) or elasticsearch
     #[arg(long, value_name = "SOURCE", default_value = "local")]
     pub source: String,
+    /// On a cluster, only the events this node (its node_id) wrote
+    #[arg(long, value_name = "ID")]
+    pub node: Option<String>,
 }
 
 fn query_params(a: &QueryArgs) -> Vec<(&'static str, String)> {
@@ -57,6 +62,7 @@ fn query_params(a: &QueryArgs) -> Vec<(&'static str, String)> {
         ("max_key_version", a.max_key_version.map(|v| v.to_string())),
         ("accessor", a.accessor.clone()),
         ("limit", a.limit.map(|v| v.to_string())),
+        ("node", a.node.clone()),
     ];
     q.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
     q.push(("source", a.source.clone()));
@@ -147,6 +153,14 @@ pub async fn run(ctx: &Ctx, a: QueryArgs) -> CmdResult {
     if let Some(note) = complete {
         out(&note);
     }
+    // On a cluster: whose logs the answer holds, and who did not answer.
+    if let Some(nodes) = data["nodes"].as_array().filter(|n| n.len() > 1) {
+        let names: Vec<&str> = nodes.iter().filter_map(Value::as_str).collect();
+        out(&format!("Nodes: {}", names.join(", ")));
+    }
+    for w in resp["warnings"].as_array().into_iter().flatten() {
+        err(&format!("WARNING: {}", w.as_str().unwrap_or_default()));
+    }
     Ok(EXIT_OK)
 }
 
@@ -191,9 +205,11 @@ mod tests {
             accessor: None,
             limit: None,
             source: "local".into(),
+            node: Some("node2".into()),
         };
         let q = query_params(&a);
         assert!(q.contains(&("max_key_version", "1".into())), "{q:?}");
         assert!(q.contains(&("operation", "update".into())), "{q:?}");
+        assert!(q.contains(&("node", "node2".into())), "{q:?}");
     }
 }

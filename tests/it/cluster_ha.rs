@@ -69,14 +69,14 @@ listener "tcp" {{
         cfg
     }
 
-    fn start(&mut self, audit_options: Option<&str>) {
+    pub(crate) fn start(&mut self, audit_options: Option<&str>) {
         let cfg = self.config(audit_options);
         self.server = Some(harness::start_with_config(&self.dir, &cfg));
     }
 
     /// SIGTERM, as an operator's restart: the server shuts down gracefully
     /// (a leader hands leadership over first).
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut s) = self.server.take() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &s.child.id().to_string()])
@@ -92,7 +92,7 @@ listener "tcp" {{
         }
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut s) = self.server.take() {
             s.kill9();
         }
@@ -169,7 +169,7 @@ impl TestCluster {
         cl
     }
 
-    async fn unseal(&self, i: usize) -> Value {
+    pub(crate) async fn unseal(&self, i: usize) -> Value {
         self.c
             .put(self.nodes[i].url("sys/unseal"))
             .json(&json!({"key": self.key}))
@@ -181,7 +181,7 @@ impl TestCluster {
             .expect("unseal json")
     }
 
-    async fn wait_unsealed(&self, i: usize) {
+    pub(crate) async fn wait_unsealed(&self, i: usize) {
         let url = self.nodes[i].url("sys/seal-status");
         wait_for("a node to unseal", Duration::from_secs(60), || async {
             let (_, v) = get(&self.c, &url, "").await?;
@@ -228,7 +228,7 @@ impl TestCluster {
         .await
     }
 
-    async fn write(&self, i: usize, path: &str, n: usize) -> (u16, String) {
+    pub(crate) async fn write(&self, i: usize, path: &str, n: usize) -> (u16, String) {
         match self
             .c
             .post(self.nodes[i].url(&format!("secret/data/{path}")))

@@ -14,6 +14,7 @@ mod autounseal_ceremony;
 mod ceremony;
 mod cli;
 mod cluster;
+mod cluster_audit;
 mod cluster_faults;
 mod cluster_ha;
 mod cluster_tls;

@@ -15,7 +15,8 @@
 //! String fields are matched both as `field` and `field.keyword`, so the
 //! query works whether the index template maps them as `keyword` or
 //! dynamic mapping made them `text` with a `keyword` sub-field; every hit is
-//! checked again exactly before it counts.
+//! checked again exactly before it counts. A query for one node (`node`)
+//! adds a filter on the documents' `node_id` (the node that wrote the event).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -167,6 +168,9 @@ impl EsQuery {
                 exact("type", "response"),
                 exact("request.operation", &q.operation),
             ];
+            if let Some(node) = &q.node {
+                filter.push(exact("node_id", node));
+            }
             if range.len() > 1 {
                 filter.push(json!({"range": {"time": range}}));
             }

@@ -21,6 +21,12 @@
 //!   over the documents an `elasticsearch` audit sink shipped
 //!   (`<index>-*`, `_id` = event id), turned into the same postings.
 //!
+//! On a cluster each node indexes only the requests it served; the server
+//! asks every node for its local answer and [`merge`]s them into one, with
+//! the same grouping, order and limit (`core/src/audit_nodes.rs`). Events
+//! carry the writing node's `node_id`, so an Elasticsearch query can keep one
+//! node's (`QueryParams::node`).
+//!
 //! Both feed an [`Aggregator`], so the grouping (per client accessor), the
 //! filters (operation, minimum KV version, maximum transit key version,
 //! accessor) and the output shape are
@@ -88,6 +94,10 @@ pub struct QueryParams {
     pub accessors: Vec<String>,
     /// At most this many clients (most recent readers first).
     pub limit: usize,
+    /// Only the events this node wrote (its `node_id`). Elasticsearch
+    /// filters on the documents' `node_id`; a local index holds one node's
+    /// events only, so the server routes the query to that node instead.
+    pub node: Option<String>,
 }
 
 impl QueryParams {
@@ -102,6 +112,7 @@ impl QueryParams {
             max_key_version: None,
             accessors: Vec::new(),
             limit: DEFAULT_LIMIT,
+            node: None,
         }
     }
 
@@ -251,6 +262,109 @@ pub struct QueryAnswer {
     /// from there on; events before it are gone from the log and the index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complete_from: Option<String>,
+    /// On a cluster, local answers merged from every node ([`merge`]): the
+    /// nodes whose events the answer holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Nodes that were asked and did not answer: the answer leaves out
+    /// their events (a partial answer; the server adds a warning).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes_missing: Vec<String>,
+}
+
+/// The key [`Posting::client_key`] gives the client of an answer's row.
+fn row_key(c: &ClientReads) -> String {
+    if c.accessor.is_empty() {
+        format!("anon:{}@{}", c.display_name, c.remote_address)
+    } else {
+        c.accessor.clone()
+    }
+}
+
+/// The order of [`Aggregator::finish`]: most recent read first, ties by
+/// accessor, then display name.
+fn answer_order(a: &ClientReads, b: &ClientReads) -> std::cmp::Ordering {
+    view::parse_rfc3339_nanos(&b.last_read)
+        .cmp(&view::parse_rfc3339_nanos(&a.last_read))
+        .then_with(|| a.accessor.cmp(&b.accessor))
+        .then_with(|| a.display_name.cmp(&b.display_name))
+}
+
+/// One answer from the answers of several nodes' local logs, each asked
+/// the same query with limit [`MAX_LIMIT`]: a client's rows are added up
+/// (reads summed, versions united, first read the earliest, last read and
+/// who-it-was the latest), ordered as one node orders them and cut at
+/// `limit`. Exact unless a node's own answer was truncated (more than
+/// [`MAX_LIMIT`] clients): then a client may miss that node's reads, and the
+/// merged answer says `truncated`. Membership of the first `limit` clients
+/// is exact even so: a client's latest read ranks it on the node that saw
+/// it at least as high as in the merged order. `complete_from` is the latest
+/// of the nodes' (the merged answer is complete only from there on).
+pub fn merge(answers: Vec<(String, QueryAnswer)>, limit: usize) -> QueryAnswer {
+    let mut by_client: BTreeMap<String, ClientReads> = BTreeMap::new();
+    let mut merged = QueryAnswer {
+        clients: Vec::new(),
+        events_scanned: 0,
+        source: Source::Local.as_str().to_owned(),
+        truncated: false,
+        complete_from: None,
+        nodes: Vec::new(),
+        nodes_missing: Vec::new(),
+    };
+    for (node, answer) in answers {
+        merged.nodes.push(node);
+        merged.events_scanned += answer.events_scanned;
+        merged.truncated |= answer.truncated;
+        if let Some(from) = answer.complete_from {
+            let later = merged.complete_from.as_ref().is_none_or(|have| {
+                view::parse_rfc3339_nanos(&from) > view::parse_rfc3339_nanos(have)
+            });
+            if later {
+                merged.complete_from = Some(from);
+            }
+        }
+        for row in answer.clients {
+            match by_client.entry(row_key(&row)) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(row);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let have = o.get_mut();
+                    have.reads += row.reads;
+                    let mut versions: BTreeSet<u64> = have.versions.drain(..).collect();
+                    versions.extend(row.versions.iter().copied());
+                    have.versions = versions.into_iter().collect();
+                    have.max_version = have.versions.last().copied();
+                    let mut kv: BTreeSet<u64> = have.key_versions.drain(..).collect();
+                    kv.extend(row.key_versions.iter().copied());
+                    have.key_versions = kv.into_iter().collect();
+                    have.min_key_version = have.key_versions.first().copied();
+                    if view::parse_rfc3339_nanos(&row.first_read)
+                        < view::parse_rfc3339_nanos(&have.first_read)
+                    {
+                        have.first_read = row.first_read;
+                    }
+                    if view::parse_rfc3339_nanos(&row.last_read)
+                        >= view::parse_rfc3339_nanos(&have.last_read)
+                    {
+                        have.last_read = row.last_read;
+                        have.accessor = row.accessor;
+                        have.display_name = row.display_name;
+                        have.policies = row.policies;
+                        have.remote_address = row.remote_address;
+                        have.role = row.role;
+                        have.entity_id = row.entity_id;
+                    }
+                }
+            }
+        }
+    }
+    let mut clients: Vec<ClientReads> = by_client.into_values().collect();
+    clients.sort_by(answer_order);
+    merged.truncated |= clients.len() > limit;
+    clients.truncate(limit);
+    merged.clients = clients;
+    merged
 }
 
 #[derive(Default)]
@@ -328,12 +442,7 @@ impl<'q> Aggregator<'q> {
                 })
             })
             .collect();
-        clients.sort_by(|a, b| {
-            view::parse_rfc3339_nanos(&b.last_read)
-                .cmp(&view::parse_rfc3339_nanos(&a.last_read))
-                .then_with(|| a.accessor.cmp(&b.accessor))
-                .then_with(|| a.display_name.cmp(&b.display_name))
-        });
+        clients.sort_by(answer_order);
         let truncated = clients.len() > self.params.limit;
         clients.truncate(self.params.limit);
         QueryAnswer {
@@ -342,6 +451,8 @@ impl<'q> Aggregator<'q> {
             source: source.to_owned(),
             truncated,
             complete_from: None,
+            nodes: Vec::new(),
+            nodes_missing: Vec::new(),
         }
     }
 }
@@ -623,6 +734,71 @@ mod tests {
         assert_eq!(ans.clients[1].reads, 2);
         assert_eq!(ans.clients[1].versions, vec![2, 3]);
         assert_eq!(ans.clients[1].max_version, Some(3));
+    }
+
+    #[test]
+    fn merged_node_answers_equal_one_answer_over_every_event() {
+        // Three nodes' postings; clients read through several nodes.
+        let nodes: Vec<Vec<Posting>> = vec![
+            vec![
+                posting("a", 10, Some(1)),
+                posting("b", 20, Some(2)),
+                posting("c", 95, Some(4)),
+            ],
+            vec![
+                posting("a", 50, Some(3)),
+                posting("d", 60, None),
+                posting("b", 5, Some(1)),
+            ],
+            vec![
+                posting("a", 30, Some(2)),
+                posting("e", 70, Some(5)),
+                decrypt("f", 80, &[2]),
+            ],
+        ];
+        for limit in [1, 2, 3, 10] {
+            let mut q = QueryParams::new("secret/data/a");
+            q.limit = limit;
+            let mut all = Aggregator::new(&q);
+            for p in nodes.iter().flatten() {
+                all.push(p.clone());
+            }
+            let want = all.finish("local");
+            let mut per_node = q.clone();
+            per_node.limit = MAX_LIMIT;
+            let answers = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, ps)| {
+                    let mut agg = Aggregator::new(&per_node);
+                    for p in ps {
+                        agg.push(p.clone());
+                    }
+                    (format!("n{i}"), agg.finish("local"))
+                })
+                .collect();
+            let got = merge(answers, limit);
+            assert_eq!(got.clients, want.clients, "limit {limit}");
+            assert_eq!(got.truncated, want.truncated, "limit {limit}");
+            assert_eq!(got.events_scanned, want.events_scanned);
+            assert_eq!(got.nodes, ["n0", "n1", "n2"]);
+        }
+        // A's rows added up: 3 reads over 3 nodes, versions 1..3.
+        let mut q = QueryParams::new("secret/data/a");
+        q.limit = MAX_LIMIT;
+        let answers = nodes
+            .iter()
+            .map(|ps| {
+                let mut agg = Aggregator::new(&q);
+                ps.iter().for_each(|p| agg.push(p.clone()));
+                ("n".to_owned(), agg.finish("local"))
+            })
+            .collect();
+        let got = merge(answers, 10);
+        let a = got.clients.iter().find(|c| c.accessor == "a").unwrap();
+        assert_eq!((a.reads, a.versions.clone()), (3, vec![1, 2, 3]));
+        assert_eq!(a.first_read, format_nanos(10));
+        assert_eq!(a.last_read, format_nanos(50));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! * At start the sink installs an index template (`PUT
 //!   _index_template/<index>`, patterns `<index>-*` or `<index>*`) mapping
 //!   the fields dashboards and queries use: `time` (date), `type`,
+//!   `node_id` (the node that wrote the event, on a cluster),
 //!   `request.{id,path,operation,mount_point,mount_type,remote_address,client_token_accessor}`,
 //!   `auth.{accessor,display_name,policies,token_policies,entity_id,token_type}`
 //!   (keywords), `error`, `custos.seq`, `custos.kv_version` and
@@ -89,6 +90,7 @@ pub fn index_template(opts: &EsOptions) -> Value {
                     "type": kw,
                     "error": kw_long,
                     "trace_id": kw,
+                    "node_id": kw,
                     "auth": {"properties": {
                         "accessor": kw,
                         "display_name": kw,
