@@ -70,6 +70,8 @@ ALLOW_EMPTY = {
     "nobody dials the dev server's cluster port (tests/it/cluster_tls.rs checks the refusals)",
     "custos_standby_reads_total": "a one-node dev server has no standby to serve X-Vault-Index reads "
     "(tests/it/standby_reads.rs checks them)",
+    "custos_audit_query_peer_failures_total": "a one-node dev server has no peer to ask for its audit log "
+    "(tests/it/cluster_audit.rs checks a missing node is counted)",
     "custos_snapshot_copy_behind_seconds": "the dev server's automated snapshots have no copy_to destination",
     "custos_snapshot_failures_total": "failure counters are created on the first failure; none on a healthy node",
     "custos_seal_autounseal_": "the dev node uses the Shamir seal; auto-unseal series exist only on a node with a seal stanza "
