@@ -5,100 +5,28 @@
 //! through the other (both forwarded to the leader); `sys/step-down` moves
 //! leadership while a client writes (retrying once on another node) and no
 //! write is lost; the secret survives `kill -9` of the leader and is read
-//! through a survivor (the failover time is printed, not asserted).
+//! through a survivor (the failover time is printed, not asserted). The
+//! cluster comes from [`crate::cluster_harness`].
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{self, Server, free_port, get, wait_for};
-
-struct Node {
-    name: String,
-    api: u16,
-    server: Option<Server>,
-}
-
-fn node_config(dir: &Path, name: &str, api: u16, cluster: u16, join: Option<u16>) -> String {
-    let retry = join
-        .map(|p| format!("  retry_join {{\n    leader_api_addr = \"http://127.0.0.1:{p}\"\n  }}\n"))
-        .unwrap_or_default();
-    format!(
-        r#"
-api_addr     = "http://127.0.0.1:{api}"
-cluster_addr = "http://127.0.0.1:{cluster}"
-storage "raft" {{
-  path    = "{raft}"
-  node_id = "{name}"
-{retry}}}
-listener "tcp" {{
-  address     = "127.0.0.1:{api}"
-  tls_disable = true
-}}
-"#,
-        raft = dir.join("raft").display(),
-    )
-}
+use crate::cluster_harness::TestCluster;
+use crate::harness::{self, get, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_join_replicate_and_fail_over() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut nodes: Vec<Node> = Vec::new();
-    let api1 = free_port();
-    for i in 1..=3u16 {
-        let name = format!("node{i}");
-        let dir = tmp.path().join(&name);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let api = if i == 1 { api1 } else { free_port() };
-        let cluster = free_port();
-        let join = (i > 1).then_some(api1);
-        let cfg = dir.join("server.hcl");
-        std::fs::write(&cfg, node_config(&dir, &name, api, cluster, join)).expect("config");
-        let server = harness::start_with_config(&dir, &cfg);
-        assert_eq!(server.addr, format!("127.0.0.1:{api}"));
-        nodes.push(Node {
-            name,
-            api,
-            server: Some(server),
-        });
-        if i == 1 {
-            let s = nodes[0].server.as_mut().expect("node1");
-            harness::init_unseal_mount(s).await;
-        }
-    }
-    let (key, token) = {
-        let s = nodes[0].server.as_ref().expect("node1");
-        (s.unseal_key.clone(), s.root_token.clone())
-    };
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    // Nodes 2 and 3 found the cluster through retry_join (they reported its
+    // seal, one share) and were unsealed with node 1's key.
+    let mut cl = TestCluster::start(3, false).await;
+    let (token, c) = (cl.token.clone(), cl.c.clone());
+    let api1 = cl.nodes[0].api;
+    assert_eq!(
+        cl.nodes[0].server.as_ref().map(|s| s.addr.clone()),
+        Some(format!("127.0.0.1:{api1}"))
+    );
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}/v1/{path}");
-
-    // Nodes 2 and 3 found the cluster: they report its seal (one share).
-    for n in &nodes[1..] {
-        wait_for(
-            "a joining node to report the cluster's seal",
-            Duration::from_secs(30),
-            || async {
-                let (_, v) = get(&c, &url(n.api, "sys/seal-status"), "").await?;
-                (v["n"] == json!(1) && v["sealed"] == json!(true)).then_some(())
-            },
-        )
-        .await;
-        let r: Value = c
-            .put(url(n.api, "sys/unseal"))
-            .json(&json!({"key": key}))
-            .send()
-            .await
-            .expect("unseal")
-            .json()
-            .await
-            .expect("unseal json");
-        assert!(r["errors"].is_null(), "{r}");
-    }
 
     // Three voters, node 1 leading; the joined nodes unseal themselves.
     let servers = wait_for("three voters", Duration::from_secs(60), || async {
@@ -117,16 +45,7 @@ async fn three_nodes_join_replicate_and_fail_over() {
             .any(|s| s["node_id"] == json!("node1") && s["leader"] == json!(true)),
         "{servers:?}"
     );
-    for n in &nodes[1..] {
-        wait_for(
-            "a joined node to unseal",
-            Duration::from_secs(30),
-            || async {
-                let (_, v) = get(&c, &url(n.api, "sys/seal-status"), "").await?;
-                (v["sealed"] == json!(false)).then_some(())
-            },
-        )
-        .await;
+    for n in &cl.nodes[1..] {
         let (_, leader) = get(&c, &url(n.api, "sys/leader"), "")
             .await
             .expect("leader");
@@ -154,7 +73,7 @@ async fn three_nodes_join_replicate_and_fail_over() {
     let (status, v) = health(api1, "").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["standby"], json!(false), "{v}");
-    for n in &nodes[1..] {
+    for n in &cl.nodes[1..] {
         let (status, v) = health(n.api, "").await;
         assert_eq!(status, 429, "{v}");
         assert_eq!(v["standby"], json!(true), "{v}");
@@ -167,7 +86,7 @@ async fn three_nodes_join_replicate_and_fail_over() {
 
     // A secret written through one standby is read back through the other
     // (both forwarded to the leader).
-    let (s2, s3) = (nodes[1].api, nodes[2].api);
+    let (s2, s3) = (cl.nodes[1].api, cl.nodes[2].api);
     let r = c
         .post(url(s2, "secret/data/app"))
         .header("X-Vault-Token", &token)
@@ -268,15 +187,15 @@ async fn three_nodes_join_replicate_and_fail_over() {
 
     // kill -9 the leader; the other two elect one of themselves, and a
     // read through either survivor succeeds.
-    let leader_idx = nodes
+    let leader_idx = cl
+        .nodes
         .iter()
         .position(|n| leader_addr == format!("http://127.0.0.1:{}", n.api))
         .expect("the leader is a node");
-    if let Some(mut s) = nodes[leader_idx].server.take() {
-        s.kill9();
-    }
+    cl.kill9(leader_idx);
     let killed = Instant::now();
-    let survivors: Vec<(String, u16)> = nodes
+    let survivors: Vec<(String, u16)> = cl
+        .nodes
         .iter()
         .filter(|n| n.server.is_some())
         .map(|n| (n.name.clone(), n.api))

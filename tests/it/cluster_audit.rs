@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-use crate::cluster_ha::TestCluster;
+use crate::cluster_harness::TestCluster;
 use crate::harness::{BIN, get};
 
 /// `custos audit verify` against node `i`.

@@ -13,288 +13,31 @@
 //!   the Raft snapshot knobs (`snapshot_threshold`, `trailing_logs`,
 //!   `snapshot_interval`) set low; a `#[ignore]`d scale run does the same
 //!   with 100 000 writes and prints the time and the peak RSS.
+//!
+//! Clusters come from [`crate::cluster_harness`] (`proxied` puts every node
+//! behind the proxies).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{self, Server, free_port, get, wait_for};
-use crate::netfault::{Faults, Proxy};
-
-struct Node {
-    name: String,
-    dir: PathBuf,
-    /// The node's own listeners.
-    api: u16,
-    cluster: u16,
-    /// What it advertises: the proxies' ports, or its own.
-    api_adv: u16,
-    cluster_adv: u16,
-    join: Option<u16>,
-    server: Option<Server>,
-}
-
-impl Node {
-    fn config(&self, raft_extra: &str) -> PathBuf {
-        let retry = self
-            .join
-            .map(|p| {
-                format!("  retry_join {{\n    leader_api_addr = \"http://127.0.0.1:{p}\"\n  }}\n")
-            })
-            .unwrap_or_default();
-        let text = format!(
-            r#"
-api_addr     = "http://127.0.0.1:{api_adv}"
-cluster_addr = "http://127.0.0.1:{cluster_adv}"
-storage "raft" {{
-  path    = "{raft}"
-  node_id = "{name}"
-{raft_extra}
-{retry}}}
-listener "tcp" {{
-  address         = "127.0.0.1:{api}"
-  cluster_address = "127.0.0.1:{cluster}"
-  tls_disable     = true
-}}
-"#,
-            api = self.api,
-            cluster = self.cluster,
-            api_adv = self.api_adv,
-            cluster_adv = self.cluster_adv,
-            name = self.name,
-            raft = self.dir.join("raft").display(),
-        );
-        let cfg = self.dir.join("server.hcl");
-        std::fs::write(&cfg, text).expect("config");
-        cfg
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/v1/{path}", self.api)
-    }
-}
-
-struct FaultCluster {
-    _tmp: tempfile::TempDir,
-    nodes: Vec<Node>,
-    faults: Arc<Faults>,
-    _proxies: Vec<Proxy>,
-    raft_extra: String,
-    key: String,
-    token: String,
-    c: reqwest::Client,
-}
-
-impl FaultCluster {
-    /// `n` nodes, each behind proxies when `proxied`; node1 initializes,
-    /// the others join and are unsealed with its key.
-    async fn start(n: usize, proxied: bool, raft_extra: &str) -> FaultCluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
-        let faults = Arc::new(Faults::default());
-        let mut proxies = Vec::new();
-        let api1 = free_port();
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let name = format!("node{}", i + 1);
-            let dir = tmp.path().join(&name);
-            std::fs::create_dir_all(&dir).expect("dir");
-            let api = if i == 0 { api1 } else { free_port() };
-            let cluster = free_port();
-            let (api_adv, cluster_adv) = if proxied {
-                let a = Proxy::start(faults.clone(), i, api).await;
-                let cl = Proxy::start(faults.clone(), i, cluster).await;
-                let ports = (a.port, cl.port);
-                proxies.push(a);
-                proxies.push(cl);
-                ports
-            } else {
-                (api, cluster)
-            };
-            nodes.push(Node {
-                name,
-                dir,
-                api,
-                cluster,
-                api_adv,
-                cluster_adv,
-                join: (i > 0).then_some(api1),
-                server: None,
-            });
-        }
-        let mut cl = FaultCluster {
-            _tmp: tmp,
-            nodes,
-            faults,
-            _proxies: proxies,
-            raft_extra: raft_extra.to_string(),
-            key: String::new(),
-            token: String::new(),
-            c,
-        };
-        cl.boot(0);
-        let s = cl.nodes[0].server.as_mut().expect("node1");
-        harness::init_unseal_mount(s).await;
-        (cl.key, cl.token) = (s.unseal_key.clone(), s.root_token.clone());
-        for i in 1..n {
-            cl.boot(i);
-            cl.unseal_when_found(i).await;
-        }
-        cl
-    }
-
-    fn boot(&mut self, i: usize) {
-        let cfg = self.nodes[i].config(&self.raft_extra);
-        let s = harness::start_with_config(&self.nodes[i].dir, &cfg);
-        self.faults.set_pid(i, Some(s.child.id()));
-        self.nodes[i].server = Some(s);
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut s) = self.nodes[i].server.take() {
-            s.kill9();
-        }
-        self.faults.set_pid(i, None);
-    }
-
-    /// Wait until node `i` reports the cluster's seal, unseal it, wait
-    /// until it is unsealed.
-    async fn unseal_when_found(&self, i: usize) {
-        let url = self.nodes[i].url("sys/seal-status");
-        wait_for(
-            "a node to find the cluster",
-            Duration::from_secs(60),
-            || async {
-                let (_, v) = get(&self.c, &url, "").await?;
-                (v["n"] == json!(1)).then_some(())
-            },
-        )
-        .await;
-        let r: Value = self
-            .c
-            .put(self.nodes[i].url("sys/unseal"))
-            .json(&json!({"key": self.key}))
-            .send()
-            .await
-            .expect("unseal")
-            .json()
-            .await
-            .expect("unseal json");
-        assert!(r["errors"].is_null(), "{r}");
-        wait_for("a node to unseal", Duration::from_secs(120), || async {
-            let (_, v) = get(&self.c, &url, "").await?;
-            (v["sealed"] == json!(false)).then_some(())
-        })
-        .await;
-    }
-
-    /// The node among `among` that says it leads (waits for one).
-    async fn leader_among(&self, among: &[usize]) -> usize {
-        wait_for("a leader", Duration::from_secs(30), || async {
-            for &i in among {
-                if let Some((_, v)) = get(&self.c, &self.nodes[i].url("sys/leader"), "").await
-                    && v["is_self"] == json!(true)
-                {
-                    return Some(i);
-                }
-            }
-            None
-        })
-        .await
-    }
-
-    async fn write(&self, i: usize, path: &str, n: usize) -> (u16, String) {
-        match self
-            .c
-            .post(self.nodes[i].url(&format!("secret/data/{path}")))
-            .header("X-Vault-Token", &self.token)
-            .json(&json!({"data": {"n": n}}))
-            .send()
-            .await
-        {
-            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-            Err(e) => (0, e.to_string()),
-        }
-    }
-
-    /// A write through node `i`, retried until acknowledged.
-    async fn write_until_acked(&self, i: usize, path: &str, n: usize) {
-        wait_for("an acknowledged write", Duration::from_secs(60), || async {
-            (self.write(i, path, n).await.0 == 200).then_some(())
-        })
-        .await;
-    }
-
-    /// Acknowledged writes that do not read back through node `i` with
-    /// their value and as version 1 (a write applied twice is version 2).
-    async fn missing_or_doubled(&self, i: usize, acked: &BTreeMap<String, usize>) -> Vec<String> {
-        let mut bad = Vec::new();
-        for (path, n) in acked {
-            let data = get(
-                &self.c,
-                &self.nodes[i].url(&format!("secret/data/{path}")),
-                &self.token,
-            )
-            .await;
-            if !matches!(&data, Some((200, v)) if v["data"]["data"]["n"] == json!(n)) {
-                bad.push(format!("{path}: {data:?}"));
-                continue;
-            }
-            let meta = get(
-                &self.c,
-                &self.nodes[i].url(&format!("secret/metadata/{path}")),
-                &self.token,
-            )
-            .await;
-            if !matches!(&meta, Some((200, v)) if v["data"]["current_version"] == json!(1)) {
-                bad.push(format!("{path} (metadata): {meta:?}"));
-            }
-        }
-        bad
-    }
-
-    /// `sys/leader`'s Raft indexes of node `i`: (committed, applied).
-    async fn indexes(&self, i: usize) -> Option<(u64, u64)> {
-        let (_, v) = get(&self.c, &self.nodes[i].url("sys/leader"), "").await?;
-        Some((
-            v["raft_committed_index"].as_u64()?,
-            v["raft_applied_index"].as_u64()?,
-        ))
-    }
-
-    /// Wait until every live node has applied at least the leader's
-    /// committed index as it is now.
-    async fn converged(&self, leader: usize) {
-        let (target, _) = wait_for("the leader's index", Duration::from_secs(30), || {
-            self.indexes(leader)
-        })
-        .await;
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].server.is_none() {
-                continue;
-            }
-            wait_for(
-                "a node to apply the leader's log",
-                Duration::from_secs(120),
-                || async {
-                    let (_, applied) = self.indexes(i).await?;
-                    (applied >= target).then_some(())
-                },
-            )
-            .await;
-        }
-    }
-}
+use crate::cluster_harness::{ClusterOptions, TestCluster};
+use crate::harness::{get, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_leader_and_one_from_three_minority_refuses_majority_goes_on_heal_converges() {
-    let cl = FaultCluster::start(5, true, "").await;
+    let cl = TestCluster::start_with(
+        5,
+        ClusterOptions {
+            proxied: true,
+            // The minority's writes must answer 503 before this.
+            client_timeout: Duration::from_secs(30),
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
     let all: Vec<usize> = (0..5).collect();
     let mut acked = BTreeMap::new();
     for n in 0..10 {
@@ -422,7 +165,7 @@ const LOW_SNAPSHOT_KNOBS: &str =
     "  snapshot_threshold = 200\n  trailing_logs = 50\n  snapshot_interval = \"1s\"";
 
 /// `custos_raft_snapshots_installed_total` of node `i` (its own metrics).
-async fn snapshots_installed(cl: &FaultCluster, i: usize) -> f64 {
+async fn snapshots_installed(cl: &TestCluster, i: usize) -> f64 {
     let text =
         cl.c.get(cl.nodes[i].url("sys/metrics?format=prometheus"))
             .header("X-Vault-Token", &cl.token)
@@ -450,7 +193,15 @@ async fn snapshots_installed(cl: &FaultCluster, i: usize) -> f64 {
 /// leader's log; make it the leader and read every write from its own
 /// state. Returns (catch-up time, node3's peak RSS in KiB).
 async fn catch_up_through_snapshot(writes: usize, clients: usize) -> (Duration, u64) {
-    let mut cl = FaultCluster::start(3, false, LOW_SNAPSHOT_KNOBS).await;
+    let mut cl = TestCluster::start_with(
+        3,
+        ClusterOptions {
+            raft_extra: LOW_SNAPSHOT_KNOBS.into(),
+            client_timeout: Duration::from_secs(30),
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
     let leader = cl.leader_among(&[0, 1, 2]).await;
     let down = (leader + 2) % 3;
     let (killed_at, _) = cl.indexes(leader).await.expect("indexes");

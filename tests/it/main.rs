@@ -17,6 +17,7 @@ mod cluster;
 mod cluster_audit;
 mod cluster_faults;
 mod cluster_ha;
+mod cluster_harness;
 mod cluster_tls;
 mod crash;
 mod drill;

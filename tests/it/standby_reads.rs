@@ -17,7 +17,7 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::cluster_ha::TestCluster;
+use crate::cluster_harness::TestCluster;
 
 const INDEX: &str = "X-Vault-Index";
 
