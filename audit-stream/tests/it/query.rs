@@ -1229,6 +1229,94 @@ async fn elasticsearch_gives_the_same_answer() {
     dev.shutdown().await;
 }
 
+/// On a cluster every event carries the node that wrote it: Elasticsearch
+/// answers for one node (`node`) or all, and the merged local answers of the
+/// nodes equal its answer for all.
+#[tokio::test]
+async fn elasticsearch_answers_per_node_and_merged_local_answers_match() {
+    let Some(url) = es_addr() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let index = format!("custos-audit-n{}", std::process::id());
+    let mut locals = Vec::new();
+    for (n, node) in ["node1", "node2", "node3"].into_iter().enumerate() {
+        let dev = device(&tmp.path().join(node));
+        let mut ev = Vec::new();
+        for i in 0..40i64 {
+            let who = ["alice", "bob", "carol", "dave"][((i + n as i64) % 4) as usize];
+            ev.extend(kv_read(
+                &format!("{node}-e{i}"),
+                &format!("acc-{who}"),
+                who,
+                PATH,
+                (i % 3) as u64 + 1,
+                T0 + i * 10 + n as i64,
+            ));
+        }
+        // Only node3 saw erin.
+        if node == "node3" {
+            ev.extend(kv_read("node3-x", "acc-erin", "erin", PATH, 1, T0 + 999));
+        }
+        for e in &mut ev {
+            e.node_id = node.into();
+        }
+        dev.log_all(&ev).await.unwrap();
+        let dir = dev.audit_log().log_dir().clone();
+        bulk_index(&url, &index, &dir).await;
+        let local = AuditIndex::open_for(&dir).unwrap();
+        local.catch_up(&dir).unwrap();
+        locals.push((node.to_owned(), local));
+        dev.shutdown().await;
+    }
+    let mut opts = std::collections::BTreeMap::new();
+    opts.insert("url".to_string(), url.clone());
+    opts.insert("index".to_string(), index.clone());
+    let es = EsQuery::new(EsOptions::from_device_options(&opts).unwrap()).unwrap();
+    for limit in [2, 1000] {
+        let mut q = QueryParams::new(PATH);
+        q.limit = limit;
+        let all = es.query(&q).await.unwrap();
+        let mut wide = q.clone();
+        wide.limit = custos_audit::query::MAX_LIMIT;
+        let answers = locals
+            .iter()
+            .map(|(n, l)| (n.clone(), l.query(&wide).unwrap()))
+            .collect();
+        let merged = custos_audit::query::merge(answers, limit);
+        assert_eq!(merged.clients, all.clients, "limit {limit}");
+        assert_eq!(merged.events_scanned, all.events_scanned);
+        assert_eq!(merged.truncated, all.truncated);
+        for (node, local) in &locals {
+            let mut one = q.clone();
+            one.node = Some(node.clone());
+            let e = es.query(&one).await.unwrap();
+            let l = local.query(&q).unwrap();
+            assert_eq!(e.clients, l.clients, "{node}, limit {limit}");
+            assert_eq!(e.events_scanned, l.events_scanned, "{node}");
+        }
+    }
+    let mut q = QueryParams::new(PATH);
+    q.node = Some("node3".into());
+    let names: Vec<String> = es
+        .query(&q)
+        .await
+        .unwrap()
+        .clients
+        .into_iter()
+        .map(|c| c.display_name)
+        .collect();
+    assert!(names.contains(&"erin".to_owned()), "{names:?}");
+    q.node = Some("node1".into());
+    let names: Vec<String> = es
+        .query(&q)
+        .await
+        .unwrap()
+        .clients
+        .into_iter()
+        .map(|c| c.display_name)
+        .collect();
+    assert!(!names.contains(&"erin".to_owned()), "{names:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Access patterns
 // ---------------------------------------------------------------------------
