@@ -293,16 +293,7 @@ impl Cluster {
             std::fs::remove_dir_all(&root)
                 .with_context(|| format!("removing old {}", root.display()))?;
         }
-        let version = Command::new(bin)
-            .arg(if kind == Kind::Custos {
-                "--version"
-            } else {
-                "version"
-            })
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
+        let version = servers::version_of(kind, bin);
         let mut nodes = Vec::new();
         let mut first_port = None;
         for i in 1..=NODES {
@@ -600,14 +591,16 @@ async fn scrape_syncs(cl: &Cluster) -> Vec<Option<SyncCounters>> {
     out
 }
 
-/// Per node: what its logs synced between two scrapes `seconds` apart.
-fn node_syncs(
+/// Per node: what its logs synced since the scrape `before`, taken at
+/// `since` (scrapes the nodes again now).
+async fn node_syncs(
     cl: &Cluster,
     leader: usize,
     before: &[Option<SyncCounters>],
-    after: &[Option<SyncCounters>],
-    seconds: f64,
+    since: Instant,
 ) -> Vec<NodeSyncs> {
+    let after = scrape_syncs(cl).await;
+    let seconds = since.elapsed().as_secs_f64();
     let per = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
     before
         .iter()
@@ -964,13 +957,7 @@ async fn read_run(
     let t0 = Instant::now();
     let stats = load::run_spread(Workload::KvRead, fx, &clients, spec, &pids).await?;
     let cpu1 = cl.cpu();
-    let syncs = node_syncs(
-        cl,
-        leader,
-        &syncs0,
-        &scrape_syncs(cl).await,
-        t0.elapsed().as_secs_f64(),
-    );
+    let syncs = node_syncs(cl, leader, &syncs0, t0).await;
     let mut standby_delta: Vec<(String, f64)> = Vec::new();
     if cl.kind == Kind::Custos {
         let mut after = Vec::new();
@@ -1183,13 +1170,7 @@ pub async fn run(a: ClusterArgs) -> Result<bool> {
             Some(cl.nodes[leader].pid),
         )
         .await?;
-        let syncs = node_syncs(
-            cl,
-            leader,
-            &syncs0,
-            &scrape_syncs(cl).await,
-            t0.elapsed().as_secs_f64(),
-        );
+        let syncs = node_syncs(cl, leader, &syncs0, t0).await;
         crate::print_stats(&format!("  {}", cl.kind.name()), &s);
         print_syncs(&syncs);
         write_syncs.extend(syncs);

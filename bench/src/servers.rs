@@ -404,6 +404,20 @@ audit "file" "file" {{
 
 /// Start `kind` from `bin` in a fresh directory under `parent`, then
 /// initialise, unseal and mount `secret/` (kv-v2) and `transit/`.
+/// What `bin --version` (Custos) or `bin version` (OpenBao) prints, trimmed.
+pub(crate) fn version_of(kind: Kind, bin: &Path) -> String {
+    Command::new(bin)
+        .arg(if kind == Kind::Custos {
+            "--version"
+        } else {
+            "version"
+        })
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 pub async fn start(kind: Kind, bin: &Path, parent: &Path) -> Result<Server> {
     start_as(kind, kind.name(), bin, parent, &AuditSetup::File).await
 }
@@ -462,16 +476,7 @@ pub async fn start_with_env(
             Kind::OpenBao => openbao_config(&dir, port),
         },
     )?;
-    let version = Command::new(bin)
-        .arg(if kind == Kind::Custos {
-            "--version"
-        } else {
-            "version"
-        })
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let version = version_of(kind, bin);
     let log = fs::File::create(dir.join("server.log"))?;
     let mut cmd = Command::new(bin);
     cmd.arg("server");
