@@ -16,10 +16,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
-use crate::core::Core;
+use crate::core::{Core, Unsealed};
 use crate::error::{CoreError, Result};
 use crate::logical::{
-    Backend, Ctx, FieldKind as K, FieldSpec as F, Operation as Op, PathSpec, Response,
+    Backend, Ctx, FieldKind as K, FieldSpec as F, Operation as Op, PathSpec, Request, Response,
 };
 use crate::router::{MountConfig, MountEntry};
 
@@ -1128,22 +1128,8 @@ impl Backend for SystemBackend {
                 Ok(Some(Response::data(data)))
             }
             R_AUDIT_ROTATE => {
-                let u = core.unsealed()?;
                 // Root-protected like sys/audit: the caller needs sudo here.
-                let policies = ctx
-                    .req
-                    .auth
-                    .as_deref()
-                    .map(|e| e.policies.clone())
-                    .unwrap_or_default();
-                let caps = u
-                    .policies
-                    .acl_for(&policies)
-                    .await?
-                    .capabilities("sys/audit-rotate");
-                if !caps.iter().any(|c| c == "sudo" || c == "root") {
-                    return Err(CoreError::PermissionDenied);
-                }
+                let u = require_sudo(&core, ctx.req, "sys/audit-rotate").await?;
                 let failures = u.audit.reopen_all().await;
                 if let Some((path, e)) = failures.first() {
                     return Err(CoreError::Internal(format!(
@@ -1270,22 +1256,8 @@ impl Backend for SystemBackend {
                 crate::audit_nodes::query(&core, ctx.req, &service, q, node, params).await
             }
             R_AUDIT_VERIFY => {
-                let u = core.unsealed()?;
                 // Root-protected like sys/audit-rotate: the caller needs sudo.
-                let policies = ctx
-                    .req
-                    .auth
-                    .as_deref()
-                    .map(|e| e.policies.clone())
-                    .unwrap_or_default();
-                let caps = u
-                    .policies
-                    .acl_for(&policies)
-                    .await?
-                    .capabilities("sys/audit-verify");
-                if !caps.iter().any(|c| c == "sudo" || c == "root") {
-                    return Err(CoreError::PermissionDenied);
-                }
+                require_sudo(&core, ctx.req, "sys/audit-verify").await?;
                 let node = f.str("node").filter(|s| !s.is_empty()).map(str::to_owned);
                 crate::audit_nodes::verify(&core, ctx.req, node).await
             }
@@ -1547,6 +1519,22 @@ fn decode_key(s: &str) -> Result<Vec<u8>> {
 const RAFT_JOIN: &str = "sys/storage/raft/join";
 const RAFT_CHALLENGE: &str = "sys/storage/raft/bootstrap/challenge";
 const RAFT_ANSWER: &str = "sys/storage/raft/bootstrap/answer";
+
+/// For root-protected endpoints outside `requires_sudo`'s list: the
+/// caller's policies must grant `sudo` on `path`. Answers the unsealed core.
+async fn require_sudo(core: &Core, req: &Request, path: &str) -> Result<Arc<Unsealed>> {
+    let u = core.unsealed()?;
+    let policies = req
+        .auth
+        .as_deref()
+        .map(|e| e.policies.clone())
+        .unwrap_or_default();
+    let caps = u.policies.acl_for(&policies).await?.capabilities(path);
+    if !caps.iter().any(|c| c == "sudo" || c == "root") {
+        return Err(CoreError::PermissionDenied);
+    }
+    Ok(u)
+}
 
 fn cluster_of(core: &Core) -> Result<&Arc<crate::cluster::Cluster>> {
     core.cluster().ok_or_else(|| {

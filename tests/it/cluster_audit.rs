@@ -251,15 +251,7 @@ async fn every_node_sees_every_nodes_audit_events_and_a_missing_node_is_named() 
         warnings.contains("node3") && warnings.contains("did not answer"),
         "{v}"
     );
-    let metrics =
-        cl.c.get(cl.nodes[0].url("sys/metrics"))
-            .header("X-Vault-Token", &cl.token)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+    let metrics = cl.metrics(0).await;
     assert!(
         metrics
             .lines()

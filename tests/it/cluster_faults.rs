@@ -166,15 +166,7 @@ const LOW_SNAPSHOT_KNOBS: &str =
 
 /// `custos_raft_snapshots_installed_total` of node `i` (its own metrics).
 async fn snapshots_installed(cl: &TestCluster, i: usize) -> f64 {
-    let text =
-        cl.c.get(cl.nodes[i].url("sys/metrics?format=prometheus"))
-            .header("X-Vault-Token", &cl.token)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+    let text = cl.metrics(i).await;
     text.lines()
         .find(|l| l.starts_with("custos_raft_snapshots_installed_total"))
         .or_else(|| {

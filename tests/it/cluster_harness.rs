@@ -174,6 +174,19 @@ pub(crate) struct TestCluster {
 }
 
 impl TestCluster {
+    /// Node `i`'s own metrics, Prometheus text (the root token's view).
+    pub(crate) async fn metrics(&self, i: usize) -> String {
+        self.c
+            .get(self.nodes[i].url("sys/metrics?format=prometheus"))
+            .header("X-Vault-Token", &self.token)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// `n` nodes, with a file audit device on each when `audit`.
     pub(crate) async fn start(n: usize, audit: bool) -> TestCluster {
         Self::start_with(

@@ -45,15 +45,7 @@ async fn send(
 
 /// The sum of `custos_standby_reads_total{outcome=...}` on node `i`.
 async fn standby_reads(cl: &TestCluster, i: usize, outcome: &str) -> u64 {
-    let text =
-        cl.c.get(cl.nodes[i].url("sys/metrics"))
-            .header("X-Vault-Token", &cl.token)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+    let text = cl.metrics(i).await;
     text.lines()
         .filter(|l| {
             l.starts_with("custos_standby_reads_total{")
