@@ -1041,18 +1041,7 @@ fn ratio(c: f64, o: f64) -> Option<f64> {
 }
 
 pub async fn run(a: ClusterArgs) -> Result<bool> {
-    let root = crate::workspace_root();
-    let custos_bin = a
-        .custos_bin
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/custos"));
-    let custos_bin = std::fs::canonicalize(&custos_bin).unwrap_or(custos_bin);
-    if !custos_bin.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p custos`",
-            custos_bin.display()
-        );
-    }
+    let custos_bin = crate::resolve_custos(a.custos_bin.clone())?;
     let bao_bin = crate::resolve_bao(a.bao_bin.clone())?;
     std::fs::create_dir_all(&a.dir)?;
     let dir = std::fs::canonicalize(&a.dir)?;

@@ -572,13 +572,10 @@ async fn alternate(
         .collect()
 }
 
-/// The custos and OpenBao binaries `compare` starts.
-fn binaries(a: &CompareArgs) -> Result<(PathBuf, PathBuf)> {
-    let custos_bin = a
-        .custos_bin
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("target/release/custos"));
-    // The servers run in their own directories: the path must not be relative.
+/// The custos binary: `flag`, else the workspace's release build; absolute,
+/// since the servers run in their own directories.
+fn resolve_custos(flag: Option<PathBuf>) -> Result<PathBuf> {
+    let custos_bin = flag.unwrap_or_else(|| workspace_root().join("target/release/custos"));
     let custos_bin = std::fs::canonicalize(&custos_bin).unwrap_or(custos_bin);
     if !custos_bin.is_file() {
         bail!(
@@ -586,7 +583,15 @@ fn binaries(a: &CompareArgs) -> Result<(PathBuf, PathBuf)> {
             custos_bin.display()
         );
     }
-    Ok((custos_bin, resolve_bao(a.bao_bin.clone())?))
+    Ok(custos_bin)
+}
+
+/// The custos and OpenBao binaries `compare` starts.
+fn binaries(a: &CompareArgs) -> Result<(PathBuf, PathBuf)> {
+    Ok((
+        resolve_custos(a.custos_bin.clone())?,
+        resolve_bao(a.bao_bin.clone())?,
+    ))
 }
 
 async fn compare(a: CompareArgs) -> Result<bool> {

@@ -280,17 +280,7 @@ pub struct ServerRun {
 
 /// Run the comparison; returns whether every step succeeded.
 pub async fn run(a: SnapshotArgs) -> Result<bool> {
-    let custos_bin = a
-        .custos_bin
-        .clone()
-        .unwrap_or_else(|| crate::workspace_root().join("target/release/custos"));
-    let custos_bin = std::fs::canonicalize(&custos_bin).unwrap_or(custos_bin);
-    if !custos_bin.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p custos`",
-            custos_bin.display()
-        );
-    }
+    let custos_bin = crate::resolve_custos(a.custos_bin.clone())?;
     let bao_bin = crate::resolve_bao(a.bao_bin.clone())?;
     if a.dir.exists() {
         std::fs::remove_dir_all(&a.dir)
