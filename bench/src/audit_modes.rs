@@ -118,7 +118,10 @@ pub(crate) async fn compare(a: CompareArgs) -> Result<bool> {
         a.workloads.clone()
     };
     let drain = Duration::from_secs_f64(a.sink_drain_timeout.max(0.0));
-    let run_dir = workspace_root().join("target/bench/run");
+    let run_dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("target/bench/run"));
     std::fs::create_dir_all(&run_dir)?;
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

@@ -14,6 +14,9 @@
 //! omission). Only operations that complete inside the measured window
 //! (after warm-up, before the end) are counted. [`run_spread`] spreads the
 //! workers over several addresses (a cluster's standbys, `cluster.rs`).
+//! A cold-cache workload (`kv-read-cold`) has the kernel's page cache
+//! dropped ([`drop_page_cache`]) between its warm-up and its measured
+//! window.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +29,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::client::VaultClient;
+use crate::client::{Conn, VaultClient};
 use crate::durability::SyncCounters;
 use crate::sysinfo;
 use crate::workload::{Fixture, Workload, op};
@@ -191,6 +194,10 @@ pub async fn run(
 /// talks to `clients[i % n]`: e.g. the standbys of a cluster). The server
 /// CPU reported is the sum over `server_pids`; the durable-commit counters
 /// are scraped only when there is one client.
+///
+/// A [`Workload::cold_cache`] workload runs its warm-up as a window of its
+/// own, then [`drop_page_cache`], then the measured window with the same
+/// connections and no further warm-up.
 pub async fn run_spread(
     w: Workload,
     fx: Arc<Fixture>,
@@ -198,6 +205,71 @@ pub async fn run_spread(
     spec: &LoadSpec,
     server_pids: &[u32],
 ) -> Result<RunStats> {
+    if clients.is_empty() {
+        return Err(anyhow!("load::run_spread: no client"));
+    }
+    let conns = (0..spec.concurrency.max(1))
+        .map(|wid| clients[wid % clients.len()].conn())
+        .collect::<Result<Vec<_>>>()?;
+    if !w.cold_cache() {
+        return Ok(window(w, fx, clients, conns, spec, server_pids).await?.0);
+    }
+    let warm = LoadSpec {
+        warmup: Duration::ZERO,
+        duration: spec.warmup,
+        ..spec.clone()
+    };
+    let (_, conns) = window(w, fx.clone(), clients, conns, &warm, server_pids).await?;
+    tokio::task::spawn_blocking(drop_page_cache)
+        .await
+        .map_err(|e| anyhow!("dropping the page cache: {e}"))??;
+    let measured = LoadSpec {
+        warmup: Duration::ZERO,
+        ..spec.clone()
+    };
+    Ok(window(w, fx, clients, conns, &measured, server_pids)
+        .await?
+        .0)
+}
+
+/// The kernel's page cache, dentries and inodes: where a read-mostly
+/// workload's file pages live between requests.
+const DROP_CACHES: &str = "/proc/sys/vm/drop_caches";
+
+/// Fail early, before any data is loaded, when [`drop_page_cache`] would
+/// fail (not root, or no `/proc/sys/vm`): opening the file for writing
+/// checks the permission without dropping anything.
+pub fn check_drop_page_cache() -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(DROP_CACHES)
+        .map(drop)
+        .map_err(|e| {
+            anyhow!("a cold-cache workload needs to write {DROP_CACHES} (run as root): {e}")
+        })
+}
+
+/// `sync`, then `echo 3 > /proc/sys/vm/drop_caches`: dirty pages reach the
+/// disk first, so every clean page (the servers' data files included) is
+/// dropped. An error (not root) fails the run rather than measuring a warm
+/// cache under a cold name.
+pub fn drop_page_cache() -> Result<()> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write(DROP_CACHES, "3")
+        .map_err(|e| anyhow!("dropping the page cache: writing 3 to {DROP_CACHES}: {e}"))
+}
+
+/// One load window over `conns` (one per worker, handed back afterwards
+/// in worker order so a second window keeps the same connections).
+async fn window(
+    w: Workload,
+    fx: Arc<Fixture>,
+    clients: &[VaultClient],
+    conns: Vec<Conn>,
+    spec: &LoadSpec,
+    server_pids: &[u32],
+) -> Result<(RunStats, Vec<Conn>)> {
     let Some(client) = clients.first() else {
         return Err(anyhow!("load::run_spread: no client"));
     };
@@ -253,9 +325,8 @@ pub async fn run_spread(
     });
 
     let mut workers = tokio::task::JoinSet::new();
-    for wid in 0..spec.concurrency.max(1) {
+    for (wid, mut conn) in conns.into_iter().enumerate() {
         let (fx, slot) = (fx.clone(), slot.clone());
-        let mut conn = clients[wid % clients.len()].conn()?;
         let mut tally = Tally {
             hist: new_hist()?,
             requests: 0,
@@ -301,13 +372,15 @@ pub async fn run_spread(
                     }
                 }
             }
-            tally
+            (wid, tally, conn)
         });
     }
     let mut hist = new_hist()?;
     let (mut requests, mut errors, mut first_errors) = (0, 0, Vec::new());
-    while let Some(t) = workers.join_next().await {
-        let t = t.map_err(|e| anyhow!("load worker: {e}"))?;
+    let mut conns = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        let (wid, t, conn) = done.map_err(|e| anyhow!("load worker: {e}"))?;
+        conns.push((wid, conn));
         hist.add(&t.hist)
             .map_err(|e| anyhow!("merging histograms: {e}"))?;
         requests += t.requests;
@@ -318,12 +391,10 @@ pub async fn run_spread(
     }
     first_errors.truncate(5);
     let used = meter.await.map_err(|e| anyhow!("cpu meter: {e}"))?;
-    Ok(RunStats::from_parts(
-        hist,
-        requests,
-        errors,
-        used,
-        first_errors,
+    conns.sort_by_key(|(wid, _)| *wid);
+    Ok((
+        RunStats::from_parts(hist, requests, errors, used, first_errors),
+        conns.into_iter().map(|(_, c)| c).collect(),
     ))
 }
 

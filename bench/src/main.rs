@@ -200,7 +200,9 @@ struct CompareArgs {
     /// Rounds per workload; servers alternate A,B then B,A so drift cancels.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Comma-separated workloads (default: all).
+    /// Comma-separated workloads (default: all but kv-read-cold, which drops
+    /// the kernel's page cache before each measured window, needs root and
+    /// runs only when named).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<Workload>,
     /// Also measure scaling curves (concurrency and stored secrets).
@@ -224,6 +226,10 @@ struct CompareArgs {
     /// JSON report path.
     #[arg(long, default_value = "target/bench/latest.json")]
     out: PathBuf,
+    /// Where the servers' data dirs go, one per server (replaced; default:
+    /// target/bench/run in the workspace).
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// PNG of the scaling curves (written only with --curves).
     #[arg(long, default_value = "target/bench/scaling.png")]
     plot: PathBuf,
@@ -614,7 +620,13 @@ async fn compare(a: CompareArgs) -> Result<bool> {
         .load
         .concurrency
         .max(*a.concurrency_levels.iter().max().unwrap_or(&1));
-    let run_dir = root.join("target/bench/run");
+    if workloads.iter().any(|w| w.cold_cache()) {
+        load::check_drop_page_cache()?;
+    }
+    let run_dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench/run"));
     std::fs::create_dir_all(&run_dir)?;
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

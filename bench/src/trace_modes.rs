@@ -202,7 +202,10 @@ pub async fn compare(a: CompareArgs) -> Result<bool> {
     } else {
         a.workloads.clone()
     };
-    let run_dir = workspace_root().join("target/bench/run");
+    let run_dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("target/bench/run"));
     std::fs::create_dir_all(&run_dir)?;
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
