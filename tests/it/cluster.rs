@@ -5,14 +5,17 @@
 //! through the other (both forwarded to the leader); `sys/step-down` moves
 //! leadership while a client writes (retrying once on another node) and no
 //! write is lost; the secret survives `kill -9` of the leader and is read
-//! through a survivor (the failover time is printed, not asserted). The
-//! cluster comes from [`crate::cluster_harness`].
+//! through a survivor (the failover time is printed, not asserted). A
+//! snapshot restored on a lone node reaches the nodes that join after it,
+//! and one restored on the three nodes reaches every follower (each checked
+//! on a new leader after `kill -9` of the old). The cluster comes from
+//! [`crate::cluster_harness`].
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cluster_harness::TestCluster;
+use crate::cluster_harness::{ClusterOptions, TestCluster};
 use crate::harness::{self, get, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,4 +281,108 @@ async fn three_nodes_join_replicate_and_fail_over() {
         assert!(text.contains(n), "{text}");
     }
     assert!(text.contains("leader"), "{text}");
+}
+
+/// `GET sys/storage/raft/snapshot` through node `i`: the archive.
+async fn save_snapshot(cl: &TestCluster, i: usize) -> Vec<u8> {
+    let r =
+        cl.c.get(cl.nodes[i].url("sys/storage/raft/snapshot"))
+            .header("X-Vault-Token", &cl.token)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("snapshot save");
+    assert_eq!(r.status().as_u16(), 200);
+    r.bytes().await.expect("snapshot body").to_vec()
+}
+
+/// `POST sys/storage/raft/snapshot` (this cluster's) through node `i`.
+async fn restore_snapshot(cl: &TestCluster, i: usize, archive: Vec<u8>) {
+    let r =
+        cl.c.post(cl.nodes[i].url("sys/storage/raft/snapshot"))
+            .header("X-Vault-Token", &cl.token)
+            .timeout(Duration::from_secs(60))
+            .body(archive)
+            .send()
+            .await
+            .expect("snapshot restore");
+    let status = r.status().as_u16();
+    assert_eq!(status, 204, "{}", r.text().await.unwrap_or_default());
+}
+
+/// Whether each of `paths` reads back (200) or not (404) through node `i`.
+async fn present(cl: &TestCluster, i: usize, paths: &[&str]) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let url = cl.nodes[i].url(&format!("secret/data/{p}"));
+        let status = get(&cl.c, &url, &cl.token).await.map_or(0, |(s, _)| s);
+        out.push((p.to_string(), status));
+    }
+    out
+}
+
+/// A restore on a lone node stages its pairs outside the log; nodes that
+/// join afterwards must get them through a snapshot, never by replaying the
+/// restore's commit without its pairs. A restore on the three-node cluster
+/// goes through the log to every node. Each time the leader is killed and
+/// the new leader answers from its own state: exactly the restored secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_reach_nodes_that_join_later_and_every_follower() {
+    let mut cl = TestCluster::start_with(
+        3,
+        ClusterOptions {
+            lone_start: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    cl.write_until_acked(0, "restore/a", 1).await;
+    let first = save_snapshot(&cl, 0).await;
+    cl.write_until_acked(0, "restore/b", 1).await;
+    restore_snapshot(&cl, 0, first).await;
+    let want = [("restore/a", 200), ("restore/b", 404)];
+    let paths: Vec<&str> = want.iter().map(|(p, _)| *p).collect();
+    let expect: Vec<(String, u16)> = want.iter().map(|(p, s)| (p.to_string(), *s)).collect();
+    assert_eq!(present(&cl, 0, &paths).await, expect);
+
+    cl.join(1).await;
+    cl.join(2).await;
+    assert_eq!(cl.voters().await, 3);
+    cl.converged(0).await;
+    cl.kill9(0);
+    let leader = cl.leader_among(&[1, 2]).await;
+    assert_eq!(
+        present(&cl, leader, &paths).await,
+        expect,
+        "node{} after the lone restore",
+        leader + 1
+    );
+
+    // node1 back as a follower; a restore on three nodes, through the log.
+    cl.boot(0);
+    let r = cl.unseal(0).await;
+    assert!(r["errors"].is_null(), "{r}");
+    cl.wait_unsealed(0).await;
+    cl.write_until_acked(leader, "restore/c", 1).await;
+    let second = save_snapshot(&cl, leader).await;
+    cl.write_until_acked(leader, "restore/d", 1).await;
+    restore_snapshot(&cl, leader, second).await;
+    cl.converged(leader).await;
+    cl.kill9(leader);
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let next = cl.leader_among(&rest).await;
+    let want = [
+        ("restore/a", 200),
+        ("restore/b", 404),
+        ("restore/c", 200),
+        ("restore/d", 404),
+    ];
+    let paths: Vec<&str> = want.iter().map(|(p, _)| *p).collect();
+    let expect: Vec<(String, u16)> = want.iter().map(|(p, s)| (p.to_string(), *s)).collect();
+    assert_eq!(
+        present(&cl, next, &paths).await,
+        expect,
+        "node{} after the restore through the log",
+        next + 1
+    );
 }

@@ -38,6 +38,9 @@ pub(crate) struct ClusterOptions {
     pub(crate) raft_extra: String,
     /// The test client's timeout.
     pub(crate) client_timeout: Duration,
+    /// Start node1 alone: the test boots the others later
+    /// ([`TestCluster::join`]).
+    pub(crate) lone_start: bool,
 }
 
 impl Default for ClusterOptions {
@@ -47,6 +50,7 @@ impl Default for ClusterOptions {
             proxied: false,
             raft_extra: String::new(),
             client_timeout: Duration::from_secs(10),
+            lone_start: false,
         }
     }
 }
@@ -254,13 +258,21 @@ impl TestCluster {
         let s = cl.nodes[0].server.as_mut().expect("node1");
         harness::init_unseal_mount(s).await;
         (cl.key, cl.token) = (s.unseal_key.clone(), s.root_token.clone());
+        if opts.lone_start {
+            return cl;
+        }
         for i in 1..n {
-            cl.boot(i);
-            cl.unseal_when_found(i).await;
+            cl.join(i).await;
         }
         let voters = cl.voters().await;
         assert_eq!(voters, n, "every node is a voter");
         cl
+    }
+
+    /// Boot node `i`, which joins through `retry_join`, and unseal it.
+    pub(crate) async fn join(&mut self, i: usize) {
+        self.boot(i);
+        self.unseal_when_found(i).await;
     }
 
     /// Start node `i` with the cluster's audit setting.

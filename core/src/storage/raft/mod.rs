@@ -480,6 +480,9 @@ pub struct RaftStorage {
     progress: Arc<ApplyProgress>,
     /// The cluster port's TLS, loaded while unsealed ([`tls`]).
     cluster_tls: Arc<tls::ClusterTls>,
+    /// Serializes joins with restores staged outside the log
+    /// ([`Self::membership_gate`]).
+    membership_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One caller's atomic batch, waiting for the group writer.
@@ -726,6 +729,7 @@ impl RaftStorage {
             stepping_down: AtomicBool::new(false),
             progress,
             cluster_tls,
+            membership_gate: Arc::default(),
         });
         if let Err(e) = storage.start(node, bootstrap).await {
             storage.shutdown().await;

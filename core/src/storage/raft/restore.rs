@@ -27,6 +27,17 @@
 //!    number of pairs. It is refused, changing nothing, unless `id` is the
 //!    restore being staged and exactly `count` pairs are staged.
 //!
+//! **A lone node** (the leader of a membership with no other node, voter or
+//! learner: a single server, a restore drill's node) stages the pairs
+//! straight into `kv_restore` instead ([`RaftStorage::stage_restore`]), and
+//! only `RestoreCommit` goes through the log: the pairs are written once
+//! instead of encoded into entries, fsynced in the log and applied. No
+//! other node exists to replay them, and none may join meanwhile: the
+//! restore holds [`RaftStorage::membership_gate`] until its commit, and a
+//! join takes it too and first has a snapshot cover the restore and the log
+//! purged up to it ([`RaftStorage::prepare_for_new_member`]), so a new node
+//! installs the snapshot and never replays that commit.
+//!
 //! Versions before `kv_restore` staged pairs in `kv` under [`STAGE_PREFIX`];
 //! a begin or an abort drops any such leftovers.
 //!
@@ -47,7 +58,10 @@ use tokio::sync::mpsc;
 
 use super::snapshot::{read_header, read_state_header};
 use super::state_machine::{self, Meta};
-use super::{Command, RaftStorage, SnapshotInfo, StoreError, blocking, snapshot_info};
+use super::{
+    Command, RaftStorage, SNAPSHOT_WAIT, SnapshotInfo, StoreError, blocking, fatal_to_core,
+    snapshot_info,
+};
 use crate::error::{CoreError, Result};
 
 /// Prefix of pairs staged by a restore in progress (`\0` sorts before every
@@ -69,6 +83,9 @@ pub struct StagedRestore {
     count: u64,
     /// What the restored snapshot is.
     pub info: SnapshotInfo,
+    /// Held from a direct stage until its commit or abort: no node joins
+    /// in between ([`RaftStorage::membership_gate`]).
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 fn bad(msg: impl std::fmt::Display) -> StoreError {
@@ -90,7 +107,7 @@ pub(crate) struct PairReader<R: Read = File> {
 }
 
 impl PairReader<File> {
-    fn open(path: &Path) -> std::result::Result<(Meta, u64, PairReader), StoreError> {
+    pub(crate) fn open(path: &Path) -> std::result::Result<(Meta, u64, PairReader), StoreError> {
         let file = File::open(path).map_err(|e| bad(format!("opening: {e}")))?;
         let len = file
             .metadata()
@@ -262,11 +279,118 @@ impl RaftStorage {
     /// Stage the pairs of the state file at `path` (checked by
     /// [`Self::check_state_file`]) through Raft; live data is untouched
     /// until [`Self::commit_restore`]. On failure the staged pairs are dropped.
+    ///
+    /// A node that is its cluster's only member stages the pairs straight
+    /// into its state machine ([`Self::stage_direct`]); otherwise they go
+    /// through the log ([`Self::stage_through_log`]).
     pub async fn stage_restore(&self, path: &Path, info: SnapshotInfo) -> Result<StagedRestore> {
+        let gate = self.membership_gate.clone().lock_owned().await;
+        if self.sole_member() {
+            return self.stage_direct(path, info, gate).await;
+        }
+        drop(gate);
+        self.stage_through_log(path, info).await
+    }
+
+    /// Whether this node is the leader of a membership holding no other
+    /// node, voter or learner.
+    fn sole_member(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        m.current_leader == Some(self.node_id)
+            && membership.get_joint_config().len() == 1
+            && membership.voter_ids().eq([self.node_id])
+            && membership.learner_ids().next().is_none()
+    }
+
+    /// Stage the pairs in this node's state machine without the log: no
+    /// other node exists to replay them, and `gate` (held until the commit
+    /// or the abort) keeps it so. Only `RestoreCommit` goes through the log,
+    /// so a restore writes its pairs once instead of twice (log and state)
+    /// and skips encoding them as entries. Before the next node joins, a
+    /// snapshot covers the restore and the log before it is purged
+    /// ([`Self::prepare_for_new_member`]).
+    async fn stage_direct(
+        &self,
+        path: &Path,
+        info: SnapshotInfo,
+        gate: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<StagedRestore> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (db, p, i) = (self.state.clone(), path.to_path_buf(), id.clone());
+        match blocking(move || state_machine::stage_direct(&db, &i, &p)).await {
+            Ok(count) => Ok(StagedRestore {
+                id,
+                count,
+                info,
+                _gate: Some(gate),
+            }),
+            Err(e) => {
+                if let Err(abort) = self.abort_restore().await {
+                    tracing::warn!(error = %abort, "dropping a failed restore's staged pairs");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Before a node joins: if a restore staged outside the log
+    /// ([`Self::stage_direct`]) is not yet covered, build a snapshot of
+    /// everything applied and purge the log up to it, so the new node
+    /// installs the snapshot instead of replaying a `RestoreCommit` whose
+    /// pairs never were in the log. Hold [`Self::membership_gate`] across
+    /// this and the membership change.
+    pub async fn prepare_for_new_member(&self) -> Result<()> {
+        let db = self.state.clone();
+        if !blocking(move || state_machine::direct_restore_pending(&db)).await? {
+            return Ok(());
+        }
+        tracing::info!("covering a direct restore with a snapshot before a node joins");
+        self.build_current_snapshot().await?;
+        let upto = self
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map(|s| s.index)
+            .unwrap_or_default();
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .map_err(fatal_to_core)?;
+        self.raft
+            .wait(Some(SNAPSHOT_WAIT))
+            .metrics(|m| m.purged.map(|p| p.index) >= Some(upto), "log purged")
+            .await
+            .map_err(|e| CoreError::Storage(format!("purging the log: {e}")))?;
+        let db = self.state.clone();
+        Ok(blocking(move || state_machine::clear_direct_restore(&db)).await?)
+    }
+
+    /// Taken by a restore staged outside the log and by a join, so neither
+    /// runs while the other does.
+    pub async fn membership_gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.membership_gate.clone().lock_owned().await
+    }
+
+    /// Stage through Raft entries: `RestoreBegin`, then `RestoreChunk`s,
+    /// which every node applies.
+    pub(crate) async fn stage_through_log(
+        &self,
+        path: &Path,
+        info: SnapshotInfo,
+    ) -> Result<StagedRestore> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         self.propose(Command::RestoreBegin(id.clone())).await?;
         match self.stage_chunks(&id, path).await {
-            Ok(count) => Ok(StagedRestore { id, count, info }),
+            Ok(count) => Ok(StagedRestore {
+                id,
+                count,
+                info,
+                _gate: None,
+            }),
             Err(e) => {
                 if let Err(abort) = self.abort_restore().await {
                     tracing::warn!(error = %abort, "dropping a failed restore's staged pairs");

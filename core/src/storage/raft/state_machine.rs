@@ -60,6 +60,9 @@ const KEY_MEMBERSHIP: &str = "last_membership";
 const KEY_LAST_SNAPSHOT: &str = "last_snapshot";
 /// The id of the restore whose pairs `kv_restore` holds.
 const KEY_RESTORE_ID: &str = "restore_id";
+/// The id of a restore staged outside the log, until a snapshot covers it
+/// (see [`direct_restore_pending`]).
+const KEY_DIRECT_RESTORE: &str = "direct_restore";
 const KEY_SNAP_META: &str = "meta";
 const KEY_SNAP_DATA: &str = "data";
 
@@ -387,6 +390,81 @@ pub(crate) fn any_staged(db: &Database) -> Result<bool, StoreError> {
     }
     let kv = txn.open_table(KV)?;
     Ok(kv.range(STAGE_PREFIX..STAGE_END)?.next().is_some())
+}
+
+/// Stage the pairs of the checked state file at `path` for restore `id`
+/// straight into `kv_restore`, outside the log (see
+/// [`restore`](super::restore): only a node that is its cluster's only
+/// member does this). What an earlier restore staged is dropped first; the
+/// pairs are committed durably, in transactions of about
+/// [`DIRECT_STAGE_BYTES`], so the `RestoreCommit` entry that follows finds
+/// them after a crash, and the id is recorded both as the restore being
+/// staged and as a direct restore the log alone cannot replay
+/// ([`direct_restore_pending`]). Returns the pairs staged.
+pub(crate) fn stage_direct(db: &Database, id: &str, path: &Path) -> Result<u64, StoreError> {
+    let (_, _, mut reader) = PairReader::open(path)?;
+    let mut txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(SM_META)?;
+        drop_staged(&txn, &mut meta)?;
+        meta.insert(KEY_RESTORE_ID, id.as_bytes())?;
+        meta.insert(KEY_DIRECT_RESTORE, id.as_bytes())?;
+    }
+    let mut count = 0u64;
+    loop {
+        let mut bytes = 0usize;
+        let mut done = true;
+        {
+            let mut stage = txn.open_table(STAGE)?;
+            while let Some((key, value)) = reader.next_pair()? {
+                // Leftovers of a restore staged when that snapshot was
+                // taken are nobody's data.
+                if key.starts_with(STAGE_PREFIX) {
+                    continue;
+                }
+                stage.insert(key.as_str(), value.as_slice())?;
+                count += 1;
+                bytes += key.len() + value.len();
+                if bytes >= DIRECT_STAGE_BYTES {
+                    done = false;
+                    break;
+                }
+            }
+        }
+        if done {
+            txn.set_durability(redb::Durability::Immediate);
+            txn.commit()?;
+            return Ok(count);
+        }
+        // Visible to nobody (the table is not read before the commit), so
+        // only the last transaction needs to reach the disk: it makes the
+        // earlier ones durable with it.
+        txn.set_durability(redb::Durability::None);
+        txn.commit()?;
+        txn = db.begin_write()?;
+    }
+}
+
+/// About this many bytes of pairs per transaction of [`stage_direct`]
+/// (redb holds a transaction's dirty pages until its commit).
+const DIRECT_STAGE_BYTES: usize = 32 << 20;
+
+/// Whether a restore staged outside the log ([`stage_direct`]) was begun
+/// since a snapshot last covered it: a node replaying the log from before it
+/// would find a `RestoreCommit` with nothing staged, so no node may join
+/// until [`clear_direct_restore`] (after a snapshot and a purge of the log).
+pub(crate) fn direct_restore_pending(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read()?;
+    Ok(txn.open_table(SM_META)?.get(KEY_DIRECT_RESTORE)?.is_some())
+}
+
+/// A snapshot taken after the direct restore's commit covers it and the log
+/// before it is purged (see [`direct_restore_pending`]).
+pub(crate) fn clear_direct_restore(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    txn.open_table(SM_META)?.remove(KEY_DIRECT_RESTORE)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// The end of the range of keys [`STAGE_PREFIX`] starts (`/` + 1 = `0`).

@@ -634,8 +634,32 @@ async fn export_to(store: &RaftStorage, path: &std::path::Path) -> Result<Snapsh
     Ok(info)
 }
 
+/// Stage `state` for a restore on `dst`: straight into the state machine as
+/// a lone node does (`direct`), or through the log as in a cluster.
+async fn stage(
+    dst: &RaftStorage,
+    state: &std::path::Path,
+    info: SnapshotInfo,
+    direct: bool,
+) -> Result<super::restore::StagedRestore> {
+    if direct {
+        dst.stage_restore(state, info).await
+    } else {
+        dst.stage_through_log(state, info).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_restore_stages_then_swaps_in_one_entry() -> Result<()> {
+    streamed_restore_case(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_stages_its_restore_outside_the_log() -> Result<()> {
+    streamed_restore_case(true).await
+}
+
+async fn streamed_restore_case(direct: bool) -> Result<()> {
     let src_dir = tempfile::tempdir().map_err(CoreError::internal)?;
     let src = open(&src_dir).await;
     src.batch(vec![
@@ -659,7 +683,7 @@ async fn streamed_restore_stages_then_swaps_in_one_entry() -> Result<()> {
 
     // Staged, not committed: live data untouched, staged pairs invisible,
     // and a restart (crash before the commit) keeps the old state.
-    let staged = dst.stage_restore(&state, checked.clone()).await?;
+    let staged = stage(&dst, &state, checked.clone(), direct).await?;
     assert_eq!(dst.get("logical/m/a").await?, Some(b"old".to_vec()));
     assert_eq!(dst.list("").await?, vec!["logical/", "stale/"]);
     dst.shutdown().await;
@@ -679,7 +703,7 @@ async fn streamed_restore_stages_then_swaps_in_one_entry() -> Result<()> {
     assert!(refused.refused.is_some(), "{refused:?}");
     assert_eq!(dst.get("logical/m/a").await?, Some(b"old".to_vec()));
 
-    let staged = dst.stage_restore(&state, checked).await?;
+    let staged = stage(&dst, &state, checked, direct).await?;
     dst.commit_restore(staged).await?;
     assert_eq!(dst.get("logical/m/a").await?, Some(b"A".to_vec()));
     assert_eq!(dst.get("logical/m/b").await?, Some(b"B".to_vec()));
@@ -689,9 +713,21 @@ async fn streamed_restore_stages_then_swaps_in_one_entry() -> Result<()> {
         !state_machine::any_staged(&dst.state)?,
         "nothing left staged"
     );
+    // Only a restore staged outside the log must be covered by a snapshot
+    // before a node may join; that purges the log past its commit.
+    assert_eq!(state_machine::direct_restore_pending(&dst.state)?, direct);
     dst.shutdown().await;
     drop(dst);
     let dst = open(&dst_dir).await;
+    assert_eq!(dst.get("logical/m/b").await?, Some(b"B".to_vec()));
+    assert_eq!(state_machine::direct_restore_pending(&dst.state)?, direct);
+    let applied = dst.progress.applied();
+    dst.prepare_for_new_member().await?;
+    assert!(!state_machine::direct_restore_pending(&dst.state)?);
+    if direct {
+        let purged = dst.raft.metrics().borrow().purged.map(|p| p.index);
+        assert!(purged >= Some(applied), "{purged:?} < {applied}");
+    }
     assert_eq!(dst.get("logical/m/b").await?, Some(b"B".to_vec()));
 
     // A state without a keyring, or damaged, is refused before anything.
