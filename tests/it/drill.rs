@@ -64,6 +64,31 @@ async fn drill_run_restores_what_the_snapshot_agent_shipped() {
         json!({"versions": [1]}),
     )
     .await;
+    // Keys of one version (read back in one request each): live, deleted
+    // (present as deleted) and destroyed (not counted).
+    for name in ["one", "gone", "burnt"] {
+        call(
+            &s,
+            put.clone(),
+            &format!("secret/data/app/{name}"),
+            json!({"data": {"v": name}}),
+        )
+        .await;
+    }
+    call(
+        &s,
+        put.clone(),
+        "secret/delete/app/gone",
+        json!({"versions": [1]}),
+    )
+    .await;
+    call(
+        &s,
+        put.clone(),
+        "secret/destroy/app/burnt",
+        json!({"versions": [1]}),
+    )
+    .await;
     call(
         &s,
         put.clone(),
@@ -139,7 +164,7 @@ work_dir   = "{}"
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.starts_with("Restore drill PASSED\n"), "{stdout}");
     for line in [
-        "[ok] kv secret/: ",
+        "[ok] kv secret/: 4 secrets, 5 versions read (of which 2 deleted, present as deleted)",
         "[ok] state_digest:",
         "[ok] transit_canaries: 1 ",
         "  report:    ",
@@ -151,8 +176,8 @@ work_dir   = "{}"
     let report: Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
     assert_eq!(report["result"], "passed");
     assert_eq!(report["first_failure"], Value::Null);
-    assert_eq!(report["secrets_verified"], 1);
-    assert_eq!(report["versions_verified"], 3);
+    assert_eq!(report["secrets_verified"], 4);
+    assert_eq!(report["versions_verified"], 5);
     assert_eq!(report["rto_target_seconds"], 900.0);
     assert!(
         report["snapshot_key"]
