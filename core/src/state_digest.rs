@@ -4,7 +4,8 @@
 //! Input is a state file in the Raft snapshot format (the `state.bin` of a
 //! Vault-format archive, see [`crate::raft_snapshot`]), read one pair at a
 //! time from a file handle (positioned reads, so the same open snapshot can
-//! be streamed out at the same time). Every pair under a mount's storage
+//! be streamed out at the same time), or, for [`current`], the node's own
+//! state machine read in key order. Every pair under a mount's storage
 //! prefix (`logical/<uuid>/` for secrets engines, `auth/<uuid>/` for auth
 //! methods) is opened with the barrier and fed to that mount's SHA-256 as
 //! `u32 key length, key relative to the mount, u64 value length, plaintext`,
@@ -142,31 +143,57 @@ pub fn digest_file(file: Arc<File>, barrier: &Barrier) -> Result<StateDigest> {
         .len();
     let (_, _, mut pairs) = PairReader::new(ReadAt { file, pos: 0 }, len)
         .map_err(|e| CoreError::Storage(e.to_string()))?;
-    let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
-    let mut tables: Vec<MountEntry> = Vec::new();
-    let (mut count, mut tokens, mut policies) = (0u64, 0u64, 0u64);
+    let mut d = Digester::new(barrier);
     while let Some((key, value)) = pairs
         .next_pair()
         .map_err(|e| CoreError::Storage(e.to_string()))?
     {
-        count += 1;
+        d.feed(&key, &value)?;
+    }
+    Ok(d.finish())
+}
+
+/// A [`StateDigest`] being computed from pairs fed in key order.
+struct Digester<'b> {
+    barrier: &'b Barrier,
+    accs: BTreeMap<String, Acc>,
+    tables: Vec<MountEntry>,
+    count: u64,
+    tokens: u64,
+    policies: u64,
+}
+
+impl<'b> Digester<'b> {
+    fn new(barrier: &'b Barrier) -> Self {
+        Digester {
+            barrier,
+            accs: BTreeMap::new(),
+            tables: Vec::new(),
+            count: 0,
+            tokens: 0,
+            policies: 0,
+        }
+    }
+
+    fn feed(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.count += 1;
         if key == MOUNTS_KEY || key == AUTH_KEY {
-            let plain = barrier.decrypt(&key, &value)?;
+            let plain = self.barrier.decrypt(key, value)?;
             let table: Vec<MountEntry> = serde_json::from_slice(&plain)
                 .map_err(|e| CoreError::Storage(format!("decoding {key}: {e}")))?;
-            tables.extend(table);
-            continue;
+            self.tables.extend(table);
+            return Ok(());
         }
         if key.starts_with(TOKEN_PREFIX) {
-            tokens += 1;
+            self.tokens += 1;
         } else if key.starts_with(POLICY_PREFIX) {
-            policies += 1;
+            self.policies += 1;
         }
-        let Some((uuid, rel)) = mount_pair(&key) else {
-            continue;
+        let Some((uuid, rel)) = mount_pair(key) else {
+            return Ok(());
         };
-        let plain = barrier.decrypt(&key, &value)?;
-        let acc = accs.entry(uuid.to_string()).or_default();
+        let plain = self.barrier.decrypt(key, value)?;
+        let acc = self.accs.entry(uuid.to_string()).or_default();
         acc.entries += 1;
         if rel.starts_with("metadata/") {
             acc.metadata += 1;
@@ -177,42 +204,46 @@ pub fn digest_file(file: Arc<File>, barrier: &Barrier) -> Result<StateDigest> {
         acc.hasher.update(rel.as_bytes());
         acc.hasher.update((plain.len() as u64).to_be_bytes());
         acc.hasher.update(&plain[..]);
+        Ok(())
     }
-    let mut mounts: Vec<MountDigest> = tables
-        .into_iter()
-        .map(|e| {
-            let acc = accs.remove(&e.uuid).unwrap_or_default();
-            let kv_version = match e.mount_type.as_str() {
-                "kv" if e.options.get("version").map(String::as_str) == Some("2") => 2,
-                "kv" => 1,
-                _ => 0,
-            };
-            let (secrets, versions) = match kv_version {
-                2 => (acc.metadata, acc.versions),
-                1 => (acc.entries, 0),
-                _ => (0, 0),
-            };
-            MountDigest {
-                path: e.path,
-                mount_type: e.mount_type,
-                kv_version,
-                uuid: e.uuid,
-                entries: acc.entries,
-                secrets,
-                versions,
-                sha256: hex::encode(acc.hasher.finalize()),
-            }
-        })
-        .collect();
-    mounts.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(StateDigest {
-        digest_version: DIGEST_VERSION,
-        pairs: count,
-        secrets: mounts.iter().map(|m| m.secrets).sum(),
-        mounts,
-        tokens,
-        policies,
-    })
+
+    fn finish(mut self) -> StateDigest {
+        let mut mounts: Vec<MountDigest> = std::mem::take(&mut self.tables)
+            .into_iter()
+            .map(|e| {
+                let acc = self.accs.remove(&e.uuid).unwrap_or_default();
+                let kv_version = match e.mount_type.as_str() {
+                    "kv" if e.options.get("version").map(String::as_str) == Some("2") => 2,
+                    "kv" => 1,
+                    _ => 0,
+                };
+                let (secrets, versions) = match kv_version {
+                    2 => (acc.metadata, acc.versions),
+                    1 => (acc.entries, 0),
+                    _ => (0, 0),
+                };
+                MountDigest {
+                    path: e.path,
+                    mount_type: e.mount_type,
+                    kv_version,
+                    uuid: e.uuid,
+                    entries: acc.entries,
+                    secrets,
+                    versions,
+                    sha256: hex::encode(acc.hasher.finalize()),
+                }
+            })
+            .collect();
+        mounts.sort_by(|a, b| a.path.cmp(&b.path));
+        StateDigest {
+            digest_version: DIGEST_VERSION,
+            pairs: self.count,
+            secrets: mounts.iter().map(|m| m.secrets).sum(),
+            mounts,
+            tokens: self.tokens,
+            policies: self.policies,
+        }
+    }
 }
 
 /// `logical/<uuid>/<rel>` or `auth/<uuid>/<rel>` → (uuid, rel).
@@ -223,21 +254,23 @@ fn mount_pair(key: &str) -> Option<(&str, &str)> {
     rest.split_once('/')
 }
 
-/// Digest everything this node has applied: builds a Raft snapshot (as a
-/// save does) and digests it. The node must be unsealed. A restore drill
-/// runs this on the node it restored.
+/// Digest everything this node has applied, read in key order from one
+/// consistent read of its state machine (no snapshot is built). The node
+/// must be unsealed. A restore drill runs this on the node it restored.
 pub async fn current(core: &Core) -> Result<StateDigest> {
     core.unsealed()?;
     let raft = core
         .raft()
         .ok_or_else(|| CoreError::bad_request("state digests need raft storage"))?
         .clone();
-    let (_, file) = raft.open_snapshot().await?;
     let barrier = core.barrier.clone();
-    let file = Arc::new(file);
-    tokio::task::spawn_blocking(move || digest_file(file, &barrier))
-        .await
-        .map_err(|e| CoreError::internal(format!("state digest task: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        let mut d = Digester::new(&barrier);
+        raft.for_each_pair(|key, value| d.feed(key, value))?;
+        Ok(d.finish())
+    })
+    .await
+    .map_err(|e| CoreError::internal(format!("state digest task: {e}")))?
 }
 
 #[cfg(test)]

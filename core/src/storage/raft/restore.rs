@@ -369,6 +369,13 @@ impl RaftStorage {
         Ok(blocking(move || state_machine::clear_direct_restore(&db)).await?)
     }
 
+    /// Call `f` with every pair this node has applied, in key order, from
+    /// one consistent read of the state machine. Blocking: run it on a
+    /// blocking thread.
+    pub fn for_each_pair(&self, f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
+        state_machine::for_each_pair(&self.state, f)
+    }
+
     /// Taken by a restore staged outside the log and by a join, so neither
     /// runs while the other does.
     pub async fn membership_gate(&self) -> tokio::sync::OwnedMutexGuard<()> {

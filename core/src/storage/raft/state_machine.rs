@@ -375,6 +375,21 @@ pub(crate) fn get(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreErro
     Ok(kv.get(key)?.map(|v| v.value().to_vec()))
 }
 
+/// Call `f` with every pair of the live key space in key order, from one
+/// read transaction (a consistent view; writers are not blocked).
+pub(crate) fn for_each_pair<E: From<StoreError>>(
+    db: &Database,
+    mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let txn = db.begin_read().map_err(StoreError::from)?;
+    let kv = txn.open_table(KV).map_err(StoreError::from)?;
+    for item in kv.iter().map_err(StoreError::from)? {
+        let (k, v) = item.map_err(StoreError::from)?;
+        f(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
 /// Whether a restore has pairs staged (see [`restore`](super::restore)),
 /// in `kv_restore` or, as versions before it staged them, in `kv` under
 /// [`STAGE_PREFIX`].
