@@ -27,7 +27,8 @@
 //!    expired token answers 4xx and is counted as expired; a 5xx means an
 //!    entry does not load).
 //!
-//! Reads run `READ_CONCURRENCY` at a time through the drill node's request
+//! Reads run `READ_CONCURRENCY` at a time, spread over `READ_TASKS` tasks so
+//! every core of the runtime takes part, through the drill node's request
 //! pipeline (the node has no audit device: it and its data are deleted when
 //! the drill ends). Nothing here puts a secret value in a message: paths,
 //! versions and counts only.
@@ -50,6 +51,10 @@ use crate::manifest::Manifest;
 /// device on the drill node, 100k secrets took 19 s at 256 and 36 s at 64;
 /// without one the reads are CPU-bound and both cores stay busy).
 pub const READ_CONCURRENCY: usize = 256;
+
+/// Tasks the reads of one mount are spread over (the runtime's workers
+/// take them in parallel).
+const READ_TASKS: usize = 4;
 
 /// What the verify phase found.
 #[derive(Debug, Default)]
@@ -172,7 +177,7 @@ pub async fn verify(core: &Arc<Core>, manifest: &Manifest, swept_before: u64) ->
         .iter()
         .filter(|m| m.mount_type == "kv")
     {
-        let (check, secrets, versions) = kv_check(&client, m).await;
+        let (check, secrets, versions) = kv_check(core, &client.token, m).await;
         v.secrets += secrets;
         v.versions += versions;
         v.checks.push(check);
@@ -286,9 +291,37 @@ async fn read_kv1(client: &Client<'_>, mount: &str, key: &str) -> Result<(), Str
     }
 }
 
+/// What the read-back tasks of one mount counted.
+#[derive(Default)]
+struct Counts {
+    secrets: AtomicU64,
+    versions: AtomicU64,
+    deleted: AtomicU64,
+}
+
+/// Read back one key of a KV mount (every version of a v2 key) and count it.
+async fn read_back(
+    client: &Client<'_>,
+    counts: &Counts,
+    mount: &str,
+    key: &str,
+    v2: bool,
+) -> Result<(), String> {
+    if v2 {
+        let (p, d) = read_kv2(client, mount, key).await?;
+        counts.versions.fetch_add(p, Ordering::Relaxed);
+        counts.deleted.fetch_add(d, Ordering::Relaxed);
+    } else {
+        read_kv1(client, mount, key).await?;
+        counts.versions.fetch_add(1, Ordering::Relaxed);
+    }
+    counts.secrets.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Read back every secret of one KV mount. Returns the check and the
 /// secrets and versions read.
-async fn kv_check(client: &Client<'_>, m: &MountDigest) -> (Check, u64, u64) {
+async fn kv_check(core: &Arc<Core>, token: &str, m: &MountDigest) -> (Check, u64, u64) {
     let name = format!("kv {}", m.path);
     let v2 = m.kv_version == 2;
     let base = if v2 {
@@ -296,38 +329,69 @@ async fn kv_check(client: &Client<'_>, m: &MountDigest) -> (Check, u64, u64) {
     } else {
         m.path.clone()
     };
+    let client = Client {
+        core: core.as_ref(),
+        token: token.to_string(),
+    };
     let keys = match client.list_all(&base).await {
-        Ok(k) => k,
+        Ok(k) => Arc::new(k),
         Err(e) => return (Check::fail(&name, e), 0, 0),
     };
-    let versions = AtomicU64::new(0);
-    let deleted = AtomicU64::new(0);
-    let secrets = AtomicU64::new(0);
-    let mut results = futures::stream::iter(keys.iter())
-        .map(|key| async {
-            if v2 {
-                let (p, d) = read_kv2(client, &m.path, key).await?;
-                versions.fetch_add(p, Ordering::Relaxed);
-                deleted.fetch_add(d, Ordering::Relaxed);
-            } else {
-                read_kv1(client, &m.path, key).await?;
-                versions.fetch_add(1, Ordering::Relaxed);
+    let counts = Arc::new(Counts::default());
+    // The reads run in READ_TASKS tasks, each over every READ_TASKS-th key
+    // (so each walks the keys in order), because the futures of one
+    // `buffer_unordered` all run in its one task: on one core at a time.
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..READ_TASKS {
+        let (core, token, keys, counts) = (
+            core.clone(),
+            token.to_string(),
+            keys.clone(),
+            counts.clone(),
+        );
+        let mount = m.path.clone();
+        tasks.spawn(async move {
+            let client = Client {
+                core: core.as_ref(),
+                token,
+            };
+            let mut todo = keys.iter().skip(t).step_by(READ_TASKS);
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut first_error = None;
+            loop {
+                while in_flight.len() < READ_CONCURRENCY / READ_TASKS {
+                    match todo.next() {
+                        Some(key) => in_flight.push(read_back(&client, &counts, &mount, key, v2)),
+                        None => break,
+                    }
+                }
+                match in_flight.next().await {
+                    Some(Err(e)) => {
+                        first_error.get_or_insert(e);
+                    }
+                    Some(Ok(())) => {}
+                    None => break,
+                }
             }
-            secrets.fetch_add(1, Ordering::Relaxed);
-            Ok::<(), String>(())
-        })
-        .buffer_unordered(READ_CONCURRENCY);
+            first_error
+        });
+    }
     let mut first_error = None;
-    while let Some(r) = results.next().await {
-        if let Err(e) = r {
-            first_error.get_or_insert(e);
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(None) => {}
+            Ok(Some(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("a read-back task failed: {e}"));
+            }
         }
     }
-    drop(results);
     let (secrets, versions, deleted) = (
-        secrets.into_inner(),
-        versions.into_inner(),
-        deleted.into_inner(),
+        counts.secrets.load(Ordering::Relaxed),
+        counts.versions.load(Ordering::Relaxed),
+        counts.deleted.load(Ordering::Relaxed),
     );
     let check = if let Some(e) = first_error {
         Check::fail(&name, e)
