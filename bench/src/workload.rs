@@ -56,7 +56,7 @@ const NAMES: &[(Workload, &str, &str)] = &[
     (
         Workload::KvReadCold,
         "kv-read-cold",
-        "kv-read's requests and keys, each server's measured window starting right after its warm-up, `sync` and `echo 3 > /proc/sys/vm/drop_caches` (needs root; the run fails otherwise): OpenBao's bbolt pages (mmap'd, page cache) are dropped, Custos's own 48 MiB in-process redb cache is not; only run when named in --workloads",
+        "kv-read's requests and keys, each server's measured window starting right after its warm-up, `sync` and `echo 3 > /proc/sys/vm/drop_caches` (needs root; the run fails otherwise). The kernel drops only clean pages no process maps: Custos's redb files (read with pread) go, its own 48 MiB in-process redb cache stays; OpenBao's bbolt file is mmap'd, so the pages its process has touched stay resident and only the rest goes; only run when named in --workloads",
     ),
     (
         Workload::KvMixed,
