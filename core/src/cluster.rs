@@ -795,8 +795,7 @@ impl Cluster {
         if !voters.contains(&id) {
             // No restore stages outside the log while the node joins, and
             // one that did is covered by a snapshot first.
-            let _gate = raft.membership_gate().await;
-            raft.prepare_for_new_member().await?;
+            let _gate = raft.prepare_for_new_member().await?;
             tracing::info!(node = %node, "raft join: adding a learner");
             let added = tokio::time::timeout(CATCH_UP, raft.raft().add_learner(id, node, true))
                 .await

@@ -480,8 +480,8 @@ pub struct RaftStorage {
     progress: Arc<ApplyProgress>,
     /// The cluster port's TLS, loaded while unsealed ([`tls`]).
     cluster_tls: Arc<tls::ClusterTls>,
-    /// Serializes joins with restores staged outside the log
-    /// ([`Self::membership_gate`]).
+    /// Serializes joins with restores staged outside the log (taken by
+    /// [`Self::stage_restore`] and [`Self::prepare_for_new_member`]).
     membership_gate: Arc<tokio::sync::Mutex<()>>,
 }
 

@@ -33,9 +33,9 @@
 //! only `RestoreCommit` goes through the log: the pairs are written once
 //! instead of encoded into entries, fsynced in the log and applied. No
 //! other node exists to replay them, and none may join meanwhile: the
-//! restore holds [`RaftStorage::membership_gate`] until its commit, and a
-//! join takes it too and first has a snapshot cover the restore and the log
-//! purged up to it ([`RaftStorage::prepare_for_new_member`]), so a new node
+//! restore holds the membership gate until its commit, and a join takes it
+//! too and first has a snapshot cover the restore and the log purged up to
+//! it ([`RaftStorage::prepare_for_new_member`]), so a new node
 //! installs the snapshot and never replays that commit.
 //!
 //! Versions before `kv_restore` staged pairs in `kv` under [`STAGE_PREFIX`];
@@ -84,7 +84,7 @@ pub struct StagedRestore {
     /// What the restored snapshot is.
     pub info: SnapshotInfo,
     /// Held from a direct stage until its commit or abort: no node joins
-    /// in between ([`RaftStorage::membership_gate`]).
+    /// in between ([`RaftStorage::prepare_for_new_member`]).
     _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -160,6 +160,20 @@ impl<R: Read> PairReader<R> {
     fn key(&mut self) -> std::result::Result<String, StoreError> {
         let klen = self.len()?;
         String::from_utf8(self.take(klen)?).map_err(|_| bad("a key is not UTF-8"))
+    }
+
+    /// The next pair a restore stages: [`Self::next_pair`], skipping the
+    /// leftovers of a restore that was being staged when the snapshot was
+    /// taken (under [`STAGE_PREFIX`]: nobody's data).
+    pub(crate) fn next_restorable(
+        &mut self,
+    ) -> std::result::Result<Option<(String, Vec<u8>)>, StoreError> {
+        loop {
+            match self.next_pair()? {
+                Some((key, _)) if key.starts_with(STAGE_PREFIX) => {}
+                other => return Ok(other),
+            }
+        }
     }
 
     /// The next pair in key order, `None` after the last one.
@@ -297,11 +311,12 @@ impl RaftStorage {
     fn sole_member(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let membership = m.membership_config.membership();
         m.current_leader == Some(self.node_id)
-            && membership.get_joint_config().len() == 1
-            && membership.voter_ids().eq([self.node_id])
-            && membership.learner_ids().next().is_none()
+            && m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .eq([self.node_id])
     }
 
     /// Stage the pairs in this node's state machine without the log: no
@@ -335,16 +350,18 @@ impl RaftStorage {
         }
     }
 
-    /// Before a node joins: if a restore staged outside the log
-    /// ([`Self::stage_direct`]) is not yet covered, build a snapshot of
-    /// everything applied and purge the log up to it, so the new node
+    /// Before a node joins: take the membership gate (so no restore
+    /// stages outside the log meanwhile) and, if a restore staged outside
+    /// the log ([`Self::stage_direct`]) is not yet covered, build a snapshot
+    /// of everything applied and purge the log up to it, so the new node
     /// installs the snapshot instead of replaying a `RestoreCommit` whose
-    /// pairs never were in the log. Hold [`Self::membership_gate`] across
-    /// this and the membership change.
-    pub async fn prepare_for_new_member(&self) -> Result<()> {
+    /// pairs never were in the log. Hold the returned guard across the
+    /// membership change.
+    pub async fn prepare_for_new_member(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        let gate = self.membership_gate.clone().lock_owned().await;
         let db = self.state.clone();
         if !blocking(move || state_machine::direct_restore_pending(&db)).await? {
-            return Ok(());
+            return Ok(gate);
         }
         tracing::info!("covering a direct restore with a snapshot before a node joins");
         self.build_current_snapshot().await?;
@@ -366,7 +383,8 @@ impl RaftStorage {
             .await
             .map_err(|e| CoreError::Storage(format!("purging the log: {e}")))?;
         let db = self.state.clone();
-        Ok(blocking(move || state_machine::clear_direct_restore(&db)).await?)
+        blocking(move || state_machine::clear_direct_restore(&db)).await?;
+        Ok(gate)
     }
 
     /// Call `f` with every pair this node has applied, in key order, from
@@ -374,12 +392,6 @@ impl RaftStorage {
     /// blocking thread.
     pub fn for_each_pair(&self, f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
         state_machine::for_each_pair(&self.state, f)
-    }
-
-    /// Taken by a restore staged outside the log and by a join, so neither
-    /// runs while the other does.
-    pub async fn membership_gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.membership_gate.clone().lock_owned().await
     }
 
     /// Stage through Raft entries: `RestoreBegin`, then `RestoreChunk`s,
@@ -415,12 +427,7 @@ impl RaftStorage {
             let read = (|| {
                 let (_, _, mut reader) = PairReader::open(&p)?;
                 let (mut chunk, mut bytes) = (Vec::new(), 0usize);
-                while let Some((key, value)) = reader.next_pair()? {
-                    // Leftovers of a restore staged when that snapshot was
-                    // taken are nobody's data.
-                    if key.starts_with(STAGE_PREFIX) {
-                        continue;
-                    }
+                while let Some((key, value)) = reader.next_restorable()? {
                     bytes += key.len() + value.len();
                     chunk.push((key, value));
                     if bytes >= CHUNK_BYTES || chunk.len() >= CHUNK_PAIRS {

@@ -431,12 +431,7 @@ pub(crate) fn stage_direct(db: &Database, id: &str, path: &Path) -> Result<u64, 
         let mut done = true;
         {
             let mut stage = txn.open_table(STAGE)?;
-            while let Some((key, value)) = reader.next_pair()? {
-                // Leftovers of a restore staged when that snapshot was
-                // taken are nobody's data.
-                if key.starts_with(STAGE_PREFIX) {
-                    continue;
-                }
+            while let Some((key, value)) = reader.next_restorable()? {
                 stage.insert(key.as_str(), value.as_slice())?;
                 count += 1;
                 bytes += key.len() + value.len();

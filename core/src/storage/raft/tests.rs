@@ -722,7 +722,7 @@ async fn streamed_restore_case(direct: bool) -> Result<()> {
     assert_eq!(dst.get("logical/m/b").await?, Some(b"B".to_vec()));
     assert_eq!(state_machine::direct_restore_pending(&dst.state)?, direct);
     let applied = dst.progress.applied();
-    dst.prepare_for_new_member().await?;
+    drop(dst.prepare_for_new_member().await?);
     assert!(!state_machine::direct_restore_pending(&dst.state)?);
     if direct {
         let purged = dst.raft.metrics().borrow().purged.map(|p| p.index);
