@@ -24,9 +24,7 @@ use crate::servers::{
     self, AuditMode, AuditSetup, BENCH_INDEX, BENCH_TOPIC, Kind, Server, SinkAddrs, SinkBacklog,
 };
 use crate::workload::Workload;
-use crate::{
-    CompareArgs, Target, alternate, binaries, error_failures, prepare, sysinfo, workspace_root,
-};
+use crate::{CompareArgs, Target, alternate, binaries, error_failures, prepare, sysinfo};
 
 /// The modes in the order given, each once.
 fn unique(modes: &[AuditMode]) -> Vec<AuditMode> {
@@ -118,11 +116,7 @@ pub(crate) async fn compare(a: CompareArgs) -> Result<bool> {
         a.workloads.clone()
     };
     let drain = Duration::from_secs_f64(a.sink_drain_timeout.max(0.0));
-    let run_dir = a
-        .dir
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("target/bench/run"));
-    std::fs::create_dir_all(&run_dir)?;
+    let run_dir = a.run_dir()?;
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();

@@ -252,8 +252,8 @@ pub fn check_drop_page_cache() -> Result<()> {
 /// `sync`, then `echo 3 > /proc/sys/vm/drop_caches`: dirty pages reach the
 /// disk first, so every clean page no process maps is dropped (pages of an
 /// mmap'd file that a process has touched, such as OpenBao's bbolt file,
-/// stay: the kernel skips mapped pages). An error (not root) fails the run rather than measuring a warm
-/// cache under a cold name.
+/// stay: the kernel skips mapped pages). An error (not root) fails the run
+/// rather than measuring a warm cache under a cold name.
 pub fn drop_page_cache() -> Result<()> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };

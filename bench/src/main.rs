@@ -578,6 +578,19 @@ async fn alternate(
         .collect()
 }
 
+impl CompareArgs {
+    /// Where the servers' data dirs go (`--dir`, else target/bench/run in
+    /// the workspace), created if missing.
+    fn run_dir(&self) -> Result<PathBuf> {
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| workspace_root().join("target/bench/run"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+}
+
 /// The custos binary: `flag`, else the workspace's release build; absolute,
 /// since the servers run in their own directories.
 fn resolve_custos(flag: Option<PathBuf>) -> Result<PathBuf> {
@@ -607,7 +620,6 @@ async fn compare(a: CompareArgs) -> Result<bool> {
     if !a.trace_modes.is_empty() {
         return trace_modes::compare(a).await;
     }
-    let root = workspace_root();
     let (custos_bin, bao_bin) = binaries(&a)?;
     let spec = a.load.spec();
     let ds = a.data.dataset();
@@ -623,11 +635,7 @@ async fn compare(a: CompareArgs) -> Result<bool> {
     if workloads.iter().any(|w| w.cold_cache()) {
         load::check_drop_page_cache()?;
     }
-    let run_dir = a
-        .dir
-        .clone()
-        .unwrap_or_else(|| root.join("target/bench/run"));
-    std::fs::create_dir_all(&run_dir)?;
+    let run_dir = a.run_dir()?;
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();

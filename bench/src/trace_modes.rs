@@ -34,7 +34,7 @@ use crate::servers::{self, AuditSetup, Kind};
 use crate::workload::Workload;
 use crate::{
     CompareArgs, SETTLE_AFTER_PREPARE, Target, alternate, binaries, error_failures, prepare,
-    settle, sysinfo, workspace_root,
+    settle, sysinfo,
 };
 
 /// The goal of issue 21: tracing at 1% sampling costs under 3% of throughput.
@@ -202,11 +202,7 @@ pub async fn compare(a: CompareArgs) -> Result<bool> {
     } else {
         a.workloads.clone()
     };
-    let run_dir = a
-        .dir
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("target/bench/run"));
-    std::fs::create_dir_all(&run_dir)?;
+    let run_dir = a.run_dir()?;
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
