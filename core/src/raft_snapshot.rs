@@ -1,14 +1,14 @@
 //! `sys/storage/raft/snapshot` and `snapshot-force`: Vault-compatible Raft
 //! snapshots, streamed both ways.
 //!
-//! `GET sys/storage/raft/snapshot` has Raft build a snapshot of everything
-//! applied ([`RaftStorage::open_snapshot`]) and streams it out as Vault's
-//! archive, a gzip'd tar of:
+//! `GET sys/storage/raft/snapshot` opens one consistent view of everything
+//! applied ([`RaftStorage::open_export`]: a redb read transaction, no file
+//! is built) and streams it out as Vault's archive, a gzip'd tar of:
 //!
 //! | file | content |
 //! |---|---|
 //! | `meta.json` | Vault's snapshot meta (`Version`, `ID`, `Index`, `Term`, `Size`) plus `CustosStateVersion` |
-//! | `state.bin` | the state machine's pairs in the snapshot format (`CUSTOSNP`, a `u32` format version, see `storage::raft::snapshot`): version 2, batched, transcoded from Raft's version 1 file as it streams; values are barrier ciphertext, as stored |
+//! | `state.bin` | the state machine's pairs in the snapshot format (`CUSTOSNP`, a `u32` format version, see `storage::raft::snapshot`): version 2, batched, written from the view as it streams; values are barrier ciphertext, as stored |
 //! | `SHA256SUMS` | `sha256  name` lines for `meta.json` and `state.bin` |
 //! | `SHA256SUMS.sealed` | the same lines sealed by the barrier (AES-256-GCM under the active keyring term) |
 //!
@@ -16,7 +16,7 @@
 //! stores its values sections (level 0: ciphertext does not compress, and
 //! deflating it was most of a save's CPU); it is still one gzip member.
 //! The archive is produced on a blocking thread (with a second one reading,
-//! transcoding and hashing `state.bin` for it) into a bounded channel that
+//! batching and hashing `state.bin` for it) into a bounded channel that
 //! is the response body, so memory stays flat whatever the data's size; a
 //! failure mid-stream aborts the response, and without its last file the
 //! real CLI reports the snapshot incomplete.
@@ -63,8 +63,8 @@ use crate::core::{Core, Unsealed};
 use crate::error::{CoreError, Result};
 use crate::logical::{Operation, Request, Response, Secret};
 use crate::state_digest::StateDigest;
-use crate::storage::raft::snapshot::{SectionSink, batched_len, transcode_batched};
-use crate::storage::raft::{RaftStorage, SnapshotInfo};
+use crate::storage::raft::snapshot::SectionSink;
+use crate::storage::raft::{RaftStorage, SnapshotInfo, StateExport};
 use crate::token::TokenEntry;
 
 /// Save (GET) and restore from this cluster (POST).
@@ -255,15 +255,15 @@ async fn save(
 ) -> Result<axum::response::Response> {
     let grant = authorize(core, Operation::Read, SNAPSHOT_PATH, token, remote).await?;
     let opened = match raft_of(core) {
-        Ok(raft) => raft.open_snapshot().await,
+        Ok(raft) => raft.open_export().await,
         Err(e) => Err(e),
     };
-    let (info, file) = match opened {
-        Ok(o) => o,
+    let state = match opened {
+        Ok(o) => Arc::new(o),
         Err(e) => return refuse(&grant, e).await,
     };
     finish(&grant, &Ok(Response::default())).await?;
-    let mut resp = axum::response::Response::new(Body::from_stream(archive_of(core, &info, file)));
+    let mut resp = axum::response::Response::new(Body::from_stream(archive_of(core, state)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/gzip"),
@@ -271,21 +271,20 @@ async fn save(
     Ok(resp)
 }
 
-/// The archive of the opened snapshot `file` (what `info` describes), made
-/// on a blocking thread into a bounded channel: the stream a save answers
-/// with and an automated snapshot uploads.
+/// The archive of the exported `state`, made on a blocking thread into a
+/// bounded channel: the stream a save answers with and an automated
+/// snapshot uploads.
 fn archive_of(
     core: &Core,
-    info: &SnapshotInfo,
-    file: std::fs::File,
+    state: Arc<StateExport>,
 ) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let state_len = info.size;
+    let info = state.info();
     let meta = ArchiveMeta {
         version: 1,
-        id: info.snapshot_id.clone(),
+        id: info.snapshot_id,
         index: info.last_log_index,
         term: info.last_log_term,
-        size: batched_len(state_len),
+        size: info.size,
         state_version: Some(STATE_VERSION),
         pairs: info.key_count,
     };
@@ -294,7 +293,7 @@ fn archive_of(
     let writer_tx = tx.clone();
     let task = tokio::task::spawn_blocking(move || {
         let out = ChannelWriter::new(writer_tx);
-        if let Err(e) = write_archive(out, &meta, file, state_len, &barrier) {
+        if let Err(e) = write_archive(out, &meta, &state, &barrier) {
             tracing::warn!(error = %e, "raft snapshot stream aborted");
             let _ = tx.blocking_send(Err(e));
         }
@@ -319,15 +318,14 @@ pub struct SnapshotExport {
 pub async fn export(core: &Arc<Core>) -> Result<SnapshotExport> {
     core.unsealed()?;
     let raft = raft_of(core)?;
-    let (info, file) = raft.open_snapshot().await?;
-    let for_digest = Arc::new(
-        file.try_clone()
-            .map_err(|e| CoreError::Storage(format!("opening the snapshot twice: {e}")))?,
-    );
+    let state = Arc::new(raft.open_export().await?);
+    let info = state.info();
     let barrier = core.barrier.clone();
-    let digest =
-        tokio::task::spawn_blocking(move || crate::state_digest::digest_file(for_digest, &barrier));
-    let archive = Box::pin(archive_of(core, &info, file));
+    let for_digest = state.clone();
+    let digest = tokio::task::spawn_blocking(move || {
+        crate::state_digest::digest_export(&for_digest, &barrier)
+    });
+    let archive = Box::pin(archive_of(core, state));
     Ok(SnapshotExport {
         info,
         archive,
@@ -553,13 +551,13 @@ impl<W: Write> Write for LevelledGz<W> {
     }
 }
 
-/// A section of `state.bin` on its way from the transcoding thread to the
+/// A section of `state.bin` on its way from the reading thread to the
 /// gzip writer: `true` for a values section (stored), `false` for keys.
 type Section = (bool, Vec<u8>);
 /// Sections in flight between the two threads of a save.
 const SECTIONS_IN_FLIGHT: usize = 4;
 
-/// The transcoding side of a save: hashes `state.bin` and hands its
+/// The reading side of a save: hashes `state.bin` and hands its
 /// sections to the gzip writer on the other thread.
 struct SectionSender {
     tx: std::sync::mpsc::SyncSender<Section>,
@@ -585,16 +583,15 @@ impl SectionSink for SectionSender {
     }
 }
 
-/// Write the archive (see the module docs) to `out`; `state` is the Raft
-/// snapshot file (version 1, `state_len` bytes), written as `state.bin` in
-/// the batched layout (version 2) of `meta.size` bytes. Two threads share
-/// the work: a scoped one reads and transcodes the file and hashes it, this
-/// one deflates or stores each section and frames the archive.
+/// Write the archive (see the module docs) to `out`; `state` is written as
+/// `state.bin` in the batched layout (version 2) of `meta.size` bytes. Two
+/// threads share the work: a scoped one reads the state machine, batches
+/// and hashes it, this one deflates or stores each section and frames the
+/// archive.
 fn write_archive(
     out: ChannelWriter,
     meta: &ArchiveMeta,
-    state: std::fs::File,
-    state_len: u64,
+    state: &StateExport,
     barrier: &Barrier,
 ) -> io::Result<()> {
     let gz = LevelledGz::new(out)?;
@@ -612,13 +609,12 @@ fn write_archive(
     gz.write_all(tar_header(STATE_FILE, meta.size)?.as_bytes())?;
     let state_sum: [u8; 32] = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Section>(SECTIONS_IN_FLIGHT);
-        let state = &state;
         let reader = scope.spawn(move || {
             let mut sink = SectionSender {
                 tx,
                 hash: Sha256::new(),
             };
-            transcode_batched(state, state_len, &mut sink)?;
+            state.write_batched(&mut sink)?;
             Ok::<_, io::Error>(sink.hash.finalize().into())
         });
         let mut written = Ok(());
@@ -632,7 +628,7 @@ fn write_archive(
         drop(rx);
         let read = reader
             .join()
-            .map_err(|_| io::Error::other("the snapshot transcoder panicked"))?;
+            .map_err(|_| io::Error::other("the snapshot reader panicked"))?;
         written?;
         read
     })?;

@@ -1,11 +1,9 @@
 //! What a Raft snapshot holds, per mount: the digest a snapshot's manifest
 //! records and a restore drill recomputes.
 //!
-//! Input is a state file in the Raft snapshot format (the `state.bin` of a
-//! Vault-format archive, see [`crate::raft_snapshot`]), read one pair at a
-//! time from a file handle (positioned reads, so the same open snapshot can
-//! be streamed out at the same time), or, for [`current`], the node's own
-//! state machine read in key order. Every pair under a mount's storage
+//! Input is a node's state machine read in key order: an exported view of
+//! it ([`digest_export`], the same view a snapshot archive streams) or what
+//! it holds now ([`current`]). Every pair under a mount's storage
 //! prefix (`logical/<uuid>/` for secrets engines, `auth/<uuid>/` for auth
 //! methods) is opened with the barrier and fed to that mount's SHA-256 as
 //! `u32 key length, key relative to the mount, u64 value length, plaintext`,
@@ -22,10 +20,6 @@
 //! here leaves plaintext anywhere but in the hashers.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,7 +28,7 @@ use crate::barrier::Barrier;
 use crate::core::Core;
 use crate::error::{CoreError, Result};
 use crate::router::MountEntry;
-use crate::storage::raft::restore::PairReader;
+use crate::storage::raft::StateExport;
 
 /// Format of [`StateDigest`]; a drill refuses a manifest of a newer one.
 pub const DIGEST_VERSION: u32 = 1;
@@ -118,38 +112,12 @@ struct Acc {
     versions: u64,
 }
 
-/// `Read` at a position of a file without moving the file's own offset, so
-/// the same handle can be streamed elsewhere at the same time.
-struct ReadAt {
-    file: Arc<File>,
-    pos: u64,
-}
-
-impl Read for ReadAt {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-/// Digest the state file `file` (from its first byte) with `barrier`, which
-/// must open the state's values (the keyring the state was saved under).
-/// Blocking: run it on a blocking thread.
-pub fn digest_file(file: Arc<File>, barrier: &Barrier) -> Result<StateDigest> {
-    let len = file
-        .metadata()
-        .map_err(|e| CoreError::Storage(format!("reading the snapshot: {e}")))?
-        .len();
-    let (_, _, mut pairs) = PairReader::new(ReadAt { file, pos: 0 }, len)
-        .map_err(|e| CoreError::Storage(e.to_string()))?;
+/// Digest an exported view of a node's state (what a snapshot archive
+/// streams from), with `barrier`, which must open its values. Blocking: run
+/// it on a blocking thread.
+pub fn digest_export(state: &StateExport, barrier: &Barrier) -> Result<StateDigest> {
     let mut d = Digester::new(barrier);
-    while let Some((key, value)) = pairs
-        .next_pair()
-        .map_err(|e| CoreError::Storage(e.to_string()))?
-    {
-        d.feed(&key, &value)?;
-    }
+    state.for_each_pair(|key, value| d.feed(key, value))?;
     Ok(d.finish())
 }
 

@@ -52,9 +52,9 @@
 //! Snapshots are built when [`snapshot_scheduler`] says so — at least
 //! [`SNAPSHOT_EVERY`] entries since the last one, and no sooner than
 //! [`SNAPSHOT_MIN_INTERVAL`] or ten times the last build's duration, since
-//! each copies the whole state — and on demand by
-//! [`RaftStorage::snapshot_bytes`] for the snapshot agent; they are
-//! the state machine's contents, i.e. barrier ciphertext, restorable only with
+//! each copies the whole state — and on demand before a node joins after a
+//! restore staged outside the log ([`RaftStorage::prepare_for_new_member`]);
+//! they are the state machine's contents, i.e. barrier ciphertext, restorable only with
 //! the original unseal keys. A DR restore ([`restore`]) replaces the whole
 //! key space through ordinary Raft entries: pairs staged in chunks, then
 //! swapped in by one commit entry.
@@ -74,6 +74,7 @@
 //! membership without it (restarted, still sealed) stands for no election:
 //! it could reach nobody and would only raise its term.
 
+pub mod export;
 mod log_store;
 pub mod network;
 pub mod restore;
@@ -98,6 +99,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use export::StateExport;
 pub use log_store::LogStore;
 pub use network::{CustosNode, HttpNetwork};
 pub use snapshot::SNAPSHOT_FILE;
@@ -179,7 +181,8 @@ fn snapshot_tuning() -> SnapshotTuning {
 }
 /// How long [`RaftStorage::open`] waits for this node to become leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
-/// How long [`RaftStorage::snapshot_bytes`] waits for a snapshot to be built.
+/// How long an on-demand snapshot build may take
+/// ([`RaftStorage::build_current_snapshot`]).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
 /// One replicated write: the `D` of [`TypeConfig`].
@@ -425,8 +428,8 @@ pub struct RaftStatus {
     pub members: Vec<u64>,
 }
 
-/// Describes a snapshot exported by [`RaftStorage::snapshot_bytes`] or
-/// restored by [`RaftStorage::restore_snapshot_bytes`] (for the DR manifest).
+/// Describes an exported state ([`StateExport::info`], for the archive's
+/// `meta.json` and the DR manifest) or a restored one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
     pub snapshot_id: String,
@@ -439,7 +442,7 @@ pub struct SnapshotInfo {
     pub size: u64,
 }
 
-fn snapshot_info(meta: &state_machine::Meta, key_count: u64, size: usize) -> SnapshotInfo {
+fn snapshot_info(meta: &state_machine::Meta, key_count: u64, size: u64) -> SnapshotInfo {
     SnapshotInfo {
         snapshot_id: meta.snapshot_id.clone(),
         last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or_default(),
@@ -448,7 +451,7 @@ fn snapshot_info(meta: &state_machine::Meta, key_count: u64, size: usize) -> Sna
             .map(|l| l.leader_id.term)
             .unwrap_or_default(),
         key_count,
-        size: size as u64,
+        size,
     }
 }
 
@@ -1067,7 +1070,7 @@ impl RaftStorage {
             .await?
             .ok_or_else(|| CoreError::Storage("no snapshot available".to_string()))?;
         let key_count = snapshot::snapshot_pair_count(&data)?;
-        let info = snapshot_info(&meta, key_count, data.len());
+        let info = snapshot_info(&meta, key_count, data.len() as u64);
         Ok((data, info))
     }
 
@@ -1078,7 +1081,11 @@ impl RaftStorage {
     pub async fn restore_snapshot_bytes(&self, bytes: &[u8]) -> Result<SnapshotInfo> {
         let decoded = snapshot::decode_snapshot(bytes)
             .map_err(|e| CoreError::BadRequest(format!("invalid snapshot: {e}")))?;
-        let info = snapshot_info(&decoded.meta, decoded.pairs.len() as u64, bytes.len());
+        let info = snapshot_info(
+            &decoded.meta,
+            decoded.pairs.len() as u64,
+            bytes.len() as u64,
+        );
         self.propose(Command::Restore(decoded.pairs)).await?;
         tracing::info!(snapshot_id = %info.snapshot_id, keys = info.key_count, "snapshot restored");
         Ok(info)

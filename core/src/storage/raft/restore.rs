@@ -1,9 +1,8 @@
 //! Whole-state export and streamed restore, both through Raft.
 //!
-//! **Export.** [`RaftStorage::open_snapshot`] has openraft build a snapshot
-//! of everything applied (the same file followers would be sent, see
-//! [`snapshot`](super::snapshot)) and hands back the open file, which the
-//! caller streams out; nothing is read into memory.
+//! **Export.** [`RaftStorage::open_export`] opens a consistent view of
+//! everything applied ([`StateExport`]), which the caller streams out as
+//! the batched state file; nothing is read into memory or written to disk.
 //!
 //! **Restore.** A restore replaces the whole key space, and in a cluster
 //! every node must do it at the same point of the log. openraft's own
@@ -49,14 +48,15 @@
 //! before the first entry is proposed.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
-use super::snapshot::{read_header, read_state_header};
+use super::export::StateExport;
+use super::snapshot::read_state_header;
 use super::state_machine::{self, Meta};
 use super::{
     Command, RaftStorage, SNAPSHOT_WAIT, SnapshotInfo, StoreError, blocking, fatal_to_core,
@@ -257,26 +257,10 @@ impl RaftStorage {
         self.snapshots.dir().to_path_buf()
     }
 
-    /// Build a snapshot of everything applied so far and open it: what it
-    /// is, and the file at its first byte (its size is the file's).
-    pub async fn open_snapshot(&self) -> Result<(SnapshotInfo, File)> {
-        self.build_current_snapshot().await?;
-        let snapshots = self.snapshots.clone();
-        let (meta, mut file) = blocking(move || snapshots.open_current())
-            .await?
-            .ok_or_else(|| CoreError::Storage("no snapshot available".to_string()))?;
-        let (file, count, size) = blocking(move || {
-            let count = read_header(&mut file)?.1;
-            file.rewind()
-                .map_err(|e| StoreError::SnapshotFile(format!("rewinding: {e}")))?;
-            let size = file
-                .metadata()
-                .map_err(|e| StoreError::SnapshotFile(format!("reading: {e}")))?
-                .len();
-            Ok((file, count, size))
-        })
-        .await?;
-        Ok((snapshot_info(&meta, count, size as usize), file))
+    /// A view of everything applied so far, to export ([`StateExport`]).
+    pub async fn open_export(&self) -> Result<StateExport> {
+        let db = self.state.clone();
+        Ok(blocking(move || StateExport::open(&db)).await?)
     }
 
     /// Check a state file completely without touching anything; a damaged
@@ -287,7 +271,7 @@ impl RaftStorage {
         let (meta, count) = blocking(move || check_state(&p))
             .await
             .map_err(|e| CoreError::BadRequest(e.to_string()))?;
-        Ok(snapshot_info(&meta, count, size as usize))
+        Ok(snapshot_info(&meta, count, size))
     }
 
     /// Stage the pairs of the state file at `path` (checked by

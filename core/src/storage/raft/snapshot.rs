@@ -6,8 +6,7 @@
 //! `raft-snapshot.bin.<id>.tmp`, fsyncs it and [`SnapshotFile::commit`]s it:
 //! renamed over `raft-snapshot.bin` (then the directory fsynced), unless a
 //! newer snapshot got there first. openraft reads it back through
-//! `get_current_snapshot`, the DR snapshot agent through
-//! [`RaftStorage::snapshot_bytes`](super::RaftStorage::snapshot_bytes), and a
+//! `get_current_snapshot` (to send it to followers), and a
 //! snapshot sent by a leader arrives in `raft-snapshot.bin.recv` before it is
 //! installed and committed the same way. Nothing is held in memory while a
 //! snapshot is built, and the snapshot does not live inside `state.redb`
@@ -23,18 +22,20 @@
 //! file (what followers are sent) is always version 1.
 //!
 //! Version 2 (*batched*) is the `state.bin` of a DR archive
-//! (`crate::raft_snapshot`), transcoded from the version 1 file as the
-//! archive streams ([`transcode_batched`]): the same bytes in another order,
-//! so the archive can deflate what compresses and store what does not.
-//! After the header and pair count comes a `u32` batch size `B`; then the
-//! pairs in batches of `B` (the last one shorter), each batch a *keys
-//! section* (per pair `u32` key length, key, `u32` value length) followed by
-//! its *values section* (the values, concatenated in the same order). Keys
-//! and lengths compress; the values are barrier ciphertext, which does not.
+//! (`crate::raft_snapshot`), written straight from the state machine as the
+//! archive streams ([`BatchedWriter`], fed by
+//! [`StateExport`](super::export::StateExport)): the same pairs in another
+//! order, so the archive can deflate what compresses and store what does
+//! not. After the header and pair count comes a `u32` batch size `B`; then
+//! the pairs in batches of `B` (the last one shorter), each batch a *keys
+//! section* (per pair `u32` key length, key, `u32` value length) followed
+//! by its *values section* (the values, concatenated in the same order).
+//! Keys and lengths compress; the values are barrier ciphertext, which does
+//! not. Archives of earlier versions hold a version 1 file instead.
 //! [`PairReader`](super::restore::PairReader) reads both versions.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -48,8 +49,8 @@ const MAGIC: &[u8; 8] = b"CUSTOSNP";
 pub(crate) const FORMAT_VERSION: u32 = 1;
 /// The batched layout of a DR archive's `state.bin` (see the module docs).
 pub(crate) const FORMAT_BATCHED: u32 = 2;
-/// Pairs per batch written by [`transcode_batched`] (the keys of one batch,
-/// about 100 KiB, are what the transcoder holds in memory).
+/// Pairs per batch written by [`BatchedWriter`] (the keys of one batch,
+/// about 200 KiB, are what the writer holds in memory).
 pub(crate) const BATCH_PAIRS: u32 = 1024;
 /// Largest batch size a reader accepts (its keys are held in memory).
 pub(crate) const MAX_BATCH_PAIRS: u32 = 1 << 16;
@@ -77,13 +78,7 @@ pub(crate) struct SnapshotWriter<W: Write> {
 impl<W: Write> SnapshotWriter<W> {
     /// Write the header of a snapshot that will hold `count` pairs.
     pub(crate) fn new(mut out: W, meta: &Meta, count: u64) -> Result<Self, StoreError> {
-        let header = serde_json::to_vec(meta)?;
-        let mut head = Vec::with_capacity(24 + header.len());
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        head.extend_from_slice(&len_u32(header.len())?.to_be_bytes());
-        head.extend_from_slice(&header);
-        head.extend_from_slice(&count.to_be_bytes());
+        let head = head_of(FORMAT_VERSION, meta, count)?;
         out.write_all(&head).map_err(write_err)?;
         Ok(SnapshotWriter {
             out,
@@ -191,7 +186,7 @@ fn read_header_of(r: &mut impl Read, batched_ok: bool) -> Result<StateHeader, St
     })
 }
 
-/// Where [`transcode_batched`] sends the batched file, section by section.
+/// Where a [`BatchedWriter`] sends the batched file, section by section.
 pub(crate) trait SectionSink {
     /// Header, keys and lengths: bytes that compress.
     fn keys(&mut self, bytes: &[u8]) -> io::Result<()>;
@@ -199,136 +194,114 @@ pub(crate) trait SectionSink {
     fn values(&mut self, bytes: &[u8]) -> io::Result<()>;
 }
 
-/// The size of the batched file [`transcode_batched`] makes of a version 1
-/// file of `len` bytes: the same bytes plus the batch size.
-pub(crate) fn batched_len(len: u64) -> u64 {
-    len + 4
+/// The size of the batched file holding `count` pairs whose keys and
+/// values add up to `pair_bytes`, after a head (see [`batched_head`]) of
+/// `head_len` bytes: each pair adds its two `u32` lengths.
+pub(crate) fn batched_len(head_len: usize, count: u64, pair_bytes: u64) -> u64 {
+    head_len as u64 + 8 * count + pair_bytes
 }
 
-/// `pread` at a moving position, so two buffered readers can walk one file.
-struct ReadAt<'a> {
-    file: &'a File,
-    pos: u64,
+/// The head of a batched file of `count` pairs: magic, version, header,
+/// pair count and batch size ([`BATCH_PAIRS`]).
+pub(crate) fn batched_head(meta: &Meta, count: u64) -> Result<Vec<u8>, StoreError> {
+    let mut head = head_of(FORMAT_BATCHED, meta, count)?;
+    head.extend_from_slice(&BATCH_PAIRS.to_be_bytes());
+    Ok(head)
 }
 
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
+/// Magic, `version`, the JSON header of `meta` with its length, and the
+/// pair count: how both versions begin.
+fn head_of(version: u32, meta: &Meta, count: u64) -> Result<Vec<u8>, StoreError> {
+    let header = serde_json::to_vec(meta)?;
+    let mut head = Vec::with_capacity(28 + header.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&version.to_be_bytes());
+    head.extend_from_slice(&len_u32(header.len())?.to_be_bytes());
+    head.extend_from_slice(&header);
+    head.extend_from_slice(&count.to_be_bytes());
+    Ok(head)
 }
 
-impl io::Seek for ReadAt<'_> {
-    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
-        self.pos = match to {
-            io::SeekFrom::Start(p) => p,
-            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
-            })?,
-            io::SeekFrom::End(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "seek from the end",
-                ));
-            }
-        };
-        Ok(self.pos)
-    }
-}
-
-/// Bytes of values handed to the sink at a time.
+/// Bytes of values handed to the sink at a time (a larger value goes alone).
 const VALUES_CHUNK: usize = 256 * 1024;
 
-/// Stream the version 1 file `file` (`len` bytes, from its first byte) to
-/// `sink` as a version 2 (batched) file of [`batched_len`] bytes. Two
-/// buffered readers walk the file, one over the keys and lengths of a batch,
-/// then one over its values, so memory holds one batch's keys whatever the
-/// values' sizes. Blocking.
-pub(crate) fn transcode_batched(
-    file: &File,
-    len: u64,
-    sink: &mut impl SectionSink,
-) -> io::Result<()> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {m}"));
-    let mut keys = io::BufReader::with_capacity(1 << 20, ReadAt { file, pos: 0 });
-    let mut vals = io::BufReader::with_capacity(1 << 20, ReadAt { file, pos: 0 });
-    let mut fixed = [0u8; 16];
-    keys.read_exact(&mut fixed)?;
-    if &fixed[..8] != MAGIC || fixed[8..12] != FORMAT_VERSION.to_be_bytes() {
-        return Err(bad("not a version 1 snapshot"));
+/// Writes a batched file (version 2) to a [`SectionSink`] as its caller
+/// walks the pairs, in key order, twice per batch: first every key of the
+/// batch with its value's length ([`Self::key`], then [`Self::end_keys`]),
+/// then the same batch's values ([`Self::value`], then
+/// [`Self::end_values`]); batches hold [`BATCH_PAIRS`] pairs, the last one
+/// fewer. Memory holds one batch's keys and one chunk of values, whatever
+/// the values' sizes; the caller checks the pair count it announced.
+pub(crate) struct BatchedWriter<'s, S: SectionSink> {
+    sink: &'s mut S,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    written: u64,
+}
+
+impl<'s, S: SectionSink> BatchedWriter<'s, S> {
+    /// Start the file with its `head` ([`batched_head`]).
+    pub(crate) fn new(sink: &'s mut S, head: &[u8]) -> io::Result<Self> {
+        sink.keys(head)?;
+        Ok(BatchedWriter {
+            sink,
+            keys: Vec::with_capacity(128 * 1024),
+            values: Vec::with_capacity(VALUES_CHUNK),
+            written: head.len() as u64,
+        })
     }
-    let header_len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
-    if header_len > MAX_HEADER {
-        return Err(bad("header too large"));
+
+    /// The next key of the batch and its value's length.
+    pub(crate) fn key(&mut self, key: &[u8], value_len: usize) -> io::Result<()> {
+        let u32_of = |n| len_u32(n).map_err(io::Error::other);
+        self.keys
+            .extend_from_slice(&u32_of(key.len())?.to_be_bytes());
+        self.keys.extend_from_slice(key);
+        self.keys
+            .extend_from_slice(&u32_of(value_len)?.to_be_bytes());
+        Ok(())
     }
-    let mut head = vec![0u8; 16 + header_len + 8];
-    head[..16].copy_from_slice(&fixed);
-    head[8..12].copy_from_slice(&FORMAT_BATCHED.to_be_bytes());
-    keys.read_exact(&mut head[16..])?;
-    let mut count = [0u8; 8];
-    count.copy_from_slice(&head[16 + header_len..]);
-    let count = u64::from_be_bytes(count);
-    let mut pos = head.len() as u64;
-    head.extend_from_slice(&BATCH_PAIRS.to_be_bytes());
-    sink.keys(&head)?;
-    io::Seek::seek(&mut vals, io::SeekFrom::Start(pos))?;
-    let mut kbuf = Vec::with_capacity(128 * 1024);
-    let mut lens: Vec<(u32, u32)> = Vec::with_capacity(BATCH_PAIRS as usize);
-    let mut vbuf = Vec::with_capacity(VALUES_CHUNK);
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(u64::from(BATCH_PAIRS));
-        kbuf.clear();
-        lens.clear();
-        for _ in 0..n {
-            let mut l = [0u8; 4];
-            keys.read_exact(&mut l)?;
-            let klen = u32::from_be_bytes(l);
-            kbuf.extend_from_slice(&l);
-            let at = kbuf.len();
-            kbuf.resize(at + klen as usize, 0);
-            keys.read_exact(&mut kbuf[at..])?;
-            keys.read_exact(&mut l)?;
-            let vlen = u32::from_be_bytes(l);
-            kbuf.extend_from_slice(&l);
-            keys.seek_relative(i64::from(vlen))?;
-            lens.push((klen, vlen));
-            pos += 8 + u64::from(klen) + u64::from(vlen);
-            if pos > len {
-                return Err(bad("a length runs past the end"));
-            }
+
+    /// The batch's keys are all given: send them as one keys section.
+    pub(crate) fn end_keys(&mut self) -> io::Result<()> {
+        self.written += self.keys.len() as u64;
+        self.sink.keys(&self.keys)?;
+        self.keys.clear();
+        Ok(())
+    }
+
+    /// The next value of the batch (in the order of its keys).
+    pub(crate) fn value(&mut self, value: &[u8]) -> io::Result<()> {
+        if self.values.len() + value.len() > VALUES_CHUNK {
+            self.send_values()?;
         }
-        sink.keys(&kbuf)?;
-        for &(klen, vlen) in &lens {
-            vals.seek_relative(8 + i64::from(klen))?;
-            let mut want = vlen as usize;
-            while want > 0 {
-                let avail = vals.fill_buf()?;
-                if avail.is_empty() {
-                    return Err(bad("truncated"));
-                }
-                let take = avail.len().min(want).min(VALUES_CHUNK - vbuf.len());
-                vbuf.extend_from_slice(&avail[..take]);
-                vals.consume(take);
-                want -= take;
-                if vbuf.len() == VALUES_CHUNK {
-                    sink.values(&vbuf)?;
-                    vbuf.clear();
-                }
-            }
+        if value.len() >= VALUES_CHUNK {
+            self.written += value.len() as u64;
+            return self.sink.values(value);
         }
-        if !vbuf.is_empty() {
-            sink.values(&vbuf)?;
-            vbuf.clear();
+        self.values.extend_from_slice(value);
+        Ok(())
+    }
+
+    /// The batch's values are all given.
+    pub(crate) fn end_values(&mut self) -> io::Result<()> {
+        self.send_values()
+    }
+
+    fn send_values(&mut self) -> io::Result<()> {
+        if self.values.is_empty() {
+            return Ok(());
         }
-        left -= n;
+        self.written += self.values.len() as u64;
+        self.sink.values(&self.values)?;
+        self.values.clear();
+        Ok(())
     }
-    if pos != len {
-        return Err(bad("trailing bytes after the last pair"));
+
+    /// Bytes written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
     }
-    Ok(())
 }
 
 /// A parsed snapshot.
@@ -549,20 +522,45 @@ mod tests {
             .collect()
     }
 
-    fn v1_file(pairs: &[(String, Vec<u8>)]) -> (tempfile::NamedTempFile, u64) {
-        let meta = Meta {
+    fn meta() -> Meta {
+        Meta {
             snapshot_id: "1-7-0".to_string(),
             ..Default::default()
-        };
+        }
+    }
+
+    fn v1_bytes(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
         let mut data = Vec::new();
-        let mut w = SnapshotWriter::new(&mut data, &meta, pairs.len() as u64).expect("header");
+        let mut w = SnapshotWriter::new(&mut data, &meta(), pairs.len() as u64).expect("header");
         for (k, v) in pairs {
             w.pair(k, v).expect("pair");
         }
         w.finish().expect("finish");
-        let mut f = tempfile::NamedTempFile::new().expect("temp");
-        f.write_all(&data).expect("write");
-        (f, data.len() as u64)
+        data
+    }
+
+    /// `pairs` through a [`BatchedWriter`], as an export walks them.
+    fn batched(pairs: &[(String, Vec<u8>)]) -> (Sections, u64) {
+        let head = batched_head(&meta(), pairs.len() as u64).expect("head");
+        let mut sink = Sections::default();
+        let mut w = BatchedWriter::new(&mut sink, &head).expect("head");
+        for batch in pairs.chunks(BATCH_PAIRS as usize) {
+            for (k, v) in batch {
+                w.key(k.as_bytes(), v.len()).expect("key");
+            }
+            w.end_keys().expect("keys");
+            for (_, v) in batch {
+                w.value(v).expect("value");
+            }
+            w.end_values().expect("values");
+        }
+        let written = w.written();
+        let pair_bytes = pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        assert_eq!(
+            written,
+            batched_len(head.len(), pairs.len() as u64, pair_bytes)
+        );
+        (sink, written)
     }
 
     fn read_all(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -578,30 +576,25 @@ mod tests {
     /// the count against the batch size, is the announced size, and sends
     /// the values (and only them) as values sections.
     #[test]
-    fn transcoded_state_reads_back_the_same_pairs() {
+    fn batched_state_reads_back_the_same_pairs() {
         for n in [0, 1, BATCH_PAIRS as usize, BATCH_PAIRS as usize * 2 + 3] {
             let want = pairs(n);
-            let (f, len) = v1_file(&want);
-            let mut sink = Sections::default();
-            transcode_batched(f.as_file(), len, &mut sink).expect("transcode");
-            assert_eq!(sink.all.len() as u64, batched_len(len), "{n} pairs");
+            let (sink, written) = batched(&want);
+            assert_eq!(sink.all.len() as u64, written, "{n} pairs");
             let value_bytes: usize = want.iter().map(|(_, v)| v.len()).sum();
             assert_eq!(sink.values, value_bytes, "{n} pairs");
+            assert_eq!(sink.keys + sink.values, sink.all.len(), "{n} pairs");
             assert_eq!(&sink.all[8..12], &FORMAT_BATCHED.to_be_bytes());
             assert_eq!(read_all(&sink.all).expect("read back"), want, "{n} pairs");
-            // The version 1 file still reads.
-            let v1 = std::fs::read(f.path()).expect("read");
-            assert_eq!(read_all(&v1).expect("v1"), want, "{n} pairs");
+            // A version 1 file of the same pairs reads the same.
+            assert_eq!(read_all(&v1_bytes(&want)).expect("v1"), want, "{n} pairs");
         }
     }
 
     /// A damaged batched file is refused, never read short or past its end.
     #[test]
     fn damaged_batched_state_is_refused() {
-        let (f, len) = v1_file(&pairs(BATCH_PAIRS as usize + 10));
-        let mut sink = Sections::default();
-        transcode_batched(f.as_file(), len, &mut sink).expect("transcode");
-        let good = sink.all;
+        let good = batched(&pairs(BATCH_PAIRS as usize + 10)).0.all;
         for cut in [20, good.len() / 3, good.len() - 1] {
             assert!(read_all(&good[..cut]).is_err(), "cut at {cut}");
         }

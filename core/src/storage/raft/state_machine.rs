@@ -49,7 +49,7 @@ use super::snapshot::{SnapshotFile, SnapshotWriter};
 use super::{Command, CommandResponse, StoreError, TypeConfig, blocking};
 use crate::metrics;
 
-const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+pub(super) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// The pairs of the restore being staged (see [`restore`](super::restore)).
 const STAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_restore");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -349,7 +349,9 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(serde_json::to_vec(value)?)
 }
 
-fn applied_state_in(txn: &ReadTransaction) -> Result<(Option<LogId<u64>>, Membership), StoreError> {
+pub(super) fn applied_state_in(
+    txn: &ReadTransaction,
+) -> Result<(Option<LogId<u64>>, Membership), StoreError> {
     let meta = txn.open_table(SM_META)?;
     let last_applied = match meta.get(KEY_LAST_APPLIED)? {
         Some(v) => serde_json::from_slice(v.value())?,
@@ -379,9 +381,17 @@ pub(crate) fn get(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreErro
 /// read transaction (a consistent view; writers are not blocked).
 pub(crate) fn for_each_pair<E: From<StoreError>>(
     db: &Database,
-    mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
+    f: impl FnMut(&str, &[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
     let txn = db.begin_read().map_err(StoreError::from)?;
+    for_each_pair_in(&txn, f)
+}
+
+/// [`for_each_pair`] over what the read transaction `txn` sees.
+pub(super) fn for_each_pair_in<E: From<StoreError>>(
+    txn: &ReadTransaction,
+    mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
     let kv = txn.open_table(KV).map_err(StoreError::from)?;
     for item in kv.iter().map_err(StoreError::from)? {
         let (k, v) = item.map_err(StoreError::from)?;
@@ -698,15 +708,10 @@ fn apply_entries(
     Ok(out)
 }
 
-/// Stream the state machine into a new snapshot file and make it current.
-/// Returns the current snapshot afterwards, opened at its first byte.
-fn build_snapshot_in(
-    db: &Database,
-    snapshots: &SnapshotFile,
-) -> Result<(Meta, std::fs::File), StoreError> {
-    // One read transaction: the pairs and last_applied are one consistent view.
-    let rtxn = db.begin_read()?;
-    let (last_applied, last_membership) = applied_state_in(&rtxn)?;
+/// The meta of a snapshot of what `txn` sees: the last applied log id and
+/// membership, and a new snapshot id (`term-index-millis`).
+pub(super) fn snapshot_meta_in(txn: &ReadTransaction) -> Result<Meta, StoreError> {
+    let (last_applied, last_membership) = applied_state_in(txn)?;
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -715,11 +720,22 @@ fn build_snapshot_in(
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, millis),
         None => format!("0-0-{millis}"),
     };
-    let meta = Meta {
+    Ok(Meta {
         last_log_id: last_applied,
         last_membership,
         snapshot_id,
-    };
+    })
+}
+
+/// Stream the state machine into a new snapshot file and make it current.
+/// Returns the current snapshot afterwards, opened at its first byte.
+fn build_snapshot_in(
+    db: &Database,
+    snapshots: &SnapshotFile,
+) -> Result<(Meta, std::fs::File), StoreError> {
+    // One read transaction: the pairs and last_applied are one consistent view.
+    let rtxn = db.begin_read()?;
+    let meta = snapshot_meta_in(&rtxn)?;
     let (path, out) = snapshots.create(&meta.snapshot_id)?;
     let written = (|| {
         let kv = rtxn.open_table(KV)?;
