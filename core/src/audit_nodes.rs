@@ -8,9 +8,12 @@
 //! forwarded there) asks every other member of the Raft configuration, at
 //! the `api_addr` forwarding uses (`crate::cluster`), for its own answer,
 //! with the caller's token and the signed origin header of
-//! `crate::forward` (so a standby serves it itself rather than forwarding
-//! it back), and `node=<that node's id>`. A node asked for itself answers
-//! from its local log only, so there is no fan-out loop whoever asks whom.
+//! `crate::forward` marked as a fan-out question for that path (so a
+//! standby serves it itself rather than forwarding it back, and checks the
+//! token without spending a use: a use-limited token spends one use per
+//! request, as in Vault, not one per node asked), and `node=<that node's
+//! id>`. A node asked for itself answers from its local log only, so there
+//! is no fan-out loop whoever asks whom.
 //!
 //! * `sys/audit-query`: peers are asked with `limit` = `MAX_LIMIT` and their
 //!   answers merged by `custos_audit::query::merge` (the same grouping,
@@ -130,7 +133,7 @@ async fn ask(
     let client = req
         .remote_addr
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let origin = crate::forward::origin_header(core, client, &req.id)
+    let origin = crate::forward::fan_out_header(core, client, &req.id, path)
         .map_err(|e| fail("error", e.to_string()))?;
     let mut query: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     query.push(("node", &peer.name));

@@ -1210,14 +1210,23 @@ impl Core {
                     req.path
                 ))),
                 Some(Err(e)) => Err(e),
-                Some(Ok(r)) => match u.tokens.use_token(&entry).await? {
-                    None => Err(permission_denied()),
-                    Some(updated) => {
-                        req.auth = Some(Arc::new(updated));
-                        let mount_type = [("custos.mount_type", req.mount_type.as_str())];
-                        in_span("engine", &mount_type, r.call(&req)).await
+                Some(Ok(r)) => {
+                    // A peer's fan-out question (crate::audit_nodes): the
+                    // caller's request spent its use on the node answering it.
+                    let used = if req.fan_out {
+                        Some(TokenEntry::clone(&entry))
+                    } else {
+                        u.tokens.use_token(&entry).await?
+                    };
+                    match used {
+                        None => Err(permission_denied()),
+                        Some(updated) => {
+                            req.auth = Some(Arc::new(updated));
+                            let mount_type = [("custos.mount_type", req.mount_type.as_str())];
+                            in_span("engine", &mount_type, r.call(&req)).await
+                        }
                     }
-                },
+                }
             }
         };
 

@@ -30,6 +30,19 @@
 //! replayed to claim that client address for another request: the API
 //! listener's TLS protects it like the token it travels with.
 //!
+//! **A peer's fan-out question.** `crate::audit_nodes` asks every peer for
+//! its own part of `sys/audit-query` / `sys/audit-verify` with the caller's
+//! token and [`fan_out_header`]: the same header with a `fan-out` field
+//! before the MAC (`<client> <request id> <unix ms> fan-out <hex MAC>`),
+//! the MAC then also covering `fan-out` and the request's path, so it
+//! proves a member of the cluster asked this very endpoint. A peer that
+//! verifies it ([`Origin::fan_out`]) checks the token (valid, policies allow
+//! the path) without spending a use: the caller's request spent its one use
+//! on the node that answers it, as in Vault, whichever node serves it. A
+//! header that does not verify (forged, stale, another path) is ignored as
+//! above, so the request is charged like any other. A standby's forwarded
+//! request carries no `fan-out` field and is charged on the active node.
+//!
 //! **Reads served by a standby** (Vault's consistency headers, as Vault
 //! Enterprise's performance standbys take them). Every answer of the
 //! request pipeline on a cluster node carries [`INDEX_HEADER`]
@@ -375,9 +388,24 @@ fn forwarding_key(core: &Core) -> Result<Vec<u8>> {
     Ok(mac.finalize().into_bytes().to_vec())
 }
 
-fn mac_of(key: &[u8], client: &str, request_id: &str, at_ms: u128) -> Result<Hmac<Sha256>> {
+/// The marker field of a fan-out question's origin header.
+const FAN_OUT: &str = "fan-out";
+
+/// The origin MAC over the header's fields; for a fan-out question also
+/// over [`FAN_OUT`] and the path asked (`fan_out`), so a forward's tag never
+/// verifies as a fan-out's nor one path's as another's.
+fn mac_of(
+    key: &[u8],
+    client: &str,
+    request_id: &str,
+    at_ms: u128,
+    fan_out: Option<&str>,
+) -> Result<Hmac<Sha256>> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(CoreError::internal)?;
     mac.update(format!("{client} {request_id} {at_ms}").as_bytes());
+    if let Some(path) = fan_out {
+        mac.update(format!(" {FAN_OUT} {path}").as_bytes());
+    }
     Ok(mac)
 }
 
@@ -388,42 +416,98 @@ fn now_ms() -> u128 {
         .unwrap_or_default()
 }
 
-/// The value of [`FORWARDED_HEADER`] for a request from `client` (also
-/// sent by `crate::audit_nodes` when it asks a peer for its own answer).
+/// The value of [`FORWARDED_HEADER`] for a request from `client` a
+/// standby forwards.
 pub(crate) fn origin_header(
     core: &Core,
     client: SocketAddr,
     request_id: &str,
 ) -> Result<HeaderValue> {
-    let key = forwarding_key(core)?;
-    let at = now_ms();
-    let mac = mac_of(&key, &client.to_string(), request_id, at)?;
-    let tag = hex::encode(mac.finalize().into_bytes());
-    HeaderValue::from_str(&format!("{client} {request_id} {at} {tag}")).map_err(CoreError::internal)
+    signed_origin(core, client, request_id, None)
 }
 
-/// On the active node: the client address and request id a member of the
-/// cluster forwarded this request for, when its [`FORWARDED_HEADER`]
-/// verifies (see the module docs); `None` otherwise.
-pub fn verified_origin(core: &Core, headers: &HeaderMap) -> Option<(SocketAddr, String)> {
-    let raw = headers.get(FORWARDED_HEADER)?.to_str().ok()?;
-    let mut parts = raw.split(' ');
-    let (client, id, at, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+/// The value of [`FORWARDED_HEADER`] for `crate::audit_nodes` asking a peer
+/// for its own answer to `path` on behalf of `client` (see the module docs:
+/// the peer checks the token without spending a use).
+pub(crate) fn fan_out_header(
+    core: &Core,
+    client: SocketAddr,
+    request_id: &str,
+    path: &str,
+) -> Result<HeaderValue> {
+    signed_origin(core, client, request_id, Some(path))
+}
+
+fn signed_origin(
+    core: &Core,
+    client: SocketAddr,
+    request_id: &str,
+    fan_out: Option<&str>,
+) -> Result<HeaderValue> {
+    let key = forwarding_key(core)?;
+    let at = now_ms();
+    let mac = mac_of(&key, &client.to_string(), request_id, at, fan_out)?;
+    let tag = hex::encode(mac.finalize().into_bytes());
+    let marker = if fan_out.is_some() {
+        format!(" {FAN_OUT}")
+    } else {
+        String::new()
+    };
+    HeaderValue::from_str(&format!("{client} {request_id} {at}{marker} {tag}"))
+        .map_err(CoreError::internal)
+}
+
+/// Who a member of the cluster sent a request for ([`verified_origin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The client's address, for the audit log.
+    pub client: SocketAddr,
+    /// The request id the client's answer carries.
+    pub request_id: String,
+    /// A peer's fan-out question for this very path (`crate::audit_nodes`):
+    /// the token is checked but spends no use.
+    pub fan_out: bool,
+}
+
+/// The origin in `raw` (a [`FORWARDED_HEADER`] value) of a request for
+/// `path`, when its MAC verifies under `key` and its timestamp is within
+/// [`FORWARD_SKEW`] of `now`.
+fn parse_origin(key: &[u8], raw: &str, path: &str, now: u128) -> Option<Origin> {
+    let parts: Vec<&str> = raw.split(' ').collect();
+    let (client, id, at, fan_out, tag) = match parts.as_slice() {
+        [client, id, at, tag] => (*client, *id, *at, false, *tag),
+        [client, id, at, FAN_OUT, tag] => (*client, *id, *at, true, *tag),
+        _ => return None,
+    };
     let addr: SocketAddr = client.parse().ok()?;
     let at_ms: u128 = at.parse().ok()?;
-    let skew = now_ms().abs_diff(at_ms);
     let tag = hex::decode(tag).ok()?;
-    let key = forwarding_key(core).ok()?;
-    let ok = skew <= FORWARD_SKEW.as_millis()
-        && mac_of(&key, client, id, at_ms)
+    let ok = now.abs_diff(at_ms) <= FORWARD_SKEW.as_millis()
+        && mac_of(key, client, id, at_ms, fan_out.then_some(path))
             .ok()?
             .verify_slice(&tag)
             .is_ok();
-    if !ok {
-        tracing::warn!(%addr, "forwarded request with an invalid or stale origin header; auditing the connection's address");
-        return None;
+    ok.then(|| Origin {
+        client: addr,
+        request_id: id.to_string(),
+        fan_out,
+    })
+}
+
+/// The client address and request id a member of the cluster sent this
+/// request (for `path`) for, and whether it is a peer's fan-out question,
+/// when its [`FORWARDED_HEADER`] verifies (see the module docs); `None`
+/// otherwise.
+pub fn verified_origin(core: &Core, headers: &HeaderMap, path: &str) -> Option<Origin> {
+    let raw = headers.get(FORWARDED_HEADER)?.to_str().ok()?;
+    let key = forwarding_key(core).ok()?;
+    let origin = parse_origin(&key, raw, path, now_ms());
+    if origin.is_none() {
+        tracing::warn!(
+            "forwarded request with an invalid or stale origin header; auditing the connection's address"
+        );
     }
-    Some((addr, id.to_string()))
+    origin
 }
 
 /// The body of a request to forward: buffered (retried on another leader
@@ -697,33 +781,84 @@ mod tests {
     #[test]
     fn origin_mac_covers_every_field() {
         let key = b"k".to_vec();
-        let tag = mac_of(&key, "1.2.3.4:5", "id", 7)
+        let tag = mac_of(&key, "1.2.3.4:5", "id", 7, None)
             .unwrap()
             .finalize()
             .into_bytes();
         assert!(
-            mac_of(&key, "1.2.3.4:5", "id", 7)
+            mac_of(&key, "1.2.3.4:5", "id", 7, None)
                 .unwrap()
                 .verify_slice(&tag)
                 .is_ok()
         );
         assert!(
-            mac_of(&key, "1.2.3.4:6", "id", 7)
+            mac_of(&key, "1.2.3.4:6", "id", 7, None)
                 .unwrap()
                 .verify_slice(&tag)
                 .is_err()
         );
         assert!(
-            mac_of(&key, "1.2.3.4:5", "id2", 7)
+            mac_of(&key, "1.2.3.4:5", "id2", 7, None)
                 .unwrap()
                 .verify_slice(&tag)
                 .is_err()
         );
         assert!(
-            mac_of(&key, "1.2.3.4:5", "id", 8)
+            mac_of(&key, "1.2.3.4:5", "id", 8, None)
                 .unwrap()
                 .verify_slice(&tag)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_fan_out_marker_verifies_only_as_signed_for_its_path() {
+        let key = b"k".to_vec();
+        let now = 1_000_000u128;
+        let signed = |fan_out: Option<&str>| {
+            let tag = mac_of(&key, "1.2.3.4:5", "id", now, fan_out)
+                .unwrap()
+                .finalize()
+                .into_bytes();
+            hex::encode(tag)
+        };
+        let forward = format!("1.2.3.4:5 id {now} {}", signed(None));
+        let fan_out = format!(
+            "1.2.3.4:5 id {now} fan-out {}",
+            signed(Some("sys/audit-query"))
+        );
+        let o = parse_origin(&key, &forward, "sys/audit-query", now).unwrap();
+        assert!(!o.fan_out);
+        assert_eq!(o.request_id, "id");
+        let o = parse_origin(&key, &fan_out, "sys/audit-query", now).unwrap();
+        assert!(o.fan_out);
+        // A forward's tag with the marker added (a client cannot ask not to
+        // be charged), a fan-out's tag for another path, without its marker,
+        // under another key, or stale: none verifies.
+        let tag = signed(None);
+        let forged = format!("1.2.3.4:5 id {now} fan-out {tag}");
+        assert!(parse_origin(&key, &forged, "sys/audit-query", now).is_none());
+        assert!(parse_origin(&key, &fan_out, "secret/data/x", now).is_none());
+        let tag = signed(Some("sys/audit-query"));
+        let stripped = format!("1.2.3.4:5 id {now} {tag}");
+        assert!(parse_origin(&key, &stripped, "sys/audit-query", now).is_none());
+        assert!(parse_origin(b"other", &fan_out, "sys/audit-query", now).is_none());
+        let later = now + FORWARD_SKEW.as_millis() + 1;
+        assert!(parse_origin(&key, &fan_out, "sys/audit-query", later).is_none());
+        let zeros = "0".repeat(64);
+        for junk in [
+            String::new(),
+            format!("1.2.3.4:5 id {now} fan-out {zeros}"),
+            format!(
+                "1.2.3.4:5 id {now} other {}",
+                signed(Some("sys/audit-query"))
+            ),
+            format!("1.2.3.4:5 id {now} fan-out x {zeros}"),
+        ] {
+            assert!(
+                parse_origin(&key, &junk, "sys/audit-query", now).is_none(),
+                "{junk}"
+            );
+        }
     }
 }

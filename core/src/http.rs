@@ -307,6 +307,9 @@ async fn handle_request(
     // A standby sends the request to the active node (crate::forward); the
     // active node audits the client a cluster member forwarded it for.
     let mut forwarded_id = None;
+    // A peer's fan-out question (crate::audit_nodes), proved by the same
+    // signed header: the token is checked but spends no use.
+    let mut fan_out = false;
     // A listener that does not serve Vault's unauthenticated ceremonies
     // refuses them itself, before a standby would forward them.
     if let Some(e) = crate::ceremony::refused(st.unauthed_ceremonies, &path) {
@@ -356,9 +359,10 @@ async fn handle_request(
             }
             Some(Err(e)) => return core_error(&e),
             None => {
-                if let Some((addr, id)) = crate::forward::verified_origin(&st.core, &headers) {
-                    remote = Some(addr);
-                    forwarded_id = Some(id);
+                if let Some(origin) = crate::forward::verified_origin(&st.core, &headers, &path) {
+                    remote = Some(origin.client);
+                    forwarded_id = Some(origin.request_id);
+                    fan_out = origin.fan_out;
                 }
             }
         }
@@ -480,6 +484,7 @@ async fn handle_request(
             .insert(crate::traces::TRACEPARENT.into(), tp.to_string());
     }
     req.standby_read = standby_read;
+    req.fan_out = fan_out;
     let req_id = req.id.clone();
     let result = st.core.handle(req).await;
     if standby_read {

@@ -132,6 +132,12 @@ pub struct Request {
     /// when the route ([`Backend::serves_on_standby`]) or the token (limited
     /// uses) needs the active node.
     pub standby_read: bool,
+    /// A peer asks this node for its own part of `sys/audit-query` or
+    /// `sys/audit-verify` on behalf of the caller, proved by the
+    /// cluster-signed origin header (`crate::forward::Origin::fan_out`):
+    /// the pipeline checks the token and its policies but spends no use
+    /// (the caller's request spent it on the node that answers it).
+    pub fan_out: bool,
 }
 
 impl Request {
@@ -153,6 +159,7 @@ impl Request {
             wrap_ttl: 0,
             unwrapping: None,
             standby_read: false,
+            fan_out: false,
         }
     }
 }

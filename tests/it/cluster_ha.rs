@@ -9,7 +9,10 @@
 //! - a rolling restart of three nodes under write load (standbys first,
 //!   `custos operator step-down`, the old leader) with a client that retries
 //!   once on another node: failed requests and lost writes are counted and
-//!   printed, and both must be 0.
+//!   printed, and both must be 0;
+//! - a use-limited token spends one use per `sys/audit-query`, not one per
+//!   node the answering node asks, and a client that sends the fan-out
+//!   marker itself is charged like any other request.
 //!
 //! Clusters come from [`crate::cluster_harness`].
 
@@ -313,4 +316,89 @@ async fn rolling_restart_under_write_load_fails_no_request_and_loses_no_write() 
     );
     assert!(failed.is_empty(), "{failed:?}");
     assert!(missing.is_empty(), "{missing:?}");
+}
+
+/// [`harness::call`] on node 0 with the root token.
+async fn as_root(
+    cl: &TestCluster,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let node = cl.nodes[0].server.as_ref().expect("node1 runs");
+    harness::call(node, method, path, Some(&cl.token), body).await
+}
+
+/// Uses left of `token`, looked up with the root token on node 0.
+async fn uses_left(cl: &TestCluster, token: &str) -> serde_json::Value {
+    let (status, v) = as_root(cl, "POST", "auth/token/lookup", json!({ "token": token })).await;
+    assert_eq!(status, 200, "{v}");
+    v["data"]["num_uses"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_query_spends_one_use_of_its_token_whichever_nodes_it_asks() {
+    let cl = TestCluster::start(3, true).await;
+    assert_eq!(cl.leader().await, 0);
+    let policy = r#"path "sys/audit-query" { capabilities = ["read"] }"#;
+    let (status, v) = as_root(
+        &cl,
+        "PUT",
+        "sys/policies/acl/audit-reader",
+        json!({ "policy": policy }),
+    )
+    .await;
+    assert_eq!(status, 204, "{v}");
+    let (_, t) = as_root(
+        &cl,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["audit-reader"], "num_uses": 3}),
+    )
+    .await;
+    let token = t["auth"]["client_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    // Every peer knows the token before it is asked with it.
+    cl.converged(0).await;
+
+    // Through a standby: forwarded to the active node, which asks both
+    // peers with the token; each checks it, and only the request itself
+    // spends a use.
+    let (status, v) = get(
+        &cl.c,
+        &cl.nodes[1].url("sys/audit-query?path=auth/token/create"),
+        &token,
+    )
+    .await
+    .expect("audit-query");
+    assert_eq!(status, 200, "{v}");
+    let mut nodes: Vec<&str> = v["data"]["nodes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["node1", "node2", "node3"], "{v}");
+    assert!(v["data"].get("nodes_missing").is_none(), "{v}");
+    assert_eq!(uses_left(&cl, &token).await, json!(2));
+
+    // A client claiming to be a peer's fan-out question (the marker with a
+    // MAC it cannot make): the header is ignored and the request charged.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let forged = format!("127.0.0.1:1 forged-id {at} fan-out {}", "0".repeat(64));
+    let r =
+        cl.c.get(cl.nodes[0].url("sys/audit-query?path=auth/token/create"))
+            .header("X-Vault-Token", &token)
+            .header("x-custos-forwarded", forged)
+            .send()
+            .await
+            .expect("forged audit-query");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_ne!(v["request_id"], json!("forged-id"), "{v}");
+    assert_eq!(uses_left(&cl, &token).await, json!(1));
 }
