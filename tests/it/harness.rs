@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -285,8 +286,38 @@ pub fn read_audit_events(dir: &Path) -> Vec<Value> {
     events
 }
 
-/// A free TCP port on loopback (bound, read, released).
+/// Ports [`free_port`] hands out, just below the kernel's ephemeral range.
+const PORT_SPAN: u32 = 10_000;
+
+/// A free TCP port on loopback for a server a test starts later, never
+/// handed out twice by this process. A port from `bind(0)` is an ephemeral
+/// one: between the moment it is read and the moment the server binds it,
+/// the kernel may give it to any outgoing connection or to another test's
+/// `bind(0)` (a cluster test once failed at boot with "Address already in
+/// use" on its cluster port). So the port comes from the [`PORT_SPAN`]
+/// ports below the ephemeral range (`ip_local_port_range`), which the
+/// kernel never hands out by itself, through a process-wide counter
+/// (starting at an offset of the process id, so two test processes rarely
+/// meet), and is checked free when picked.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if low > PORT_SPAN + 1024 {
+        let start = low - PORT_SPAN;
+        let offset = std::process::id() % PORT_SPAN;
+        for _ in 0..PORT_SPAN {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let Ok(port) = u16::try_from(start + (offset + n) % PORT_SPAN) else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
