@@ -71,7 +71,7 @@ custos_audit::declare_metrics! {
     RAFT_APPEND_SECONDS = "custos_raft_log_append_duration_seconds", Histogram, [],
         "Time to append and fsync entries to the Raft log.";
     RAFT_SNAPSHOT_BUILD_SECONDS = "custos_raft_snapshot_build_duration_seconds", Histogram, [],
-        "Time to build a Raft snapshot (stream the state machine to the snapshot file and fsync it).";
+        "Time to write a Raft snapshot file (stream the state machine to it and fsync it), which happens only when a follower too far behind needs a snapshot.";
     RAFT_SNAPSHOTS_INSTALLED = "custos_raft_snapshots_installed_total", Counter, [],
         "Snapshots a leader sent this node and it installed (a follower too far behind for log replay catches up this way).";
     RAFT_WRITE_GROUP = "custos_raft_write_group_writes", Histogram, [],

@@ -35,14 +35,16 @@
 //! `D = Command` (the replicated write), `R = CommandResponse`, `NodeId = u64`,
 //! `Node = CustosNode` (its `addr` is the node's API address, as
 //! `BasicNode`'s was, plus its cluster address and name), entries are
-//! `openraft::Entry`, snapshots `tokio::fs::File` (the snapshot file), runtime tokio.
+//! `openraft::Entry`, snapshots [`SnapshotData`] (a snapshot file, or one
+//! written when first read), runtime tokio.
 //!
 //! # Files
 //!
 //! `dir/raft-log/` ([`LogStore`]: segment files of entries, and `meta.json`
 //! with the vote and purge point) and `dir/state.redb`
-//! ([`StateMachineStore`]: key/values, applied state) with the current
-//! snapshot beside it in `dir/raft-snapshot.bin` ([`snapshot`]). Two
+//! ([`StateMachineStore`]: key/values, applied state) with, once a follower
+//! needed one, the current snapshot beside it in `dir/raft-snapshot.bin`
+//! ([`snapshot`]). Two
 //! stores because they have different lifecycles: the log is appended,
 //! truncated and purged constantly, the state machine is the data; a DR
 //! restore or a rebuilt follower replaces one without touching the other, and
@@ -51,11 +53,13 @@
 //!
 //! Snapshots are built when [`snapshot_scheduler`] says so — at least
 //! [`SNAPSHOT_EVERY`] entries since the last one, and no sooner than
-//! [`SNAPSHOT_MIN_INTERVAL`] or ten times the last build's duration, since
-//! each copies the whole state — and on demand before a node joins after a
-//! restore staged outside the log ([`RaftStorage::prepare_for_new_member`]);
-//! they are the state machine's contents, i.e. barrier ciphertext, restorable only with
-//! the original unseal keys. A DR restore ([`restore`]) replaces the whole
+//! [`SNAPSHOT_MIN_INTERVAL`] or ten times the last build's duration — and on
+//! demand before a node joins after a restore staged outside the log
+//! ([`RaftStorage::prepare_for_new_member`]). A build is a durable commit
+//! that records the point Raft may purge its log to; the state is copied to
+//! a snapshot file only when a follower is sent one (see `state_machine`).
+//! Snapshots are the state machine's contents, i.e. barrier ciphertext,
+//! restorable only with the original unseal keys. A DR restore ([`restore`]) replaces the whole
 //! key space through ordinary Raft entries: pairs staged in chunks, then
 //! swapped in by one commit entry.
 //!
@@ -79,6 +83,7 @@ mod log_store;
 pub mod network;
 pub mod restore;
 pub(crate) mod snapshot;
+mod snapshot_data;
 mod state_machine;
 #[cfg(test)]
 mod tests;
@@ -103,6 +108,7 @@ pub use export::StateExport;
 pub use log_store::LogStore;
 pub use network::{CustosNode, HttpNetwork};
 pub use snapshot::SNAPSHOT_FILE;
+pub use snapshot_data::SnapshotData;
 pub use state_machine::{ApplyProgress, Invalidation, StateMachineStore, is_cached_key};
 
 use super::{BatchOp, PhysicalStore, one_level};
@@ -117,7 +123,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = CustosNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -1064,13 +1070,22 @@ impl RaftStorage {
     /// Build a snapshot of everything applied so far and return its bytes (the
     /// format is described in `state_machine`) with what the DR manifest needs.
     pub async fn snapshot_bytes(&self) -> Result<(Vec<u8>, SnapshotInfo)> {
+        use tokio::io::AsyncReadExt;
         self.build_current_snapshot().await?;
-        let snapshots = self.snapshots.clone();
-        let (meta, data) = blocking(move || snapshots.read_current())
-            .await?
+        let snapshot = self
+            .raft
+            .get_snapshot()
+            .await
+            .map_err(|e| CoreError::Storage(format!("raft snapshot: {e}")))?
             .ok_or_else(|| CoreError::Storage("no snapshot available".to_string()))?;
+        let mut data = Vec::new();
+        let mut reader = snapshot.snapshot;
+        reader
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| CoreError::Storage(format!("reading the Raft snapshot: {e}")))?;
         let key_count = snapshot::snapshot_pair_count(&data)?;
-        let info = snapshot_info(&meta, key_count, data.len() as u64);
+        let info = snapshot_info(&snapshot.meta, key_count, data.len() as u64);
         Ok((data, info))
     }
 

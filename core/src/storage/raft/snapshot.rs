@@ -1,7 +1,8 @@
 //! Raft snapshots: their byte format and the file that holds the current one.
 //!
 //! A snapshot is the state machine's `kv` table (barrier ciphertext) at one
-//! applied index. [`StateMachineStore`](super::StateMachineStore) builds it by
+//! applied index. [`StateMachineStore`](super::StateMachineStore) writes it,
+//! when a follower needs one (see `state_machine`), by
 //! streaming a redb read transaction through a [`SnapshotWriter`] into
 //! `raft-snapshot.bin.<id>.tmp`, fsyncs it and [`SnapshotFile::commit`]s it:
 //! renamed over `raft-snapshot.bin` (then the directory fsynced), unless a
@@ -453,7 +454,35 @@ impl SnapshotFile {
         Ok(Some((meta, file)))
     }
 
+    /// The current snapshot file, opened at its first byte, if it is the
+    /// snapshot `snapshot_id`.
+    pub(crate) fn open_if(&self, snapshot_id: &str) -> Result<Option<File>, StoreError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.current_path();
+        match self.read_meta(&path)? {
+            Some(meta) if meta.snapshot_id == snapshot_id => File::open(&path)
+                .map(Some)
+                .map_err(|e| io_err("opening", &path, e)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Remove the current snapshot file if it is older than `upto`: it no
+    /// longer covers the log the state machine let Raft purge, so nobody
+    /// will be sent it.
+    pub(crate) fn remove_older_than(&self, upto: &Meta) -> Result<(), StoreError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.current_path();
+        match self.read_meta(&path)? {
+            Some(meta) if meta.last_log_id < upto.last_log_id => {
+                fs::remove_file(&path).map_err(|e| io_err("removing", &path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The current snapshot's meta and bytes.
+    #[cfg(test)]
     pub(crate) fn read_current(&self) -> Result<Option<(Meta, Vec<u8>)>, StoreError> {
         let Some((meta, mut file)) = self.open_current()? else {
             return Ok(None);

@@ -9,9 +9,10 @@
 //! machine's `last_applied` commits atomically with the data: after a crash the
 //! state machine reopens at its last durable `last_applied`, and openraft
 //! replays the log from there. The log is only purged up to a snapshot, and
-//! building a snapshot commits with `Durability::Immediate`, which makes every
-//! earlier non-durable commit durable too — so no entry the state machine
-//! still needs is ever purged. One fsync per write (the log's), not two.
+//! every snapshot is handed to openraft after a commit with
+//! `Durability::Immediate`, which makes every earlier non-durable commit
+//! durable too — so no entry the state machine still needs is ever purged.
+//! One fsync per write (the log's), not two.
 //! Every [`DURABLE_EVERY`] apply batches one commit is durable anyway, because
 //! redb reclaims the pages of non-durable commits only at a durable one.
 //!
@@ -19,20 +20,33 @@
 //! barrier), `kv_restore` (the pairs a streamed restore stages until its
 //! commit swaps them in by deleting `kv` and renaming `kv_restore` to it, see
 //! [`restore`](super::restore)) and `sm_meta` (`last_applied`,
-//! `last_membership`, JSON; `restore_id`, the restore being staged).
+//! `last_membership`, `snapshot_point`, JSON; `restore_id`, the restore
+//! being staged).
 //! [`RaftStorage`](super::RaftStorage) reads `kv` directly (`get`, `list`)
 //! through redb read transactions, which never block the writer.
 //!
-//! Snapshots live beside the database in their own file (see
-//! [`snapshot`](super::snapshot)), streamed from one read transaction; the
-//! current one survives restarts, so a restarted leader can still send it.
-//! Earlier versions kept it in a `snapshot` table, moved out at open.
+//! **Snapshots.** The state machine is its own snapshot: what openraft calls
+//! building one only records a *snapshot point* (the applied log id and
+//! membership, [`record_snapshot_point`]) in one durable commit, after which
+//! Raft may purge its log up to it — whatever the size of the data. A copy of
+//! the state is written to a file beside the database ([`snapshot`](super::snapshot))
+//! only when somebody reads the current snapshot: a follower too far behind
+//! the purged log, or a node joining. `get_current_snapshot` hands out the
+//! file if one covers the snapshot point ([`current_snapshot`]), else the
+//! state as it is now, from a read transaction, written to a new file by
+//! the first read ([`SnapshotData`]); a file left behind by a newer snapshot
+//! point is removed. So a lone node, or a cluster whose followers keep up,
+//! never writes its whole state again after loading it (at a million
+//! secrets that was a 670 MB file, rewritten every few minutes under load).
+//! The current file survives restarts, so a restarted leader can still send
+//! it. Earlier versions kept it in a `snapshot` table, moved out at open.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
@@ -46,6 +60,7 @@ use tokio::sync::broadcast;
 
 use super::restore::{PairReader, STAGE_PREFIX};
 use super::snapshot::{SnapshotFile, SnapshotWriter};
+use super::snapshot_data::{Materializing, SnapshotData, WeakMaterializing};
 use super::{Command, CommandResponse, StoreError, TypeConfig, blocking};
 use crate::metrics;
 
@@ -57,7 +72,11 @@ const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const LEGACY_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "last_membership";
+/// The id of the last snapshot file written (informational).
 const KEY_LAST_SNAPSHOT: &str = "last_snapshot";
+/// The meta of the last snapshot Raft was told was built
+/// ([`record_snapshot_point`]): how far it may purge its log.
+const KEY_SNAPSHOT_POINT: &str = "snapshot_point";
 /// The id of the restore whose pairs `kv_restore` holds.
 const KEY_RESTORE_ID: &str = "restore_id";
 /// The id of a restore staged outside the log, until a snapshot covers it
@@ -79,6 +98,9 @@ pub struct StateMachineStore {
     /// How long the last snapshot build took, in microseconds (0: none yet),
     /// for the snapshot scheduler in [`super`].
     last_build_micros: Arc<AtomicU64>,
+    /// The snapshot file being written for followers, if any: readers of
+    /// the same snapshot share the write (see [`SnapshotData`]).
+    writing: Arc<Mutex<Option<(Meta, WeakMaterializing)>>>,
     /// This node's Raft id: entries it proposed itself change no cache
     /// (the write that proposed them already updated it).
     node_id: u64,
@@ -265,6 +287,7 @@ impl StateMachineStore {
             unsynced: Arc::default(),
             snapshots: Arc::new(snapshots),
             last_build_micros: Arc::default(),
+            writing: Arc::default(),
             node_id: 0,
             invalidations: None,
         })
@@ -352,7 +375,13 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 pub(super) fn applied_state_in(
     txn: &ReadTransaction,
 ) -> Result<(Option<LogId<u64>>, Membership), StoreError> {
-    let meta = txn.open_table(SM_META)?;
+    applied_state_of(&txn.open_table(SM_META)?)
+}
+
+/// The applied state recorded in the `sm_meta` table `meta`.
+fn applied_state_of(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(Option<LogId<u64>>, Membership), StoreError> {
     let last_applied = match meta.get(KEY_LAST_APPLIED)? {
         Some(v) => serde_json::from_slice(v.value())?,
         None => None,
@@ -712,23 +741,107 @@ fn apply_entries(
 /// membership, and a new snapshot id (`term-index-millis`).
 pub(super) fn snapshot_meta_in(txn: &ReadTransaction) -> Result<Meta, StoreError> {
     let (last_applied, last_membership) = applied_state_in(txn)?;
+    Ok(new_meta(last_applied, last_membership))
+}
+
+fn new_meta(last_log_id: Option<LogId<u64>>, last_membership: Membership) -> Meta {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
-    let snapshot_id = match &last_applied {
+    let snapshot_id = match &last_log_id {
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, millis),
         None => format!("0-0-{millis}"),
     };
-    Ok(Meta {
-        last_log_id: last_applied,
+    Meta {
+        last_log_id,
         last_membership,
         snapshot_id,
-    })
+    }
+}
+
+/// The snapshot point recorded in the `sm_meta` table `meta`.
+fn snapshot_point_of(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<Meta>, StoreError> {
+    match meta.get(KEY_SNAPSHOT_POINT)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// What openraft calls building a snapshot: make everything applied so far
+/// durable and record it as the snapshot point, up to which Raft may purge
+/// its log. Nothing is copied: the state machine itself is the snapshot,
+/// and a snapshot file is written only when a follower needs one
+/// ([`current_snapshot`]). One durable commit, whatever the data's size.
+fn record_snapshot_point(db: &Database) -> Result<Meta, StoreError> {
+    // A write transaction's default durability is `Immediate`: fsynced.
+    let txn = db.begin_write()?;
+    let meta = {
+        let mut sm_meta = txn.open_table(SM_META)?;
+        let (last_applied, last_membership) = applied_state_of(&sm_meta)?;
+        let meta = new_meta(last_applied, last_membership);
+        sm_meta.insert(KEY_SNAPSHOT_POINT, json(&meta)?.as_slice())?;
+        meta
+    };
+    txn.commit()?;
+    Ok(meta)
+}
+
+/// The current Raft snapshot, as `get_current_snapshot` hands it out.
+pub(crate) enum Current {
+    /// No snapshot point yet: nothing was purged, nobody needs one.
+    None,
+    /// The snapshot file on disk covers the snapshot point.
+    File(Meta, std::fs::File),
+    /// No file covers the snapshot point: one is to be written from this
+    /// read transaction, taken after everything it sees was made durable,
+    /// with this meta.
+    ToWrite(Meta, ReadTransaction),
+}
+
+/// The current snapshot: the snapshot file if it is at least as new as the
+/// snapshot point (a file older than it no longer covers what Raft
+/// purged), else the state machine as it is now, to be written to a file
+/// by whoever reads it ([`write_snapshot_file`]). The meta of a snapshot
+/// at the snapshot point's own index is the point's, so that what Raft
+/// built is what it gets.
+pub(crate) fn current_snapshot(
+    db: &Database,
+    snapshots: &SnapshotFile,
+) -> Result<Current, StoreError> {
+    let point = {
+        let rtxn = db.begin_read()?;
+        snapshot_point_of(&rtxn.open_table(SM_META)?)?
+    };
+    if let Some((meta, file)) = snapshots.open_current()?
+        && point
+            .as_ref()
+            .is_none_or(|p| meta.last_log_id >= p.last_log_id)
+    {
+        return Ok(Current::File(meta, file));
+    }
+    let Some(point) = point else {
+        return Ok(Current::None);
+    };
+    // The meta handed out may let Raft purge its log up to it (after a
+    // restart), so what the read transaction sees must be durable first.
+    // Even an empty commit is durable (fsynced) by default.
+    db.begin_write()?.commit()?;
+    let rtxn = db.begin_read()?;
+    let (last_applied, membership) = applied_state_in(&rtxn)?;
+    let meta = if last_applied == point.last_log_id {
+        point
+    } else {
+        new_meta(last_applied, membership)
+    };
+    Ok(Current::ToWrite(meta, rtxn))
 }
 
 /// Stream the state machine into a new snapshot file and make it current.
 /// Returns the current snapshot afterwards, opened at its first byte.
+#[cfg(test)]
 fn build_snapshot_in(
     db: &Database,
     snapshots: &SnapshotFile,
@@ -736,6 +849,19 @@ fn build_snapshot_in(
     // One read transaction: the pairs and last_applied are one consistent view.
     let rtxn = db.begin_read()?;
     let meta = snapshot_meta_in(&rtxn)?;
+    write_snapshot_file(db, snapshots, rtxn, &meta)
+}
+
+/// Stream what the read transaction `rtxn` sees (which `meta` describes)
+/// into a new snapshot file and make it current. Returns the current
+/// snapshot afterwards, opened at its first byte.
+pub(crate) fn write_snapshot_file(
+    db: &Database,
+    snapshots: &SnapshotFile,
+    rtxn: ReadTransaction,
+    meta: &Meta,
+) -> Result<(Meta, std::fs::File), StoreError> {
+    let started = Instant::now();
     let (path, out) = snapshots.create(&meta.snapshot_id)?;
     let written = (|| {
         let kv = rtxn.open_table(KV)?;
@@ -756,7 +882,7 @@ fn build_snapshot_in(
             Some(t) => t.len()?,
             None => 0,
         };
-        let mut w = SnapshotWriter::new(out, &meta, kv.len()? + staged)?;
+        let mut w = SnapshotWriter::new(out, meta, kv.len()? + staged)?;
         if let (Some(id), Some(stage)) = (&staging, &stage) {
             let prefix = staged_key(id, "");
             let mut name = String::new();
@@ -779,16 +905,28 @@ fn build_snapshot_in(
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
-    // openraft purges the log up to the snapshot once it is built, and the
-    // state machine's commits are not all durable (see the module docs): one
-    // durable commit makes everything applied so far durable first.
+    // After a restart openraft may purge the log up to the current snapshot
+    // file, and the state machine's commits are not all durable (see the
+    // module docs): one durable commit makes everything applied so far
+    // durable first.
     let txn = db.begin_write()?;
     {
         let mut sm_meta = txn.open_table(SM_META)?;
         sm_meta.insert(KEY_LAST_SNAPSHOT, meta.snapshot_id.as_bytes())?;
     }
     txn.commit()?;
-    snapshots.commit(&path, &meta, false)
+    let current = snapshots.commit(&path, meta, false)?;
+    metrics::histogram_record(
+        metrics::RAFT_SNAPSHOT_BUILD_SECONDS,
+        &[],
+        started.elapsed().as_secs_f64(),
+    );
+    tracing::info!(
+        snapshot_id = %meta.snapshot_id,
+        took_ms = started.elapsed().as_millis() as u64,
+        "raft snapshot file written"
+    );
+    Ok(current)
 }
 
 /// Replace the state machine by the snapshot a leader sent, received in
@@ -878,6 +1016,8 @@ fn install_pairs(db: &Database, meta: &Meta, path: &Path) -> Result<(), StoreErr
         sm_meta.insert(KEY_LAST_APPLIED, json(&meta.last_log_id)?.as_slice())?;
         sm_meta.insert(KEY_MEMBERSHIP, json(&meta.last_membership)?.as_slice())?;
         sm_meta.insert(KEY_LAST_SNAPSHOT, meta.snapshot_id.as_bytes())?;
+        // Raft purges this follower's log up to the installed snapshot.
+        sm_meta.insert(KEY_SNAPSHOT_POINT, json(meta)?.as_slice())?;
     }
     txn.commit()?;
     Ok(())
@@ -891,31 +1031,68 @@ fn sm_write_err(e: StoreError) -> StorageError<u64> {
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
-fn tokio_file(file: std::fs::File) -> Box<tokio::fs::File> {
-    Box::new(tokio::fs::File::from_std(file))
+fn ready(file: std::fs::File) -> Box<SnapshotData> {
+    Box::new(SnapshotData::ready(tokio::fs::File::from_std(file)))
+}
+
+impl StateMachineStore {
+    /// The snapshot to write from `rtxn` (which `meta` describes), as data
+    /// that writes it when first read: the write already under way for
+    /// the same snapshot if there is one, else a new one.
+    fn pending_snapshot(&self, meta: Meta, rtxn: ReadTransaction) -> Snapshot<TypeConfig> {
+        let mut slot = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = match &*slot {
+            Some((m, weak)) if m.last_log_id == meta.last_log_id => {
+                weak.upgrade().map(|w| (m.clone(), w))
+            }
+            _ => None,
+        };
+        let (meta, write) = shared.unwrap_or_else(|| {
+            let (db, snapshots, m) = (self.db.clone(), self.snapshots.clone(), meta.clone());
+            let write: Materializing = async move {
+                blocking(move || write_snapshot_file(&db, &snapshots, rtxn, &m))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Arc::<str>::from(e.to_string()))
+            }
+            .boxed()
+            .shared();
+            if let Some(weak) = write.downgrade() {
+                *slot = Some((meta.clone(), weak));
+            }
+            (meta, write)
+        });
+        let data = SnapshotData::pending(write, self.snapshots.clone(), meta.snapshot_id.clone());
+        Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        }
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    /// Record the snapshot point ([`record_snapshot_point`]) and hand out
+    /// the current snapshot, which covers it: the state machine as it is,
+    /// written to a file only if read (openraft keeps only the meta of a
+    /// build, and reads the data through `get_current_snapshot` when a
+    /// follower needs it).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
         let started = Instant::now();
-        let (meta, file) = blocking(move || build_snapshot_in(&db, &snapshots))
-            .await
-            .map_err(|e| {
-                StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e)))
-            })?;
+        let point = blocking(move || {
+            let meta = record_snapshot_point(&db)?;
+            snapshots.remove_older_than(&meta)?;
+            Ok::<_, StoreError>(meta)
+        })
+        .await
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
         let took = started.elapsed();
         self.last_build_micros
             .store(took.as_micros().max(1) as u64, Ordering::Relaxed);
-        metrics::histogram_record(
-            metrics::RAFT_SNAPSHOT_BUILD_SECONDS,
-            &[],
-            took.as_secs_f64(),
-        );
-        tracing::info!(snapshot_id = %meta.snapshot_id, took_ms = took.as_millis() as u64, "raft snapshot built");
-        Ok(Snapshot {
-            meta,
-            snapshot: tokio_file(file),
+        tracing::debug!(snapshot_id = %point.snapshot_id, took_ms = took.as_millis() as u64, "raft snapshot point recorded");
+        self.get_current_snapshot().await?.ok_or_else(|| {
+            let e = AnyError::error("no current snapshot after recording the snapshot point");
+            StorageError::from(StorageIOError::read_snapshot(None, e))
         })
     }
 }
@@ -978,9 +1155,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
         let path = self.snapshots.receive_path();
         let file = tokio::fs::File::options()
             .read(true)
@@ -990,13 +1165,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .open(&path)
             .await
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotData::ready(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
         fn to_err(meta: &Meta, e: &(impl std::error::Error + 'static)) -> StorageError<u64> {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(e)).into()
@@ -1004,7 +1179,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Whatever file the snapshot was written to (normally the receive
         // file): its pending writes done, read from disk pair by pair.
         use tokio::io::AsyncWriteExt;
-        let mut file = *snapshot;
+        let mut file = snapshot.into_file().await.map_err(|e| to_err(meta, &e))?;
         file.flush().await.map_err(|e| to_err(meta, &e))?;
         let file = file.into_std().await;
         let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
@@ -1023,19 +1198,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// The snapshot file if one covers the snapshot point, else the state
+    /// as it is now, written to a file only once read ([`current_snapshot`],
+    /// [`SnapshotData`]): openraft reads only the meta at start-up, and the
+    /// data only to send it to a follower.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let snapshots = self.snapshots.clone();
-        let current = blocking(move || snapshots.open_current())
+        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
+        let current = blocking(move || current_snapshot(&db, &snapshots))
             .await
             .map_err(|e| {
                 StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
             })?;
-        Ok(current.map(|(meta, file)| Snapshot {
-            meta,
-            snapshot: tokio_file(file),
-        }))
+        Ok(match current {
+            Current::None => None,
+            Current::File(meta, file) => Some(Snapshot {
+                meta,
+                snapshot: ready(file),
+            }),
+            Current::ToWrite(meta, rtxn) => Some(self.pending_snapshot(meta, rtxn)),
+        })
     }
 }
 

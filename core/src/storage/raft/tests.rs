@@ -532,33 +532,63 @@ fn the_redb_log_of_earlier_versions_is_migrated() -> Result<()> {
     Ok(())
 }
 
-/// Snapshots are files beside `state.redb`: a built one is the current one
-/// after a reopen, a newer one is never replaced by an older build, and
-/// leftovers of an interrupted build are removed at open.
+/// Building a snapshot records a snapshot point and writes no file; the
+/// file beside `state.redb` is written when the current snapshot is first
+/// read (for a follower), every reader of it gets the same one, it stays the
+/// current one after a reopen until a newer snapshot point leaves it behind
+/// (then it is removed), an older snapshot committed late never replaces
+/// it, and leftovers of an interrupted write are removed at open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_live_in_their_own_file() -> Result<()> {
+async fn snapshot_files_are_written_only_when_read() -> Result<()> {
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use tokio::io::AsyncReadExt;
+    async fn read(s: openraft::storage::Snapshot<TypeConfig>) -> Result<Vec<u8>> {
+        let mut data = s.snapshot;
+        let mut bytes = Vec::new();
+        data.read_to_end(&mut bytes)
+            .await
+            .map_err(CoreError::internal)?;
+        Ok(bytes)
+    }
     let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
     let path = tmp.path().join(STATE_FILE);
+    let file = tmp.path().join(SNAPSHOT_FILE);
     let to_core = |e: StorageError<u64>| CoreError::Storage(e.to_string());
     let mut sm = StateMachineStore::open(&path)?;
+    assert!(sm.get_current_snapshot().await.map_err(to_core)?.is_none());
     sm.apply(entries(1, 50)).await.map_err(to_core)?;
-    let built = sm.build_snapshot().await.map_err(to_core)?;
-    assert_eq!(built.meta.last_log_id, Some(lid(50)));
-    let file = tmp.path().join(SNAPSHOT_FILE);
-    let bytes = std::fs::read(&file).map_err(CoreError::internal)?;
+    let built = sm.build_snapshot().await.map_err(to_core)?.meta;
+    assert_eq!(built.last_log_id, Some(lid(50)));
+    assert!(!file.exists(), "a build writes no file");
+
+    // Handed out but never read (openraft's start-up): nothing written.
+    let unread = sm.get_current_snapshot().await.map_err(to_core)?;
+    assert_eq!(unread.map(|s| s.meta), Some(built.clone()));
+    assert!(!file.exists(), "an unread snapshot writes no file");
+
+    // Two readers (two followers) of the same snapshot share one write.
+    let first = sm.get_current_snapshot().await.map_err(to_core)?;
+    let second = sm.get_current_snapshot().await.map_err(to_core)?;
+    let (first, second) = (
+        first.ok_or_else(|| CoreError::Storage("no snapshot".into()))?,
+        second.ok_or_else(|| CoreError::Storage("no snapshot".into()))?,
+    );
+    assert_eq!((&first.meta, &second.meta), (&built, &built));
+    let bytes = read(first).await?;
+    assert_eq!(read(second).await?, bytes);
     let decoded = decode_snapshot(&bytes)?;
-    assert_eq!(decoded.meta, built.meta);
+    assert_eq!(decoded.meta, built);
     assert_eq!(decoded.pairs.len(), 50);
     assert_eq!(
         decoded.pairs.first(),
         Some(&("k1".to_string(), b"v1".to_vec()))
     );
+    assert_eq!(std::fs::read(&file).map_err(CoreError::internal)?, bytes);
 
-    // An older snapshot committed late (a slow build) does not replace it.
+    // An older snapshot committed late (a slow write) does not replace it.
     let stale_meta = state_machine::Meta {
         last_log_id: Some(lid(10)),
-        ..built.meta.clone()
+        ..built.clone()
     };
     let snapshots = sm.snapshots();
     let (stale_path, mut out) = snapshots.create("stale")?;
@@ -568,8 +598,8 @@ async fn snapshots_live_in_their_own_file() -> Result<()> {
     assert_eq!(current.last_log_id, Some(lid(50)));
     assert!(!stale_path.exists());
 
-    // A crash mid-build leaves a .tmp file: the next open removes it, and
-    // the current snapshot is still there.
+    // A crash mid-write leaves a .tmp file: the next open removes it, and
+    // the current snapshot file is still the one handed out.
     drop(snapshots);
     drop(sm);
     let leftover = tmp.path().join(format!("{SNAPSHOT_FILE}.1-7-0.tmp"));
@@ -577,7 +607,22 @@ async fn snapshots_live_in_their_own_file() -> Result<()> {
     let mut sm = StateMachineStore::open(&path)?;
     assert!(!leftover.exists());
     let current = sm.get_current_snapshot().await.map_err(to_core)?;
-    assert_eq!(current.map(|s| s.meta), Some(built.meta));
+    assert_eq!(current.map(|s| s.meta), Some(built.clone()));
+
+    // A newer snapshot point leaves the file behind: it is removed, and the
+    // current snapshot is the state machine at that point.
+    sm.apply(entries(51, 80)).await.map_err(to_core)?;
+    let newer = sm.build_snapshot().await.map_err(to_core)?.meta;
+    assert_eq!(newer.last_log_id, Some(lid(80)));
+    assert!(!file.exists(), "a file older than the snapshot point goes");
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .map_err(to_core)?
+        .ok_or_else(|| CoreError::Storage("no snapshot".into()))?;
+    assert_eq!(current.meta, newer);
+    let decoded = decode_snapshot(&read(current).await?)?;
+    assert_eq!((decoded.meta, decoded.pairs.len()), (newer, 80));
     Ok(())
 }
 
