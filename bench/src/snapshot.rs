@@ -266,12 +266,62 @@ pub struct Drill {
     pub load_after: MachineLoad,
 }
 
+/// What a loaded server keeps on disk, after it went idle: its storage
+/// directory (`raft/`: Custos's `state.redb`, Raft log and any snapshot
+/// file; OpenBao's `vault.db` and `raft/raft.db`) and its audit log.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Disk {
+    /// Bytes of every file under `raft/` (apparent sizes).
+    pub storage_bytes: u64,
+    /// The same, per entry of `raft/` (a directory counts its whole tree).
+    pub storage_entries: std::collections::BTreeMap<String, u64>,
+    /// Bytes of every file under `audit/`.
+    pub audit_bytes: u64,
+}
+
+/// Apparent size of every file under `path` (0 if it does not exist).
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+fn disk_of(server_dir: &Path) -> Disk {
+    let storage = server_dir.join("raft");
+    let storage_entries = std::fs::read_dir(&storage)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        tree_bytes(&e.path()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Disk {
+        storage_bytes: tree_bytes(&storage),
+        storage_entries,
+        audit_bytes: tree_bytes(&server_dir.join("audit")),
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ServerRun {
     pub server: String,
     pub version: String,
     pub load_seconds: f64,
     pub load_writes_per_sec: f64,
+    /// On disk once loaded and idle, before the save.
+    pub disk_after_load: Disk,
     pub save: Save,
     pub restore: Restore,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,7 +368,8 @@ pub async fn run(a: SnapshotArgs) -> Result<bool> {
         "total_seconds": started.elapsed().as_secs_f64(),
         "method": "one kind at a time (custos, then openbao); source server loaded with \
                    secret/data/bench/r/<i> (one version, 64-byte value) by 64 writers, then \
-                   left to go idle; save = GET sys/storage/raft/snapshot streamed to a file; \
+                   left to go idle; on disk = apparent bytes of every file under the \
+                   server's raft/ (storage) and audit/ directories once idle; save = GET sys/storage/raft/snapshot streamed to a file; \
                    restore = POST sys/storage/raft/snapshot-force into a fresh initialised \
                    and unsealed server of the same kind, unseal with the source's key while \
                    sealed, until GET secret/data/bench/r/<last> with the source's root token \
@@ -377,6 +428,13 @@ async fn run_kind(kind: Kind, bin: &Path, dir: &Path, a: &SnapshotArgs) -> Resul
         a.secrets as f64 / load_seconds.max(1e-9)
     );
     settle(&src, Duration::from_secs_f64(a.settle)).await;
+    let disk_after_load = disk_of(&src.dir);
+    println!(
+        "  on disk after load: storage {:.1} MB {:?}, audit {:.1} MB",
+        disk_after_load.storage_bytes as f64 / 1e6,
+        disk_after_load.storage_entries,
+        disk_after_load.audit_bytes as f64 / 1e6
+    );
 
     let http = reqwest::Client::new();
     let file = dir.join(format!("{}.snap", kind.name()));
@@ -437,6 +495,7 @@ async fn run_kind(kind: Kind, bin: &Path, dir: &Path, a: &SnapshotArgs) -> Resul
         version: src.version.clone(),
         load_seconds,
         load_writes_per_sec: a.secrets as f64 / load_seconds.max(1e-9),
+        disk_after_load,
         save,
         restore,
         drill,
@@ -855,6 +914,15 @@ fn goals(n: usize, c: &ServerRun, o: &ServerRun) -> Value {
         Some(c.save.bytes <= o.save.bytes),
         format!("{} vs {} bytes at {n}", c.save.bytes, o.save.bytes),
     );
+    let footprint = c.disk_after_load.storage_bytes as f64 / o.save.bytes.max(1) as f64;
+    goal(
+        "storage on disk <= 1.5x OpenBao's snapshot of the same data (issue 22)",
+        Some(footprint <= 1.5),
+        format!(
+            "{} bytes vs {} = {footprint:.2}x at {n}",
+            c.disk_after_load.storage_bytes, o.save.bytes
+        ),
+    );
     let worst = [
         ("save", c.save.memory.growth_rss_bytes),
         ("restore", c.restore.memory.growth_rss_bytes),
@@ -916,6 +984,20 @@ fn table(runs: &[ServerRun], n: usize) -> String {
         "load (writes/s)",
         c.load_writes_per_sec,
         o.load_writes_per_sec,
+        "",
+        true,
+    );
+    row(
+        "storage on disk (MB)",
+        c.disk_after_load.storage_bytes as f64 / 1e6,
+        o.disk_after_load.storage_bytes as f64 / 1e6,
+        "",
+        true,
+    );
+    row(
+        "audit log on disk (MB)",
+        c.disk_after_load.audit_bytes as f64 / 1e6,
+        o.disk_after_load.audit_bytes as f64 / 1e6,
         "",
         true,
     );
