@@ -23,21 +23,29 @@
 //!
 //! `POST sys/storage/raft/snapshot` (a snapshot of this cluster) and
 //! `POST sys/storage/raft/snapshot-force` (of any cluster) read the upload
-//! as it arrives: `state.bin` is spooled to a file in the data directory
-//! (removed afterwards, or at the next start after a crash) and hashed on the
-//! way, the small files are kept (8 KiB at most each, as Vault). Before
-//! anything is written, in this order, each failure a 400 naming the check:
-//! the archive reads to its end (gzip CRC included: a truncated or corrupted
-//! upload fails here); it holds exactly the four files; the sealed sums open
-//! with this barrier's keyring (skipped by `snapshot-force`, which is how a
-//! snapshot from another cluster is told apart, as in Vault); both sum files
-//! match; `meta.json` decodes and its state version is not newer than
-//! [`STATE_VERSION`] (older ones are read); `state.bin` parses completely and holds a seal config
-//! and keyring. Then the pairs are staged and swapped in through Raft (see
-//! `storage::raft::restore`), with the unsealed subsystems torn down
-//! ([`Core::replace_state`]); afterwards the node reopens with its root key
-//! if the restored keyring opens with it (a snapshot of this cluster), else
-//! it stays sealed and the source cluster's unseal keys unseal it.
+//! as it arrives, hashing `state.bin` on the way and keeping the small files
+//! (8 KiB at most each, as Vault). The checks, in this order, each failure a
+//! 400 naming the check: the archive reads to its end (gzip CRC included: a
+//! truncated or corrupted upload fails here); it holds exactly the four
+//! files; the sealed sums open with this barrier's keyring (skipped by
+//! `snapshot-force`, which is how a snapshot from another cluster is told
+//! apart, as in Vault); both sum files match; `meta.json` decodes and its
+//! state version is not newer than [`STATE_VERSION`] (older ones are read);
+//! `state.bin` parses completely and holds a seal config and keyring.
+//! Where `state.bin` goes meanwhile depends on the node. A lone node (a
+//! single server, a drill's node) stages its pairs as they arrive, on a
+//! thread beside the one reading the archive, into the state machine's
+//! staging table, which no reader sees (`stage_streamed`); a node of a
+//! cluster spools it to a file in the data directory (removed afterwards,
+//! or at the next start after a crash) and stages it through the Raft log
+//! only once every check passed (`stage_spooled`), so no entry is proposed
+//! for a damaged upload. Either way live data is untouched until every
+//! check passed: a refused upload drops what was staged. Then the pairs are
+//! swapped in through Raft (see `storage::raft::restore`), with the
+//! unsealed subsystems torn down ([`Core::replace_state`]); afterwards the
+//! node reopens with its root key if the restored keyring opens with it (a
+//! snapshot of this cluster), else it stays sealed and the source cluster's
+//! unseal keys unseal it.
 //!
 //! Both paths need `sudo` (root-protected in Vault), a sealed node answers
 //! 503, and requests and responses are audited like any other (this module
@@ -45,7 +53,7 @@
 //! are streams, not JSON).
 
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -63,8 +71,9 @@ use crate::core::{Core, Unsealed};
 use crate::error::{CoreError, Result};
 use crate::logical::{Operation, Request, Response, Secret};
 use crate::state_digest::StateDigest;
+use crate::storage::raft::restore::{DirectRestore, StagedRestore};
 use crate::storage::raft::snapshot::SectionSink;
-use crate::storage::raft::{RaftStorage, SnapshotInfo, StateExport};
+use crate::storage::raft::{RaftStorage, SnapshotInfo, StateExport, StoreError};
 use crate::token::TokenEntry;
 
 /// Save (GET) and restore from this cluster (POST).
@@ -683,6 +692,67 @@ impl Read for ChannelReader {
     }
 }
 
+/// Where the archive reader puts `state.bin`.
+enum StateTarget {
+    /// A file in the data directory, checked and staged once the whole
+    /// upload is in (a node of a cluster stages through the Raft log).
+    Spool(PathBuf),
+    /// The thread staging it as it arrives (a lone node): its length from
+    /// the tar header, then its bytes. If the stager stops (it found the
+    /// file damaged), the rest of `state.bin` is still read and hashed, so
+    /// the archive's own checks come first, as with a spooled file.
+    Stream {
+        len: Option<tokio::sync::oneshot::Sender<u64>>,
+        tx: Option<mpsc::Sender<Bytes>>,
+    },
+}
+
+impl StateTarget {
+    /// Pass `state.bin` on; returns its SHA-256.
+    fn take(&mut self, entry: &mut impl Read, len: u64) -> std::result::Result<[u8; 32], String> {
+        let unreadable = |e: io::Error| {
+            format!("failed to read the snapshot archive (truncated, or not a gzip'd tar): {e}")
+        };
+        let mut reader = HashingReader {
+            inner: entry,
+            hash: Sha256::new(),
+        };
+        match self {
+            StateTarget::Spool(spool) => {
+                let file = std::fs::File::create(&*spool)
+                    .map_err(|e| format!("spooling state.bin: {e}"))?;
+                let mut out = io::BufWriter::with_capacity(STREAM_CHUNK, file);
+                io::copy(&mut reader, &mut out).map_err(unreadable)?;
+                out.flush()
+                    .map_err(|e| format!("spooling state.bin: {e}"))?;
+            }
+            StateTarget::Stream { len: len_tx, tx } => {
+                if let Some(l) = len_tx.take() {
+                    let _ = l.send(len);
+                }
+                let mut buf = vec![0u8; STREAM_CHUNK];
+                loop {
+                    let n = reader.read(&mut buf).map_err(unreadable)?;
+                    if n == 0 {
+                        break;
+                    }
+                    let stopped = match tx.as_ref() {
+                        Some(t) => t.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err(),
+                        None => false,
+                    };
+                    if stopped {
+                        *tx = None;
+                    }
+                }
+                // The end of state.bin: the stager finishes while the rest
+                // of the archive is read.
+                *tx = None;
+            }
+        }
+        Ok(reader.hash.finalize().into())
+    }
+}
+
 /// Removes the spooled `state.bin` however the restore ends.
 struct Spool(PathBuf);
 
@@ -706,9 +776,9 @@ fn read_small(entry: &mut impl Read, name: &str) -> std::result::Result<Vec<u8>,
     Ok(buf)
 }
 
-/// Read the whole archive from `input`, spooling `state.bin` to `spool`.
+/// Read the whole archive from `input`, passing `state.bin` to `state`.
 /// Errors are the 400 messages.
-fn read_archive(input: impl Read, spool: &Path) -> std::result::Result<Upload, String> {
+fn read_archive(input: impl Read, mut state: StateTarget) -> std::result::Result<Upload, String> {
     let unreadable = |e: io::Error| {
         format!("failed to read the snapshot archive (truncated, or not a gzip'd tar): {e}")
     };
@@ -736,17 +806,8 @@ fn read_archive(input: impl Read, spool: &Path) -> std::result::Result<Upload, S
                 meta_seen = true;
             }
             STATE_FILE => {
-                let file =
-                    std::fs::File::create(spool).map_err(|e| format!("spooling state.bin: {e}"))?;
-                let mut out = io::BufWriter::with_capacity(STREAM_CHUNK, file);
-                let mut reader = HashingReader {
-                    inner: &mut entry,
-                    hash: Sha256::new(),
-                };
-                io::copy(&mut reader, &mut out).map_err(unreadable)?;
-                up.state_sum = reader.hash.finalize().into();
-                out.flush()
-                    .map_err(|e| format!("spooling state.bin: {e}"))?;
+                let len = entry.size();
+                up.state_sum = state.take(&mut entry, len)?;
                 up.state_seen = true;
             }
             SUMS_FILE => up.sums = Some(read_small(&mut entry, SUMS_FILE)?),
@@ -805,14 +866,14 @@ fn verify_sums(text: &[u8], up: &Upload) -> std::result::Result<(), String> {
 }
 
 /// Feed the request body to the archive reader on a blocking thread.
-async fn receive(body: Body, spool: PathBuf) -> std::result::Result<Upload, String> {
+async fn receive(body: Body, state: StateTarget) -> std::result::Result<Upload, String> {
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
     let reader = tokio::task::spawn_blocking(move || {
         let input = ChannelReader {
             rx,
             current: Bytes::new(),
         };
-        read_archive(input, &spool)
+        read_archive(input, state)
     });
     let mut body = body;
     let mut body_error = None;
@@ -900,70 +961,23 @@ async fn restore_checked(
 ) -> Result<bool> {
     // Held until the swap: another restore's begin would drop these pairs.
     let _one = RESTORE.lock().await;
-    let checked = async {
-        let raft = match raft_of(core) {
-            Ok(r) => r,
-            Err(e) => {
-                drain(body).await;
-                return Err(e);
-            }
-        };
-        let spool = Spool(raft.data_dir().join(format!(
-            "{}.restore-{}.tmp",
-            crate::storage::raft::SNAPSHOT_FILE,
-            uuid::Uuid::new_v4().simple()
-        )));
-        let started = std::time::Instant::now();
-        let up = receive(body, spool.0.clone())
-            .await
-            .map_err(CoreError::BadRequest)?;
-        let received = started.elapsed();
-        let sums = up
-            .sums
-            .as_deref()
-            .ok_or_else(|| CoreError::BadRequest(format!("snapshot archive has no {SUMS_FILE}")))?;
-        let sealed = up.sealed.as_deref().ok_or_else(|| {
-            CoreError::BadRequest(format!("snapshot archive has no {SEALED_SUMS_FILE}"))
-        })?;
-        if !force {
-            let opened = core.barrier.decrypt(SUMS_AAD, sealed).map_err(|_| {
-                CoreError::bad_request(
-                    "could not verify hash file, possibly the snapshot is using a different set \
-                     of unseal keys; use the snapshot-force API to bypass this check",
-                )
-            })?;
-            verify_sums(&opened, &up).map_err(CoreError::BadRequest)?;
+    let raft = match raft_of(core) {
+        Ok(r) => r,
+        Err(e) => {
+            drain(body).await;
+            return refuse_if(grant, e).await;
         }
-        verify_sums(sums, &up).map_err(CoreError::BadRequest)?;
-        let meta: ArchiveMeta = serde_json::from_slice(&up.meta).map_err(|e| {
-            CoreError::BadRequest(format!("failed to decode snapshot metadata: {e}"))
-        })?;
-        match meta.state_version {
-            None => {
-                return Err(CoreError::bad_request(
-                    "snapshot was not taken by Custos: meta.json has no CustosStateVersion",
-                ));
-            }
-            Some(v) if v > STATE_VERSION => {
-                return Err(CoreError::BadRequest(format!(
-                    "snapshot state version {v} is newer than this server supports \
-                     ({STATE_VERSION})"
-                )));
-            }
-            Some(_) => {}
-        }
-        let info = raft.check_state_file(&spool.0).await?;
-        let checked = started.elapsed();
-        let staged = raft.stage_restore(&spool.0, info).await?;
-        drop(spool);
-        let times = (received, checked, started.elapsed(), started);
-        Ok((raft, staged, times))
-    }
-    .await;
-    let (raft, staged, (received, checked, staged_at, started)) = match checked {
+    };
+    let started = std::time::Instant::now();
+    let staged = match raft.direct_restore().await {
+        Some(direct) => stage_streamed(core, &raft, direct, body, force).await,
+        None => stage_spooled(core, &raft, body, force).await,
+    };
+    let (staged, received) = match staged {
         Ok(s) => s,
         Err(e) => return refuse_if(grant, e).await,
     };
+    let staged_at = started.elapsed();
     let ok = Ok(Response {
         status: Some(204),
         ..Default::default()
@@ -993,13 +1007,133 @@ async fn restore_checked(
         force,
         unsealed,
         received_ms = received.as_millis() as u64,
-        checked_ms = checked.as_millis() as u64,
         staged_ms = staged_at.as_millis() as u64,
         done_ms = started.elapsed().as_millis() as u64,
         "raft snapshot restored{}",
         if unsealed { "" } else { "; sealed until the source cluster's unseal keys are given" }
     );
     Ok(unsealed)
+}
+
+/// The archive's own checks, once it is read to its end, in this order,
+/// each failure a 400 naming the check: both sum files are there; the
+/// sealed sums open with this barrier's keyring (skipped when `force`d: a
+/// snapshot of another cluster); both sum files match; `meta.json` decodes
+/// and its state version is one this server reads.
+fn check_upload(core: &Core, up: &Upload, force: bool) -> Result<()> {
+    let sums = up
+        .sums
+        .as_deref()
+        .ok_or_else(|| CoreError::BadRequest(format!("snapshot archive has no {SUMS_FILE}")))?;
+    let sealed = up.sealed.as_deref().ok_or_else(|| {
+        CoreError::BadRequest(format!("snapshot archive has no {SEALED_SUMS_FILE}"))
+    })?;
+    if !force {
+        let opened = core.barrier.decrypt(SUMS_AAD, sealed).map_err(|_| {
+            CoreError::bad_request(
+                "could not verify hash file, possibly the snapshot is using a different set \
+                 of unseal keys; use the snapshot-force API to bypass this check",
+            )
+        })?;
+        verify_sums(&opened, up).map_err(CoreError::BadRequest)?;
+    }
+    verify_sums(sums, up).map_err(CoreError::BadRequest)?;
+    let meta: ArchiveMeta = serde_json::from_slice(&up.meta)
+        .map_err(|e| CoreError::BadRequest(format!("failed to decode snapshot metadata: {e}")))?;
+    match meta.state_version {
+        None => Err(CoreError::bad_request(
+            "snapshot was not taken by Custos: meta.json has no CustosStateVersion",
+        )),
+        Some(v) if v > STATE_VERSION => Err(CoreError::BadRequest(format!(
+            "snapshot state version {v} is newer than this server supports ({STATE_VERSION})"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A node of a cluster: spool `state.bin` to the data directory, check the
+/// archive, then the whole state file, and only then stage it through the
+/// Raft log (every node replays the staging). Returns the staged restore
+/// and how long the upload took to arrive.
+async fn stage_spooled(
+    core: &Core,
+    raft: &Arc<RaftStorage>,
+    body: Body,
+    force: bool,
+) -> Result<(StagedRestore, std::time::Duration)> {
+    let spool = Spool(raft.data_dir().join(format!(
+        "{}.restore-{}.tmp",
+        crate::storage::raft::SNAPSHOT_FILE,
+        uuid::Uuid::new_v4().simple()
+    )));
+    let started = std::time::Instant::now();
+    let up = receive(body, StateTarget::Spool(spool.0.clone()))
+        .await
+        .map_err(CoreError::BadRequest)?;
+    let received = started.elapsed();
+    check_upload(core, &up, force)?;
+    let info = raft.check_state_file(&spool.0).await?;
+    let staged = raft.stage_restore(&spool.0, info).await?;
+    Ok((staged, received))
+}
+
+/// A lone node: stage `state.bin` straight into the state machine as it
+/// arrives, on a thread of its own beside the one reading the archive (so
+/// the upload, its gzip and its hashes overlap the staging, and nothing is
+/// spooled), then check the archive. Staging touches no live data, so any
+/// failure — the archive's checks, in the same order as for a spooled file,
+/// then the state file's own — drops what was staged and changes nothing.
+async fn stage_streamed(
+    core: &Core,
+    raft: &Arc<RaftStorage>,
+    direct: DirectRestore,
+    body: Body,
+    force: bool,
+) -> Result<(StagedRestore, std::time::Duration)> {
+    let (len_tx, len_rx) = tokio::sync::oneshot::channel::<u64>();
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
+    let stager = {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let open = move || {
+                let len = len_rx.blocking_recv().map_err(|_| {
+                    StoreError::Format(format!("snapshot archive has no {STATE_FILE}"))
+                })?;
+                let input = ChannelReader {
+                    rx,
+                    current: Bytes::new(),
+                };
+                Ok((input, len))
+            };
+            raft.stage_direct(direct, open).await
+        })
+    };
+    let started = std::time::Instant::now();
+    let target = StateTarget::Stream {
+        len: Some(len_tx),
+        tx: Some(tx),
+    };
+    let checked = receive(body, target)
+        .await
+        .map_err(CoreError::BadRequest)
+        .and_then(|up| check_upload(core, &up, force));
+    let received = started.elapsed();
+    let staged = stager
+        .await
+        .map_err(|e| CoreError::Internal(format!("staging the restore: {e}")))
+        .and_then(|s| s);
+    match (checked, staged) {
+        (Ok(()), Ok(staged)) => Ok((staged, received)),
+        (Err(e), Ok(staged)) => {
+            if let Err(abort) = raft.abort_restore().await {
+                tracing::warn!(error = %abort, "dropping a refused restore's staged pairs");
+            }
+            drop(staged);
+            Err(e)
+        }
+        // A failed staging dropped its pairs itself.
+        (Err(e), Err(_)) | (Ok(()), Err(e)) => Err(e),
+    }
 }
 
 /// Restore a Vault-format snapshot archive read from `archive` into this

@@ -28,14 +28,16 @@
 //!
 //! **A lone node** (the leader of a membership with no other node, voter or
 //! learner: a single server, a restore drill's node) stages the pairs
-//! straight into `kv_restore` instead ([`RaftStorage::stage_restore`]), and
+//! straight into `kv_restore` instead ([`RaftStorage::stage_direct`]), and
 //! only `RestoreCommit` goes through the log: the pairs are written once
-//! instead of encoded into entries, fsynced in the log and applied. No
-//! other node exists to replay them, and none may join meanwhile: the
-//! restore holds the membership gate until its commit, and a join takes it
-//! too and first has a snapshot cover the restore and the log purged up to
-//! it ([`RaftStorage::prepare_for_new_member`]), so a new node
-//! installs the snapshot and never replays that commit.
+//! instead of encoded into entries, fsynced in the log and applied. The
+//! state file is checked as it is staged, so it can be staged while an
+//! upload is still arriving. No other node exists to replay the pairs, and
+//! none may join meanwhile: the restore holds the membership gate
+//! ([`DirectRestore`]) until its commit, and a join takes it too and first
+//! has a snapshot cover the restore and the log purged up to it
+//! ([`RaftStorage::prepare_for_new_member`]), so a new node installs the
+//! snapshot and never replays that commit.
 //!
 //! Versions before `kv_restore` staged pairs in `kv` under [`STAGE_PREFIX`];
 //! a begin or an abort drops any such leftovers.
@@ -233,22 +235,55 @@ impl<R: Read> Read for Counted<'_, R> {
     }
 }
 
+/// Which of [`REQUIRED_KEYS`] a state file's pairs held.
+#[derive(Default)]
+struct RequiredKeys([bool; REQUIRED_KEYS.len()]);
+
+impl RequiredKeys {
+    fn saw(&mut self, key: &str) {
+        if let Some(i) = REQUIRED_KEYS.iter().position(|k| *k == key) {
+            self.0[i] = true;
+        }
+    }
+
+    /// An error naming the first required key the file did not hold.
+    fn check(&self) -> std::result::Result<(), StoreError> {
+        match self.0.iter().position(|f| !f) {
+            Some(i) => Err(bad(format!(
+                "holds no {} (not an initialized Custos state)",
+                REQUIRED_KEYS[i]
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Read the whole state file: format, every length, the keys a node needs.
 fn check_state(path: &Path) -> std::result::Result<(Meta, u64), StoreError> {
     let (meta, count, mut reader) = PairReader::open(path)?;
-    let mut found = vec![false; REQUIRED_KEYS.len()];
+    let mut found = RequiredKeys::default();
     while let Some((key, _)) = reader.next_pair()? {
-        if let Some(i) = REQUIRED_KEYS.iter().position(|k| *k == key) {
-            found[i] = true;
-        }
+        found.saw(&key);
     }
-    if let Some(i) = found.iter().position(|f| !f) {
-        return Err(bad(format!(
-            "holds no {} (not an initialized Custos state)",
-            REQUIRED_KEYS[i]
-        )));
-    }
+    found.check()?;
     Ok((meta, count))
+}
+
+/// A checked state file's error as the 400 it is; the store's own failures
+/// (disk, database) stay what they are.
+fn input_error(e: StoreError) -> CoreError {
+    match e {
+        StoreError::Format(_) => CoreError::BadRequest(e.to_string()),
+        other => other.into(),
+    }
+}
+
+/// The right to stage a restore straight into this node's state machine,
+/// outside the log ([`RaftStorage::direct_restore`]): it holds the
+/// membership gate, so no node joins until the restore is committed or
+/// aborted.
+pub struct DirectRestore {
+    gate: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl RaftStorage {
@@ -282,12 +317,27 @@ impl RaftStorage {
     /// into its state machine ([`Self::stage_direct`]); otherwise they go
     /// through the log ([`Self::stage_through_log`]).
     pub async fn stage_restore(&self, path: &Path, info: SnapshotInfo) -> Result<StagedRestore> {
-        let gate = self.membership_gate.clone().lock_owned().await;
-        if self.sole_member() {
-            return self.stage_direct(path, info, gate).await;
+        if let Some(direct) = self.direct_restore().await {
+            let p = path.to_path_buf();
+            let open = move || {
+                let file = File::open(&p).map_err(|e| bad(format!("opening: {e}")))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| bad(format!("reading: {e}")))?
+                    .len();
+                Ok((file, len))
+            };
+            return self.stage_direct(direct, open).await;
         }
-        drop(gate);
         self.stage_through_log(path, info).await
+    }
+
+    /// If this node is its cluster's only member, the right to stage a
+    /// restore outside the log ([`Self::stage_direct`]); `None` if other
+    /// nodes must replay it (stage through the log).
+    pub async fn direct_restore(&self) -> Option<DirectRestore> {
+        let gate = self.membership_gate.clone().lock_owned().await;
+        self.sole_member().then_some(DirectRestore { gate })
     }
 
     /// Whether this node is the leader of a membership holding no other
@@ -303,33 +353,55 @@ impl RaftStorage {
                 .eq([self.node_id])
     }
 
-    /// Stage the pairs in this node's state machine without the log: no
-    /// other node exists to replay them, and `gate` (held until the commit
-    /// or the abort) keeps it so. Only `RestoreCommit` goes through the log,
-    /// so a restore writes its pairs once instead of twice (log and state)
-    /// and skips encoding them as entries. Before the next node joins, a
-    /// snapshot covers the restore and the log before it is purged
-    /// ([`Self::prepare_for_new_member`]).
-    async fn stage_direct(
-        &self,
-        path: &Path,
-        info: SnapshotInfo,
-        gate: tokio::sync::OwnedMutexGuard<()>,
-    ) -> Result<StagedRestore> {
+    /// Stage the pairs of a state file in this node's state machine without
+    /// the log: no other node exists to replay them, and `direct` (held
+    /// until the commit or the abort) keeps it so. Only `RestoreCommit` goes
+    /// through the log, so a restore writes its pairs once instead of twice
+    /// (log and state) and skips encoding them as entries. Before the next
+    /// node joins, a snapshot covers the restore and the log before it is
+    /// purged ([`Self::prepare_for_new_member`]).
+    ///
+    /// `open`, run on the blocking thread that stages, yields the state
+    /// file and its length: a file on disk, or the file as an upload
+    /// arrives (`crate::raft_snapshot`), so that staging need not wait for
+    /// the whole upload. The file is checked as it is staged — format,
+    /// every length, the keys a node needs — so it is read once; a failure
+    /// drops whatever was staged (live data was never touched) and is a
+    /// 400 naming the check.
+    pub async fn stage_direct<R, F>(&self, direct: DirectRestore, open: F) -> Result<StagedRestore>
+    where
+        R: Read,
+        F: FnOnce() -> std::result::Result<(R, u64), StoreError> + Send + 'static,
+    {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (db, p, i) = (self.state.clone(), path.to_path_buf(), id.clone());
-        match blocking(move || state_machine::stage_direct(&db, &i, &p)).await {
-            Ok(count) => Ok(StagedRestore {
+        let (db, i) = (self.state.clone(), id.clone());
+        let staged = blocking(move || {
+            let (input, len) = open()?;
+            let (meta, count, mut reader) = PairReader::new(input, len)?;
+            let mut found = RequiredKeys::default();
+            let staged = state_machine::stage_direct(&db, &i, || {
+                let next = reader.next_restorable()?;
+                if let Some((key, _)) = &next {
+                    found.saw(key);
+                }
+                Ok(next)
+            })?;
+            found.check()?;
+            Ok((snapshot_info(&meta, count, len), staged))
+        })
+        .await;
+        match staged {
+            Ok((info, count)) => Ok(StagedRestore {
                 id,
                 count,
                 info,
-                _gate: Some(gate),
+                _gate: Some(direct.gate),
             }),
             Err(e) => {
                 if let Err(abort) = self.abort_restore().await {
                     tracing::warn!(error = %abort, "dropping a failed restore's staged pairs");
                 }
-                Err(e.into())
+                Err(input_error(e))
             }
         }
     }

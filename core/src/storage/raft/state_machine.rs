@@ -446,17 +446,21 @@ pub(crate) fn any_staged(db: &Database) -> Result<bool, StoreError> {
     Ok(kv.range(STAGE_PREFIX..STAGE_END)?.next().is_some())
 }
 
-/// Stage the pairs of the checked state file at `path` for restore `id`
-/// straight into `kv_restore`, outside the log (see
+/// Stage the pairs `next` yields, in key order, for restore `id` straight
+/// into `kv_restore`, outside the log (see
 /// [`restore`](super::restore): only a node that is its cluster's only
 /// member does this). What an earlier restore staged is dropped first; the
 /// pairs are committed durably, in transactions of about
 /// [`DIRECT_STAGE_BYTES`], so the `RestoreCommit` entry that follows finds
 /// them after a crash, and the id is recorded both as the restore being
 /// staged and as a direct restore the log alone cannot replay
-/// ([`direct_restore_pending`]). Returns the pairs staged.
-pub(crate) fn stage_direct(db: &Database, id: &str, path: &Path) -> Result<u64, StoreError> {
-    let (_, _, mut reader) = PairReader::open(path)?;
+/// ([`direct_restore_pending`]). Returns the pairs staged; an error from
+/// `next` stops the staging (the caller drops what was staged).
+pub(crate) fn stage_direct(
+    db: &Database,
+    id: &str,
+    mut next: impl FnMut() -> Result<Option<(String, Vec<u8>)>, StoreError>,
+) -> Result<u64, StoreError> {
     let mut txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(SM_META)?;
@@ -470,7 +474,7 @@ pub(crate) fn stage_direct(db: &Database, id: &str, path: &Path) -> Result<u64, 
         let mut done = true;
         {
             let mut stage = txn.open_table(STAGE)?;
-            while let Some((key, value)) = reader.next_restorable()? {
+            while let Some((key, value)) = next()? {
                 stage.insert(key.as_str(), value.as_slice())?;
                 count += 1;
                 bytes += key.len() + value.len();
