@@ -268,10 +268,12 @@ pub struct Drill {
 
 /// What a loaded server keeps on disk, after it went idle: its storage
 /// directory (`raft/`: Custos's `state.redb`, Raft log and any snapshot
-/// file; OpenBao's `vault.db` and `raft/raft.db`) and its audit log.
+/// file; OpenBao's `vault.db` and `raft/raft.db`) and its audit log, in
+/// bytes allocated on disk as `du` counts them (redb grows its file
+/// sparsely, so its apparent size overstates what it uses).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Disk {
-    /// Bytes of every file under `raft/` (apparent sizes).
+    /// Bytes allocated to every file under `raft/`.
     pub storage_bytes: u64,
     /// The same, per entry of `raft/` (a directory counts its whole tree).
     pub storage_entries: std::collections::BTreeMap<String, u64>,
@@ -279,13 +281,15 @@ pub struct Disk {
     pub audit_bytes: u64,
 }
 
-/// Apparent size of every file under `path` (0 if it does not exist).
+/// Bytes allocated on disk to every file under `path` (0 if it does not
+/// exist).
 fn tree_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
     };
     if !meta.is_dir() {
-        return meta.len();
+        return meta.blocks() * 512;
     }
     std::fs::read_dir(path)
         .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
@@ -368,8 +372,9 @@ pub async fn run(a: SnapshotArgs) -> Result<bool> {
         "total_seconds": started.elapsed().as_secs_f64(),
         "method": "one kind at a time (custos, then openbao); source server loaded with \
                    secret/data/bench/r/<i> (one version, 64-byte value) by 64 writers, then \
-                   left to go idle; on disk = apparent bytes of every file under the \
-                   server's raft/ (storage) and audit/ directories once idle; save = GET sys/storage/raft/snapshot streamed to a file; \
+                   left to go idle; on disk = bytes allocated (as du counts them) to every \
+                   file under the server's raft/ (storage) and audit/ directories once idle; \
+                   save = GET sys/storage/raft/snapshot streamed to a file; \
                    restore = POST sys/storage/raft/snapshot-force into a fresh initialised \
                    and unsealed server of the same kind, unseal with the source's key while \
                    sealed, until GET secret/data/bench/r/<last> with the source's root token \
