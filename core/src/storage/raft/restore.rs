@@ -110,13 +110,19 @@ pub(crate) struct PairReader<R: Read = File> {
 
 impl PairReader<File> {
     pub(crate) fn open(path: &Path) -> std::result::Result<(Meta, u64, PairReader), StoreError> {
-        let file = File::open(path).map_err(|e| bad(format!("opening: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| bad(format!("reading: {e}")))?
-            .len();
+        let (file, len) = open_state_file(path)?;
         Self::new(file, len)
     }
+}
+
+/// The state file at `path`, opened, and its length.
+fn open_state_file(path: &Path) -> std::result::Result<(File, u64), StoreError> {
+    let file = File::open(path).map_err(|e| bad(format!("opening: {e}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| bad(format!("reading: {e}")))?
+        .len();
+    Ok((file, len))
 }
 
 impl<R: Read> PairReader<R> {
@@ -319,15 +325,7 @@ impl RaftStorage {
     pub async fn stage_restore(&self, path: &Path, info: SnapshotInfo) -> Result<StagedRestore> {
         if let Some(direct) = self.direct_restore().await {
             let p = path.to_path_buf();
-            let open = move || {
-                let file = File::open(&p).map_err(|e| bad(format!("opening: {e}")))?;
-                let len = file
-                    .metadata()
-                    .map_err(|e| bad(format!("reading: {e}")))?
-                    .len();
-                Ok((file, len))
-            };
-            return self.stage_direct(direct, open).await;
+            return self.stage_direct(direct, move || open_state_file(&p)).await;
         }
         self.stage_through_log(path, info).await
     }
