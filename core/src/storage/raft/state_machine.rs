@@ -1440,6 +1440,18 @@ mod restore_tests {
         }
     }
 
+    /// A second node in `dir/b`, holding one pair of its own, that installs
+    /// a snapshot of `a` from a file that is not its receive file (copied
+    /// into place, streamed). Returns it and the snapshot's meta.
+    fn install_on_node_b(dir: &Path, a: &StateMachineStore) -> (StateMachineStore, Meta) {
+        let (meta, file) = build_snapshot_in(&a.db, &a.snapshots).expect("build");
+        std::fs::create_dir_all(dir.join("b")).expect("dir b");
+        let b = StateMachineStore::open(&dir.join("b").join("state.redb")).expect("open b");
+        apply(&b.db, 1, Command::Batch(vec![put("b/only", b"b")]));
+        install_snapshot_in(&b.db, &b.snapshots, &meta, file).expect("install");
+        (b, meta)
+    }
+
     fn pairs(kv: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_vec()))
@@ -1473,13 +1485,8 @@ mod restore_tests {
         );
 
         // The snapshot carries the staged pairs; another node installs it.
-        let (meta, file) = build_snapshot_in(&db, &a.snapshots).expect("build");
-        std::fs::create_dir_all(dir.path().join("b")).expect("dir b");
-        let b = StateMachineStore::open(&dir.path().join("b").join("state.redb")).expect("open b");
+        let (b, meta) = install_on_node_b(dir.path(), &a);
         let bdb = b.db();
-        apply(&bdb, 1, Command::Batch(vec![put("b/only", b"b")]));
-        // Not b's receive file: copied into place, streamed.
-        install_snapshot_in(&bdb, &b.snapshots, &meta, file).expect("install");
         let current = b.snapshots.open_current().expect("current");
         assert_eq!(current.map(|(m, _)| m), Some(meta.clone()));
         assert_eq!(get(&bdb, "live/old").expect("get"), Some(b"o".to_vec()));
@@ -1627,13 +1634,8 @@ mod restore_tests {
             10,
             Command::RestoreChunk("r2".into(), pairs(&[("s", b"x")])),
         );
-        let (meta, file) = build_snapshot_in(&db, &a.snapshots).expect("build");
-        std::fs::create_dir_all(dir.path().join("b")).expect("dir b");
-        let b = StateMachineStore::open(&dir.path().join("b").join("state.redb")).expect("open b");
-        let bdb = b.db();
-        apply(&bdb, 1, Command::Batch(vec![put("b/only", b"b")]));
-        install_snapshot_in(&bdb, &b.snapshots, &meta, file).expect("install");
-        assert_stored_bytes_exact(&bdb, "a snapshot installed, a restore staged in it");
+        let (b, _) = install_on_node_b(dir.path(), &a);
+        assert_stored_bytes_exact(&b.db(), "a snapshot installed, a restore staged in it");
 
         // A database of an earlier version has no record: open makes one.
         let txn = db.begin_write().expect("write");
