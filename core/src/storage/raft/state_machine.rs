@@ -577,49 +577,66 @@ pub(crate) fn stage_direct(
     id: &str,
     mut next: impl FnMut() -> Result<Option<(String, Vec<u8>)>, StoreError>,
 ) -> Result<u64, StoreError> {
-    let mut txn = db.begin_write()?;
-    let mut stored = {
+    // Begin: drop what an earlier restore staged, record this one. Durable,
+    // as every commit that deletes a table (see `apply_entries`).
+    let txn = db.begin_write()?;
+    {
         let mut meta = txn.open_table(SM_META)?;
         let mut stored = StoredBytes::in_txn(&txn, &meta)?;
         drop_staged(&txn, &mut meta, &mut stored)?;
         meta.insert(KEY_RESTORE_ID, id.as_bytes())?;
         meta.insert(KEY_DIRECT_RESTORE, id.as_bytes())?;
-        stored
-    };
+        stored.record(&mut meta)?;
+    }
+    txn.commit()?;
     let mut count = 0u64;
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
     loop {
-        let mut bytes = 0usize;
-        let mut done = true;
-        {
-            let mut stage = txn.open_table(STAGE)?;
-            while let Some((key, value)) = next()? {
-                put(&mut stage, &mut stored.stage, &key, &value)?;
-                count += 1;
-                bytes += key.len() + value.len();
-                if bytes >= DIRECT_STAGE_BYTES {
-                    done = false;
+        // Read a batch with no transaction open: the input may be an upload
+        // still arriving, and an open write transaction would hold up every
+        // apply (every write to the node) until it came.
+        let (mut bytes, mut done) = (0usize, false);
+        while bytes < DIRECT_STAGE_BYTES {
+            match next()? {
+                Some(pair) => {
+                    bytes += pair.0.len() + pair.1.len();
+                    batch.push(pair);
+                }
+                None => {
+                    done = true;
                     break;
                 }
             }
         }
-        stored.record(&mut txn.open_table(SM_META)?)?;
-        if done {
-            txn.set_durability(redb::Durability::Immediate);
-            txn.commit()?;
-            return Ok(count);
+        let mut txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(SM_META)?;
+            let mut stored = StoredBytes::in_txn(&txn, &meta)?;
+            let mut stage = txn.open_table(STAGE)?;
+            for (key, value) in batch.drain(..) {
+                put(&mut stage, &mut stored.stage, &key, &value)?;
+                count += 1;
+            }
+            stored.record(&mut meta)?;
         }
         // Visible to nobody (the table is not read before the commit), so
         // only the last transaction needs to reach the disk: it makes the
         // earlier ones durable with it.
-        txn.set_durability(redb::Durability::None);
+        txn.set_durability(if done {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        });
         txn.commit()?;
-        txn = db.begin_write()?;
+        if done {
+            return Ok(count);
+        }
     }
 }
 
-/// About this many bytes of pairs per transaction of [`stage_direct`]
-/// (redb holds a transaction's dirty pages until its commit).
-const DIRECT_STAGE_BYTES: usize = 32 << 20;
+/// About this many bytes of pairs per transaction of [`stage_direct`],
+/// read before the transaction opens (so held in memory meanwhile).
+const DIRECT_STAGE_BYTES: usize = 4 << 20;
 
 /// Whether a restore staged outside the log ([`stage_direct`]) was begun
 /// since a snapshot last covered it: a node replaying the log from before it
@@ -1559,6 +1576,50 @@ mod restore_tests {
         assert_eq!(last_applied(&bdb).expect("applied"), meta.last_log_id);
         let (current, _) = b.snapshots.open_current().expect("current").expect("some");
         assert_eq!(current, meta);
+    }
+
+    /// A direct restore reads its input (an upload still arriving) with no
+    /// write transaction open, so writes to the node go on meanwhile.
+    #[test]
+    fn writes_go_on_while_a_direct_restore_waits_for_its_input() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sm = StateMachineStore::open(&dir.path().join("state.redb")).expect("open");
+        let db = sm.db();
+        let (input, pairs_in) = std::sync::mpsc::channel::<Option<(String, Vec<u8>)>>();
+        let (asking, asks) = std::sync::mpsc::channel::<()>();
+        let stager = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                stage_direct(&db, "d1", || {
+                    let _ = asking.send(());
+                    Ok(pairs_in.recv().expect("input"))
+                })
+            })
+        };
+        input
+            .send(Some(("core/seal/config".into(), b"c".to_vec())))
+            .expect("send");
+        // Asked twice: the stager took the first pair and waits for more.
+        asks.recv().expect("first ask");
+        asks.recv().expect("second ask");
+        let (written, done) = std::sync::mpsc::channel();
+        {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                apply(&db, 1, Command::Batch(vec![put("live", b"v")]));
+                let _ = written.send(());
+            });
+        }
+        // Not a timing check: without the fix the write waits for the rest
+        // of the input, which is only sent after this.
+        assert!(
+            done.recv_timeout(std::time::Duration::from_secs(30))
+                .is_ok(),
+            "a write waited for the restore's input"
+        );
+        input.send(None).expect("send");
+        assert_eq!(stager.join().expect("stager").expect("staged"), 1);
+        assert_eq!(get(&db, "live").expect("get"), Some(b"v".to_vec()));
     }
 
     /// The recorded stored bytes of `kv` and `kv_restore` are redb's own.
