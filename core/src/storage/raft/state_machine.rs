@@ -988,11 +988,13 @@ pub(crate) fn current_snapshot(
     let Some(point) = point else {
         return Ok(Current::None);
     };
-    // The meta handed out may let Raft purge its log up to it (after a
-    // restart), so what the read transaction sees must be durable first.
-    // Even an empty commit is durable (fsynced) by default.
-    db.begin_write()?.commit()?;
+    // The meta handed out may let Raft purge its log up to it (a build's,
+    // or at a restart), so what the read transaction sees must be durable.
+    // A durable commit after the transaction began makes every commit it
+    // sees durable (one before it would miss an apply in between); even an
+    // empty commit is durable (fsynced) by default.
     let rtxn = db.begin_read()?;
+    db.begin_write()?.commit()?;
     let (last_applied, membership) = applied_state_in(&rtxn)?;
     let meta = if last_applied == point.last_log_id {
         point
