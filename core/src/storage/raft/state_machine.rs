@@ -275,7 +275,8 @@ impl StateMachineStore {
             txn.open_table(KV)?;
             let mut meta = txn.open_table(SM_META)?;
             if StoredBytes::recorded(&meta)?.is_none() {
-                StoredBytes::in_txn(&txn, &meta)?.record(&mut meta)?;
+                let at = applied_index_of(&meta)?;
+                StoredBytes::in_txn(&txn, &meta)?.record(&mut meta, at)?;
             }
         }
         txn.commit()?;
@@ -439,11 +440,11 @@ impl StoredBytes {
         Ok(StoredBytes { kv, stage })
     }
 
-    /// Record the counts, as true at the applied index `meta` holds now
-    /// (so after `last_applied` is updated).
-    fn record(&self, meta: &mut Table<&str, &[u8]>) -> Result<(), StoreError> {
+    /// Record the counts, as true at applied index `at` (the one `meta`
+    /// holds once the transaction commits).
+    fn record(&self, meta: &mut Table<&str, &[u8]>, at: u64) -> Result<(), StoreError> {
         let mut b = [0u8; 24];
-        b[..8].copy_from_slice(&applied_index_of(meta)?.to_be_bytes());
+        b[..8].copy_from_slice(&at.to_be_bytes());
         b[8..16].copy_from_slice(&self.kv.to_be_bytes());
         b[16..].copy_from_slice(&self.stage.to_be_bytes());
         meta.insert(KEY_STORED_BYTES, b.as_slice())?;
@@ -455,11 +456,21 @@ impl StoredBytes {
 fn applied_index_of(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<u64, StoreError> {
-    let last: Option<LogId<u64>> = match meta.get(KEY_LAST_APPLIED)? {
-        Some(v) => serde_json::from_slice(v.value())?,
-        None => None,
-    };
-    Ok(last.map(|l| l.index).unwrap_or_default())
+    Ok(index_of(last_applied_of(meta)?))
+}
+
+fn index_of(log_id: Option<LogId<u64>>) -> u64 {
+    log_id.map(|l| l.index).unwrap_or_default()
+}
+
+/// The last applied log id recorded in `meta`.
+fn last_applied_of(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<LogId<u64>>, StoreError> {
+    match meta.get(KEY_LAST_APPLIED)? {
+        Some(v) => Ok(serde_json::from_slice(v.value())?),
+        None => Ok(None),
+    }
 }
 
 /// Insert `key` → `value` into `table`, whose stored bytes `count` keeps.
@@ -498,10 +509,7 @@ pub(super) fn applied_state_in(
 fn applied_state_of(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<(Option<LogId<u64>>, Membership), StoreError> {
-    let last_applied = match meta.get(KEY_LAST_APPLIED)? {
-        Some(v) => serde_json::from_slice(v.value())?,
-        None => None,
-    };
+    let last_applied = last_applied_of(meta)?;
     let membership = match meta.get(KEY_MEMBERSHIP)? {
         Some(v) => serde_json::from_slice(v.value())?,
         None => Membership::default(),
@@ -586,7 +594,8 @@ pub(crate) fn stage_direct(
         drop_staged(&txn, &mut meta, &mut stored)?;
         meta.insert(KEY_RESTORE_ID, id.as_bytes())?;
         meta.insert(KEY_DIRECT_RESTORE, id.as_bytes())?;
-        stored.record(&mut meta)?;
+        let at = applied_index_of(&meta)?;
+        stored.record(&mut meta, at)?;
     }
     txn.commit()?;
     let mut count = 0u64;
@@ -617,7 +626,8 @@ pub(crate) fn stage_direct(
                 put(&mut stage, &mut stored.stage, &key, &value)?;
                 count += 1;
             }
-            stored.record(&mut meta)?;
+            let at = applied_index_of(&meta)?;
+            stored.record(&mut meta, at)?;
         }
         // Visible to nobody (the table is not read before the commit), so
         // only the last transaction needs to reach the disk: it makes the
@@ -886,14 +896,18 @@ fn apply_entries(
                 }
             }
         }
-        if let Some(last_applied) = last_applied {
-            meta.insert(KEY_LAST_APPLIED, json(&Some(last_applied))?.as_slice())?;
-        }
+        let at = match last_applied {
+            Some(l) => {
+                meta.insert(KEY_LAST_APPLIED, json(&Some(l))?.as_slice())?;
+                l.index
+            }
+            None => applied_index_of(&meta)?,
+        };
         if let Some(membership) = membership {
             meta.insert(KEY_MEMBERSHIP, json(&membership)?.as_slice())?;
         }
         // Always: the record is only good at the applied index it names.
-        stored.record(&mut meta)?;
+        stored.record(&mut meta, at)?;
     }
     // One commit per apply batch: data, last_applied and membership together.
     txn.commit()?;
@@ -1181,7 +1195,7 @@ fn install_pairs(db: &Database, meta: &Meta, path: &Path) -> Result<(), StoreErr
             put(&mut kv, &mut stored.kv, &key, &value)?;
         }
         sm_meta.insert(KEY_LAST_APPLIED, json(&meta.last_log_id)?.as_slice())?;
-        stored.record(&mut sm_meta)?;
+        stored.record(&mut sm_meta, index_of(meta.last_log_id))?;
         sm_meta.insert(KEY_MEMBERSHIP, json(&meta.last_membership)?.as_slice())?;
         sm_meta.insert(KEY_LAST_SNAPSHOT, meta.snapshot_id.as_bytes())?;
         // Raft purges this follower's log up to the installed snapshot.
