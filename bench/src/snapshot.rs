@@ -277,7 +277,7 @@ pub struct Disk {
     pub storage_bytes: u64,
     /// The same, per entry of `raft/` (a directory counts its whole tree).
     pub storage_entries: std::collections::BTreeMap<String, u64>,
-    /// Bytes of every file under `audit/`.
+    /// Bytes allocated to every file under `audit/`.
     pub audit_bytes: u64,
 }
 
@@ -297,22 +297,22 @@ fn tree_bytes(path: &Path) -> u64 {
 }
 
 fn disk_of(server_dir: &Path) -> Disk {
-    let storage = server_dir.join("raft");
-    let storage_entries = std::fs::read_dir(&storage)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        tree_bytes(&e.path()),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let storage_entries: std::collections::BTreeMap<String, u64> =
+        std::fs::read_dir(server_dir.join("raft"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            tree_bytes(&e.path()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
     Disk {
-        storage_bytes: tree_bytes(&storage),
+        storage_bytes: storage_entries.values().sum(),
         storage_entries,
         audit_bytes: tree_bytes(&server_dir.join("audit")),
     }

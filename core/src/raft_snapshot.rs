@@ -710,9 +710,6 @@ enum StateTarget {
 impl StateTarget {
     /// Pass `state.bin` on; returns its SHA-256.
     fn take(&mut self, entry: &mut impl Read, len: u64) -> std::result::Result<[u8; 32], String> {
-        let unreadable = |e: io::Error| {
-            format!("failed to read the snapshot archive (truncated, or not a gzip'd tar): {e}")
-        };
         let mut reader = HashingReader {
             inner: entry,
             hash: Sha256::new(),
@@ -753,6 +750,11 @@ impl StateTarget {
     }
 }
 
+/// The 400 message for an upload that does not read as a gzip'd tar.
+fn unreadable(e: io::Error) -> String {
+    format!("failed to read the snapshot archive (truncated, or not a gzip'd tar): {e}")
+}
+
 /// Removes the spooled `state.bin` however the restore ends.
 struct Spool(PathBuf);
 
@@ -779,9 +781,6 @@ fn read_small(entry: &mut impl Read, name: &str) -> std::result::Result<Vec<u8>,
 /// Read the whole archive from `input`, passing `state.bin` to `state`.
 /// Errors are the 400 messages.
 fn read_archive(input: impl Read, mut state: StateTarget) -> std::result::Result<Upload, String> {
-    let unreadable = |e: io::Error| {
-        format!("failed to read the snapshot archive (truncated, or not a gzip'd tar): {e}")
-    };
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
     let mut up = Upload {
         meta: Vec::new(),

@@ -311,7 +311,7 @@ impl RaftStorage {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or_default();
         let (meta, count) = blocking(move || check_state(&p))
             .await
-            .map_err(|e| CoreError::BadRequest(e.to_string()))?;
+            .map_err(input_error)?;
         Ok(snapshot_info(&meta, count, size))
     }
 

@@ -457,14 +457,10 @@ impl SnapshotFile {
     /// The current snapshot file, opened at its first byte, if it is the
     /// snapshot `snapshot_id`.
     pub(crate) fn open_if(&self, snapshot_id: &str) -> Result<Option<File>, StoreError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let path = self.current_path();
-        match self.read_meta(&path)? {
-            Some(meta) if meta.snapshot_id == snapshot_id => File::open(&path)
-                .map(Some)
-                .map_err(|e| io_err("opening", &path, e)),
-            _ => Ok(None),
-        }
+        Ok(self
+            .open_current()?
+            .filter(|(meta, _)| meta.snapshot_id == snapshot_id)
+            .map(|(_, file)| file))
     }
 
     /// Remove the current snapshot file if it is older than `upto`: it no
