@@ -58,7 +58,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::watch;
 
@@ -482,7 +483,7 @@ impl AuditIndex {
         // On failure the postings are dropped and the position in redb stays
         // where it was: the worker re-reads the log from there.
         let mut txn = self.db.begin_write().map_err(idx_err)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(idx_err)?;
         let added = write_postings(&txn, &postings, self.floor(), self.bits, &self.salt)?;
         {
             let mut meta = txn.open_table(META).map_err(idx_err)?;
@@ -679,7 +680,7 @@ impl AuditIndex {
         let mut sweep = self.sweep.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = self.db.begin_write().map_err(idx_err)?;
         // Lost in a crash, a prune is done again at the next open.
-        txn.set_durability(Durability::Eventual);
+        txn.set_durability(Durability::None).map_err(idx_err)?;
         let stored_floor = {
             let meta = txn.open_table(META).map_err(idx_err)?;
             meta.get("floor_seq")

@@ -36,7 +36,7 @@
 
 use std::io;
 
-use redb::{Database, ReadTransaction, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::snapshot::{BATCH_PAIRS, BatchedWriter, SectionSink, batched_head, batched_len};
 use super::state_machine::{KV, Meta, SM_META, StoredBytes, for_each_pair_in, snapshot_meta_in};

@@ -464,7 +464,7 @@ impl LogStore {
     /// nothing if `legacy` does not exist. Idempotent: a crash before the
     /// rename leaves the redb file in place, and the copy starts over.
     pub fn migrate_redb(legacy: &Path, dir: &Path) -> Result<(), StoreError> {
-        use redb::{ReadableTable, TableDefinition};
+        use redb::{ReadableDatabase, ReadableTable, TableDefinition};
         const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
         const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
         if !legacy.exists() {
@@ -473,7 +473,7 @@ impl LogStore {
         if dir.exists() {
             fs::remove_dir_all(dir).map_err(|e| io_err("removing", dir, e))?;
         }
-        let db = redb::Database::open(legacy)?;
+        let db = super::redb_format::open(legacy)?;
         let txn = db.begin_read()?;
         let meta = match txn.open_table(LOG_META) {
             Ok(t) => {

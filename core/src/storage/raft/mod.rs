@@ -81,6 +81,7 @@
 pub mod export;
 mod log_store;
 pub mod network;
+mod redb_format;
 pub mod restore;
 pub(crate) mod snapshot;
 mod snapshot_data;
@@ -382,6 +383,8 @@ pub enum StoreError {
     SnapshotFile(String),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("redb file format upgrade: {0}")]
+    Upgrade(String),
 }
 
 macro_rules! redb_from {
@@ -403,7 +406,8 @@ redb_from!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 impl From<StoreError> for CoreError {

@@ -53,15 +53,15 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use redb::{
-    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
-    TableError, WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, TableError, WriteTransaction,
 };
 use tokio::sync::broadcast;
 
 use super::restore::{PairReader, STAGE_PREFIX};
 use super::snapshot::{SnapshotFile, SnapshotWriter};
 use super::snapshot_data::{Materializing, SnapshotData, WeakMaterializing};
-use super::{Command, CommandResponse, StoreError, TypeConfig, blocking};
+use super::{Command, CommandResponse, StoreError, TypeConfig, blocking, redb_format};
 use crate::metrics;
 
 pub(super) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -267,9 +267,7 @@ impl StateMachineStore {
     /// Open or create the state database at `path` and make sure its tables
     /// exist; the snapshot file lives in the same directory.
     pub fn open(path: &Path) -> Result<StateMachineStore, StoreError> {
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)?;
+        let db = redb_format::create(redb::Builder::new().set_cache_size(CACHE_BYTES), path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(KV)?;
@@ -636,7 +634,7 @@ pub(crate) fn stage_direct(
             redb::Durability::Immediate
         } else {
             redb::Durability::None
-        });
+        })?;
         txn.commit()?;
         if done {
             return Ok(count);
@@ -863,7 +861,7 @@ fn apply_entries(
     // corrupted", 2 of 6 runs of the kill -9 restore test).
     let durable = durable || entries.iter().any(|e| drops_a_table(&e.payload));
     if !durable {
-        txn.set_durability(redb::Durability::None);
+        txn.set_durability(redb::Durability::None)?;
     }
     let mut out = Vec::with_capacity(entries.len());
     {
@@ -1170,7 +1168,7 @@ fn install_pairs(db: &Database, meta: &Meta, path: &Path) -> Result<(), StoreErr
         .len();
     let (_, _, mut reader) = PairReader::new(file, len)?;
     let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::Immediate);
+    txn.set_durability(redb::Durability::Immediate)?;
     {
         let mut sm_meta = txn.open_table(SM_META)?;
         let mut stored = StoredBytes::in_txn(&txn, &sm_meta)?;

@@ -493,14 +493,15 @@ fn truncate_purge_and_vote_survive_reopen() -> Result<()> {
 /// copied to segment files at open, with its vote and purge point.
 #[test]
 fn the_redb_log_of_earlier_versions_is_migrated() -> Result<()> {
-    use redb::TableDefinition;
+    // Earlier versions wrote it with redb 2, in redb's file format v2.
+    use redb2::TableDefinition;
     const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
     const META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
     let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
     let legacy = tmp.path().join(LEGACY_LOG_FILE);
     let vote = openraft::Vote::new(2, 1);
     {
-        let db = redb::Database::create(&legacy).map_err(CoreError::storage)?;
+        let db = redb2::Database::create(&legacy).map_err(CoreError::storage)?;
         let txn = db.begin_write().map_err(CoreError::storage)?;
         {
             let mut logs = txn.open_table(LOGS).map_err(CoreError::storage)?;
@@ -630,7 +631,9 @@ async fn snapshot_files_are_written_only_when_read() -> Result<()> {
 /// to the snapshot file and the table is dropped.
 #[test]
 fn a_snapshot_kept_in_state_redb_moves_to_its_file() -> Result<()> {
-    use redb::TableDefinition;
+    use redb::ReadableDatabase;
+    // Those versions wrote state.redb with redb 2, in redb's file format v2.
+    use redb2::TableDefinition;
     const LEGACY: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
     let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
     let path = tmp.path().join(STATE_FILE);
@@ -644,7 +647,7 @@ fn a_snapshot_kept_in_state_redb_moves_to_its_file() -> Result<()> {
     w.pair("k", b"v")?;
     w.finish()?;
     {
-        let db = redb::Database::create(&path).map_err(CoreError::storage)?;
+        let db = redb2::Database::create(&path).map_err(CoreError::storage)?;
         let txn = db.begin_write().map_err(CoreError::storage)?;
         {
             let mut t = txn.open_table(LEGACY).map_err(CoreError::storage)?;
@@ -664,10 +667,70 @@ fn a_snapshot_kept_in_state_redb_moves_to_its_file() -> Result<()> {
     assert_eq!(bytes, data);
     let db = sm.db();
     let txn = db.begin_read().map_err(CoreError::storage)?;
+    let legacy: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("snapshot");
     assert!(
-        txn.open_table(LEGACY).is_err(),
+        txn.open_table(legacy).is_err(),
         "the legacy table is dropped"
     );
+    Ok(())
+}
+
+/// A `state.redb` written by a version that used redb 2 (file format v2,
+/// which redb 5 does not read) is upgraded in place at open: its pairs, its
+/// applied index and its stored-bytes count come through, and it opens
+/// again afterwards as an ordinary file.
+#[test]
+fn a_state_redb_of_redb_2_is_upgraded_in_place() -> Result<()> {
+    use redb::{ReadableDatabase, ReadableTable};
+    const KV2: redb2::TableDefinition<&str, &[u8]> = redb2::TableDefinition::new("kv");
+    const META2: redb2::TableDefinition<&str, &[u8]> = redb2::TableDefinition::new("sm_meta");
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let path = tmp.path().join(STATE_FILE);
+    let pairs: Vec<(String, Vec<u8>)> = (0..500)
+        .map(|i| (format!("logical/m/k{i:04}"), vec![i as u8; 100 + i % 300]))
+        .collect();
+    {
+        let db = redb2::Database::create(&path).map_err(CoreError::storage)?;
+        let txn = db.begin_write().map_err(CoreError::storage)?;
+        {
+            let mut kv = txn.open_table(KV2).map_err(CoreError::storage)?;
+            for (k, v) in &pairs {
+                kv.insert(k.as_str(), v.as_slice())
+                    .map_err(CoreError::storage)?;
+            }
+            let mut meta = txn.open_table(META2).map_err(CoreError::storage)?;
+            let applied = serde_json::to_vec(&lid(42)).map_err(CoreError::storage)?;
+            meta.insert("last_applied", applied.as_slice())
+                .map_err(CoreError::storage)?;
+        }
+        txn.commit().map_err(CoreError::storage)?;
+    }
+    let check = |sm: &StateMachineStore| -> Result<()> {
+        let txn = sm.db().begin_read().map_err(CoreError::storage)?;
+        let kv = txn
+            .open_table(state_machine::KV)
+            .map_err(CoreError::storage)?;
+        let read: Vec<(String, Vec<u8>)> = kv
+            .iter()
+            .map_err(CoreError::storage)?
+            .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(CoreError::storage)?;
+        assert_eq!(read, pairs);
+        let meta = txn
+            .open_table(state_machine::SM_META)
+            .map_err(CoreError::storage)?;
+        let stored = state_machine::StoredBytes::recorded(&meta)?
+            .ok_or_else(|| CoreError::Storage("no stored-bytes record".into()))?;
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!((stored.kv, stored.stage), (bytes as u64, 0));
+        Ok(())
+    };
+    let sm = StateMachineStore::open(&path)?;
+    assert_eq!(sm.progress().applied(), 42);
+    check(&sm)?;
+    drop(sm);
+    check(&StateMachineStore::open(&path)?)?;
     Ok(())
 }
 
