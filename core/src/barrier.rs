@@ -435,6 +435,11 @@ impl Barrier {
         self.ring()?;
         self.physical.list(prefix).await
     }
+
+    pub async fn list_page(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>> {
+        self.ring()?;
+        self.physical.list_page(prefix, after, limit).await
+    }
 }
 
 pub fn rfc3339(unix: i64) -> String {

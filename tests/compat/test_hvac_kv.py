@@ -186,6 +186,28 @@ def test_list_secrets(target: Target) -> None:
         kv(target).list_secrets(path=uniq("nolist"), mount_point="secret")
 
 
+def test_list_secrets_paginated(target: Target) -> None:
+    """OpenBao's paginated LIST (`after`, `limit` as query parameters): the
+    items that sort after `after` (which need not exist), at most `limit`."""
+    base = uniq("page")
+    for p in ("b", "a", "c/d", "c/e", "c0", "c-x", "d/e/f"):
+        kv(target).create_or_update_secret(path=f"{base}/{p}", secret={"x": "1"})
+
+    def page(**params: str) -> list[str] | int:
+        r = target.http("LIST", f"secret/metadata/{base}/", params=params)
+        return r.json()["data"]["keys"] if r.status_code == 200 else r.status_code
+
+    assert page() == ["a", "b", "c-x", "c/", "c0", "d/"]
+    assert page(limit="2") == ["a", "b"]
+    assert page(after="a", limit="2") == ["b", "c-x"]
+    assert page(after="c") == ["c-x", "c/", "c0", "d/"]
+    assert page(after="c/") == ["c0", "d/"]
+    assert page(after="bb", limit="1") == ["c-x"]
+    assert page(limit="0") == page(limit="-1") == page()
+    assert page(after="zz") == 404
+    assert page(limit="abc") == 400
+
+
 def test_delete_metadata_and_all_versions(target: Target) -> None:
     base = uniq("delall")
     kv(target).create_or_update_secret(path=f"{base}/gone", secret={"v": "1"})

@@ -122,6 +122,10 @@ static PATHS: [PathSpec; 9] = [
             FieldSpec::new("delete_version_after", FieldKind::Duration),
             // A map, not a string map: a PATCH removes a key by sending null.
             FieldSpec::new("custom_metadata", FieldKind::Map),
+            // LIST only, OpenBao's paginated lists: the items after `after`
+            // (which need not exist), at most `limit` of them (≤ 0: all).
+            FieldSpec::new("after", FieldKind::String),
+            FieldSpec::new("limit", FieldKind::Int),
         ],
         existence_check: true,
         help: "Allows interaction with key metadata and settings in the KV store.",
@@ -853,7 +857,13 @@ impl KvBackend {
         } else {
             format!("{key}/")
         };
-        let keys = ctx.storage.list(&metadata_key(&prefix)).await?;
+        let after = ctx.fields.str("after").unwrap_or_default();
+        let limit = ctx.fields.int("limit").filter(|l| *l > 0).unwrap_or(0);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let keys = ctx
+            .storage
+            .list_page(&metadata_key(&prefix), after, limit)
+            .await?;
         Response::list(keys)
     }
 
@@ -2042,6 +2052,51 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// OpenBao's paginated LIST on `metadata/`: `after` and `limit`, as
+    /// OpenBao 2.7.2 answers them (checked against `bao server -dev`).
+    #[tokio::test]
+    async fn list_pages_with_after_and_limit() {
+        let h = Harness::new().await;
+        for p in ["b", "a", "c/d", "c/e", "c0", "c-x", "d/e/f"] {
+            h.put(&format!("data/pg/{p}"), json!({"x": 1})).await;
+        }
+        let page = |q: Value| {
+            let h = &h;
+            async move { h.data(Operation::List, "metadata/pg/", q).await["keys"].clone() }
+        };
+        assert_eq!(
+            page(json!({})).await,
+            json!(["a", "b", "c-x", "c/", "c0", "d/"])
+        );
+        assert_eq!(page(json!({"limit": "2"})).await, json!(["a", "b"]));
+        assert_eq!(
+            page(json!({"after": "a", "limit": 2})).await,
+            json!(["b", "c-x"])
+        );
+        assert_eq!(
+            page(json!({"after": "c"})).await,
+            json!(["c-x", "c/", "c0", "d/"])
+        );
+        assert_eq!(page(json!({"after": "c/"})).await, json!(["c0", "d/"]));
+        assert_eq!(
+            page(json!({"after": "bb", "limit": 1})).await,
+            json!(["c-x"])
+        );
+        assert_eq!(
+            page(json!({"limit": -1})).await,
+            page(json!({"limit": 0})).await
+        );
+        assert!(
+            h.ok(Operation::List, "metadata/pg/", json!({"after": "zz"}))
+                .await
+                .is_none()
+        );
+        let e = h
+            .err(Operation::List, "metadata/pg/", json!({"limit": "abc"}))
+            .await;
+        assert_eq!(e.status(), 400, "{e}");
     }
 
     #[tokio::test]

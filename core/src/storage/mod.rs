@@ -44,6 +44,13 @@ pub trait PhysicalStore: Send + Sync {
     /// the prefix up to and including the next `/` (a "folder"), deduplicated
     /// and sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// [`list`](Self::list) from the first item that sorts after `after`
+    /// (which need not exist), at most `limit` items (0: all): OpenBao's
+    /// paginated LIST (`after`, `limit`). A store that can seek overrides
+    /// this so a page costs what it returns.
+    async fn list_page(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>> {
+        Ok(page_of(self.list(prefix).await?, after, limit))
+    }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         self.batch(vec![BatchOp::Put {
@@ -83,6 +90,17 @@ pub fn one_level<'a>(prefix: &str, keys: impl IntoIterator<Item = &'a str>) -> V
     out.sort();
     out.dedup();
     out
+}
+
+/// The items of a sorted listing that sort after `after`, at most `limit`
+/// of them (0: all).
+pub fn page_of(items: Vec<String>, after: &str, limit: usize) -> Vec<String> {
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    items
+        .into_iter()
+        .filter(|i| i.as_str() > after)
+        .take(limit)
+        .collect()
 }
 
 /// A prefix-scoped, barrier-encrypted view of storage for one mount or one
@@ -157,6 +175,13 @@ impl StorageView {
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.barrier.list(&self.full(prefix)).await
+    }
+
+    /// [`PhysicalStore::list_page`] under this view.
+    pub async fn list_page(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>> {
+        self.barrier
+            .list_page(&self.full(prefix), after, limit)
+            .await
     }
 
     /// Read and decode a JSON value.

@@ -30,6 +30,8 @@ custos_audit::declare_metrics! {
         "Seconds the last drill spent in each phase (download, restore, unseal, verify).";
     SECRETS_VERIFIED = "custos_drill_secrets_verified", Gauge, [],
         "KV secrets the last drill read back from the restored node (every version of each).";
+    MEMORY_GROWTH_BYTES = "custos_drill_memory_growth_bytes", Gauge, [],
+        "Resident memory the last drill needed on top of its fresh, empty node (peak minus RSS once the node was open), in bytes.";
     RUNS = "custos_drill_runs_total", Counter, ["result"],
         "Restore drills run, by result (passed, failed).";
 }
@@ -64,6 +66,8 @@ pub struct Measured {
     /// `(phase, seconds)` for the phases that ran.
     pub phases: Vec<(&'static str, f64)>,
     pub secrets_verified: u64,
+    /// [`Memory::growth_bytes`](super::report::Memory), when measured.
+    pub memory_growth_bytes: Option<u64>,
 }
 
 /// Set every drill metric from one finished drill.
@@ -84,6 +88,9 @@ pub fn record(m: &Measured) {
         metrics::gauge!(PHASE_SECONDS, "phase" => phase).set(secs);
     }
     metrics::gauge!(SECRETS_VERIFIED).set(m.secrets_verified as f64);
+    if let Some(b) = m.memory_growth_bytes {
+        metrics::gauge!(MEMORY_GROWTH_BYTES).set(b as f64);
+    }
     let result = if m.passed { "passed" } else { "failed" };
     metrics::counter!(RUNS, "result" => result).increment(1);
 }
@@ -144,6 +151,7 @@ mod tests {
                 "custos_drill_rto_target_seconds",
                 "custos_drill_phase_seconds",
                 "custos_drill_secrets_verified",
+                "custos_drill_memory_growth_bytes",
                 "custos_drill_runs_total",
             ]
         );

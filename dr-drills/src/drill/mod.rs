@@ -109,6 +109,7 @@ pub async fn run(cfg: &DrillConfig) -> Finished {
         first_failure: None,
         secrets_verified: 0,
         versions_verified: 0,
+        memory: None,
         uploaded_as: None,
         custos_version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -168,6 +169,7 @@ pub async fn run(cfg: &DrillConfig) -> Finished {
         rto_target_seconds: report.rto_target_seconds,
         phases: report.phase_seconds.list(),
         secrets_verified: report.secrets_verified,
+        memory_growth_bytes: report.memory.as_ref().map(|m| m.growth_bytes),
     });
     if let Some(path) = &cfg.metrics_textfile
         && let Err(e) = metrics::write_textfile(path, &metrics::render(&handle))
@@ -296,6 +298,7 @@ async fn drill(
             return Some(dest);
         }
     };
+    let node_open_rss = report::proc_status_bytes("VmRSS");
     let restored = node.restore(&file).await;
     report.phase_seconds.restore = Some(t.elapsed().as_secs_f64());
     drop(staging);
@@ -344,6 +347,7 @@ async fn drill(
     report.secrets_verified = verified.secrets;
     report.versions_verified = verified.versions;
     report.checks.extend(verified.checks);
+    report.memory = node_open_rss.and_then(report::Memory::peak_since);
     node.shutdown().await;
     Some(dest)
 }

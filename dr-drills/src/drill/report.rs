@@ -108,6 +108,40 @@ impl Phases {
     }
 }
 
+/// The drill process's resident memory, from Linux's `/proc/self/status`:
+/// its RSS once its fresh node was open (empty, unsealed) and its peak
+/// (`VmHWM`) when the verify phase ended. The difference is what the drill
+/// needed on top of an empty node: the restore and the reads back.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Memory {
+    pub node_open_rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub growth_bytes: u64,
+}
+
+impl Memory {
+    /// Read the peak now, against `node_open_rss_bytes`; `None` where
+    /// `/proc` has no answer.
+    pub fn peak_since(node_open_rss_bytes: u64) -> Option<Memory> {
+        let peak_rss_bytes = proc_status_bytes("VmHWM")?;
+        Some(Memory {
+            node_open_rss_bytes,
+            peak_rss_bytes,
+            growth_bytes: peak_rss_bytes.saturating_sub(node_open_rss_bytes),
+        })
+    }
+}
+
+/// A `kB` field (`VmRSS`, `VmHWM`) of `/proc/self/status`, in bytes.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
 /// `passed` or `failed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,6 +172,9 @@ pub struct Report {
     pub first_failure: Option<String>,
     pub secrets_verified: u64,
     pub versions_verified: u64,
+    /// Absent when the drill stopped before its verify phase ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
     /// Where the JSON was also uploaded (next to the snapshot), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uploaded_as: Option<String>,
@@ -215,6 +252,15 @@ impl Report {
             "  verified:  {} secrets, {} versions\n",
             self.secrets_verified, self.versions_verified
         ));
+        if let Some(m) = &self.memory {
+            let mib = |b: u64| b as f64 / 1_048_576.0;
+            s.push_str(&format!(
+                "  memory:    {:.0} MiB with the fresh node open, peak {:.0} MiB (+{:.0} MiB for the restore and the reads)\n",
+                mib(m.node_open_rss_bytes),
+                mib(m.peak_rss_bytes),
+                mib(m.growth_bytes)
+            ));
+        }
         s.push_str("  checks:\n");
         for c in &self.checks {
             s.push_str(&format!(
@@ -274,6 +320,11 @@ mod tests {
             first_failure: None,
             secrets_verified: 0,
             versions_verified: 0,
+            memory: Some(Memory {
+                node_open_rss_bytes: 100 << 20,
+                peak_rss_bytes: 150 << 20,
+                growth_bytes: 50 << 20,
+            }),
             uploaded_as: None,
             custos_version: "0".into(),
         };
@@ -286,5 +337,17 @@ mod tests {
         let j: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
         assert_eq!(j["result"], "failed");
         assert_eq!(j["phase_seconds"]["download"], 1.0);
+        assert_eq!(j["memory"]["growth_bytes"], 50 << 20);
+        assert!(s.contains("peak 150 MiB (+50 MiB"), "{s}");
+    }
+
+    #[test]
+    fn proc_status_is_read_in_bytes() {
+        let rss = proc_status_bytes("VmRSS").expect("VmRSS on Linux");
+        let hwm = proc_status_bytes("VmHWM").expect("VmHWM on Linux");
+        assert!(rss > 0 && hwm >= rss, "rss {rss}, hwm {hwm}");
+        assert_eq!(proc_status_bytes("NoSuchField"), None);
+        let m = Memory::peak_since(u64::MAX).expect("memory");
+        assert_eq!(m.growth_bytes, 0);
     }
 }

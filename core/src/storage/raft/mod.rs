@@ -112,7 +112,7 @@ pub use snapshot::SNAPSHOT_FILE;
 pub use snapshot_data::SnapshotData;
 pub use state_machine::{ApplyProgress, Invalidation, StateMachineStore, is_cached_key};
 
-use super::{BatchOp, PhysicalStore, one_level};
+use super::{BatchOp, PhysicalStore};
 use crate::error::{CoreError, Result};
 use crate::metrics;
 
@@ -1310,7 +1310,15 @@ impl PhysicalStore for RaftStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let keys = state_machine::keys_with_prefix(&self.state, prefix)?;
-        Ok(one_level(prefix, keys.iter().map(String::as_str)))
+        self.list_page(prefix, "", 0).await
+    }
+
+    async fn list_page(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>> {
+        Ok(state_machine::list_level(
+            &self.state,
+            prefix,
+            after,
+            limit,
+        )?)
     }
 }

@@ -672,6 +672,69 @@ const STAGE_END: &str = "\u{0}restore0";
 
 /// Every key starting with `prefix`, in order: a range scan from `prefix`
 /// that stops at the first key outside it.
+/// Vault's one-level listing of the keys under `prefix` (see
+/// [`crate::storage::one_level`]), from the first item after `after` (which
+/// need not exist) and at most `limit` items (0: all): OpenBao's paginated
+/// LIST. A folder is read as its first key only: the scan then seeks past
+/// every key under it, so listing a prefix holding a million keys in one
+/// folder reads one key, and memory holds the page, never the key space.
+pub(crate) fn list_level(
+    db: &Database,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    use std::ops::Bound;
+    // The first key whose item sorts after `after`: past a folder `x/`, the
+    // keys from `x0` on ('0' follows '/'); past anything else, the keys
+    // after `prefix + after` (those under a folder `after/` included: their
+    // item sorts after `after`).
+    let mut from = match after.strip_suffix('/') {
+        Some(folder) => Bound::Included(format!("{prefix}{folder}0")),
+        None if after.is_empty() => Bound::Included(prefix.to_string()),
+        None => Bound::Excluded(format!("{prefix}{after}")),
+    };
+    let txn = db.begin_read()?;
+    let kv = txn.open_table(KV)?;
+    let mut out: Vec<String> = Vec::new();
+    'seek: loop {
+        let range = (from.as_ref().map(String::as_str), Bound::Unbounded);
+        for item in kv.range(range)? {
+            let (k, _) = item?;
+            let k = k.value();
+            let Some(rest) = k.strip_prefix(prefix) else {
+                break 'seek;
+            };
+            // The start is a lower bound; an `after` with a `/` inside
+            // (not a folder name of this level) can still precede items
+            // that sort before it.
+            let Some(slash) = rest.find('/') else {
+                if !rest.is_empty() && rest > after {
+                    out.push(rest.to_string());
+                    if out.len() == limit {
+                        break 'seek;
+                    }
+                }
+                continue;
+            };
+            let folder = &rest[..=slash];
+            // Pairs staged by a restore in progress (versions before
+            // `kv_restore`) are nobody's data.
+            if folder > after && format!("{prefix}{folder}") != STAGE_PREFIX {
+                out.push(folder.to_string());
+                if out.len() == limit {
+                    break 'seek;
+                }
+            }
+            from = Bound::Included(format!("{prefix}{}0", &rest[..slash]));
+            continue 'seek;
+        }
+        break;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
 pub(crate) fn keys_with_prefix(db: &Database, prefix: &str) -> Result<Vec<String>, StoreError> {
     let txn = db.begin_read()?;
     let kv = txn.open_table(KV)?;
