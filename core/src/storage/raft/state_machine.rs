@@ -674,8 +674,6 @@ pub(crate) fn clear_direct_restore(db: &Database) -> Result<(), StoreError> {
 /// The end of the range of keys [`STAGE_PREFIX`] starts (`/` + 1 = `0`).
 const STAGE_END: &str = "\u{0}restore0";
 
-/// Every key starting with `prefix`, in order: a range scan from `prefix`
-/// that stops at the first key outside it.
 /// Vault's one-level listing of the keys under `prefix` (see
 /// [`crate::storage::one_level`]), from the first item after `after` (which
 /// need not exist) and at most `limit` items (0: all): OpenBao's paginated
@@ -738,6 +736,8 @@ pub(crate) fn list_level(
     Ok(out)
 }
 
+/// Every key starting with `prefix`, in order: a range scan from `prefix`
+/// that stops at the first key outside it.
 #[cfg(test)]
 pub(crate) fn keys_with_prefix(db: &Database, prefix: &str) -> Result<Vec<String>, StoreError> {
     let txn = db.begin_read()?;
