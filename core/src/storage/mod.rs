@@ -79,10 +79,7 @@ pub fn one_level<'a>(prefix: &str, keys: impl IntoIterator<Item = &'a str>) -> V
         if rest.is_empty() {
             continue;
         }
-        let item = match rest.find('/') {
-            Some(i) => &rest[..=i],
-            None => rest,
-        };
+        let item = level_item(rest);
         if out.last().map(String::as_str) != Some(item) {
             out.push(item.to_string());
         }
@@ -90,6 +87,16 @@ pub fn one_level<'a>(prefix: &str, keys: impl IntoIterator<Item = &'a str>) -> V
     out.sort();
     out.dedup();
     out
+}
+
+/// What a key lists as one level down, given the rest of it after the
+/// listed prefix: up to and including its first `/` (a folder), or all of
+/// it.
+pub fn level_item(rest: &str) -> &str {
+    match rest.find('/') {
+        Some(i) => &rest[..=i],
+        None => rest,
+    }
 }
 
 /// The items of a sorted listing that sort after `after`, at most `limit`

@@ -65,6 +65,10 @@ const READ_TASKS: usize = 4;
 /// ~150 MiB during the verify phase.
 const KEYS_PER_PAGE: usize = 16_384;
 
+/// A page size that means "no pages": one LIST per folder, without `after`
+/// or `limit`.
+const ALL: usize = usize::MAX;
+
 /// What the verify phase found.
 #[derive(Debug, Default)]
 pub struct Verified {
@@ -92,7 +96,7 @@ impl Client<'_> {
     }
 
     /// One page of the one-level listing of `path`: the items after
-    /// `after`, at most `limit` (`usize::MAX`: all, unpaged); none for a
+    /// `after`, at most `limit` ([`ALL`]: every item, unpaged); none for a
     /// 404.
     async fn list_page(
         &self,
@@ -101,7 +105,7 @@ impl Client<'_> {
         limit: usize,
     ) -> Result<Vec<String>, String> {
         let mut data = Map::new();
-        if limit != usize::MAX {
+        if limit != ALL {
             data.insert("after".into(), Value::from(after));
             data.insert("limit".into(), Value::from(limit));
         }
@@ -127,33 +131,12 @@ impl Client<'_> {
         }
     }
 
-    /// Every key under `base` (which ends in `/`), relative to it, depth first.
+    /// Every key under `base` (which ends in `/`), relative to it, sorted:
+    /// one unpaged LIST per folder.
     async fn list_all(&self, base: &str) -> Result<Vec<String>, String> {
-        let mut out = Vec::new();
-        let mut todo = vec![String::new()];
-        while let Some(prefix) = todo.pop() {
-            let path = format!("{base}{prefix}");
-            let keys = match self.call(Operation::List, &path, Map::new()).await {
-                Ok(r) => r
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("keys"))
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-                Err(e) if e.status() == 404 => Vec::new(),
-                Err(e) => return Err(format!("LIST {path}: {e}")),
-            };
-            for k in keys.iter().filter_map(Value::as_str) {
-                if k.ends_with('/') {
-                    todo.push(format!("{prefix}{k}"));
-                } else {
-                    out.push(format!("{prefix}{k}"));
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        let mut keys = KeyWalk::new(base.to_string()).next_page(self, ALL).await?;
+        keys.sort();
+        Ok(keys)
     }
 }
 
@@ -173,16 +156,17 @@ impl KeyWalk {
         }
     }
 
-    /// Up to `want` more keys, relative to the base; none once every key
-    /// was returned. A folder met is listed (depth first) before the rest
-    /// of the folder it is in.
+    /// Up to `want` more keys ([`ALL`]: every one, listing each folder
+    /// unpaged), relative to the base; none once every key was returned. A
+    /// folder met is listed (depth first) before the rest of the folder it
+    /// is in.
     async fn next_page(&mut self, client: &Client<'_>, want: usize) -> Result<Vec<String>, String> {
         let mut keys = Vec::new();
         while keys.len() < want {
             let Some((folder, after)) = self.folders.last_mut() else {
                 break;
             };
-            let limit = want - keys.len();
+            let limit = if want == ALL { ALL } else { want - keys.len() };
             let path = format!("{}{folder}", self.base);
             let items = client.list_page(&path, after, limit).await?;
             let folder = folder.clone();
@@ -493,7 +477,7 @@ async fn kv_check(core: &Arc<Core>, token: &str, m: &MountDigest) -> (Check, u64
     let counts = Arc::new(Counts::default());
     let mut walk = KeyWalk::new(base);
     // KV v1 lists have no pages (in OpenBao neither): one page holds all.
-    let per_page = if v2 { KEYS_PER_PAGE } else { usize::MAX };
+    let per_page = if v2 { KEYS_PER_PAGE } else { ALL };
     let mut first_error = None;
     while first_error.is_none() {
         let keys = match walk.next_page(&client, per_page).await {

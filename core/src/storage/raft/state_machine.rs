@@ -701,34 +701,29 @@ pub(crate) fn list_level(
     let mut out: Vec<String> = Vec::new();
     'seek: loop {
         let range = (from.as_ref().map(String::as_str), Bound::Unbounded);
-        for item in kv.range(range)? {
-            let (k, _) = item?;
+        for entry in kv.range(range)? {
+            let (k, _) = entry?;
             let k = k.value();
             let Some(rest) = k.strip_prefix(prefix) else {
                 break 'seek;
             };
-            // The start is a lower bound; an `after` with a `/` inside
-            // (not a folder name of this level) can still precede items
-            // that sort before it.
-            let Some(slash) = rest.find('/') else {
-                if !rest.is_empty() && rest > after {
-                    out.push(rest.to_string());
-                    if out.len() == limit {
-                        break 'seek;
-                    }
-                }
-                continue;
-            };
-            let folder = &rest[..=slash];
+            let item = crate::storage::level_item(rest);
+            let folder = item.strip_suffix('/');
             // Pairs staged by a restore in progress (versions before
-            // `kv_restore`) are nobody's data.
-            if folder > after && format!("{prefix}{folder}") != STAGE_PREFIX {
-                out.push(folder.to_string());
+            // `kv_restore`) are nobody's data. The start is a lower bound:
+            // an `after` with a `/` inside (not a folder name of this level)
+            // can still precede items that sort before it.
+            let staged = folder.is_some() && &k[..prefix.len() + item.len()] == STAGE_PREFIX;
+            if !item.is_empty() && !staged && item > after {
+                out.push(item.to_string());
                 if out.len() == limit {
                     break 'seek;
                 }
             }
-            from = Bound::Included(format!("{prefix}{}0", &rest[..slash]));
+            let Some(folder) = folder else {
+                continue;
+            };
+            from = Bound::Included(format!("{prefix}{folder}0"));
             continue 'seek;
         }
         break;

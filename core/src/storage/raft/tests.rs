@@ -167,6 +167,11 @@ async fn paginated_listing_equals_the_full_listing_filtered() -> Result<()> {
             assert_eq!(walked, full, "pages of {size} under {prefix:?}");
         }
     }
+    // Pairs a restore of an earlier version staged in `kv` list nowhere.
+    let staged = format!("{}m/x", restore::STAGE_PREFIX);
+    store.batch(vec![put(&staged, b"s")]).await?;
+    assert_eq!(store.list("").await?, vec!["m/", "n", "n/"]);
+    assert_eq!(store.list_page("", "", 1).await?, vec!["m/"]);
     store.shutdown().await;
     Ok(())
 }
