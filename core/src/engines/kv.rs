@@ -11,6 +11,10 @@
 //! | `metadata/<path>`            | [`KeyMetadata`]: current/oldest version, settings, per-version metadata |
 //! | `versions/<sha256(path)>/<n>`| [`VersionData`]: the secret data of version `n`   |
 //!
+//! The config is JSON; metadata and version data are in the compact binary
+//! form of [`super::kv_codec`], which also reads the JSON earlier versions
+//! wrote.
+//!
 //! Every change to a key is one atomic `storage.batch(...)`: a new version's
 //! data, the updated metadata and the data of versions pruned by
 //! `max_versions` land together, so a crash never leaves metadata pointing at
@@ -33,7 +37,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use super::kv_v1;
+use super::{kv_codec, kv_v1};
 use crate::error::{CoreError, Result};
 use crate::logical::{
     Backend, Ctx, FieldData, FieldKind, FieldSpec, Operation as Op, PathSpec, Response,
@@ -224,7 +228,6 @@ impl VersionMeta {
 /// Everything known about one key except its data (`metadata/<path>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyMetadata {
-    pub key: String,
     #[serde(default)]
     pub versions: BTreeMap<u64, VersionMeta>,
     #[serde(default)]
@@ -249,18 +252,11 @@ pub struct KeyMetadata {
 }
 
 impl KeyMetadata {
-    fn new(key: &str) -> Self {
-        KeyMetadata {
-            key: key.to_string(),
-            ..Default::default()
-        }
-    }
-
     /// Add the next version and slide the `max_versions` window, as Vault's
     /// `AddVersion` does: the larger of the key's and the mount's non-zero
     /// setting wins, 10 if neither is set. Returns the new version number and
     /// the versions dropped from the window (their data must be deleted).
-    fn add_version(
+    pub(super) fn add_version(
         &mut self,
         created: i64,
         deletion: Option<i64>,
@@ -381,21 +377,33 @@ async fn load_config(storage: &StorageView) -> Result<KvConfig> {
 }
 
 async fn load_meta(storage: &StorageView, key: &str) -> Result<Option<KeyMetadata>> {
-    storage.get_json(&metadata_key(key)).await
+    let storage_key = metadata_key(key);
+    match storage.get(&storage_key).await? {
+        Some(bytes) => kv_codec::decode_meta(&storage_key, &bytes).map(Some),
+        None => Ok(None),
+    }
 }
 
 async fn load_version(storage: &StorageView, key: &str, version: u64) -> Result<VersionData> {
-    storage
-        .get_json(&version_key(key, version))
+    let storage_key = version_key(key, version);
+    let bytes = storage
+        .get(&storage_key)
         .await?
-        .ok_or_else(|| CoreError::internal("could not find version data"))
+        .ok_or_else(|| CoreError::internal("could not find version data"))?;
+    kv_codec::decode_version(&storage_key, &bytes)
 }
 
-fn put_json<T: Serialize>(key: String, value: &T) -> Result<BatchOp> {
-    Ok(BatchOp::Put {
-        key,
-        value: serde_json::to_vec(value).map_err(CoreError::internal)?,
-    })
+fn put_meta(key: &str, meta: &KeyMetadata) -> BatchOp {
+    BatchOp::Put {
+        key: metadata_key(key),
+        value: kv_codec::encode_meta(meta),
+    }
+}
+
+async fn store_meta(storage: &StorageView, key: &str, meta: &KeyMetadata) -> Result<()> {
+    storage
+        .put(&metadata_key(key), kv_codec::encode_meta(meta))
+        .await
 }
 
 /// The `path` capture, checked: present, and no `..` segment.
@@ -554,7 +562,7 @@ impl KvBackend {
                 .unwrap_or_else(|| KeyMetadata {
                     // Vault's upgrade starts the key's window at its one version.
                     oldest_version: 1,
-                    ..KeyMetadata::new(key)
+                    ..KeyMetadata::default()
                 });
             self.commit_version_with(
                 storage,
@@ -652,9 +660,7 @@ impl KvBackend {
             return Err(CoreError::bad_request("no data provided"));
         };
         let _g = self.lock_for(key).lock().await;
-        let mut meta = load_meta(ctx.storage, key)
-            .await?
-            .unwrap_or_else(|| KeyMetadata::new(key));
+        let mut meta = load_meta(ctx.storage, key).await?.unwrap_or_default();
         check_cas(ctx.fields, &config, &meta)?;
         let resp = self
             .commit_version(ctx.storage, key, &config, &mut meta, data.clone())
@@ -727,14 +733,14 @@ impl KvBackend {
         };
         let (version, pruned) = meta.add_version(now, deletion, config.max_versions);
         let mut ops = vec![
-            put_json(
-                version_key(key, version),
-                &VersionData {
+            BatchOp::Put {
+                key: version_key(key, version),
+                value: kv_codec::encode_version(&VersionData {
                     data,
                     created_time: now,
-                },
-            )?,
-            put_json(metadata_key(key), &*meta)?,
+                })?,
+            },
+            put_meta(key, meta),
         ];
         ops.extend(pruned.into_iter().map(|v| BatchOp::Delete {
             key: version_key(key, v),
@@ -763,7 +769,7 @@ impl KvBackend {
             return Ok(None);
         }
         lv.deletion_time = Some(now);
-        ctx.storage.put_json(&metadata_key(key), &meta).await?;
+        store_meta(ctx.storage, key, &meta).await?;
         Ok(None)
     }
 
@@ -786,7 +792,7 @@ impl KvBackend {
             }
             vm.deletion_time = Some(now);
         }
-        ctx.storage.put_json(&metadata_key(key), &meta).await?;
+        store_meta(ctx.storage, key, &meta).await?;
         Ok(None)
     }
 
@@ -813,7 +819,7 @@ impl KvBackend {
                 deletion_time(now, config.delete_version_after, key_dva)
             };
         }
-        ctx.storage.put_json(&metadata_key(key), &meta).await?;
+        store_meta(ctx.storage, key, &meta).await?;
         Ok(None)
     }
 
@@ -833,7 +839,7 @@ impl KvBackend {
                 key: version_key(key, v),
             });
         }
-        ops.insert(0, put_json(metadata_key(key), &meta)?);
+        ops.insert(0, put_meta(key, &meta));
         ctx.storage.batch(ops).await?;
         Ok(None)
     }
@@ -891,10 +897,11 @@ impl KvBackend {
             Some(m) => m,
             None => {
                 let now = now_nanos();
-                let mut m = KeyMetadata::new(key);
-                m.created_time = now;
-                m.updated_time = now;
-                m
+                KeyMetadata {
+                    created_time: now,
+                    updated_time: now,
+                    ..KeyMetadata::default()
+                }
             }
         };
         if let Some(m) = max {
@@ -909,7 +916,7 @@ impl KvBackend {
         if custom.is_some() {
             meta.custom_metadata = custom;
         }
-        ctx.storage.put_json(&metadata_key(key), &meta).await?;
+        store_meta(ctx.storage, key, &meta).await?;
         Ok(resp)
     }
 
@@ -954,7 +961,7 @@ impl KvBackend {
             validate_custom_metadata(&merged)?;
             meta.custom_metadata = Some(merged);
         }
-        ctx.storage.put_json(&metadata_key(key), &meta).await?;
+        store_meta(ctx.storage, key, &meta).await?;
         Ok(resp)
     }
 
@@ -1888,10 +1895,76 @@ mod tests {
         let vm = meta.versions.get_mut(&1).unwrap();
         vm.created_time -= 10_000_000_000;
         vm.deletion_time = Some(vm.created_time + 1_000_000_000);
-        h.storage.put_json(&metadata_key("e"), &meta).await.unwrap();
+        store_meta(&h.storage, "e", &meta).await.unwrap();
         let r = h.ok(Operation::Read, "data/e", json!({})).await.unwrap();
         assert_eq!(r.status, Some(404));
         assert_eq!(r.data.unwrap()["data"], Value::Null);
+    }
+
+    /// A key stored as JSON (every version before `kv_codec`) reads as it
+    /// did, and its next write keeps its history and stores it binary.
+    #[tokio::test]
+    async fn keys_stored_as_json_by_earlier_versions_read_and_move_over() {
+        let h = Harness::new().await;
+        let t = 1_765_000_000_000_000_000i64;
+        let old_meta = json!({
+            "key": "app/db",
+            "versions": {
+                "1": {"created_time": t, "deletion_time": null, "destroyed": false},
+                "2": {"created_time": t + 1, "deletion_time": null, "destroyed": false}
+            },
+            "current_version": 2, "oldest_version": 0, "created_time": t, "updated_time": t + 1,
+            "max_versions": 0, "cas_required": false, "delete_version_after": 0,
+            "custom_metadata": {"owner": "payments"}
+        });
+        h.storage
+            .put_json(&metadata_key("app/db"), &old_meta)
+            .await
+            .unwrap();
+        for (v, secret) in [(1, "one"), (2, "two")] {
+            let data = json!({"data": {"pw": secret}, "created_time": t + v - 1});
+            h.storage
+                .put_json(&version_key("app/db", v as u64), &data)
+                .await
+                .unwrap();
+        }
+        let r = h
+            .ok(Operation::Read, "data/app/db", json!({}))
+            .await
+            .unwrap();
+        let d = r.data.unwrap();
+        assert_eq!(d["data"]["pw"], "two");
+        assert_eq!(d["metadata"]["version"], 2);
+        assert_eq!(d["metadata"]["custom_metadata"]["owner"], "payments");
+
+        h.put("data/app/db", json!({"pw": "three"})).await;
+        let stored = h
+            .storage
+            .get(&metadata_key("app/db"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(stored[0], b'{', "metadata is stored binary after a write");
+        let stored = h
+            .storage
+            .get(&version_key("app/db", 3))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(stored[0], b'{', "a new version is stored binary");
+        let r = h
+            .ok(Operation::Read, "metadata/app/db", json!({}))
+            .await
+            .unwrap();
+        let m = r.data.unwrap();
+        assert_eq!(m["current_version"], 3);
+        assert_eq!(m["versions"].as_object().unwrap().len(), 3);
+        assert_eq!(m["custom_metadata"]["owner"], "payments");
+        let r = h
+            .ok(Operation::Read, "data/app/db", json!({"version": 1}))
+            .await
+            .unwrap();
+        assert_eq!(r.data.unwrap()["data"]["pw"], "one");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 pub mod builtin;
 pub mod cubbyhole;
 pub mod kv;
+pub mod kv_codec;
 pub mod kv_v1;
 pub mod transit;
 
