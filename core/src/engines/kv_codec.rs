@@ -55,26 +55,18 @@ pub fn encode_meta(meta: &KeyMetadata) -> Vec<u8> {
     put_iv(&mut out, meta.updated_time.wrapping_sub(meta.created_time));
     put_uv(&mut out, u64::from(meta.max_versions));
     put_iv(&mut out, meta.delete_version_after);
-    let mut flags = 0;
-    if meta.cas_required {
-        flags |= META_CAS_REQUIRED;
-    }
-    if meta.custom_metadata.is_some() {
-        flags |= META_CUSTOM;
-    }
-    out.push(flags);
+    out.push(flags(&[
+        (meta.cas_required, META_CAS_REQUIRED),
+        (meta.custom_metadata.is_some(), META_CUSTOM),
+    ]));
     put_uv(&mut out, meta.versions.len() as u64);
     for (version, vm) in &meta.versions {
         put_uv(&mut out, *version);
         put_iv(&mut out, vm.created_time.wrapping_sub(meta.created_time));
-        let mut flags = 0;
-        if vm.destroyed {
-            flags |= VERSION_DESTROYED;
-        }
-        if vm.deletion_time.is_some() {
-            flags |= VERSION_DELETION;
-        }
-        out.push(flags);
+        out.push(flags(&[
+            (vm.destroyed, VERSION_DESTROYED),
+            (vm.deletion_time.is_some(), VERSION_DELETION),
+        ]));
         if let Some(t) = vm.deletion_time {
             put_iv(&mut out, t.wrapping_sub(vm.created_time));
         }
@@ -129,6 +121,13 @@ pub fn decode_version(storage_key: &str, bytes: &[u8]) -> Result<VersionData> {
 
 fn bad(storage_key: &str, e: impl std::fmt::Display) -> CoreError {
     CoreError::Storage(format!("decoding {storage_key}: {e}"))
+}
+
+/// A flags byte: the bits whose condition holds.
+fn flags(bits: &[(bool, u8)]) -> u8 {
+    bits.iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |acc, (_, bit)| acc | bit)
 }
 
 fn put_uv(out: &mut Vec<u8>, mut v: u64) {
