@@ -54,6 +54,25 @@ pub trait AuditDevice: Send + Sync {
         }
         Ok(())
     }
+    /// Hash a copy of `event` and serialize it exactly as this device would
+    /// record it, without recording it: for an event that travels in the
+    /// Raft log before it is written here ([`AuditBroker::encode_for_devices`]).
+    /// `None`: the device cannot (it is then audited the usual way).
+    fn encode(&self, _event: &AuditEvent) -> Option<Result<EncodedEvent, AuditError>> {
+        None
+    }
+    /// Record `encoded` (from [`AuditDevice::encode`]) and then `event`, in
+    /// order, durably before returning, with one sync where it can.
+    async fn log_encoded_then(
+        &self,
+        _encoded: &EncodedEvent,
+        _event: &AuditEvent,
+    ) -> Result<(), AuditError> {
+        Err(AuditError::Encode(format!(
+            "audit device {} cannot record pre-encoded events",
+            self.path()
+        )))
+    }
     /// HMAC `input` with this device's salt (`sys/audit-hash`).
     fn hash(&self, input: &str) -> String;
     /// Reopen the underlying output (log rotation, SIGHUP).
@@ -70,6 +89,34 @@ pub trait AuditDevice: Send + Sync {
     /// why not. A device that cannot tell without trying says `Ok`.
     fn health(&self) -> Result<(), AuditError> {
         Ok(())
+    }
+}
+
+/// An event as one device records it: hashed with that device's salt and
+/// serialized, not yet written. A request event of a write travels in its
+/// Raft entry in this form (see `custos_core::storage`), so that a write
+/// applied before its audit pair was written can have its request event put
+/// back in the log exactly as the device would have written it
+/// ([`crate::reconcile`]); no secret is in it that the device would not write.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    /// The device's mount path.
+    pub device: String,
+    /// The device log's last durable sequence number when this was encoded:
+    /// if the event reached the log, it is after this.
+    pub log_seq: u64,
+    /// The serialized event: one JSON object, no line break.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for EncodedEvent {
+    // `log_raw` devices write raw values: sizes only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedEvent")
+            .field("device", &self.device)
+            .field("log_seq", &self.log_seq)
+            .field("bytes", &self.bytes.len())
+            .finish()
     }
 }
 
@@ -369,6 +416,56 @@ impl AuditBroker {
         }
         let results = futures::future::join_all(devices.iter().map(|d| d.log_all(&events))).await;
         self.settle(&devices, results, &events[1])
+    }
+
+    /// The request event as each enabled device would record it, stamped
+    /// like every event, or `None` when no device is enabled, one cannot
+    /// encode in advance, or encoding fails (the caller then audits the
+    /// usual way, which reports a failure). Returns the stamped event too,
+    /// for [`AuditBroker::log_encoded_pair`].
+    pub fn encode_for_devices(
+        &self,
+        request: &AuditEvent,
+    ) -> Option<(AuditEvent, Vec<EncodedEvent>)> {
+        let mut request = request.clone();
+        self.stamp(&mut request);
+        let devices = self.snapshot();
+        if devices.is_empty() {
+            return None;
+        }
+        let encoded = devices
+            .iter()
+            .map(|d| d.encode(&request)?.ok())
+            .collect::<Option<Vec<_>>>()?;
+        Some((request, encoded))
+    }
+
+    /// [`AuditBroker::log_pair`] for a request event encoded earlier by
+    /// [`AuditBroker::encode_for_devices`]: each device records its own
+    /// encoded bytes, then the response, with one sync. A device enabled
+    /// since then records both events the usual way.
+    pub async fn log_encoded_pair(
+        &self,
+        request: &AuditEvent,
+        encoded: &[EncodedEvent],
+        mut response: AuditEvent,
+    ) -> Result<(), AuditError> {
+        self.stamp(&mut response);
+        let devices = self.snapshot();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let results = futures::future::join_all(devices.iter().map(|d| {
+            let response = &response;
+            async move {
+                match encoded.iter().find(|e| same_path(&e.device, d.path())) {
+                    Some(e) => d.log_encoded_then(e, response).await,
+                    None => d.log_all(&[request.clone(), response.clone()]).await,
+                }
+            }
+        }))
+        .await;
+        self.settle(&devices, results, &response)
     }
 
     async fn log(&self, event: &AuditEvent) -> Result<(), AuditError> {

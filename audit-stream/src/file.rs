@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::broker::AuditDevice;
+use crate::broker::{AuditDevice, EncodedEvent};
 use crate::error::AuditError;
 use crate::event::AuditEvent;
 use crate::hash::{HashOptions, Salt, elide_list_response, hash_event, hmac_sha256};
@@ -326,6 +326,25 @@ impl AuditDevice for FileDevice {
             .iter()
             .map(|e| self.encode(e))
             .collect::<Result<Vec<_>, _>>()?;
+        self.log.append_many(payloads).await.map(|_| ())
+    }
+
+    fn encode(&self, event: &AuditEvent) -> Option<Result<EncodedEvent, AuditError>> {
+        // Read before encoding: a record appended later has a larger seq.
+        let log_seq = self.log.durable_seq();
+        Some(FileDevice::encode(self, event).map(|bytes| EncodedEvent {
+            device: self.mount_path.clone(),
+            log_seq,
+            bytes,
+        }))
+    }
+
+    async fn log_encoded_then(
+        &self,
+        encoded: &EncodedEvent,
+        event: &AuditEvent,
+    ) -> Result<(), AuditError> {
+        let payloads = vec![encoded.bytes.clone(), FileDevice::encode(self, event)?];
         self.log.append_many(payloads).await.map(|_| ())
     }
 

@@ -23,9 +23,10 @@ pub mod hash;
 pub mod log;
 pub mod metrics;
 pub mod query;
+pub mod reconcile;
 pub mod ship;
 
-pub use broker::{AuditBroker, AuditDevice, DeviceInfo};
+pub use broker::{AuditBroker, AuditDevice, DeviceInfo, EncodedEvent};
 pub use error::AuditError;
 pub use event::{AuditAuth, AuditEvent, AuditRequest, AuditResponse, EventType};
 pub use file::{FileDevice, FileOptions};

@@ -84,6 +84,8 @@ crate::declare_metrics! {
         "Events an audit device recorded durably, by device path.";
     DEVICE_FAILURE = "custos_audit_device_failure_total", Counter, ["path"],
         "Events an audit device failed to record, by device path.";
+    RECONCILED = "custos_audit_reconciled_events_total", Counter, ["path"],
+        "Request events put back into a file device's log from the Raft log they travelled in (a write applied whose audit pair was not written), by device path.";
     FSYNC_SECONDS = "custos_audit_fsync_duration_seconds", Histogram, ["path"],
         "Time to write and fsync one group-commit batch of the file audit device.";
     FSYNC = "custos_audit_fsync_total", Counter, ["path"],

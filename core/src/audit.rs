@@ -69,6 +69,57 @@ use crate::logical::{Request, Response};
 use crate::storage::StorageView;
 use crate::token::TokenEntry;
 
+/// Put back into the audit log the request events of writes that travelled
+/// in their Raft entries ([`crate::storage::carry`]) and are due in
+/// `ledger`: for each file device named in an event, the events its log
+/// lacks are appended (see [`custos_audit::reconcile`]); an entry leaves the
+/// ledger once every device still enabled has its events. A device no
+/// longer enabled is passed over (there is nothing left to write its
+/// events to). Returns the events appended.
+pub async fn reconcile_carried(
+    broker: &AuditBroker,
+    ledger: &crate::storage::raft::carried::CarriedLedger,
+    node: &str,
+) -> Result<usize> {
+    use custos_audit::reconcile::{CarriedEvent, reconcile};
+    let due = ledger.due();
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut by_device: BTreeMap<String, Vec<CarriedEvent>> = BTreeMap::new();
+    for (raft_index, carried) in &due {
+        for e in &carried.events {
+            by_device
+                .entry(e.device.clone())
+                .or_default()
+                .push(CarriedEvent {
+                    request_id: carried.request_id.clone(),
+                    raft_index: *raft_index,
+                    log_seq: e.log_seq,
+                    bytes: e.bytes.clone(),
+                });
+        }
+    }
+    let mut appended = 0;
+    for (device, events) in by_device {
+        let Some(log) = broker.get(&device).and_then(|d| d.local_log()) else {
+            tracing::warn!(
+                device,
+                events = events.len(),
+                "carried audit events for a device no longer enabled: passed over"
+            );
+            continue;
+        };
+        appended += reconcile(&device, &log, node, &events)
+            .await
+            .map_err(|e| CoreError::Internal(format!("audit reconciliation on {device}: {e}")))?;
+    }
+    for (raft_index, carried) in &due {
+        ledger.audited(*raft_index, &carried.request_id);
+    }
+    Ok(appended)
+}
+
 /// Mount path of the implicit `file` device that writes the local log when
 /// only sinks are declared.
 pub const IMPLICIT_LOG_PATH: &str = "local/";

@@ -42,6 +42,7 @@ use crate::router::{
     is_reserved_secret_path,
 };
 use crate::seal::{SealConfig, ShamirSeal};
+use crate::storage::carry::{self, CarriedAudit};
 use crate::storage::raft::RaftStorage;
 use crate::storage::{PhysicalStore, StorageView};
 use crate::token::{TokenBackend, TokenEntry, TokenStore};
@@ -380,6 +381,24 @@ impl Core {
         self.barrier.unseal(&root_key).await?;
         match self.build_unsealed(root_key, role).await {
             Ok(u) => {
+                // Before any request: request events that travelled in Raft
+                // entries and may have missed the audit log (a crash between
+                // a write's append and its audit pair).
+                if let Some(raft) = &self.raft {
+                    match audit::reconcile_carried(&u.audit, raft.carried(), &self.node_label())
+                        .await
+                    {
+                        Ok(_) => {
+                            if let Err(e) = raft.carried().store_scanned() {
+                                tracing::warn!(error = %e, "audit reconciliation checkpoint");
+                            }
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "audit reconciliation failed; retried in the background"
+                        ),
+                    }
+                }
                 self.start_workers(&u);
                 if let Ok(mut slot) = self.unsealed.write() {
                     *slot = Some(u);
@@ -837,6 +856,27 @@ impl Core {
             }
         });
         let mut handles = vec![handle];
+        // Carried request events whose audit pair was not written
+        // (crate::storage::carry), put back once due.
+        if let Some(raft) = &self.raft {
+            let (ledger, audit) = (raft.carried().clone(), u.audit.clone());
+            let node = self.node_label();
+            let mut stop = u.stop.subscribe();
+            handles.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = audit::reconcile_carried(&audit, &ledger, &node).await {
+                                tracing::error!(error = %e, "audit reconciliation failed");
+                            }
+                            m::gauge_set(m::AUDIT_CARRIED_PENDING, &[], ledger.pending_entries() as f64);
+                        }
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
         // Mounts' periodic functions (transit auto-rotation), active node only.
         handles.push(crate::periodic::start(
             self.me.clone(),
@@ -1184,9 +1224,26 @@ impl Core {
         // Wrapping a response creates a token: not a request that changes
         // nothing.
         let pipelined = changes_nothing && entry.num_uses == 0 && req.wrap_ttl == 0;
+        // A write that only writes its mount's storage, on a one-voter Raft
+        // node: its request event travels in its Raft entry (synced before
+        // the write applies) and reaches the audit log with the response
+        // event, one sync for both (crate::storage::carry). Only while the
+        // audit devices can record: a write refused for audit must change
+        // nothing, so it takes the usual path and is refused before it runs.
+        let carried = (!pipelined
+            && entry.num_uses == 0
+            && req.wrap_ttl == 0
+            && !req.fan_out
+            && matches!(&resolved, Some(Ok(r)) if r.writes_only_storage(&req))
+            && self.raft.as_ref().is_some_and(|r| r.carried().enabled())
+            && u.audit.health().is_ok())
+        .then(|| u.audit.encode_for_devices(&request_event))
+        .flatten();
         let mut pending_request = None;
         if pipelined {
             pending_request = Some(request_event);
+        } else if carried.is_some() {
+            // Logged with the response below.
         } else {
             let logged = in_span(
                 "audit.write",
@@ -1201,6 +1258,8 @@ impl Core {
             m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
         }
 
+        // The Raft entry that carried the request event, once committed.
+        let mut carried_index = None;
         let result: Result<Option<Response>> = if denied {
             Err(permission_denied())
         } else {
@@ -1223,7 +1282,19 @@ impl Core {
                         Some(updated) => {
                             req.auth = Some(Arc::new(updated));
                             let mount_type = [("custos.mount_type", req.mount_type.as_str())];
-                            in_span("engine", &mount_type, r.call(&req)).await
+                            let call = in_span("engine", &mount_type, r.call(&req));
+                            match &carried {
+                                Some((_, events)) => {
+                                    let offered = CarriedAudit {
+                                        request_id: req.id.clone(),
+                                        events: events.clone(),
+                                    };
+                                    let (result, index) = carry::carrying(offered, call).await;
+                                    carried_index = index;
+                                    result
+                                }
+                                None => call.await,
+                            }
                         }
                     }
                 }
@@ -1245,13 +1316,33 @@ impl Core {
         let result = crate::wrapping::wrap_response(&u, &req, result).await;
 
         let response_event = audit::response_event(&req, Some(&entry), &result);
-        let logged = match pending_request {
-            Some(request_event) => {
+        let logged = match (pending_request, &carried) {
+            (Some(request_event), _) => {
                 let events = [("custos.audit.events", "request+response")];
                 let pair = u.audit.log_pair(request_event, response_event);
                 in_span("audit.write", &events, pair).await
             }
-            None => {
+            (None, Some((request_event, encoded))) => {
+                #[cfg(debug_assertions)]
+                if carried_index.is_some() {
+                    failpoint("after-raft-append", &req.path);
+                }
+                let events = [("custos.audit.events", "request+response")];
+                let pair = u
+                    .audit
+                    .log_encoded_pair(request_event, encoded, response_event);
+                let logged = in_span("audit.write", &events, pair).await;
+                // Written: its Raft entry need not be kept for it. Not
+                // written: the entry stays pending and its event is put
+                // back by the reconciliation worker.
+                if logged.is_ok()
+                    && let (Some(index), Some(raft)) = (carried_index, &self.raft)
+                {
+                    raft.carried().audited(index, &req.id);
+                }
+                logged
+            }
+            (None, None) => {
                 let events = [("custos.audit.events", "response")];
                 let response = u.audit.log_response(response_event);
                 in_span("audit.write", &events, response).await
@@ -1261,10 +1352,27 @@ impl Core {
             m::counter_inc(m::AUDIT_LOG_RESPONSE_FAILURE, &[]);
             return Err(audit_failure(&e, "response"));
         }
-        if pipelined {
+        if pipelined || carried.is_some() {
             m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
+        }
+        if carried_index.is_some() {
+            m::counter_inc(m::AUDIT_CARRIED, &[]);
         }
         m::counter_inc(m::AUDIT_LOG_RESPONSE, &[]);
         result
+    }
+}
+
+/// Test builds only: abort the process at the named point when
+/// `CUSTOS_FAILPOINT` is `name` or `name@path` for this request's path
+/// (the crash tests' way to stop exactly between two steps).
+#[cfg(debug_assertions)]
+fn failpoint(name: &str, path: &str) {
+    if let Ok(v) = std::env::var("CUSTOS_FAILPOINT") {
+        let (point, at) = v.split_once('@').unwrap_or((v.as_str(), ""));
+        if point == name && (at.is_empty() || at == path) {
+            tracing::error!(failpoint = name, "failpoint: aborting");
+            std::process::abort();
+        }
     }
 }

@@ -678,6 +678,16 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Does this routed write do nothing but write this mount's storage
+    /// (no cache it updates, no token, lease or outside system)? Then, on
+    /// a one-voter Raft node, its request audit event may travel in its
+    /// Raft entry and be written to the audit log with the response event,
+    /// one sync for both (see [`crate::storage::carry`]). When unsure, say
+    /// `false` (the default).
+    fn writes_only_storage(&self, _route: usize, _req: &Request) -> bool {
+        false
+    }
+
     /// May a standby serve this routed read or list from its own state
     /// (for a client's `X-Vault-Index`, `crate::forward`)? Only where the
     /// handler writes nothing to storage and starts nothing (no lease, no

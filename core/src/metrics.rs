@@ -42,6 +42,10 @@ custos_audit::declare_metrics! {
         "Request events recorded by the audit broker.";
     AUDIT_LOG_RESPONSE = "custos_audit_log_response_total", Counter, [],
         "Response events recorded by the audit broker.";
+    AUDIT_CARRIED = "custos_audit_carried_request_total", Counter, [],
+        "Request events of writes that travelled in their Raft entry and were written with the response event (two syncs per write instead of three).";
+    AUDIT_CARRIED_PENDING = "custos_audit_carried_pending_entries", Gauge, [],
+        "Raft entries whose carried request events are not yet known to be in the audit log; above 0 for more than a few seconds means an audit pair failed and snapshots wait until the events are put back.";
     AUDIT_LOG_REQUEST_FAILURE = "custos_audit_log_request_failure_total", Counter, [],
         "Requests refused because no audit device could record them.";
     AUDIT_LOG_RESPONSE_FAILURE = "custos_audit_log_response_failure_total", Counter, [],

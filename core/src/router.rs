@@ -248,6 +248,11 @@ impl Resolved<'_> {
         self.mounted.backend.is_pure(self.route, req)
     }
 
+    /// See [`Backend::writes_only_storage`].
+    pub fn writes_only_storage(&self, req: &Request) -> bool {
+        self.mounted.backend.writes_only_storage(self.route, req)
+    }
+
     /// See [`Backend::serves_on_standby`]; only ever a read or a list.
     pub fn serves_on_standby(&self, req: &Request) -> bool {
         matches!(req.operation, Operation::Read | Operation::List)

@@ -482,6 +482,18 @@ impl Backend for KvBackend {
         )
     }
 
+    /// Writes of data and metadata, deletes, undeletes and destroys only
+    /// write the mount's storage (the mount's config is cached: not it).
+    fn writes_only_storage(&self, route: usize, req: &crate::logical::Request) -> bool {
+        matches!(
+            (route, req.operation),
+            (
+                R_DATA | R_METADATA,
+                Op::Create | Op::Update | Op::Patch | Op::Delete
+            ) | (R_DELETE | R_UNDELETE | R_DESTROY, Op::Create | Op::Update)
+        )
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let op = ctx.req.operation;
         match (ctx.route, op) {

@@ -105,6 +105,11 @@ impl Backend for KvV1Backend {
         matches!(req.operation, Op::Read | Op::List)
     }
 
+    /// Writes and deletes only write the mount's storage.
+    fn writes_only_storage(&self, _route: usize, req: &crate::logical::Request) -> bool {
+        matches!(req.operation, Op::Create | Op::Update | Op::Delete)
+    }
+
     async fn handle(&self, ctx: Ctx<'_>) -> Result<Option<Response>> {
         let path = path_of(&ctx)?;
         match ctx.req.operation {

@@ -7,6 +7,7 @@
 //! barrier handed to one mount (keyed by the mount's UUID), so engines only
 //! ever see their own, already-encrypted, storage.
 
+pub mod carry;
 pub mod memory;
 pub mod raft;
 

@@ -580,6 +580,40 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Call `f` with each entry after `after` whose record contains
+    /// `needle`, in index order, reading one record at a time (only those
+    /// are decoded). Returns the last index looked at.
+    pub(super) fn scan_entries_containing(
+        &self,
+        after: u64,
+        needle: &[u8],
+        mut f: impl FnMut(Entry<TypeConfig>),
+    ) -> Result<Option<u64>, StoreError> {
+        self.check()?;
+        let picked: Vec<(Loc, Arc<File>)> = {
+            let st = self.state()?;
+            let mut out = Vec::new();
+            for loc in st.locs.range(after.saturating_add(1)..).map(|(_, l)| *l) {
+                if let Some(file) = st.segments.get(&loc.segment) {
+                    out.push((loc, file.clone()));
+                }
+            }
+            out
+        };
+        let mut last = None;
+        let mut buf = Vec::new();
+        for (loc, file) in picked {
+            buf.resize(loc.len as usize, 0);
+            file.read_exact_at(&mut buf, loc.offset)
+                .map_err(|e| io_err("reading", &segment_path(&self.inner.dir, loc.segment), e))?;
+            if buf.windows(needle.len()).any(|w| w == needle) {
+                f(body_entry(&buf)?);
+            }
+            last = Some(loc.log_id.index);
+        }
+        Ok(last)
+    }
+
     pub(super) fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
         self.check()?;
         let st = self.state()?;

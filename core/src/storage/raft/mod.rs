@@ -78,6 +78,7 @@
 //! membership without it (restarted, still sealed) stands for no election:
 //! it could reach nobody and would only raise its term.
 
+pub mod carried;
 pub mod export;
 mod log_store;
 pub mod network;
@@ -112,9 +113,11 @@ pub use snapshot::SNAPSHOT_FILE;
 pub use snapshot_data::SnapshotData;
 pub use state_machine::{ApplyProgress, Invalidation, StateMachineStore, is_cached_key};
 
+use super::carry::{self, CarriedAudit};
 use super::{BatchOp, PhysicalStore};
 use crate::error::{CoreError, Result};
 use crate::metrics;
+use carried::CarriedLedger;
 
 openraft::declare_raft_types!(
     /// Custos' Raft type configuration.
@@ -201,6 +204,10 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 pub enum Command {
     /// Apply these writes atomically.
     Batch(Vec<BatchOp>),
+    /// A [`Command::Batch`] that also carries the request audit events of
+    /// the writes in it, as the file devices encoded them (see
+    /// [`crate::storage::carry`]); applied exactly like a batch.
+    Audited(Vec<BatchOp>, Vec<CarriedAudit>),
     /// Replace the whole key space by these pairs (restore of a snapshot,
     /// replicated like any write so every node and the log agree).
     Restore(Vec<(String, Vec<u8>)>),
@@ -219,7 +226,10 @@ pub enum Command {
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Batch(ops) => {
+            Command::Batch(ops) | Command::Audited(ops, _) => {
+                if let Command::Audited(_, events) = self {
+                    write!(f, "Audited({} request events) ", events.len())?;
+                }
                 let mut l = f.debug_list();
                 for op in ops {
                     match op {
@@ -248,6 +258,11 @@ impl fmt::Debug for Command {
 enum CommandWire {
     #[serde(rename = "batch")]
     Batch(Vec<PairWire>),
+    #[serde(rename = "audited")]
+    Audited {
+        ops: Vec<PairWire>,
+        audit: Vec<CarriedWire>,
+    },
     #[serde(rename = "restore")]
     Restore(Vec<PairWire>),
     #[serde(rename = "restore_begin")]
@@ -258,6 +273,22 @@ enum CommandWire {
     RestoreCommit { id: String, count: u64 },
     #[serde(rename = "restore_abort")]
     RestoreAbort,
+}
+
+/// One request's carried audit event: its id and each device's bytes.
+#[derive(Serialize, Deserialize)]
+struct CarriedWire {
+    id: String,
+    ev: Vec<EncodedWire>,
+}
+
+/// One device's copy: mount path, its log's durable sequence number when
+/// encoded, and the serialized (hashed) event as a JSON string.
+#[derive(Serialize, Deserialize)]
+struct EncodedWire {
+    d: String,
+    s: u64,
+    e: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -282,21 +313,58 @@ fn pairs_wire(pairs: Vec<(String, Vec<u8>)>) -> Vec<PairWire> {
         .collect()
 }
 
+fn ops_wire(ops: Vec<BatchOp>) -> Vec<PairWire> {
+    use base64::Engine;
+    ops.into_iter()
+        .map(|op| match op {
+            BatchOp::Put { key, value } => PairWire {
+                k: key,
+                v: Some(b64().encode(value)),
+            },
+            BatchOp::Delete { key } => PairWire { k: key, v: None },
+        })
+        .collect()
+}
+
+fn ops_from_wire(
+    pairs: Vec<PairWire>,
+    decode: impl Fn(&str, &str) -> std::result::Result<Vec<u8>, String>,
+) -> std::result::Result<Vec<BatchOp>, String> {
+    pairs
+        .into_iter()
+        .map(|p| match p.v {
+            Some(v) => Ok(BatchOp::Put {
+                value: decode(&p.k, &v)?,
+                key: p.k,
+            }),
+            None => Ok(BatchOp::Delete { key: p.k }),
+        })
+        .collect()
+}
+
 impl From<Command> for CommandWire {
     fn from(c: Command) -> Self {
-        use base64::Engine;
         match c {
-            Command::Batch(ops) => CommandWire::Batch(
-                ops.into_iter()
-                    .map(|op| match op {
-                        BatchOp::Put { key, value } => PairWire {
-                            k: key,
-                            v: Some(b64().encode(value)),
-                        },
-                        BatchOp::Delete { key } => PairWire { k: key, v: None },
+            Command::Batch(ops) => CommandWire::Batch(ops_wire(ops)),
+            Command::Audited(ops, audit) => CommandWire::Audited {
+                ops: ops_wire(ops),
+                audit: audit
+                    .into_iter()
+                    .map(|c| CarriedWire {
+                        id: c.request_id,
+                        ev: c
+                            .events
+                            .into_iter()
+                            .map(|e| EncodedWire {
+                                d: e.device,
+                                s: e.log_seq,
+                                // Serialized JSON: always UTF-8.
+                                e: String::from_utf8_lossy(&e.bytes).into_owned(),
+                            })
+                            .collect(),
                     })
                     .collect(),
-            ),
+            },
             Command::Restore(pairs) => CommandWire::Restore(pairs_wire(pairs)),
             Command::RestoreBegin(id) => CommandWire::RestoreBegin { id },
             Command::RestoreChunk(id, pairs) => CommandWire::RestoreChunk {
@@ -320,17 +388,25 @@ impl TryFrom<CommandWire> for Command {
                 .map_err(|_| format!("bad base64 value for {k}"))
         };
         match w {
-            CommandWire::Batch(pairs) => pairs
-                .into_iter()
-                .map(|p| match p.v {
-                    Some(v) => Ok(BatchOp::Put {
-                        value: decode(&p.k, &v)?,
-                        key: p.k,
-                    }),
-                    None => Ok(BatchOp::Delete { key: p.k }),
-                })
-                .collect::<std::result::Result<_, String>>()
-                .map(Command::Batch),
+            CommandWire::Batch(pairs) => ops_from_wire(pairs, decode).map(Command::Batch),
+            CommandWire::Audited { ops, audit } => {
+                let carried = audit
+                    .into_iter()
+                    .map(|c| CarriedAudit {
+                        request_id: c.id,
+                        events: c
+                            .ev
+                            .into_iter()
+                            .map(|e| custos_audit::EncodedEvent {
+                                device: e.d,
+                                log_seq: e.s,
+                                bytes: e.e.into_bytes(),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                ops_from_wire(ops, decode).map(|ops| Command::Audited(ops, carried))
+            }
             CommandWire::Restore(pairs) => pairs_from_wire(pairs, decode).map(Command::Restore),
             CommandWire::RestoreBegin { id } => Ok(Command::RestoreBegin(id)),
             CommandWire::RestoreChunk { id, pairs } => {
@@ -496,13 +572,19 @@ pub struct RaftStorage {
     /// Serializes joins with restores staged outside the log (taken by
     /// [`Self::stage_restore`] and [`Self::prepare_for_new_member`]).
     membership_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Committed entries carrying request audit events not yet known to
+    /// be in the audit log ([`carried`]).
+    carried: Arc<CarriedLedger>,
 }
 
 /// One caller's atomic batch, waiting for the group writer.
 struct PendingWrite {
     ops: Vec<BatchOp>,
+    /// Its request's audit event, when it carries one ([`carry`]).
+    carried: Option<CarriedAudit>,
     bytes: usize,
-    done: oneshot::Sender<Result<()>>,
+    /// Answered with the index of the entry that applied it.
+    done: oneshot::Sender<Result<u64>>,
     /// The caller's `raft.write` span when its request is traced.
     trace: Option<opentelemetry::Context>,
 }
@@ -530,7 +612,11 @@ const PIPELINE_DEPTH: usize = 2;
 /// before the other; a write that was acknowledged is applied before any
 /// group formed after it, and every caller is answered only after its own
 /// entry is applied.
-async fn group_writer(raft: CustosRaft, mut rx: mpsc::Receiver<PendingWrite>) {
+async fn group_writer(
+    raft: CustosRaft,
+    ledger: Arc<CarriedLedger>,
+    mut rx: mpsc::Receiver<PendingWrite>,
+) {
     // Dropping the set (the writer aborted at shutdown) aborts the groups in
     // flight; their callers see the dropped reply as "shutting down".
     let mut in_flight = JoinSet::new();
@@ -552,24 +638,41 @@ async fn group_writer(raft: CustosRaft, mut rx: mpsc::Receiver<PendingWrite>) {
                 Err(_) => break,
             }
         }
-        in_flight.spawn(commit_group(raft.clone(), group));
+        in_flight.spawn(commit_group(raft.clone(), ledger.clone(), group));
     }
     while in_flight.join_next().await.is_some() {}
 }
 
 /// Propose one group as one entry and answer each of its callers.
-async fn commit_group(raft: CustosRaft, group: Vec<PendingWrite>) {
+async fn commit_group(raft: CustosRaft, ledger: Arc<CarriedLedger>, group: Vec<PendingWrite>) {
     let mut ops = Vec::with_capacity(group.iter().map(|w| w.ops.len()).sum());
     let mut waiters = Vec::with_capacity(group.len());
     let mut traced = Vec::new();
+    let mut carried = Vec::new();
     for w in group {
         ops.extend(w.ops);
         waiters.push(w.done);
         traced.extend(w.trace);
+        carried.extend(w.carried);
     }
     metrics::histogram_record(metrics::RAFT_WRITE_GROUP, &[], waiters.len() as f64);
     let started = Instant::now();
-    let res = raft.client_write(Command::Batch(ops)).await;
+    let res = if carried.is_empty() {
+        raft.client_write(Command::Batch(ops)).await
+    } else {
+        // Until it is recorded in the ledger, this entry is unaccounted
+        // for: if this task is dropped (shutdown) or the write fails (it
+        // may be in the log all the same), the checkpoint stays put.
+        let unaccounted = DirtyOnDrop(&ledger);
+        let res = raft
+            .client_write(Command::Audited(ops, carried.clone()))
+            .await;
+        if let Ok(written) = &res {
+            ledger.committed(written.log_id.index, carried);
+            std::mem::forget(unaccounted);
+        }
+        res
+    };
     metrics::histogram_record(
         metrics::RAFT_COMMIT_SECONDS,
         &[],
@@ -578,12 +681,21 @@ async fn commit_group(raft: CustosRaft, group: Vec<PendingWrite>) {
     if let (Ok(written), true) = (&res, crate::traces::enabled()) {
         crate::traces::raft_io_spans(written.log_id.index, &traced);
     }
-    let res = res.map(|_| ()).map_err(write_error_to_core);
+    let res = res.map(|w| w.log_id.index).map_err(write_error_to_core);
     for done in waiters {
         let _ = done.send(match &res {
-            Ok(()) => Ok(()),
+            Ok(index) => Ok(*index),
             Err(e) => Err(clone_error(e)),
         });
+    }
+}
+
+/// Marks the ledger dirty when dropped (see [`commit_group`]).
+struct DirtyOnDrop<'a>(&'a CarriedLedger);
+
+impl Drop for DirtyOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.mark_dirty();
     }
 }
 
@@ -696,11 +808,16 @@ impl RaftStorage {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| CoreError::Storage(format!("creating {}: {e}", dir.display())))?;
-        let log = {
+        // The ledger's scan reads the log before openraft runs, so no
+        // snapshot can purge an entry it must find.
+        let (log, ledger) = {
             let (legacy, path) = (dir.join(LEGACY_LOG_FILE), dir.join(LOG_DIR));
+            let dir = dir.to_path_buf();
             blocking(move || {
                 LogStore::migrate_redb(&legacy, &path)?;
-                LogStore::open(&path)
+                let log = LogStore::open(&path)?;
+                let ledger = CarriedLedger::open(&dir, &log)?;
+                Ok((log, Arc::new(ledger)))
             })
             .await?
         };
@@ -723,10 +840,10 @@ impl RaftStorage {
             .map_err(fatal_to_core)?;
 
         let (leader_tx, leader_rx) = watch::channel(None);
-        let watcher = tokio::spawn(watch_metrics(raft.metrics(), leader_tx));
-        let scheduler = tokio::spawn(snapshot_scheduler(raft.clone(), last_build));
+        let watcher = tokio::spawn(watch_metrics(raft.metrics(), leader_tx, ledger.clone()));
+        let scheduler = tokio::spawn(snapshot_scheduler(raft.clone(), last_build, ledger.clone()));
         let (write_tx, write_rx) = mpsc::channel(4 * GROUP_MAX_WRITES);
-        let writer = tokio::spawn(group_writer(raft.clone(), write_rx));
+        let writer = tokio::spawn(group_writer(raft.clone(), ledger.clone(), write_rx));
         let storage = Arc::new(RaftStorage {
             node_id,
             raft,
@@ -743,6 +860,7 @@ impl RaftStorage {
             progress,
             cluster_tls,
             membership_gate: Arc::default(),
+            carried: ledger,
         });
         if let Err(e) = storage.start(node, bootstrap).await {
             storage.shutdown().await;
@@ -852,6 +970,15 @@ impl RaftStorage {
         if let Err(e) = flushed {
             tracing::warn!(error = %e, "flushing the state machine at shutdown");
         }
+        let last = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or_default();
+        if let Err(e) = self.carried.store_at_shutdown(last) {
+            tracing::warn!(error = %e, "storing the audit reconciliation checkpoint");
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while (self.log_db.strong_count() > 0 || Arc::strong_count(&self.state) > 1)
             && Instant::now() < deadline
@@ -862,6 +989,11 @@ impl RaftStorage {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// Entries carrying request audit events, for the core's reconciliation.
+    pub fn carried(&self) -> &Arc<CarriedLedger> {
+        &self.carried
     }
 
     /// The openraft handle (for the HA issue: membership changes, RPC handlers).
@@ -1118,7 +1250,11 @@ impl RaftStorage {
 /// state; with a million secrets, one every 10,000 entries would keep a core
 /// busy (hashicorp/raft, under Vault, likewise checks its 8,192-entry
 /// threshold only every two minutes). Ends when Raft shuts down.
-async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>) {
+async fn snapshot_scheduler(
+    raft: CustosRaft,
+    last_build_micros: Arc<AtomicU64>,
+    ledger: Arc<CarriedLedger>,
+) {
     let tuning = snapshot_tuning();
     let mut metrics_rx = raft.metrics();
     let mut last_trigger = Instant::now();
@@ -1139,6 +1275,12 @@ async fn snapshot_scheduler(raft: CustosRaft, last_build_micros: Arc<AtomicU64>)
         let last_build = Duration::from_micros(last_build_micros.load(Ordering::Relaxed));
         let gap = tuning.interval.max(last_build * SNAPSHOT_COST_FACTOR);
         if since < tuning.threshold || last_trigger.elapsed() < gap {
+            continue;
+        }
+        // Entries whose request events may not be in the audit log yet
+        // stay in the log until the core has put them back.
+        if ledger.holds_snapshots(applied.unwrap_or_default(), tuning.trailing_logs) {
+            tracing::debug!("snapshot deferred: carried audit events pending");
             continue;
         }
         if raft.trigger().snapshot().await.is_err() {
@@ -1170,6 +1312,7 @@ const LAST_CONTACT_THRESHOLD: Duration = Duration::from_secs(10);
 async fn watch_metrics(
     mut rx: watch::Receiver<RaftMetrics<u64, CustosNode>>,
     leader_tx: watch::Sender<Option<u64>>,
+    ledger: Arc<CarriedLedger>,
 ) {
     let mut last_leader: Option<u64> = None;
     let mut followers: Vec<u64> = Vec::new();
@@ -1179,6 +1322,8 @@ async fn watch_metrics(
         let (leader, term, applied) = {
             let m = rx.borrow_and_update();
             publish_cluster(&m, &mut followers);
+            let membership = m.membership_config.membership();
+            ledger.set_sole(membership.nodes().count() == 1 && membership.voter_ids().eq([m.id]));
             (
                 m.current_leader,
                 m.current_term,
@@ -1287,8 +1432,15 @@ impl PhysicalStore for RaftStorage {
         // Traced: this write's `raft.write` span, with the group's log
         // append and apply as its children (see `commit_group`).
         let trace = crate::traces::child("raft.write");
+        let carried = if self.carried.enabled() {
+            carry::take()
+        } else {
+            None
+        };
+        let carries = carried.is_some();
         let pending = PendingWrite {
             ops,
+            carried,
             bytes,
             done,
             trace: trace.clone(),
@@ -1306,7 +1458,11 @@ impl PhysicalStore for RaftStorage {
             use opentelemetry::trace::TraceContextExt as _;
             cx.span().end();
         }
-        res
+        let index = res?;
+        if carries {
+            carry::committed_at(index);
+        }
+        Ok(())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -224,7 +224,7 @@ fn invalidation_of(entries: &[Entry<TypeConfig>], me: u64) -> Option<Invalidatio
             continue;
         }
         match &entry.payload {
-            EntryPayload::Normal(Command::Batch(ops)) => {
+            EntryPayload::Normal(Command::Batch(ops) | Command::Audited(ops, _)) => {
                 for op in ops {
                     let key = match op {
                         crate::storage::BatchOp::Put { key, .. } => key,
@@ -759,7 +759,7 @@ fn apply_command(
     cmd: Command,
 ) -> Result<CommandResponse, StoreError> {
     match cmd {
-        Command::Batch(ops) => {
+        Command::Batch(ops) | Command::Audited(ops, _) => {
             let n = ops.len();
             for op in ops {
                 match op {

@@ -1004,3 +1004,105 @@ fn restore_commands_round_trip_through_the_log_encoding() {
         assert_eq!(back.ok(), Some(cmd), "{json}");
     }
 }
+
+// ----- request audit events carried in entries (carried.rs) -----
+
+fn carried_request(id: &str) -> CarriedAudit {
+    CarriedAudit {
+        request_id: id.into(),
+        events: vec![custos_audit::EncodedEvent {
+            device: "file/".into(),
+            log_seq: 41,
+            bytes: format!(
+                r#"{{"type":"request","request":{{"id":"{id}","client_token":"hmac-sha256:ab"}}}}"#
+            )
+            .into_bytes(),
+        }],
+    }
+}
+
+#[test]
+fn audited_entries_round_trip_and_debug_shows_no_event() {
+    let cmd = Command::Audited(vec![put("a", b"secret-value")], vec![carried_request("r1")]);
+    let json = serde_json::to_string(&cmd).unwrap_or_default();
+    assert!(json.starts_with(r#"{"audited":"#), "{json}");
+    assert!(!json.contains("secret-value"));
+    let back: Command = serde_json::from_str(&json)
+        .map_err(|e| e.to_string())
+        .unwrap_or(Command::Batch(vec![]));
+    assert_eq!(back, cmd);
+    let dbg = format!("{cmd:?}");
+    assert!(
+        dbg.contains("Audited(1 request events)") && dbg.contains("put a (12 bytes)"),
+        "{dbg}"
+    );
+    assert!(!dbg.contains("hmac") && !dbg.contains("secret"), "{dbg}");
+}
+
+#[test]
+fn the_ledger_finds_carrying_entries_after_its_checkpoint_and_holds_snapshots_until_audited()
+-> Result<()> {
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let log_dir = tmp.path().join(LOG_DIR);
+    let audited = |i: u64, ids: &[&str]| openraft::Entry {
+        log_id: lid(i),
+        payload: openraft::EntryPayload::Normal(Command::Audited(
+            vec![put(&format!("k{i}"), b"v")],
+            ids.iter().map(|id| carried_request(id)).collect(),
+        )),
+    };
+    {
+        let log = LogStore::open(&log_dir)?;
+        log.append_blocking(entries(1, 3))?;
+        log.append_blocking(vec![audited(4, &["r4a", "r4b"]), audited(5, &["r5"])])?;
+        log.append_blocking(entries(6, 7))?;
+        let ledger = CarriedLedger::open(tmp.path(), &log)?;
+        let due: Vec<(u64, String)> = ledger
+            .due()
+            .into_iter()
+            .map(|(i, c)| (i, c.request_id))
+            .collect();
+        assert_eq!(
+            due,
+            [(4, "r4a".into()), (4, "r4b".into()), (5, "r5".into())],
+            "only carrying entries, all due at once after a restart"
+        );
+        assert!(ledger.holds_snapshots(7, 1000), "found at open: overdue");
+        ledger.audited(4, "r4a");
+        ledger.audited(5, "r5");
+        assert_eq!(ledger.pending_entries(), 1);
+        // The checkpoint stays put while something it covers is pending.
+        ledger.store_scanned()?;
+        assert!(!tmp.path().join(carried::CHECKPOINT_FILE).exists());
+        ledger.audited(4, "r4b");
+        assert!(!ledger.holds_snapshots(7, 1000));
+        ledger.store_scanned()?;
+        // A fresh entry near the end of the log does not hold a snapshot;
+        // one the purge could reach does.
+        ledger.committed(8, vec![carried_request("r8")]);
+        assert!(!ledger.holds_snapshots(9, 1000));
+        assert!(ledger.holds_snapshots(600, 1000));
+        assert!(ledger.due().is_empty(), "not due before RECONCILE_AFTER");
+    }
+    // Reopened: nothing at or below the checkpoint (7) is scanned again.
+    let log = LogStore::open(&log_dir)?;
+    log.append_blocking(vec![audited(8, &["r8"])])?;
+    let ledger = CarriedLedger::open(tmp.path(), &log)?;
+    let due: Vec<u64> = ledger.due().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(due, [8]);
+    // A clean shutdown with something pending keeps the checkpoint.
+    ledger.store_at_shutdown(8)?;
+    let cp = std::fs::read_to_string(tmp.path().join(carried::CHECKPOINT_FILE))
+        .map_err(CoreError::internal)?;
+    assert_eq!(cp, r#"{"raft_index":7}"#);
+    ledger.audited(8, "r8");
+    ledger.mark_dirty();
+    ledger.store_at_shutdown(8)?;
+    let cp = std::fs::read_to_string(tmp.path().join(carried::CHECKPOINT_FILE))
+        .map_err(CoreError::internal)?;
+    assert_eq!(
+        cp, r#"{"raft_index":7}"#,
+        "a group unaccounted for keeps it too"
+    );
+    Ok(())
+}
