@@ -1037,6 +1037,16 @@ fn audited_entries_round_trip_and_debug_shows_no_event() {
         "{dbg}"
     );
     assert!(!dbg.contains("hmac") && !dbg.contains("secret"), "{dbg}");
+    // A damaged event is refused, naming the request only.
+    let damaged = json.replacen(r#""z":""#, r#""z":"AAAA"#, 1);
+    let err = serde_json::from_str::<Command>(&damaged)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("bad carried audit event for request r1"),
+        "{err}"
+    );
 }
 
 #[test]
