@@ -89,15 +89,15 @@ pub async fn reconcile_carried(
     let mut by_device: BTreeMap<String, Vec<CarriedEvent>> = BTreeMap::new();
     for (raft_index, carried) in &due {
         for e in &carried.events {
-            by_device
-                .entry(e.device.clone())
-                .or_default()
-                .push(CarriedEvent {
-                    request_id: carried.request_id.clone(),
-                    raft_index: *raft_index,
-                    log_seq: e.log_seq,
-                    bytes: e.bytes.clone(),
-                });
+            let e = e
+                .inflate(&carried.request_id)
+                .map_err(|m| CoreError::Internal(format!("audit reconciliation: {m}")))?;
+            by_device.entry(e.device).or_default().push(CarriedEvent {
+                request_id: carried.request_id.clone(),
+                raft_index: *raft_index,
+                log_seq: e.log_seq,
+                bytes: e.bytes,
+            });
         }
     }
     let mut appended = 0;

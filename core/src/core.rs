@@ -42,7 +42,7 @@ use crate::router::{
     is_reserved_secret_path,
 };
 use crate::seal::{SealConfig, ShamirSeal};
-use crate::storage::carry::{self, CarriedAudit};
+use crate::storage::carry::{self, CarriedAudit, CarriedEvent};
 use crate::storage::raft::RaftStorage;
 use crate::storage::{PhysicalStore, StorageView};
 use crate::token::{TokenBackend, TokenEntry, TokenStore};
@@ -1287,7 +1287,7 @@ impl Core {
                                 Some((_, events)) => {
                                     let offered = CarriedAudit {
                                         request_id: req.id.clone(),
-                                        events: events.clone(),
+                                        events: events.iter().map(CarriedEvent::deflate).collect(),
                                     };
                                     let (result, index) = carry::carrying(offered, call).await;
                                     carried_index = index;

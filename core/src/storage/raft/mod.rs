@@ -283,46 +283,13 @@ struct CarriedWire {
 }
 
 /// One device's copy: mount path, its log's durable sequence number when
-/// encoded, and the serialized (hashed) event, raw deflate then base64 (a
-/// KV write's request event is ~0.9 KB of JSON, mostly HMACs; this keeps it
-/// to ~0.6 KB in the log instead of ~1.05 KB as an escaped JSON string).
+/// encoded, and the event deflated and base64'd ([`carry::CarriedEvent`]).
 #[derive(Serialize, Deserialize)]
 struct EncodedWire {
     d: String,
     s: u64,
     z: String,
 }
-
-fn deflate(bytes: &[u8]) -> String {
-    use base64::Engine;
-    use std::io::Write;
-    let mut z = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(bytes.len() / 2),
-        flate2::Compression::fast(),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = z.write_all(bytes);
-    b64().encode(z.finish().unwrap_or_default())
-}
-
-/// The carried event of request `id`; an error names the request, never
-/// the bytes.
-fn inflate(id: &str, z: &str) -> std::result::Result<Vec<u8>, String> {
-    use base64::Engine;
-    use std::io::Read;
-    let bad = || format!("bad carried audit event for request {id}");
-    let raw = b64().decode(z).map_err(|_| bad())?;
-    let mut out = Vec::with_capacity(raw.len() * 2);
-    flate2::read::DeflateDecoder::new(raw.as_slice())
-        .take(MAX_CARRIED_EVENT)
-        .read_to_end(&mut out)
-        .map_err(|_| bad())?;
-    Ok(out)
-}
-
-/// A carried event inflates to at most this (an audit record's own limit
-/// is far below it).
-const MAX_CARRIED_EVENT: u64 = 16 * 1024 * 1024;
 
 #[derive(Serialize, Deserialize)]
 struct PairWire {
@@ -389,9 +356,9 @@ impl From<Command> for CommandWire {
                             .events
                             .into_iter()
                             .map(|e| EncodedWire {
-                                z: deflate(&e.bytes),
                                 d: e.device,
                                 s: e.log_seq,
+                                z: e.deflated,
                             })
                             .collect(),
                     })
@@ -424,23 +391,19 @@ impl TryFrom<CommandWire> for Command {
             CommandWire::Audited { ops, audit } => {
                 let carried = audit
                     .into_iter()
-                    .map(|c| {
-                        let events =
-                            c.ev.into_iter()
-                                .map(|e| {
-                                    Ok(custos_audit::EncodedEvent {
-                                        bytes: inflate(&c.id, &e.z)?,
-                                        device: e.d,
-                                        log_seq: e.s,
-                                    })
-                                })
-                                .collect::<std::result::Result<_, String>>()?;
-                        Ok(CarriedAudit {
-                            request_id: c.id,
-                            events,
-                        })
+                    .map(|c| CarriedAudit {
+                        request_id: c.id,
+                        events: c
+                            .ev
+                            .into_iter()
+                            .map(|e| carry::CarriedEvent {
+                                device: e.d,
+                                log_seq: e.s,
+                                deflated: e.z,
+                            })
+                            .collect(),
                     })
-                    .collect::<std::result::Result<_, String>>()?;
+                    .collect();
                 ops_from_wire(ops, decode).map(|ops| Command::Audited(ops, carried))
             }
             CommandWire::Restore(pairs) => pairs_from_wire(pairs, decode).map(Command::Restore),
