@@ -308,16 +308,8 @@ async fn a_write_applied_before_its_audit_pair_is_reconciled_after_a_crash() {
         .filter(|e| e[0].get("reconciled").is_some())
         .count();
     eprintln!("{reconciled} request events put back after the abort");
-    let text = c
-        .get(s.url("sys/metrics?format=prometheus"))
-        .header("X-Vault-Token", &s.root_token)
-        .send()
+    let counted = crate::harness::metrics_text(&s)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let counted = text
         .lines()
         .find_map(|l| l.strip_prefix(r#"custos_audit_reconciled_events_total{path="file/"}"#))
         .and_then(|v| v.trim().parse::<f64>().ok());

@@ -210,6 +210,20 @@ pub fn start_with_config_env(dir: &Path, cfg: &Path, env: &[(&str, &str)]) -> Se
     }
 }
 
+/// The server's Prometheus exposition (`sys/metrics?format=prometheus`),
+/// asked with the root token.
+pub async fn metrics_text(s: &Server) -> String {
+    s.client()
+        .get(s.url("sys/metrics?format=prometheus"))
+        .header("X-Vault-Token", &s.root_token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// Initialize with one share, unseal, and mount kv-v2 at `secret/`.
 pub async fn init_unseal_mount(s: &mut Server) {
     let c = s.client();

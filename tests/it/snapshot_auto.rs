@@ -482,16 +482,7 @@ async fn s3_snapshots_copy_to_a_second_region_keep_retain_and_catch_up_after_an_
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Metrics name the configuration, never the bucket or a key.
-    let metrics = s
-        .client()
-        .get(s.url("sys/metrics?format=prometheus"))
-        .header("X-Vault-Token", &s.root_token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = crate::harness::metrics_text(&s).await;
     assert!(
         metrics.contains(
             "custos_snapshot_last_success_timestamp_seconds{config=\"s3\",destination=\"copy\"}"

@@ -355,15 +355,21 @@ fn snapshot_decoder_rejects_every_truncation() {
     assert!(decode_snapshot(&trailing).is_err());
 }
 
-#[test]
-fn command_log_encoding_round_trips_and_debug_hides_values() {
-    let cmd = Command::Batch(vec![put("a", b"secret-value"), del("b")]);
-    let json = serde_json::to_string(&cmd).unwrap_or_default();
-    assert!(!json.contains("secret-value"));
+/// `cmd` as the log stores it (JSON), asserting it decodes back to itself.
+fn log_json_round_trip(cmd: &Command) -> String {
+    let json = serde_json::to_string(cmd).unwrap_or_default();
     let back: Command = serde_json::from_str(&json)
         .map_err(|e| e.to_string())
         .unwrap_or(Command::Batch(vec![]));
-    assert_eq!(back, cmd);
+    assert_eq!(&back, cmd);
+    json
+}
+
+#[test]
+fn command_log_encoding_round_trips_and_debug_hides_values() {
+    let cmd = Command::Batch(vec![put("a", b"secret-value"), del("b")]);
+    let json = log_json_round_trip(&cmd);
+    assert!(!json.contains("secret-value"));
     let dbg = format!("{cmd:?}");
     assert!(
         dbg.contains("put a (12 bytes)") && dbg.contains("delete b"),
@@ -371,12 +377,7 @@ fn command_log_encoding_round_trips_and_debug_hides_values() {
     );
     assert!(!dbg.contains("secret"));
 
-    let restore = Command::Restore(vec![("k".to_string(), vec![1, 2, 3])]);
-    let json = serde_json::to_string(&restore).unwrap_or_default();
-    let back: Command = serde_json::from_str(&json)
-        .map_err(|e| e.to_string())
-        .unwrap_or(Command::Batch(vec![]));
-    assert_eq!(back, restore);
+    log_json_round_trip(&Command::Restore(vec![("k".to_string(), vec![1, 2, 3])]));
 }
 
 // ----- the log store on its own -----
@@ -1026,13 +1027,9 @@ fn carried_request(id: &str) -> CarriedAudit {
 #[test]
 fn audited_entries_round_trip_and_debug_shows_no_event() {
     let cmd = Command::Audited(vec![put("a", b"secret-value")], vec![carried_request("r1")]);
-    let json = serde_json::to_string(&cmd).unwrap_or_default();
+    let json = log_json_round_trip(&cmd);
     assert!(json.starts_with(r#"{"audited":"#), "{json}");
     assert!(!json.contains("secret-value"));
-    let back: Command = serde_json::from_str(&json)
-        .map_err(|e| e.to_string())
-        .unwrap_or(Command::Batch(vec![]));
-    assert_eq!(back, cmd);
     let dbg = format!("{cmd:?}");
     assert!(
         dbg.contains("Audited(1 request events)") && dbg.contains("put a (12 bytes)"),
