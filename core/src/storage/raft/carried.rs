@@ -12,7 +12,7 @@
 //! after they were pending for [`RECONCILE_AFTER`] (the process is
 //! restarted, the pair failed, or the request was dropped half-way). The
 //! snapshot scheduler asks [`CarriedLedger::holds_snapshots`] before each
-//! build. The checkpoint moves at open (once the scanned entries are
+//! build. The checkpoint moves at unseal (once the scanned entries are
 //! reconciled) and at a clean shutdown, only when nothing is pending and no
 //! carrying group ended without being accounted for.
 
