@@ -411,33 +411,22 @@ impl AuditBroker {
             self.stamp(e);
         }
         let devices = self.snapshot();
-        if devices.is_empty() {
-            return Ok(());
-        }
-        let results = futures::future::join_all(devices.iter().map(|d| d.log_all(&events))).await;
-        self.settle(&devices, results, &events[1])
+        self.on_every_device(&devices, &events[1], |d| d.log_all(&events))
+            .await
     }
 
-    /// The request event as each enabled device would record it, stamped
-    /// like every event, or `None` when no device is enabled, one cannot
-    /// encode in advance, or encoding fails (the caller then audits the
-    /// usual way, which reports a failure). Returns the stamped event too,
-    /// for [`AuditBroker::log_encoded_pair`].
-    pub fn encode_for_devices(
-        &self,
-        request: &AuditEvent,
-    ) -> Option<(AuditEvent, Vec<EncodedEvent>)> {
-        let mut request = request.clone();
-        self.stamp(&mut request);
+    /// What each enabled device would record for `request` (stamped here
+    /// like every event), for [`AuditBroker::log_encoded_pair`]; `None`
+    /// when no device is enabled, one cannot encode in advance, or encoding
+    /// fails (the caller then audits the usual way, which reports a
+    /// failure).
+    pub fn encode_for_devices(&self, request: &mut AuditEvent) -> Option<Vec<EncodedEvent>> {
+        self.stamp(request);
         let devices = self.snapshot();
         if devices.is_empty() {
             return None;
         }
-        let encoded = devices
-            .iter()
-            .map(|d| d.encode(&request)?.ok())
-            .collect::<Option<Vec<_>>>()?;
-        Some((request, encoded))
+        devices.iter().map(|d| d.encode(request)?.ok()).collect()
     }
 
     /// [`AuditBroker::log_pair`] for a request event encoded earlier by
@@ -452,29 +441,39 @@ impl AuditBroker {
     ) -> Result<(), AuditError> {
         self.stamp(&mut response);
         let devices = self.snapshot();
-        if devices.is_empty() {
-            return Ok(());
-        }
-        let results = futures::future::join_all(devices.iter().map(|d| {
-            let response = &response;
-            async move {
-                match encoded.iter().find(|e| same_path(&e.device, d.path())) {
-                    Some(e) => d.log_encoded_then(e, response).await,
-                    None => d.log_all(&[request.clone(), response.clone()]).await,
-                }
+        let response = &response;
+        self.on_every_device(&devices, response, |d| async move {
+            match encoded.iter().find(|e| same_path(&e.device, d.path())) {
+                Some(e) => d.log_encoded_then(e, response).await,
+                None => d.log_all(&[request.clone(), response.clone()]).await,
             }
-        }))
-        .await;
-        self.settle(&devices, results, &response)
+        })
+        .await
     }
 
     async fn log(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let devices = self.snapshot();
+        self.on_every_device(&devices, event, |d| d.log(event))
+            .await
+    }
+
+    /// Run `record` on every device of `devices` at once and settle the
+    /// outcomes for `event` ([`AuditBroker::settle`]). With no device
+    /// enabled nothing is audited and the call succeeds, as in Vault.
+    async fn on_every_device<'a, Fut>(
+        &self,
+        devices: &'a [Arc<dyn AuditDevice>],
+        event: &AuditEvent,
+        record: impl Fn(&'a Arc<dyn AuditDevice>) -> Fut,
+    ) -> Result<(), AuditError>
+    where
+        Fut: std::future::Future<Output = Result<(), AuditError>>,
+    {
         if devices.is_empty() {
             return Ok(());
         }
-        let results = futures::future::join_all(devices.iter().map(|d| d.log(event))).await;
-        self.settle(&devices, results, event)
+        let results = futures::future::join_all(devices.iter().map(record)).await;
+        self.settle(devices, results, event)
     }
 
     /// Count and log each device's outcome; fail when none recorded the

@@ -1210,7 +1210,7 @@ impl Core {
             !decision.allowed || (sudo_needed && !decision.sudo)
         };
 
-        let request_event =
+        let mut request_event =
             audit::request_event(&req, Some(&entry), denied.then_some("permission denied"));
         // A read (or a denied request, or a POST the backend declares pure,
         // such as a token lookup or a decryption) changes nothing, so its
@@ -1230,20 +1230,22 @@ impl Core {
         // event, one sync for both (crate::storage::carry). Only while the
         // audit devices can record: a write refused for audit must change
         // nothing, so it takes the usual path and is refused before it runs.
-        let carried = (!pipelined
+        let may_carry = !pipelined
             && entry.num_uses == 0
             && req.wrap_ttl == 0
             && !req.fan_out
             && matches!(&resolved, Some(Ok(r)) if r.writes_only_storage(&req))
             && self.raft.as_ref().is_some_and(|r| r.carried().enabled())
-            && u.audit.health().is_ok())
-        .then(|| u.audit.encode_for_devices(&request_event))
-        .flatten();
+            && u.audit.health().is_ok();
+        let carried = if may_carry {
+            u.audit.encode_for_devices(&mut request_event)
+        } else {
+            None
+        };
+        // Logged with the response below, in one sync.
         let mut pending_request = None;
-        if pipelined {
+        if pipelined || carried.is_some() {
             pending_request = Some(request_event);
-        } else if carried.is_some() {
-            // Logged with the response below.
         } else {
             let logged = in_span(
                 "audit.write",
@@ -1284,7 +1286,7 @@ impl Core {
                             let mount_type = [("custos.mount_type", req.mount_type.as_str())];
                             let call = in_span("engine", &mount_type, r.call(&req));
                             match &carried {
-                                Some((_, events)) => {
+                                Some(events) => {
                                     let offered = CarriedAudit {
                                         request_id: req.id.clone(),
                                         events: events.iter().map(CarriedEvent::deflate).collect(),
@@ -1317,12 +1319,12 @@ impl Core {
 
         let response_event = audit::response_event(&req, Some(&entry), &result);
         let logged = match (pending_request, &carried) {
-            (Some(request_event), _) => {
+            (Some(request_event), None) => {
                 let events = [("custos.audit.events", "request+response")];
                 let pair = u.audit.log_pair(request_event, response_event);
                 in_span("audit.write", &events, pair).await
             }
-            (None, Some((request_event, encoded))) => {
+            (Some(request_event), Some(encoded)) => {
                 #[cfg(debug_assertions)]
                 if carried_index.is_some() {
                     failpoint("after-raft-append", &req.path);
@@ -1330,7 +1332,7 @@ impl Core {
                 let events = [("custos.audit.events", "request+response")];
                 let pair = u
                     .audit
-                    .log_encoded_pair(request_event, encoded, response_event);
+                    .log_encoded_pair(&request_event, encoded, response_event);
                 let logged = in_span("audit.write", &events, pair).await;
                 // Written: its Raft entry need not be kept for it. Not
                 // written: the entry stays pending and its event is put
@@ -1342,7 +1344,7 @@ impl Core {
                 }
                 logged
             }
-            (None, None) => {
+            (None, _) => {
                 let events = [("custos.audit.events", "response")];
                 let response = u.audit.log_response(response_event);
                 in_span("audit.write", &events, response).await

@@ -180,15 +180,8 @@ pub(crate) struct TestCluster {
 impl TestCluster {
     /// Node `i`'s own metrics, Prometheus text (the root token's view).
     pub(crate) async fn metrics(&self, i: usize) -> String {
-        self.c
-            .get(self.nodes[i].url("sys/metrics?format=prometheus"))
-            .header("X-Vault-Token", &self.token)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        let url = self.nodes[i].url(crate::harness::METRICS_PATH);
+        crate::harness::prometheus_text(&self.c, &url, &self.token).await
     }
 
     /// `n` nodes, with a file audit device on each when `audit`.

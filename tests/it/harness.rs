@@ -213,9 +213,16 @@ pub fn start_with_config_env(dir: &Path, cfg: &Path, env: &[(&str, &str)]) -> Se
 /// The server's Prometheus exposition (`sys/metrics?format=prometheus`),
 /// asked with the root token.
 pub async fn metrics_text(s: &Server) -> String {
-    s.client()
-        .get(s.url("sys/metrics?format=prometheus"))
-        .header("X-Vault-Token", &s.root_token)
+    prometheus_text(&s.client(), &s.url(METRICS_PATH), &s.root_token).await
+}
+
+/// The Prometheus exposition path under `/v1/`.
+pub const METRICS_PATH: &str = "sys/metrics?format=prometheus";
+
+/// The Prometheus exposition at `url`, asked with `token`.
+pub async fn prometheus_text(c: &reqwest::Client, url: &str, token: &str) -> String {
+    c.get(url)
+        .header("X-Vault-Token", token)
         .send()
         .await
         .expect("metrics")

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
-use super::log_store::LogStore;
+use super::log_store::{self, LogStore};
 use super::{Command, StoreError};
 use crate::storage::carry::CarriedAudit;
 
@@ -58,7 +58,8 @@ struct Inner {
 
 /// See the module documentation.
 pub struct CarriedLedger {
-    path: PathBuf,
+    /// The Raft directory, which holds [`CHECKPOINT_FILE`].
+    dir: PathBuf,
     /// This node is its membership's only node (kept by the metrics watcher).
     sole: AtomicBool,
     /// A carrying group ended without being accounted for (its entry may be
@@ -103,12 +104,12 @@ impl CarriedLedger {
             );
         }
         Ok(CarriedLedger {
-            path,
+            dir: dir.to_path_buf(),
             sole: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 pending,
-                scanned_to: last.unwrap_or(after).max(after),
+                scanned_to: last.unwrap_or(after),
             }),
         })
     }
@@ -203,20 +204,6 @@ impl CarriedLedger {
     }
 
     fn store(&self, raft_index: u64) -> Result<(), StoreError> {
-        let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec(&Checkpoint { raft_index })?;
-        let io =
-            |e: std::io::Error| StoreError::Log(format!("writing {}: {e}", self.path.display()));
-        std::fs::write(&tmp, body).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
-        Ok(())
+        log_store::replace_json(&self.dir, CHECKPOINT_FILE, &Checkpoint { raft_index })
     }
 }

@@ -556,28 +556,39 @@ impl LogStore {
         &self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
-        self.check()?;
-        let picked: Vec<(Loc, Arc<File>)> = {
-            let st = self.state()?;
-            let mut out = Vec::new();
-            for loc in st.locs.range(range).map(|(_, l)| *l) {
-                let file =
-                    st.segments.get(&loc.segment).cloned().ok_or_else(|| {
-                        StoreError::Log(format!("segment {} missing", loc.segment))
-                    })?;
-                out.push((loc, file));
-            }
-            out
-        };
+        let picked = self.locate(range)?;
         let mut out = Vec::with_capacity(picked.len());
         let mut buf = Vec::new();
         for (loc, file) in picked {
-            buf.resize(loc.len as usize, 0);
-            file.read_exact_at(&mut buf, loc.offset)
-                .map_err(|e| io_err("reading", &segment_path(&self.inner.dir, loc.segment), e))?;
+            self.read_record(&loc, &file, &mut buf)?;
             out.push(body_entry(&buf)?);
         }
         Ok(out)
+    }
+
+    /// Where the entries in `range` are, with their segments' handles (taken
+    /// under the lock, read after it).
+    fn locate<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<(Loc, Arc<File>)>, StoreError> {
+        self.check()?;
+        let st = self.state()?;
+        st.locs
+            .range(range)
+            .map(|(_, l)| {
+                let file = st
+                    .segments
+                    .get(&l.segment)
+                    .cloned()
+                    .ok_or_else(|| StoreError::Log(format!("segment {} missing", l.segment)))?;
+                Ok((*l, file))
+            })
+            .collect()
+    }
+
+    /// Read the record body at `loc` into `buf`.
+    fn read_record(&self, loc: &Loc, file: &File, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        buf.resize(loc.len as usize, 0);
+        file.read_exact_at(buf, loc.offset)
+            .map_err(|e| io_err("reading", &segment_path(&self.inner.dir, loc.segment), e))
     }
 
     /// Call `f` with each entry after `after` whose record contains
@@ -589,23 +600,10 @@ impl LogStore {
         needle: &[u8],
         mut f: impl FnMut(Entry<TypeConfig>),
     ) -> Result<Option<u64>, StoreError> {
-        self.check()?;
-        let picked: Vec<(Loc, Arc<File>)> = {
-            let st = self.state()?;
-            let mut out = Vec::new();
-            for loc in st.locs.range(after.saturating_add(1)..).map(|(_, l)| *l) {
-                if let Some(file) = st.segments.get(&loc.segment) {
-                    out.push((loc, file.clone()));
-                }
-            }
-            out
-        };
         let mut last = None;
         let mut buf = Vec::new();
-        for (loc, file) in picked {
-            buf.resize(loc.len as usize, 0);
-            file.read_exact_at(&mut buf, loc.offset)
-                .map_err(|e| io_err("reading", &segment_path(&self.inner.dir, loc.segment), e))?;
+        for (loc, file) in self.locate(after.saturating_add(1)..)? {
+            self.read_record(&loc, &file, &mut buf)?;
             if buf.windows(needle.len()).any(|w| w == needle) {
                 f(body_entry(&buf)?);
             }
@@ -875,13 +873,23 @@ fn poisoned_lock<T>(_: std::sync::PoisonError<T>) -> StoreError {
 
 /// Replace `meta.json` atomically and durably.
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StoreError> {
-    let tmp = dir.join(format!("{META_FILE}.tmp"));
-    let bytes = serde_json::to_vec(meta)?;
+    replace_json(dir, META_FILE, meta)
+}
+
+/// Replace `dir/name` by `value` as JSON, atomically and durably: write
+/// `name.tmp`, fsync, rename, fsync the directory.
+pub(super) fn replace_json(
+    dir: &Path,
+    name: &str,
+    value: &impl Serialize,
+) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let bytes = serde_json::to_vec(value)?;
     let mut f = File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
     f.write_all(&bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| io_err("writing", &tmp, e))?;
-    fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| io_err("renaming", &tmp, e))?;
+    fs::rename(&tmp, dir.join(name)).map_err(|e| io_err("renaming", &tmp, e))?;
     sync_dir(dir)
 }
 
