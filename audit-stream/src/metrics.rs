@@ -86,6 +86,8 @@ crate::declare_metrics! {
         "Events an audit device failed to record, by device path.";
     RECONCILED = "custos_audit_reconciled_events_total", Counter, ["path"],
         "Request events put back into a file device's log from the Raft log they travelled in (a write applied whose audit pair was not written), by device path.";
+    CARRIED_DAMAGED = "custos_audit_carried_damaged_total", Counter, ["path"],
+        "Request events that travelled in the Raft log and could not be put back because they are damaged (not decodable), by device path: each is a write applied with no request event in that device's log, logged with its request id and Raft index.";
     FSYNC_SECONDS = "custos_audit_fsync_duration_seconds", Histogram, ["path"],
         "Time to write and fsync one group-commit batch of the file audit device.";
     FSYNC = "custos_audit_fsync_total", Counter, ["path"],

@@ -16,7 +16,11 @@
 //! counted in `custos_audit_reconciled_events_total{path}`.
 //!
 //! An event already in the log is never appended again, so running this
-//! twice over the same entries changes nothing the second time.
+//! twice over the same entries changes nothing the second time. A damaged
+//! event (not a JSON object) cannot be put back: it is passed over with an
+//! error naming its request id and Raft index, counted in
+//! `custos_audit_carried_damaged_total{path}`, and never holds back the
+//! others.
 
 use std::collections::HashSet;
 
@@ -85,7 +89,10 @@ pub async fn reconcile(
         if logged.contains(&c.request_id) || !queued.insert(c.request_id.as_str()) {
             continue;
         }
-        missing.push(mark_reconciled(c, node)?);
+        match mark_reconciled(c, node) {
+            Ok(event) => missing.push(event),
+            Err(e) => report_damaged(device, &c.request_id, c.raft_index, &e.to_string()),
+        }
     }
     let n = missing.len();
     if n > 0 {
@@ -98,6 +105,20 @@ pub async fn reconcile(
         );
     }
     Ok(n)
+}
+
+/// A carried request event that cannot be put back into `device`'s log:
+/// its write applied and the log will not show its request. Loud, because
+/// it is an audit gap; the message names the request, never its bytes.
+pub fn report_damaged(device: &str, request_id: &str, raft_index: u64, why: &str) {
+    metrics::device_counter(metrics::CARRIED_DAMAGED, device, 1);
+    tracing::error!(
+        device,
+        request_id,
+        raft_index,
+        error = why,
+        "audit: a request event carried in the Raft log is damaged and cannot be put back"
+    );
 }
 
 /// The request ids of the request events durable in `log` from `from_seq` on.
@@ -213,18 +234,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_carried_event_that_is_not_json_is_an_error_naming_its_entry_not_its_bytes() {
+    async fn a_damaged_carried_event_is_passed_over_and_holds_back_no_other() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = AuditLog::open(LogDir::new(dir.path()), LogOptions::default()).expect("open");
         let mut bad = carried("r1", 12, 0);
         bad.bytes = b"s3cret-not-json".to_vec();
-        let err = reconcile("file/", &log, "n", &[bad])
+        let good = carried("r2", 13, 0);
+        let n = reconcile("file/", &log, "n", &[bad.clone(), good])
             .await
-            .expect_err("refused");
-        let msg = err.to_string();
+            .expect("the others are put back");
+        assert_eq!(n, 1);
+        let evs = events(&log);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0]["request"]["id"], json!("r2"));
+        // What is reported names the entry, never the bytes.
+        let msg = mark_reconciled(&bad, "n").expect_err("damaged").to_string();
         assert!(msg.contains("r1") && msg.contains("12"), "{msg}");
         assert!(!msg.contains("s3cret"), "{msg}");
-        assert!(events(&log).is_empty());
         log.shutdown().await;
     }
 }

@@ -75,13 +75,15 @@ use crate::token::TokenEntry;
 /// lacks are appended (see [`custos_audit::reconcile`]); an entry leaves the
 /// ledger once every device still enabled has its events. A device no
 /// longer enabled is passed over (there is nothing left to write its
-/// events to). Returns the events appended.
+/// events to); a damaged event is reported and passed over
+/// ([`custos_audit::reconcile::report_damaged`]), so it never holds back
+/// the others or the snapshots behind them. Returns the events appended.
 pub async fn reconcile_carried(
     broker: &AuditBroker,
     ledger: &crate::storage::raft::carried::CarriedLedger,
     node: &str,
 ) -> Result<usize> {
-    use custos_audit::reconcile::{CarriedEvent, reconcile};
+    use custos_audit::reconcile::{CarriedEvent, reconcile, report_damaged};
     let due = ledger.due();
     if due.is_empty() {
         return Ok(0);
@@ -89,9 +91,13 @@ pub async fn reconcile_carried(
     let mut by_device: BTreeMap<String, Vec<CarriedEvent>> = BTreeMap::new();
     for (raft_index, carried) in &due {
         for e in &carried.events {
-            let e = e
-                .inflate(&carried.request_id)
-                .map_err(|m| CoreError::Internal(format!("audit reconciliation: {m}")))?;
+            let e = match e.inflate(&carried.request_id) {
+                Ok(e) => e,
+                Err(why) => {
+                    report_damaged(&e.device, &carried.request_id, *raft_index, &why);
+                    continue;
+                }
+            };
             by_device.entry(e.device).or_default().push(CarriedEvent {
                 request_id: carried.request_id.clone(),
                 raft_index: *raft_index,
@@ -691,6 +697,21 @@ pub fn response_event(
         Some(t) => ev.with_trace_id(t),
         None => ev,
     }
+}
+
+/// The request and response events of a request refused before its token
+/// resolved (none given, unknown or expired, or used outside its bound
+/// CIDRs), as OpenBao writes them: no `auth` block, the token as presented
+/// in `request.client_token` (HMAC'd by each device like any token), and
+/// the error on both.
+pub fn refused_events(req: &Request) -> (AuditEvent, AuditEvent) {
+    let mut request = request_event(req, None, Some("permission denied"));
+    let mut response = response_event(req, None, &Err(CoreError::PermissionDenied));
+    if let Some(t) = &req.client_token {
+        request.request.client_token = t.expose().to_string();
+        response.request.client_token = t.expose().to_string();
+    }
+    (request, response)
 }
 
 #[cfg(test)]

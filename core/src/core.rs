@@ -1158,9 +1158,14 @@ impl Core {
         {
             return self.handle_login(&u, req, mounted, rel).await;
         }
+        if let Some((mounted, rel)) = &routed {
+            req.mount_point = mounted.entry.path.clone();
+            req.mount_type = mounted.entry.mount_type.clone();
+            req.relative_path = rel.clone();
+        }
         let token = match &req.client_token {
             Some(t) if !t.is_empty() => t.clone(),
-            _ => return Err(permission_denied()),
+            _ => return refuse_unauthenticated(&u, &req).await,
         };
         let entry = in_span("token.lookup", &[], u.tokens.lookup(token.expose())).await?;
         // On a standby serving a read: a token unknown here (or expired) is
@@ -1169,18 +1174,14 @@ impl Core {
         if req.standby_read && entry.as_ref().is_none_or(|e| e.num_uses != 0) {
             return Err(CoreError::ForwardToActive);
         }
-        let entry = entry.ok_or_else(permission_denied)?;
+        let Some(entry) = entry else {
+            return refuse_unauthenticated(&u, &req).await;
+        };
         if !crate::auth::cidrs_admit(&entry.bound_cidrs, req.remote_addr.map(|a| a.ip())) {
-            return Err(permission_denied());
+            return refuse_unauthenticated(&u, &req).await;
         }
         let entry = Arc::new(entry);
         req.auth = Some(entry.clone());
-
-        if let Some((mounted, rel)) = &routed {
-            req.mount_point = mounted.entry.path.clone();
-            req.mount_type = mounted.entry.mount_type.clone();
-            req.relative_path = rel.clone();
-        }
         let resolved = routed
             .as_ref()
             .map(|(mounted, rel)| mounted.resolve(rel, req.operation));
@@ -1363,6 +1364,26 @@ impl Core {
         m::counter_inc(m::AUDIT_LOG_RESPONSE, &[]);
         result
     }
+}
+
+/// A request refused before a token is resolved: none given, one that is
+/// unknown or expired, or one used from outside its bound CIDRs. It is
+/// audited as OpenBao audits it — request and response events without an
+/// `auth` block, both with the error, in one sync (nothing changed) — so
+/// probing with bad tokens shows in the audit log and its access patterns.
+/// Fail closed as every request: if no device records it, the caller gets
+/// the audit error instead of "permission denied".
+async fn refuse_unauthenticated(u: &Unsealed, req: &Request) -> Result<Response> {
+    let (request_event, response_event) = audit::refused_events(req);
+    let events = [("custos.audit.events", "request+response")];
+    let pair = u.audit.log_pair(request_event, response_event);
+    if let Err(e) = in_span("audit.write", &events, pair).await {
+        m::counter_inc(m::AUDIT_LOG_RESPONSE_FAILURE, &[]);
+        return Err(audit_failure(&e, "response"));
+    }
+    m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
+    m::counter_inc(m::AUDIT_LOG_RESPONSE, &[]);
+    Err(permission_denied())
 }
 
 /// Test builds only: abort the process at the named point when

@@ -177,6 +177,72 @@ fn tail_follows_the_dev_audit_log_by_name_across_rotations() {
     );
 }
 
+/// Requests refused for their token (none, unknown) are audited as OpenBao
+/// audits them: a request event and a response event, both with the error,
+/// no `auth` block, the presented token HMAC'd — so probing with stolen or
+/// guessed tokens shows in the log. OpenBao 2.7.2 writes the same two
+/// events for these two calls (checked against `bao server -dev` with a
+/// file device).
+#[tokio::test]
+async fn requests_refused_for_their_token_are_audited() {
+    let s = dev_server();
+    let guessed = "hvs.guessed-token-7f3a";
+    for token in [None, Some(guessed)] {
+        let mut r = s.client().get(s.url("secret/data/probe"));
+        if let Some(t) = token {
+            r = r.header("X-Vault-Token", t);
+        }
+        let r = r.send().await.expect("probe");
+        assert_eq!(r.status().as_u16(), 403);
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body, json!({"errors": ["permission denied"]}));
+    }
+
+    let events: Vec<Value> = read_audit_events(&s.dir.join("audit"))
+        .into_iter()
+        .filter(|e| e["request"]["path"] == "secret/data/probe")
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["request", "response", "request", "response"],
+        "{events:#?}"
+    );
+    for e in &events {
+        assert_eq!(e["error"], "permission denied", "{e:#}");
+        assert_eq!(e["request"]["operation"], "read", "{e:#}");
+        assert_eq!(e["request"]["mount_point"], "secret/", "{e:#}");
+        assert_eq!(e["request"]["mount_type"], "kv", "{e:#}");
+        assert!(
+            e["auth"]["accessor"].as_str().unwrap_or("").is_empty(),
+            "{e:#}"
+        );
+        assert!(
+            e["auth"]["policies"]
+                .as_array()
+                .is_none_or(|p| p.is_empty()),
+            "{e:#}"
+        );
+    }
+    // The first call had no token; the second's is in the log HMAC'd only.
+    assert!(
+        events[0]["request"]["client_token"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()
+    );
+    let hashed = events[2]["request"]["client_token"].as_str().unwrap_or("");
+    assert!(hashed.starts_with("hmac-sha256:"), "{:#}", events[2]);
+    let log = std::fs::read_dir(s.dir.join("audit"))
+        .expect("audit dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect::<String>();
+    assert!(
+        !log.contains(guessed),
+        "the presented token is in the audit log in the clear"
+    );
+}
+
 /// A Vault-style config: `file_path` names a file; `extra` more options.
 fn config_with_audit_file(dir: &Path, file_path: &Path, extra: &str) -> std::path::PathBuf {
     let cfg = dir.join("server.hcl");
@@ -306,4 +372,13 @@ async fn health_answers_503_while_the_audit_log_cannot_record() {
     assert_eq!(r.status().as_u16(), 503);
     let body = r.text().await.unwrap_or_default();
     assert!(body.contains("audit log storage is full"), "{body}");
+    // A request refused for its token is refused for audit first: it could
+    // not be recorded either.
+    let r = s
+        .client()
+        .get(s.url("sys/mounts"))
+        .send()
+        .await
+        .expect("mounts");
+    assert_eq!(r.status().as_u16(), 503);
 }

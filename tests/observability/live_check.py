@@ -60,6 +60,8 @@ ALLOW_EMPTY = {
     "custos_audit_log_response_failure_total": "failure counters are created on the first failure; none on a healthy node",
     "custos_audit_device_failure_total": "failure counters are created on the first failure; none on a healthy node",
     "custos_audit_reconciled_events_total": "created when a request event is put back from the Raft log, after a crash or a failed audit pair; none on a healthy node (tests/it/crash.rs checks it)",
+    "custos_audit_carried_damaged_total": "created when a carried request event cannot be decoded to be put back; none on a healthy node "
+    "(the unit test a_damaged_carried_event_is_passed_over_and_releases_its_entry checks it)",
     "custos_raft_snapshot_build_duration_seconds": "a Raft snapshot is built after 10,000 entries and 30 s at the earliest; the check's short-lived node builds none",
     "custos_raft_follower_": "a one-node dev server has no followers",
     "custos_raft_autopilot_": "autopilot runs on the leader of a node with a cluster_addr; the dev server is not "

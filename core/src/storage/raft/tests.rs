@@ -1105,3 +1105,62 @@ fn the_ledger_finds_carrying_entries_after_its_checkpoint_and_holds_snapshots_un
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_damaged_carried_event_is_passed_over_and_releases_its_entry() -> Result<()> {
+    use crate::audit::{AuditTableRole, build_broker, reconcile_carried};
+    use crate::config::{AuditDeviceConfig, AuditDeviceKind};
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let carrying = |i: u64, request: CarriedAudit| openraft::Entry {
+        log_id: lid(i),
+        payload: openraft::EntryPayload::Normal(Command::Audited(
+            vec![put(&format!("k{i}"), b"v")],
+            vec![request],
+        )),
+    };
+    let mut damaged = carried_request("r5");
+    damaged.events[0].deflated = "not base64, not deflate".into();
+    let log = LogStore::open(&tmp.path().join(LOG_DIR))?;
+    log.append_blocking(vec![
+        carrying(4, carried_request("r4")),
+        carrying(5, damaged),
+        carrying(6, carried_request("r6")),
+    ])?;
+    let ledger = CarriedLedger::open(tmp.path(), &log)?;
+    assert_eq!(ledger.pending_entries(), 3);
+
+    let barrier = Arc::new(crate::barrier::Barrier::new(Arc::new(
+        crate::storage::memory::MemoryStore::new(),
+    )));
+    barrier.initialize(&[7u8; 32]).await?;
+    let system = crate::storage::StorageView::new(barrier, "sys/");
+    let audit_dir = tmp.path().join("audit");
+    let device = AuditDeviceConfig {
+        kind: AuditDeviceKind::File,
+        path: "file/".into(),
+        description: String::new(),
+        local: false,
+        options: [("file_path".to_owned(), audit_dir.display().to_string())].into(),
+    };
+    let broker = build_broker(&[device], &system, AuditTableRole::Record, &[1; 32]).await?;
+
+    // The two good events are put back; the damaged one is reported and
+    // passed over instead of failing the pass (which held every entry, and
+    // the snapshots behind them, for good).
+    assert_eq!(reconcile_carried(&broker, &ledger, "n1").await?, 2);
+    assert_eq!(ledger.pending_entries(), 0);
+    assert!(!ledger.holds_snapshots(6, 1000));
+    let audit_log = broker
+        .get("file/")
+        .and_then(|d| d.local_log())
+        .ok_or_else(|| CoreError::internal("no local log"))?;
+    let mut reader = audit_log.reader(1);
+    let mut ids = Vec::new();
+    while let Some(rec) = reader.try_next().map_err(CoreError::internal)? {
+        let ev = rec.json().map_err(CoreError::internal)?;
+        ids.push(ev["request"]["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(ids, ["r4", "r6"]);
+    broker.shutdown().await;
+    Ok(())
+}
