@@ -699,15 +699,26 @@ pub fn response_event(
     }
 }
 
-/// The request and response events of a request refused before its token
-/// resolved (none given, unknown or expired, or used outside its bound
-/// CIDRs), as OpenBao writes them: no `auth` block, the token as presented
-/// in `request.client_token` (HMAC'd by each device like any token), and
-/// the error on both.
-pub fn refused_events(req: &Request) -> (AuditEvent, AuditEvent) {
-    let mut request = request_event(req, None, Some("permission denied"));
-    let mut response = response_event(req, None, &Err(CoreError::PermissionDenied));
-    if let Some(t) = &req.client_token {
+/// The request and response events of a request that ended before its
+/// request event was written (see `refuse_before_audit` in core.rs), as
+/// OpenBao writes them: both carry the error; `entry` is the token if it
+/// resolved, and without one there is no `auth` block and the token as
+/// presented goes in `request.client_token` (HMAC'd by each device like any
+/// token).
+pub fn refused_events(
+    req: &Request,
+    entry: Option<&TokenEntry>,
+    result: &Result<Response>,
+) -> (AuditEvent, AuditEvent) {
+    let error = match result {
+        Err(e) => Some(e.messages().join("; ")),
+        Ok(_) => None,
+    };
+    let mut request = request_event(req, entry, error.as_deref());
+    let mut response = response_event(req, entry, result);
+    if entry.is_none()
+        && let Some(t) = &req.client_token
+    {
         request.request.client_token = t.expose().to_string();
         response.request.client_token = t.expose().to_string();
     }

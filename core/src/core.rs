@@ -1165,9 +1165,19 @@ impl Core {
         }
         let token = match &req.client_token {
             Some(t) if !t.is_empty() => t.clone(),
-            _ => return refuse_unauthenticated(&u, &req).await,
+            _ => return refuse_before_audit(&u, &req, None, permission_denied()).await,
         };
-        let entry = in_span("token.lookup", &[], u.tokens.lookup(token.expose())).await?;
+        let looked_up = in_span("token.lookup", &[], u.tokens.lookup(token.expose())).await;
+        #[cfg(debug_assertions)]
+        let looked_up =
+            looked_up.and_then(|e| match failpoint_hit("token-lookup-error", &req.path) {
+                true => Err(CoreError::internal("failpoint: token lookup")),
+                false => Ok(e),
+            });
+        let entry = match looked_up {
+            Ok(entry) => entry,
+            Err(e) => return refuse_before_audit(&u, &req, None, e).await,
+        };
         // On a standby serving a read: a token unknown here (or expired) is
         // the active node's to refuse (and revoke), and a use-limited one's
         // uses are counted there.
@@ -1175,10 +1185,10 @@ impl Core {
             return Err(CoreError::ForwardToActive);
         }
         let Some(entry) = entry else {
-            return refuse_unauthenticated(&u, &req).await;
+            return refuse_before_audit(&u, &req, None, permission_denied()).await;
         };
         if !crate::auth::cidrs_admit(&entry.bound_cidrs, req.remote_addr.map(|a| a.ip())) {
-            return refuse_unauthenticated(&u, &req).await;
+            return refuse_before_audit(&u, &req, None, permission_denied()).await;
         }
         let entry = Arc::new(entry);
         req.auth = Some(entry.clone());
@@ -1188,9 +1198,12 @@ impl Core {
         if req.operation == Operation::Update
             && let Some(Ok(r)) = &resolved
             && r.spec.existence_check
-            && !in_span("engine.exists", &[], r.exists(&req)).await?
         {
-            req.operation = Operation::Create;
+            match in_span("engine.exists", &[], r.exists(&req)).await {
+                Ok(true) => {}
+                Ok(false) => req.operation = Operation::Create,
+                Err(e) => return refuse_before_audit(&u, &req, Some(&entry), e).await,
+            }
         }
 
         let decision = in_span("acl", &[], async {
@@ -1202,7 +1215,11 @@ impl Core {
                 req.wrap_ttl,
             ))
         })
-        .await?;
+        .await;
+        let decision = match decision {
+            Ok(d) => d,
+            Err(e) => return refuse_before_audit(&u, &req, Some(&entry), e).await,
+        };
         let sudo_needed = requires_sudo(&req.path, req.operation);
         req.has_sudo = decision.sudo;
         let denied = if crate::sys::acl_exempt(&req.path) {
@@ -1366,15 +1383,23 @@ impl Core {
     }
 }
 
-/// A request refused before a token is resolved: none given, one that is
-/// unknown or expired, or one used from outside its bound CIDRs. It is
-/// audited as OpenBao audits it — request and response events without an
-/// `auth` block, both with the error, in one sync (nothing changed) — so
-/// probing with bad tokens shows in the audit log and its access patterns.
-/// Fail closed as every request: if no device records it, the caller gets
-/// the audit error instead of "permission denied".
-async fn refuse_unauthenticated(u: &Unsealed, req: &Request) -> Result<Response> {
-    let (request_event, response_event) = audit::refused_events(req);
+/// A request that ends before its request event is written: refused for
+/// its token (none given, unknown or expired, or used outside its bound
+/// CIDRs; `entry` is `None`), or failed by the token lookup, the existence
+/// check or the ACL. It is audited as OpenBao audits it — a request and a
+/// response event, both with the error, in one sync (nothing changed); a
+/// token that did not resolve leaves no `auth` block and is HMAC'd as
+/// presented — so probing with bad tokens shows in the audit log and its
+/// access patterns. Fail closed as every request: if no device records it,
+/// the caller gets the audit error instead.
+async fn refuse_before_audit(
+    u: &Unsealed,
+    req: &Request,
+    entry: Option<&TokenEntry>,
+    error: CoreError,
+) -> Result<Response> {
+    let result = Err(error);
+    let (request_event, response_event) = audit::refused_events(req, entry, &result);
     let events = [("custos.audit.events", "request+response")];
     let pair = u.audit.log_pair(request_event, response_event);
     if let Err(e) = in_span("audit.write", &events, pair).await {
@@ -1383,7 +1408,7 @@ async fn refuse_unauthenticated(u: &Unsealed, req: &Request) -> Result<Response>
     }
     m::counter_inc(m::AUDIT_LOG_REQUEST, &[]);
     m::counter_inc(m::AUDIT_LOG_RESPONSE, &[]);
-    Err(permission_denied())
+    result
 }
 
 /// Test builds only: abort the process at the named point when
@@ -1391,11 +1416,19 @@ async fn refuse_unauthenticated(u: &Unsealed, req: &Request) -> Result<Response>
 /// (the crash tests' way to stop exactly between two steps).
 #[cfg(debug_assertions)]
 fn failpoint(name: &str, path: &str) {
-    if let Ok(v) = std::env::var("CUSTOS_FAILPOINT") {
-        let (point, at) = v.split_once('@').unwrap_or((v.as_str(), ""));
-        if point == name && (at.is_empty() || at == path) {
-            tracing::error!(failpoint = name, "failpoint: aborting");
-            std::process::abort();
-        }
+    if failpoint_hit(name, path) {
+        tracing::error!(failpoint = name, "failpoint: aborting");
+        std::process::abort();
     }
+}
+
+/// Test builds only: is `CUSTOS_FAILPOINT` `name` or `name@path` for this
+/// request's path? (A step that fails instead of aborting, such as
+/// `token-lookup-error`.)
+#[cfg(debug_assertions)]
+fn failpoint_hit(name: &str, path: &str) -> bool {
+    std::env::var("CUSTOS_FAILPOINT").is_ok_and(|v| {
+        let (point, at) = v.split_once('@').unwrap_or((v.as_str(), ""));
+        point == name && (at.is_empty() || at == path)
+    })
 }

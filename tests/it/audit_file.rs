@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Server, dev_server, read_audit_events, start_with_config, unseal};
+use crate::harness::{
+    BIN, Server, dev_server, read_audit_events, start_with_config, start_with_config_env, unseal,
+};
 
 /// `tail -F -n +1 PATH`, its stdout and stderr collected line by line.
 struct Tail {
@@ -241,6 +243,50 @@ async fn requests_refused_for_their_token_are_audited() {
         !log.contains(guessed),
         "the presented token is in the audit log in the clear"
     );
+}
+
+/// A request whose token lookup fails (an internal error, injected in test
+/// builds with `CUSTOS_FAILPOINT=token-lookup-error@<path>`) ends before its
+/// request event is written: it is audited all the same, request and
+/// response with the error, as Vault audits a failed token check.
+#[tokio::test]
+async fn a_request_failing_before_its_audit_is_audited_with_its_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let audit_dir = tmp.path().join("audit");
+    let cfg = config_with_audit_file(tmp.path(), &audit_dir, "");
+    let failpoint = [("CUSTOS_FAILPOINT", "token-lookup-error@sys/mounts")];
+    let mut s = start_with_config_env(tmp.path(), &cfg, &failpoint);
+    init_unseal(&mut s).await;
+
+    let r = s
+        .client()
+        .get(s.url("sys/mounts"))
+        .header("X-Vault-Token", &s.root_token)
+        .send()
+        .await
+        .expect("mounts");
+    assert_eq!(r.status().as_u16(), 500);
+    let events: Vec<Value> = read_audit_events(&audit_dir)
+        .into_iter()
+        .filter(|e| e["request"]["path"] == "sys/mounts")
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["request", "response"], "{events:#?}");
+    for e in &events {
+        let error = e["error"].as_str().unwrap_or("");
+        assert!(error.contains("failpoint: token lookup"), "{e:#}");
+        let token = e["request"]["client_token"].as_str().unwrap_or("");
+        assert!(token.starts_with("hmac-sha256:"), "{e:#}");
+    }
+    // Other paths are untouched by the failpoint.
+    let r = s
+        .client()
+        .get(s.url("sys/audit"))
+        .header("X-Vault-Token", &s.root_token)
+        .send()
+        .await
+        .expect("audit list");
+    assert_eq!(r.status().as_u16(), 200);
 }
 
 /// A Vault-style config: `file_path` names a file; `extra` more options.
