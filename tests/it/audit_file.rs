@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    BIN, Server, dev_server, read_audit_events, start_with_config, start_with_config_env, unseal,
+    BIN, Server, call, dev_server, read_audit_events, start_with_config, start_with_config_env,
+    unseal,
 };
 
 /// `tail -F -n +1 PATH`, its stdout and stderr collected line by line.
@@ -190,20 +191,12 @@ async fn requests_refused_for_their_token_are_audited() {
     let s = dev_server();
     let guessed = "hvs.guessed-token-7f3a";
     for token in [None, Some(guessed)] {
-        let mut r = s.client().get(s.url("secret/data/probe"));
-        if let Some(t) = token {
-            r = r.header("X-Vault-Token", t);
-        }
-        let r = r.send().await.expect("probe");
-        assert_eq!(r.status().as_u16(), 403);
-        let body: Value = r.json().await.expect("json");
+        let (status, body) = call(&s, "GET", "secret/data/probe", token, Value::Null).await;
+        assert_eq!(status, 403);
         assert_eq!(body, json!({"errors": ["permission denied"]}));
     }
 
-    let events: Vec<Value> = read_audit_events(&s.dir.join("audit"))
-        .into_iter()
-        .filter(|e| e["request"]["path"] == "secret/data/probe")
-        .collect();
+    let events = events_for(&s.dir.join("audit"), "secret/data/probe");
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
         kinds,
@@ -258,18 +251,10 @@ async fn a_request_failing_before_its_audit_is_audited_with_its_error() {
     let mut s = start_with_config_env(tmp.path(), &cfg, &failpoint);
     init_unseal(&mut s).await;
 
-    let r = s
-        .client()
-        .get(s.url("sys/mounts"))
-        .header("X-Vault-Token", &s.root_token)
-        .send()
-        .await
-        .expect("mounts");
-    assert_eq!(r.status().as_u16(), 500);
-    let events: Vec<Value> = read_audit_events(&audit_dir)
-        .into_iter()
-        .filter(|e| e["request"]["path"] == "sys/mounts")
-        .collect();
+    let token = Some(s.root_token.as_str());
+    let (status, _) = call(&s, "GET", "sys/mounts", token, Value::Null).await;
+    assert_eq!(status, 500);
+    let events = events_for(&audit_dir, "sys/mounts");
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(kinds, ["request", "response"], "{events:#?}");
     for e in &events {
@@ -279,14 +264,16 @@ async fn a_request_failing_before_its_audit_is_audited_with_its_error() {
         assert!(token.starts_with("hmac-sha256:"), "{e:#}");
     }
     // Other paths are untouched by the failpoint.
-    let r = s
-        .client()
-        .get(s.url("sys/audit"))
-        .header("X-Vault-Token", &s.root_token)
-        .send()
-        .await
-        .expect("audit list");
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, _) = call(&s, "GET", "sys/audit", token, Value::Null).await;
+    assert_eq!(status, 200);
+}
+
+/// The audit events on disk in `dir` for requests to `path`, in log order.
+fn events_for(dir: &Path, path: &str) -> Vec<Value> {
+    read_audit_events(dir)
+        .into_iter()
+        .filter(|e| e["request"]["path"] == path)
+        .collect()
 }
 
 /// A Vault-style config: `file_path` names a file; `extra` more options.
