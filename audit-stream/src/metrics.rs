@@ -110,6 +110,10 @@ crate::declare_metrics! {
         "Group-commit batches refused because free space was under min_free_bytes or the disk was full.";
     LOG_RECOVERY_TRUNCATIONS = "custos_audit_log_recovery_truncations_total", Counter, ["path"],
         "Torn tails cut off the last segment when the local audit log was opened after a crash.";
+    LOG_JOURNAL_RESTORED = "custos_audit_log_journal_restored_total", Counter, ["path"],
+        "Group-commit batches the sync journal put back into a segment at open (a power cut had taken them from the page cache).";
+    LOG_JOURNAL_FAILURES = "custos_audit_log_journal_failures_total", Counter, ["path"],
+        "Times the sync journal could not be written or synced and the log went back to syncing its segments directly.";
     LOG_SEGMENT_ROLLS = "custos_audit_log_segment_rolls_total", Counter, ["path"],
         "New segments started by the local audit log (size, age, rotate/SIGHUP).";
     LOG_SEGMENTS_PRUNED = "custos_audit_log_segments_pruned_total", Counter, ["path"],

@@ -15,7 +15,11 @@
 //! * **Group commit** ([`writer`]): one writer thread batches concurrent
 //!   appends into one write and one `fdatasync`; `append` returns the
 //!   record's sequence number only after the fsync that covers it.
-//! * **Recovery** ([`recovery`]): at open, a torn tail of the last segment is
+//! * **Sync journal** ([`journal`]): that fsync is of a zero-filled journal
+//!   holding the same bytes (an overwrite: no metadata to write), while a
+//!   flusher thread syncs the segment in the background.
+//! * **Recovery** ([`recovery`]): at open, the journal puts back what a
+//!   power cut took from the segment, then a torn tail of the last segment is
 //!   cut after the last complete, CRC-valid record; sequence numbers continue.
 //! * **Roll**: by size (`segment_size`, 64 MiB) and age (`segment_duration`,
 //!   1 h), and on [`AuditLog::roll`] (rotate, SIGHUP): a new segment is the
@@ -33,6 +37,7 @@
 //!   `custos audit verify`.
 
 pub mod checkpoint;
+mod journal;
 pub mod options;
 pub mod reader;
 mod record;
@@ -220,6 +225,20 @@ impl AuditLog {
             .create(dir.dir())
             .map_err(|e| AuditError::io("create directory", &e))?;
         let label = options.metrics_label.clone();
+        let replayed = journal::replay(&dir)?;
+        if replayed.restored > 0 {
+            tracing::warn!(
+                device = %label,
+                batches = replayed.restored,
+                bytes = replayed.bytes,
+                "audit log recovery put back acknowledged records a power cut had taken from the segment"
+            );
+            metrics::device_counter(
+                metrics::LOG_JOURNAL_RESTORED,
+                &label,
+                replayed.restored as u64,
+            );
+        }
         let segments = dir.segments()?;
         let mut live_retry_at = None;
         let (file, seg_first, seg_len, seg_born, next_seq) = match segments.last() {
@@ -272,10 +291,18 @@ impl AuditLog {
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (exit_tx, exit_rx) = oneshot::channel::<()>();
+        // Without a journal (it cannot be created here) each batch syncs
+        // its segment, as durable and slower.
+        let journal = journal::Journal::open(&dir, replayed.generation)
+            .and_then(|j| Ok((j, journal::Flusher::start(&label)?)))
+            .inspect_err(|e| {
+                tracing::warn!(device = %label, error = %e, "audit log: no sync journal; syncing segments directly");
+            })
+            .ok();
         let w = Writer {
             dir: dir.clone(),
             opts: options.clone(),
-            file: Some(file),
+            file: Some(Arc::new(file)),
             seg_first,
             seg_len,
             seg_born,
@@ -284,6 +311,9 @@ impl AuditLog {
             live_retry_at,
             durable: durable_tx,
             shared: shared.clone(),
+            journal,
+            stale_journal: None,
+            journal_stuck: false,
         };
         let handle = std::thread::Builder::new()
             .name("custos-audit-log".into())

@@ -5,7 +5,9 @@
 //! set of events) and one oneshot through a bounded channel. This thread owns the active segment: it takes everything queued
 //! (up to a batch limit), checks the disk guard, rolls to a new segment if the
 //! active one is full or old, gives each record the next sequence number,
-//! writes the batch with one `write_all`, calls `fdatasync` once, publishes the
+//! writes the batch with one `write_all`, makes it durable with one
+//! `fdatasync` (of the sync journal, [`super::journal`], which also holds the
+//! batch; of the segment itself when there is no journal), publishes the
 //! durable end (last sequence number, segment, byte offset) on a `watch`
 //! channel (readers follow it and never read past it) and
 //! then completes every oneshot with the sequence number of its first record. Many
@@ -41,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::checkpoint::Checkpoint;
+use super::journal::{Flusher, Journal};
 use super::options::LogOptions;
 use super::retention;
 use super::segment::{self, LogDir, sync_dir};
@@ -123,7 +126,7 @@ pub(crate) struct Writer {
     pub dir: LogDir,
     pub opts: LogOptions,
     /// The active segment; `None` only after opening one failed.
-    pub file: Option<File>,
+    pub file: Option<Arc<File>>,
     pub seg_first: u64,
     pub seg_len: u64,
     pub seg_born: SystemTime,
@@ -134,6 +137,15 @@ pub(crate) struct Writer {
     pub live_retry_at: Option<Instant>,
     pub durable: watch::Sender<DurablePosition>,
     pub shared: Arc<Shared>,
+    /// The sync journal and the thread syncing the active segment behind
+    /// it; `None`: each batch syncs its segment.
+    pub journal: Option<(Journal, Flusher)>,
+    /// A journal retired after a failure that could not be removed yet: it
+    /// may hold a batch that failed, and goes once a segment sync succeeds.
+    pub stale_journal: Option<Journal>,
+    /// A retired journal could not be removed: appends are refused, since
+    /// replaying it at the next open could write over acknowledged records.
+    pub journal_stuck: bool,
 }
 
 impl Writer {
@@ -240,7 +252,7 @@ impl Writer {
     /// True when there is an active segment and its name still leads to it
     /// (a link count would not do: the live name is a second link).
     fn active_is_linked(&self) -> bool {
-        let Some(f) = self.file.as_ref() else {
+        let Some(f) = self.file.as_deref() else {
             return false;
         };
         match (
@@ -296,6 +308,14 @@ impl Writer {
         payload_bytes: usize,
         label: &str,
     ) -> Result<u64, AuditError> {
+        if self.journal_stuck {
+            return Err(AuditError::io(
+                "audit journal",
+                &std::io::Error::other(
+                    "a failed sync journal could not be removed; restart the server once the disk is healthy",
+                ),
+            ));
+        }
         self.disk_guard(label)?;
         let prefix_len = self.opts.line_prefix.len();
         let estimate = payload_bytes + records * (RECORD_OVERHEAD + prefix_len) + 1;
@@ -310,7 +330,7 @@ impl Writer {
             record::encode(prefix, payload, first + i as u64, &mut buf);
         }
         let n = records as u64;
-        let Some(file) = self.file.as_mut() else {
+        let Some(file) = self.file.clone() else {
             return Err(AuditError::Closed);
         };
         // The real length, not our count: after a failed cut the file may
@@ -320,13 +340,13 @@ impl Writer {
             .metadata()
             .map_err(|e| AuditError::io("stat segment", &e))?
             .len();
-        let result = file
+        let result = (&*file)
             .write_all(&buf)
             .map_err(|e| AuditError::io("write", &e))
             .and_then(|()| {
                 self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
                 metrics::device_counter(metrics::FSYNC, label, 1);
-                file.sync_data().map_err(|e| AuditError::io("fsync", &e))
+                self.make_durable(&file, self.seg_len, &buf, label)
             });
         match result {
             Ok(()) => {
@@ -371,10 +391,107 @@ impl Writer {
         }
     }
 
+    /// Make `buf`, just written to the active segment `file` at `offset`,
+    /// durable: through the journal when there is one (see
+    /// [`super::journal`] for what happens when it fails), else by syncing
+    /// the segment.
+    fn make_durable(
+        &mut self,
+        file: &Arc<File>,
+        offset: u64,
+        buf: &[u8],
+        label: &str,
+    ) -> Result<(), AuditError> {
+        let sync_segment = || file.sync_data().map_err(|e| AuditError::io("fsync", &e));
+        if let Some(stale) = self.stale_journal.take() {
+            if let Err(e) = sync_segment() {
+                self.stale_journal = Some(stale);
+                return Err(e);
+            }
+            return self.retire_journal(stale, label);
+        }
+        let seg = self.seg_first;
+        let Some((journal, flusher)) = self.journal.as_mut() else {
+            return sync_segment();
+        };
+        flusher.written(seg, file, offset + buf.len() as u64);
+        if !journal.can_hold(buf.len()) {
+            // Larger than the whole journal: the segment's own sync covers
+            // it and everything before it.
+            return sync_segment();
+        }
+        let journaled = (|| {
+            if !journal.fits(buf.len()) {
+                // This half is full: what the other half holds must be
+                // durable in its segment (the active one) before its records
+                // may be overwritten. The flusher has usually seen to it.
+                if let Some((covered, end)) = journal.other_covers()
+                    && !flusher.synced_to(covered, end)
+                {
+                    sync_segment()?;
+                }
+                journal.switch();
+            }
+            journal.commit(seg, offset, buf)
+        })();
+        let Err(e) = journaled else {
+            return Ok(());
+        };
+        metrics::device_counter(metrics::LOG_JOURNAL_FAILURES, label, 1);
+        tracing::error!(
+            device = %label,
+            error = %e,
+            "audit log: the sync journal failed; syncing segments directly from now on"
+        );
+        let Some((journal, _flusher)) = self.journal.take() else {
+            return Err(e);
+        };
+        match sync_segment() {
+            Ok(()) => self.retire_journal(journal, label),
+            Err(e) => {
+                // Acknowledged batches may be durable only in the journal:
+                // keep it until a segment sync succeeds.
+                self.stale_journal = Some(journal);
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove a failed journal once the segment is durable without it.
+    fn retire_journal(&mut self, journal: Journal, label: &str) -> Result<(), AuditError> {
+        let path = journal.path().to_path_buf();
+        journal.remove(&self.dir).inspect_err(|e| {
+            self.journal_stuck = true;
+            tracing::error!(
+                device = %label,
+                journal = %path.display(),
+                error = %e,
+                "audit log: a failed sync journal cannot be removed; refusing appends"
+            );
+        })
+    }
+
+    /// Make sure every byte the journal holds is durable in its segment,
+    /// so that the next generation may start at either half (at a roll:
+    /// both halves cover the segment being closed, or older ones).
+    fn settle_journal(&mut self) -> Result<(), AuditError> {
+        let Some((journal, flusher)) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        let unsynced = [journal.covers(), journal.other_covers()]
+            .into_iter()
+            .flatten()
+            .any(|(covered, end)| covered == self.seg_first && !flusher.synced_to(covered, end));
+        if unsynced && let Some(f) = self.file.as_deref() {
+            f.sync_data().map_err(|e| AuditError::io("fsync", &e))?;
+        }
+        Ok(())
+    }
+
     /// Start a new segment named for the next sequence number, then apply
     /// retention.
     fn roll(&mut self, label: &str) -> Result<(), AuditError> {
-        if let Some(f) = self.file.as_mut()
+        if let Some(mut f) = self.file.as_deref()
             && self.torn_tail
         {
             // Best effort: end the torn line so the sealed segment ends cleanly.
@@ -382,6 +499,7 @@ impl Writer {
                 self.torn_tail = false;
             }
         }
+        self.settle_journal()?;
         let path = self.dir.segment_path(self.next_seq);
         let file = open_segment(&path, self.opts.mode)?;
         // One directory fsync covers the new segment and its live name.
@@ -394,7 +512,10 @@ impl Writer {
         }
         self.live_retry_at = (!live_ok).then(|| Instant::now() + LIVE_RETRY);
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.file = Some(file);
+        self.file = Some(Arc::new(file));
+        if let Some((journal, _)) = self.journal.as_mut() {
+            journal.settled();
+        }
         self.seg_first = self.next_seq;
         self.seg_len = len;
         self.seg_born = SystemTime::now();
