@@ -102,8 +102,6 @@ pub(crate) struct JournalRecord {
     pub segment: u64,
     pub offset: u64,
     pub bytes: Vec<u8>,
-    /// CRC of this record's header body (the next record's `prev`).
-    header_crc: u32,
 }
 
 fn header(generation: u64, segment: u64, offset: u64, len: u32, prev: u32) -> [u8; HEADER_BODY] {
@@ -167,17 +165,15 @@ pub(crate) fn parse(data: &[u8]) -> Vec<JournalRecord> {
             break;
         }
         let bytes = &data[at + HEADER..at + HEADER + len];
-        let crc = crc32c::crc32c_append(crc32c::crc32c(h), bytes);
-        if crc != u32_at(data, at + HEADER_BODY) {
+        let header_crc = crc32c::crc32c(h);
+        if crc32c::crc32c_append(header_crc, bytes) != u32_at(data, at + HEADER_BODY) {
             break;
         }
-        let header_crc = crc32c::crc32c(h);
         out.push(JournalRecord {
             generation,
             segment: u64_at(h, 12),
             offset: u64_at(h, 20),
             bytes: bytes.to_vec(),
-            header_crc,
         });
         prev = header_crc;
         at += HEADER + len;
