@@ -59,7 +59,12 @@
 //! journal so that no record of it is ever replayed over later bytes, and
 //! syncs segments directly from then on. If the journal cannot be removed
 //! either, the log refuses appends ([`super::writer`]): a replay could
-//! otherwise write stale bytes over acknowledged records.
+//! otherwise write stale bytes over acknowledged records. If the flusher's
+//! sync of the segment fails, the log refuses appends too and the journal is
+//! kept as it is: the kernel may have dropped the pages that failed to
+//! write, and a later `fsync` of the same file would report success, so only
+//! the journal still holds those acknowledged batches, for the replay at the
+//! next start.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -478,6 +483,8 @@ struct FlushState {
     /// The flusher is waiting for work.
     idle: bool,
     stop: bool,
+    /// A sync of the segment failed: nothing is synced after it.
+    failed: bool,
 }
 
 /// The thread that syncs the active segment in the background (see the
@@ -517,6 +524,11 @@ impl Flusher {
         if s.idle {
             cv.notify_one();
         }
+    }
+
+    /// Did a background sync of the segment fail (see the module docs)?
+    pub fn failed(&self) -> bool {
+        lock(&self.state.0).failed
     }
 
     /// Is segment `segment` durable up to `len`?
@@ -568,7 +580,13 @@ fn flush_loop(state: &(Mutex<FlushState>, Condvar), label: &str) {
             Ok(()) => lock(m).synced = Some((seg, len)),
             // The writer syncs the segment itself before it needs it durable.
             Err(e) => {
-                tracing::warn!(device = %label, error = %e, "audit log: background segment sync failed")
+                tracing::error!(
+                    device = %label,
+                    error = %e,
+                    "audit log: background segment sync failed; refusing appends, the sync journal keeps what the segment may have lost"
+                );
+                lock(m).failed = true;
+                return;
             }
         }
         std::thread::sleep(FLUSH_EVERY);
@@ -583,6 +601,24 @@ mod tests {
         let p = dir.segment_path(first);
         fs::write(&p, data).unwrap();
         p
+    }
+
+    #[test]
+    fn a_failed_background_sync_is_reported_and_never_counts_as_synced() {
+        // fsync of a pipe fails (EINVAL), as a sync of a failing disk would.
+        let (_reader, writer) = std::io::pipe().unwrap();
+        let file = Arc::new(File::from(std::os::fd::OwnedFd::from(writer)));
+        let flusher = Flusher::start("file/").unwrap();
+        flusher.written(1, &file, 10);
+        for _ in 0..200 {
+            if flusher.failed() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(flusher.failed());
+        flusher.written(1, &file, 20);
+        assert!(!flusher.synced_to(1, 10) && !flusher.synced_to(1, 20));
     }
 
     #[test]

@@ -313,7 +313,7 @@ impl AuditLog {
             shared: shared.clone(),
             journal,
             stale_journal: None,
-            journal_stuck: false,
+            journal_stuck: None,
         };
         let handle = std::thread::Builder::new()
             .name("custos-audit-log".into())

@@ -143,9 +143,11 @@ pub(crate) struct Writer {
     /// A journal retired after a failure that could not be removed yet: it
     /// may hold a batch that failed, and goes once a segment sync succeeds.
     pub stale_journal: Option<Journal>,
-    /// A retired journal could not be removed: appends are refused, since
-    /// replaying it at the next open could write over acknowledged records.
-    pub journal_stuck: bool,
+    /// Why appends are refused for good, if they are: a retired journal
+    /// could not be removed (replaying it at the next open could write over
+    /// acknowledged records), or the flusher's sync of the segment failed
+    /// (the journal must stay as it is for the next open's replay).
+    pub journal_stuck: Option<&'static str>,
 }
 
 impl Writer {
@@ -308,13 +310,13 @@ impl Writer {
         payload_bytes: usize,
         label: &str,
     ) -> Result<u64, AuditError> {
-        if self.journal_stuck {
-            return Err(AuditError::io(
-                "audit journal",
-                &std::io::Error::other(
-                    "a failed sync journal could not be removed; restart the server once the disk is healthy",
-                ),
-            ));
+        if self.journal_stuck.is_none() && self.journal.as_ref().is_some_and(|(_, f)| f.failed()) {
+            self.journal_stuck = Some(
+                "a background sync of the audit segment failed; restart the server once the disk is healthy (the sync journal puts back what the segment lost)",
+            );
+        }
+        if let Some(why) = self.journal_stuck {
+            return Err(AuditError::io("audit journal", &std::io::Error::other(why)));
         }
         self.disk_guard(label)?;
         let prefix_len = self.opts.line_prefix.len();
@@ -461,7 +463,9 @@ impl Writer {
     fn retire_journal(&mut self, journal: Journal, label: &str) -> Result<(), AuditError> {
         let path = journal.path().to_path_buf();
         journal.remove(&self.dir).inspect_err(|e| {
-            self.journal_stuck = true;
+            self.journal_stuck = Some(
+                "a failed sync journal could not be removed; restart the server once the disk is healthy",
+            );
             tracing::error!(
                 device = %label,
                 journal = %path.display(),
