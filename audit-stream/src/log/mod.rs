@@ -307,6 +307,7 @@ impl AuditLog {
             seg_len,
             seg_born,
             next_seq,
+            seg_len_unsure: false,
             torn_tail: false,
             live_retry_at,
             durable: durable_tx,

@@ -212,6 +212,27 @@ pub(crate) fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
     a.dev() == b.dev() && a.ino() == b.ino()
 }
 
+/// Device and inode of the open file `f`, or of `path` when `f` is `None`,
+/// asking the kernel for nothing else. A full `stat` (what
+/// [`fs::metadata`] does) asks for the change time too, and on Linux 6.13
+/// and later a file whose change time was asked for takes a fine-grained
+/// timestamp at its next write, which moves the clock every other file's
+/// next write reads: a `stat` of the active segment before each append
+/// turned every write to the sync journal into an inode update that its
+/// `fdatasync` had to write as well (one more device request per commit).
+pub(crate) fn file_id(f: Option<&fs::File>, path: &Path) -> io::Result<(u64, u64, u64)> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    let st = match f {
+        Some(f) => statx(f, "", AtFlags::EMPTY_PATH, StatxFlags::INO),
+        None => statx(CWD, path, AtFlags::empty(), StatxFlags::INO),
+    }?;
+    Ok((
+        u64::from(st.stx_dev_major),
+        u64::from(st.stx_dev_minor),
+        st.stx_ino,
+    ))
+}
+
 /// Make the live name ([`LogDir::live_path`]) show `segment`, the active
 /// segment: a hard link made under a temporary name and renamed over the
 /// live name, so a reader of that name sees the old segment or the new one,

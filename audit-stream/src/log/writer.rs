@@ -32,7 +32,7 @@
 //! publish is logged and retried, and never fails an append: the segments
 //! are the log, the live name a view of it.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -129,6 +129,12 @@ pub(crate) struct Writer {
     pub file: Option<Arc<File>>,
     pub seg_first: u64,
     pub seg_len: u64,
+    /// A failed write could not be cut off: the segment may be longer than
+    /// `seg_len`, so the next batch reads its length from the file first.
+    /// (Not on every batch: a `stat` makes the kernel take fine-grained
+    /// timestamps from then on, and those turn every later write to the
+    /// journal into an inode update its sync must write too.)
+    pub seg_len_unsure: bool,
     pub seg_born: SystemTime,
     pub next_seq: u64,
     /// A torn line may end the segment: start the next batch with a newline.
@@ -257,11 +263,12 @@ impl Writer {
         let Some(f) = self.file.as_deref() else {
             return false;
         };
+        let named = self.dir.segment_path(self.seg_first);
         match (
-            f.metadata(),
-            fs::metadata(self.dir.segment_path(self.seg_first)),
+            segment::file_id(Some(f), &named),
+            segment::file_id(None, &named),
         ) {
-            (Ok(open), Ok(named)) => segment::same_file(&open, &named),
+            (Ok(open), Ok(named)) => open == named,
             _ => false,
         }
     }
@@ -335,13 +342,16 @@ impl Writer {
         let Some(file) = self.file.clone() else {
             return Err(AuditError::Closed);
         };
-        // The real length, not our count: after a failed cut the file may
-        // be longer than what we acknowledged, and a later cut must never
-        // reach back into acknowledged records.
-        self.seg_len = file
-            .metadata()
-            .map_err(|e| AuditError::io("stat segment", &e))?
-            .len();
+        // After a failed cut the file may be longer than what we
+        // acknowledged, and a later cut must never reach back into
+        // acknowledged records: take the real length then.
+        if self.seg_len_unsure {
+            self.seg_len = file
+                .metadata()
+                .map_err(|e| AuditError::io("stat segment", &e))?
+                .len();
+            self.seg_len_unsure = false;
+        }
         let result = (&*file)
             .write_all(&buf)
             .map_err(|e| AuditError::io("write", &e))
@@ -384,6 +394,7 @@ impl Writer {
                     .is_ok();
                 if !cut {
                     self.torn_tail = true;
+                    self.seg_len_unsure = true;
                     // Complete records of this batch may be on disk: never
                     // hand their sequence numbers out a second time.
                     self.next_seq += n;
@@ -522,6 +533,7 @@ impl Writer {
         }
         self.seg_first = self.next_seq;
         self.seg_len = len;
+        self.seg_len_unsure = false;
         self.seg_born = SystemTime::now();
         self.torn_tail = false;
         metrics::device_counter(metrics::LOG_SEGMENT_ROLLS, label, 1);
