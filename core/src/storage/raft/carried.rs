@@ -74,8 +74,13 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 
 impl CarriedLedger {
     /// Read the checkpoint in `dir` and scan `log` after it for entries
-    /// carrying events (all pending, due at once).
-    pub fn open(dir: &Path, log: &LogStore) -> Result<CarriedLedger, StoreError> {
+    /// carrying events that node `me` proposed (all pending, due at once).
+    /// Entries another node proposed are its to reconcile, into its own
+    /// audit log: a node that joined a former one-node cluster holds that
+    /// node's carrying entries too, and must not put them in its log a
+    /// second time. The proposer of an entry is the leader that created it
+    /// (`log_id.leader_id.node_id`): only a leader proposes.
+    pub fn open(dir: &Path, log: &LogStore, me: u64) -> Result<CarriedLedger, StoreError> {
         let path = dir.join(CHECKPOINT_FILE);
         let after = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<Checkpoint>(&b)
@@ -86,6 +91,9 @@ impl CarriedLedger {
         };
         let mut pending = BTreeMap::new();
         let last = log.scan_entries_containing(after, NEEDLE, |entry| {
+            if entry.log_id.leader_id.node_id != me {
+                return;
+            }
             if let EntryPayload::Normal(Command::Audited(_, requests)) = entry.payload {
                 pending.insert(
                     entry.log_id.index,

@@ -815,7 +815,7 @@ impl RaftStorage {
             blocking(move || {
                 LogStore::migrate_redb(&legacy, &path)?;
                 let log = LogStore::open(&path)?;
-                let ledger = CarriedLedger::open(&dir, &log)?;
+                let ledger = CarriedLedger::open(&dir, &log, node_id)?;
                 Ok((log, Arc::new(ledger)))
             })
             .await?

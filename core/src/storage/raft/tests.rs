@@ -1055,7 +1055,7 @@ fn the_ledger_finds_carrying_entries_after_its_checkpoint_and_holds_snapshots_un
         log.append_blocking(entries(1, 3))?;
         log.append_blocking(vec![audited(4, &["r4a", "r4b"]), audited(5, &["r5"])])?;
         log.append_blocking(entries(6, 7))?;
-        let ledger = CarriedLedger::open(tmp.path(), &log)?;
+        let ledger = CarriedLedger::open(tmp.path(), &log, 1)?;
         let due: Vec<(u64, String)> = ledger
             .due()
             .into_iter()
@@ -1086,7 +1086,7 @@ fn the_ledger_finds_carrying_entries_after_its_checkpoint_and_holds_snapshots_un
     // Reopened: nothing at or below the checkpoint (7) is scanned again.
     let log = LogStore::open(&log_dir)?;
     log.append_blocking(vec![audited(8, &["r8"])])?;
-    let ledger = CarriedLedger::open(tmp.path(), &log)?;
+    let ledger = CarriedLedger::open(tmp.path(), &log, 1)?;
     let due: Vec<u64> = ledger.due().into_iter().map(|(i, _)| i).collect();
     assert_eq!(due, [8]);
     // A clean shutdown with something pending keeps the checkpoint.
@@ -1103,6 +1103,47 @@ fn the_ledger_finds_carrying_entries_after_its_checkpoint_and_holds_snapshots_un
         cp, r#"{"raft_index":7}"#,
         "a group unaccounted for keeps it too"
     );
+    Ok(())
+}
+
+#[test]
+fn the_ledger_takes_only_the_carrying_entries_this_node_proposed() -> Result<()> {
+    // Node 1 was a one-node cluster and carried request events; node 2
+    // joined and received those entries by replication, then node 2 led.
+    // Each node's scan finds only its own: the other's events belong in the
+    // other's audit log (putting them in this one would audit them twice).
+    let tmp = tempfile::tempdir().map_err(CoreError::internal)?;
+    let carrying = |term: u64, proposer: u64, i: u64, id: &str| openraft::Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, proposer), i),
+        payload: openraft::EntryPayload::Normal(Command::Audited(
+            vec![put(&format!("k{i}"), b"v")],
+            vec![carried_request(id)],
+        )),
+    };
+    let log = LogStore::open(&tmp.path().join(LOG_DIR))?;
+    log.append_blocking(vec![
+        carrying(1, 1, 1, "r1"),
+        carrying(1, 1, 2, "r2"),
+        carrying(2, 2, 3, "r3"),
+    ])?;
+    let due = |me: u64| -> Result<Vec<String>> {
+        let ledger = CarriedLedger::open(tmp.path(), &log, me)?;
+        Ok(ledger
+            .due()
+            .into_iter()
+            .map(|(_, c)| c.request_id)
+            .collect())
+    };
+    assert_eq!(due(1)?, ["r1", "r2"]);
+    assert_eq!(due(2)?, ["r3"]);
+    assert!(due(3)?.is_empty());
+    // The scan still covers the whole log: a node with nothing of its own
+    // pending moves its checkpoint past the others' entries.
+    let ledger = CarriedLedger::open(tmp.path(), &log, 3)?;
+    ledger.store_scanned()?;
+    let cp = std::fs::read_to_string(tmp.path().join(carried::CHECKPOINT_FILE))
+        .map_err(CoreError::internal)?;
+    assert_eq!(cp, r#"{"raft_index":3}"#);
     Ok(())
 }
 
@@ -1126,7 +1167,7 @@ async fn a_damaged_carried_event_is_passed_over_and_releases_its_entry() -> Resu
         carrying(5, damaged),
         carrying(6, carried_request("r6")),
     ])?;
-    let ledger = CarriedLedger::open(tmp.path(), &log)?;
+    let ledger = CarriedLedger::open(tmp.path(), &log, 1)?;
     assert_eq!(ledger.pending_entries(), 3);
 
     let barrier = Arc::new(crate::barrier::Barrier::new(Arc::new(
