@@ -129,8 +129,9 @@ pub(crate) struct Writer {
     pub file: Option<Arc<File>>,
     pub seg_first: u64,
     pub seg_len: u64,
-    /// A failed write could not be cut off: the segment may be longer than
-    /// `seg_len`, so the next batch reads its length from the file first.
+    /// The segment may be longer than `seg_len` (a failed write could not
+    /// be cut off, or a roll that failed ended a torn line first), so the
+    /// next batch reads its length from the file first.
     /// (Not on every batch: a `stat` makes the kernel take fine-grained
     /// timestamps from then on, and those turn every later write to the
     /// journal into an inode update its sync must write too.)
@@ -510,6 +511,9 @@ impl Writer {
             && self.torn_tail
         {
             // Best effort: end the torn line so the sealed segment ends cleanly.
+            // The newline (written or not) leaves the segment's length
+            // unknown if this roll fails and the segment stays active.
+            self.seg_len_unsure = true;
             if f.write_all(b"\n").and_then(|()| f.sync_data()).is_ok() {
                 self.torn_tail = false;
             }
